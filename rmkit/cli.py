@@ -1,0 +1,83 @@
+"""The ``rmkit`` command line: a thin layer over the library.
+
+Each subcommand builds its config dataclass (defaults < ``--config FILE.yaml`` < ``--key value``),
+calls one library function, and prints what it returned.
+
+    rmkit setup                      prepare the offline default models once
+    rmkit data   DATA                formats, statuses, lengths; --output-dir writes rows and splits
+    rmkit train  [DATA]              train a reward model            (rmkit.training.train_reward_model)
+    rmkit score  DATA MODEL          score every pair with a model   (rmkit.scoring.run_score)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import add_arguments, config_from_args
+from .data import DataConfig, DataError, run_data
+from .scoring import ScoreConfig, run_score
+from .training import TrainConfig, train_reward_model
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+def _cmd_setup(args) -> None:
+    from .assets import setup
+
+    _print(setup())
+
+
+def _cmd_data(args) -> None:
+    _print(run_data(config_from_args(DataConfig, args, {"data": args.source})))
+
+
+def _cmd_train(args) -> None:
+    cfg = config_from_args(TrainConfig, args, {"data": args.source})
+    result = train_reward_model(cfg)
+    _print(result.metrics)
+    print(f"model saved to {result.output_dir / 'model'}")
+
+
+def _cmd_score(args) -> None:
+    _print(run_score(config_from_args(ScoreConfig, args, {"data": args.source, "model": args.model_path})))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, fn, cls, help_text: str, positionals: list[tuple[str, str]]):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for pos, pos_help in positionals:
+            p.add_argument(pos, nargs="?", default=None, help=pos_help)
+        if cls is not None:
+            p.add_argument("--config", help="YAML file of settings (flags override it)")
+            add_arguments(p, cls)
+        p.set_defaults(fn=fn)
+
+    command("setup", _cmd_setup, None, "prepare the offline default models (MiniLM, SmolLM2) once", [])
+    command("data", _cmd_data, DataConfig, "inspect preference data: formats, row statuses, lengths, splits",
+            [("source", "a file, directory or hub dataset name")])
+    command("train", _cmd_train, TrainConfig, "train a reward model",
+            [("source", "preference data (overrides the config's `data`)")])
+    command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
+            [("source", "preference data"), ("model_path", "a saved reward model")])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"rmkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

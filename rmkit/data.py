@@ -1,0 +1,643 @@
+"""Preference data: one record per pair, readers for the common formats, per-row status, splits.
+
+Every input row ends as a `RowResult`: either a usable `PreferencePair` (status ``ok`` or
+``diverged_history``) or a status that says why not. Nothing is dropped silently: the load report
+counts every status, and `strict=True` turns the first bad row into an error naming file, row and
+field.
+
+Formats (detected from the columns, or named with ``format=``):
+
+- ``hh``: raw hh-rlhf transcripts, ``chosen``/``rejected`` are whole dialogues
+  (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``). The shared turns become the prompt, the rest the
+  responses. If the two dialogues differ before their final Assistant turn, the prompt is the
+  longest common prefix of turns and each response holds every turn after it; the row gets status
+  ``diverged_history`` (usable, and counted in the report so a user can exclude it).
+- ``trl``: ``prompt``/``chosen``/``rejected`` as strings or as chat-message lists (TRL's standard and
+  conversational formats; a string prompt becomes one user message).
+- ``conversational``: ``chosen``/``rejected`` message lists without ``prompt`` (TRL's implicit-prompt
+  format): the shared prefix is the prompt.
+- ``moss``: MOSS-RLHF ``chosen``/``rejected`` lists of utterances; the last one is the response and the
+  ones before it alternate Human/Assistant so that the last context utterance is the Human's.
+- ``pairwise``: two responses and a winner (``query``/``response1``/``response2``/``human`` as in
+  LLMEval², winner ``model1``, ``model2`` or ``TIE``). Ties get status ``tie`` unless
+  ``allow_ties=True``, in which case they are pairs with ``label = 0.5``.
+
+Optional columns carried through: ``id``, ``margin`` (as TRL and OpenRLHF read it), ``weight``,
+``label`` (probability that ``chosen`` is preferred; 1.0 for ordinary pairs), ``subset``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import zipfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+Message = dict[str, str]
+
+# Statuses a row can end with. The first two are usable pairs.
+USABLE = ("ok", "diverged_history")
+STATUSES = {
+    "ok": "usable pair",
+    "diverged_history": "usable; the two dialogues differ before the final turn (prompt = common prefix)",
+    "identical": "chosen and rejected responses are identical",
+    "empty_response": "a response is empty or whitespace",
+    "missing_field": "a required field is missing or null",
+    "bad_type": "a field has the wrong type",
+    "undecodable": "the line is not valid JSON / the record could not be decoded",
+    "unparseable_transcript": "a transcript has no Human/Assistant turns to split",
+    "tie": "the source says the two responses tie, and a preference was needed",
+}
+FORMATS = ("hh", "trl", "conversational", "moss", "pairwise")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv", ".zip")
+
+
+class DataError(ValueError):
+    """A bad row in strict mode, or an unreadable source; the message names file, row and field."""
+
+
+@dataclass
+class PreferencePair:
+    """One preference pair.
+
+    ``prompt`` is the conversation before the responses (chat messages); ``chosen`` and ``rejected``
+    are the message lists that follow it (usually one assistant message each).
+    """
+
+    id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    margin: float | None = None
+    weight: float | None = None
+    label: float = 1.0
+    subset: str = ""
+    source_file: str = ""
+    source_row: int = -1
+    status: str = "ok"
+
+    @property
+    def chosen_text(self) -> str:
+        return "\n\n".join(m["content"] for m in self.chosen)
+
+    @property
+    def rejected_text(self) -> str:
+        return "\n\n".join(m["content"] for m in self.rejected)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RowResult:
+    """What became of one input row: a pair, or the status that says why not."""
+
+    id: str
+    status: str
+    subset: str
+    source_file: str
+    source_row: int
+    detail: str = ""
+    pair: PreferencePair | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status in USABLE
+
+
+@dataclass
+class PreferenceDataset:
+    """All rows of a source, with their statuses; ``pairs`` holds the usable ones in input order."""
+
+    rows: list[RowResult]
+    format_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pairs(self) -> list[PreferencePair]:
+        return [r.pair for r in self.rows if r.usable]
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(Counter(r.status for r in self.rows))
+
+    def report(self) -> dict[str, Any]:
+        """Counts of rows, statuses (overall and per subset) and formats."""
+        per_subset: dict[str, Counter] = {}
+        for r in self.rows:
+            per_subset.setdefault(r.subset, Counter())[r.status] += 1
+        return {
+            "rows": len(self.rows),
+            "usable": sum(r.usable for r in self.rows),
+            "statuses": self.status_counts(),
+            "per_subset": {k: dict(v) for k, v in sorted(per_subset.items())},
+            "formats": dict(self.format_counts),
+        }
+
+    def status_table(self):
+        """One row per input row: id, subset, status, detail, source file and row (a DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "id": [r.id for r in self.rows],
+                "subset": [r.subset for r in self.rows],
+                "status": [r.status for r in self.rows],
+                "detail": [r.detail for r in self.rows],
+                "source_file": [r.source_file for r in self.rows],
+                "source_row": [r.source_row for r in self.rows],
+            }
+        )
+
+    def subset(self, ids: Iterable[str]) -> "PreferenceDataset":
+        keep = set(ids)
+        return PreferenceDataset([r for r in self.rows if r.id in keep], dict(self.format_counts))
+
+
+# --------------------------------------------------------------------------------------------
+# Record -> pair conversion, one function per format. Each raises _RowError(status, field, detail).
+
+
+class _RowError(Exception):
+    def __init__(self, status: str, field_name: str, detail: str):
+        super().__init__(detail)
+        self.status, self.field, self.detail = status, field_name, detail
+
+
+def _need(rec: dict, key: str, types: type | tuple) -> Any:
+    if key not in rec or rec[key] is None or (isinstance(rec[key], float) and math.isnan(rec[key])):
+        raise _RowError("missing_field", key, f"field '{key}' is missing")
+    val = rec[key]
+    if hasattr(val, "tolist") and not isinstance(val, (str, bytes)):  # numpy arrays from parquet
+        val = val.tolist()
+    if not isinstance(val, types):
+        raise _RowError("bad_type", key, f"field '{key}' has type {type(val).__name__}")
+    return val
+
+
+def split_hh_transcript(text: str) -> list[Message]:
+    """Split an hh-rlhf transcript into chat messages (``user``/``assistant``)."""
+    turns: list[Message] = []
+    pos = 0
+    markers = (("\n\nHuman:", "user"), ("\n\nAssistant:", "assistant"))
+    starts = []
+    while True:
+        found = [(text.find(m, pos), m, role) for m, role in markers]
+        found = [f for f in found if f[0] >= 0]
+        if not found:
+            break
+        idx, marker, role = min(found)
+        starts.append((idx, marker, role))
+        pos = idx + len(marker)
+    if not starts:
+        return []
+    for k, (idx, marker, role) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(text)
+        turns.append({"role": role, "content": text[idx + len(marker): end].strip()})
+    return turns
+
+
+def _split_common(chosen: list[Message], rejected: list[Message]) -> tuple[list, list, list, bool]:
+    """Prompt = shared turns before the final one; returns (prompt, chosen_rest, rejected_rest, diverged)."""
+    n = 0
+    limit = min(len(chosen), len(rejected)) - 1  # keep at least one turn per side as the response
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    diverged = not (n == len(chosen) - 1 and n == len(rejected) - 1)
+    return chosen[:n], chosen[n:], rejected[n:], diverged
+
+
+def _check_responses(chosen: list[Message], rejected: list[Message]) -> None:
+    if not chosen or not any(m["content"].strip() for m in chosen):
+        raise _RowError("empty_response", "chosen", "chosen response is empty")
+    if not rejected or not any(m["content"].strip() for m in rejected):
+        raise _RowError("empty_response", "rejected", "rejected response is empty")
+    if chosen == rejected:
+        raise _RowError("identical", "chosen", "chosen and rejected responses are identical")
+
+
+def _messages(val: Any, key: str) -> list[Message]:
+    if isinstance(val, str):
+        return [{"role": "assistant", "content": val}]
+    if not isinstance(val, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in val
+    ):
+        raise _RowError("bad_type", key, f"field '{key}' must be a string or a list of {{role, content}} messages")
+    return [{"role": m["role"], "content": m["content"]} for m in val]
+
+
+def _from_hh(rec: dict) -> tuple[list, list, list, bool]:
+    c, r = _need(rec, "chosen", str), _need(rec, "rejected", str)
+    ct, rt = split_hh_transcript(c), split_hh_transcript(r)
+    if not ct:
+        raise _RowError("unparseable_transcript", "chosen", "no Human:/Assistant: turns in chosen")
+    if not rt:
+        raise _RowError("unparseable_transcript", "rejected", "no Human:/Assistant: turns in rejected")
+    return _split_common(ct, rt)
+
+
+def _from_trl(rec: dict) -> tuple[list, list, list, bool]:
+    p = _need(rec, "prompt", (str, list))
+    prompt = [{"role": "user", "content": p}] if isinstance(p, str) else _messages(p, "prompt")
+    chosen = _messages(_need(rec, "chosen", (str, list)), "chosen")
+    rejected = _messages(_need(rec, "rejected", (str, list)), "rejected")
+    return prompt, chosen, rejected, False
+
+
+def _from_conversational(rec: dict) -> tuple[list, list, list, bool]:
+    chosen = _messages(_need(rec, "chosen", list), "chosen")
+    rejected = _messages(_need(rec, "rejected", list), "rejected")
+    return _split_common(chosen, rejected)
+
+
+def _from_moss(rec: dict) -> tuple[list, list, list, bool]:
+    chosen, rejected = _need(rec, "chosen", list), _need(rec, "rejected", list)
+    for key, val in (("chosen", chosen), ("rejected", rejected)):
+        if not val or not all(isinstance(u, str) for u in val):
+            raise _RowError("bad_type", key, f"field '{key}' must be a non-empty list of strings")
+    if chosen[:-1] != rejected[:-1]:
+        raise _RowError("bad_type", "rejected", "MOSS records must share every utterance but the last")
+    ctx = chosen[:-1]
+    # The last context utterance is the Human's; roles alternate backwards from there.
+    prompt = [
+        {"role": "user" if (len(ctx) - 1 - i) % 2 == 0 else "assistant", "content": u.strip()}
+        for i, u in enumerate(ctx)
+    ]
+    return prompt, [{"role": "assistant", "content": chosen[-1]}], [{"role": "assistant", "content": rejected[-1]}], False
+
+
+WINNER_VALUES = {"model1": 1, "response1": 1, "1": 1, "a": 1, "model2": 2, "response2": 2, "2": 2, "b": 2,
+                 "tie": 0, "0": 0, "c": 0}
+
+
+def _from_pairwise(rec: dict, winner_key: str) -> tuple[list, list, list, bool, float]:
+    q = _need(rec, "query", (str, list))
+    prompt = [{"role": "user", "content": q}] if isinstance(q, str) else _messages(q, "query")
+    r1 = _messages(_need(rec, "response1", str), "response1")
+    r2 = _messages(_need(rec, "response2", str), "response2")
+    w = rec.get(winner_key)
+    if w is None:
+        raise _RowError("missing_field", winner_key, f"field '{winner_key}' (the winner) is missing")
+    code = WINNER_VALUES.get(str(w).strip().lower())
+    if code is None:
+        raise _RowError("bad_type", winner_key, f"winner '{w}' is not one of {sorted(set(WINNER_VALUES))}")
+    if code == 2:
+        return prompt, r2, r1, False, 1.0
+    return prompt, r1, r2, False, (1.0 if code == 1 else 0.5)
+
+
+def detect_format(columns: Iterable[str], sample: dict | None = None) -> str:
+    """Pick a reader from the columns present (and, where needed, the types of one record)."""
+    cols = set(columns)
+    if {"response1", "response2"} <= cols:
+        return "pairwise"
+    if {"prompt", "chosen", "rejected"} <= cols:
+        return "trl"
+    if {"chosen", "rejected"} <= cols:
+        val = sample.get("chosen") if sample else None
+        if isinstance(val, list):
+            if val and all(isinstance(u, str) for u in val):
+                return "moss"
+            return "conversational"
+        return "hh"
+    raise DataError(
+        f"cannot tell the format from columns {sorted(cols)}: expected prompt/chosen/rejected, "
+        "chosen/rejected, or response1/response2 with a winner; pass format= and columns= to map yours"
+    )
+
+
+def _num(rec: dict, key: str) -> float | None:
+    v = rec.get(key)
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise _RowError("bad_type", key, f"field '{key}' is not a number: {v!r}") from None
+    return None if math.isnan(v) else v
+
+
+def record_to_row(
+    rec: Any,
+    *,
+    fmt: str,
+    row: int,
+    source_file: str,
+    subset: str,
+    winner_key: str = "human",
+    allow_ties: bool = False,
+) -> RowResult:
+    """Convert one decoded record to a `RowResult` (never raises for bad content)."""
+    rid = f"{subset}-{row:06d}" if subset else f"{row:06d}"
+    if not isinstance(rec, dict):
+        return RowResult(rid, "undecodable", subset, source_file, row, f"record is {type(rec).__name__}, not an object")
+    if rec.get("id") is not None:
+        rid = str(rec["id"])
+    sub = str(rec["subset"]) if rec.get("subset") not in (None, "") else subset
+    try:
+        label = 1.0
+        if fmt == "hh":
+            prompt, chosen, rejected, diverged = _from_hh(rec)
+        elif fmt == "trl":
+            prompt, chosen, rejected, diverged = _from_trl(rec)
+        elif fmt == "conversational":
+            prompt, chosen, rejected, diverged = _from_conversational(rec)
+        elif fmt == "moss":
+            prompt, chosen, rejected, diverged = _from_moss(rec)
+        else:
+            prompt, chosen, rejected, diverged, label = _from_pairwise(rec, winner_key)
+        _check_responses(chosen, rejected)
+        if label == 0.5 and not allow_ties:
+            raise _RowError("tie", winner_key, "the source marks this pair a tie")
+        if rec.get("label") is not None:
+            label = _num(rec, "label")
+        pair = PreferencePair(
+            id=rid, prompt=prompt, chosen=chosen, rejected=rejected,
+            margin=_num(rec, "margin"), weight=_num(rec, "weight"), label=label,
+            subset=sub, source_file=source_file, source_row=row,
+            status="diverged_history" if diverged else "ok",
+        )
+        return RowResult(rid, pair.status, sub, source_file, row, "", pair)
+    except _RowError as e:
+        return RowResult(rid, e.status, sub, source_file, row, f"{e.field}: {e.detail}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: files, directories, hub datasets, Python objects. Each yields (row, record-or-error).
+
+
+def _iter_file(path: Path) -> Iterator[tuple[int, Any]]:
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.namelist() if not m.startswith("__MACOSX/") and not m.endswith("/")]
+            for m in members:
+                yield from _iter_text(zf.read(m).decode("utf-8", errors="replace"), m)
+        return
+    if name.endswith(".parquet") or name.endswith(".csv"):
+        import pandas as pd
+
+        df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+        for i, rec in enumerate(df.to_dict(orient="records")):
+            if name.endswith(".csv"):  # message lists arrive as JSON text in CSV
+                for k in ("prompt", "chosen", "rejected"):
+                    v = rec.get(k)
+                    if isinstance(v, str) and v[:1] == "[":
+                        try:
+                            rec[k] = json.loads(v)
+                        except json.JSONDecodeError:
+                            pass
+            yield i, rec
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    yield from _iter_text(text, name)
+
+
+def _iter_text(text: str, name: str) -> Iterator[tuple[int, Any]]:
+    stripped = text.lstrip()
+    if name.rstrip(".gz").endswith(".json") and stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}: not valid JSON ({e})") from None
+        yield from enumerate(data)
+        return
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, _Undecodable(str(e))
+
+
+class _Undecodable:
+    def __init__(self, msg: str):
+        self.msg = msg
+
+
+def _files_in(path: Path) -> list[Path]:
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(FILE_SUFFIXES))
+    if not files:
+        raise DataError(f"{path}: no data files ({', '.join(FILE_SUFFIXES)}) in this directory")
+    return files
+
+
+def _subset_name(path: Path, root: Path | None) -> str:
+    """hh-rlhf's layout is <subset>/<split>.jsonl.gz: name the subset by the parent folder."""
+    if root is not None and path.parent != root:
+        return str(path.parent.relative_to(root)).replace(os.sep, "/")
+    stem = path.name.split(".")[0]
+    return stem
+
+
+def _rename(rec: Any, columns: dict[str, str] | None) -> Any:
+    if not columns or not isinstance(rec, dict):
+        return rec
+    out = dict(rec)
+    for src, dst in columns.items():
+        if src in out:
+            out[dst] = out.pop(src)
+    return out
+
+
+def load_preferences(
+    source: Any,
+    *,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    winner_key: str = "human",
+    allow_ties: bool = False,
+    strict: bool = False,
+    subset: str | None = None,
+    split: str = "train",
+    data_dir: str | None = None,
+    name: str | None = None,
+    limit: int | None = None,
+) -> PreferenceDataset:
+    """Load preference data from a path, a hub dataset, or Python objects.
+
+    Args:
+        source: a file (``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet``, ``.csv``, ``.zip``), a
+            directory of them (each file's folder names its subset), a hub dataset name for
+            ``datasets.load_dataset``, a ``datasets.Dataset``, a pandas DataFrame, or a list of dicts.
+        format: one of ``FORMATS``; detected from the columns when None.
+        columns: rename source columns to rmkit's (``{"question": "prompt", "pos": "chosen"}``).
+        winner_key: the winner column for the ``pairwise`` format.
+        allow_ties: keep ties as pairs with ``label = 0.5`` (else status ``tie``).
+        strict: raise `DataError` on the first unusable row (naming file, row and field).
+        subset: subset name for rows of a single source (default: from the file or folder name).
+        split, data_dir, name: passed to ``datasets.load_dataset`` for hub sources.
+        limit: read at most this many rows per file (for quick looks and tests).
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    sources: list[tuple[str, str, Iterable[tuple[int, Any]]]] = []  # (file label, subset, records)
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        path = Path(source)
+        if path.is_dir():
+            for f in _files_in(path):
+                sources.append((str(f), subset or _subset_name(f, path), _iter_file(f)))
+        else:
+            sources.append((str(path), subset or _subset_name(path, None), _iter_file(path)))
+    elif isinstance(source, str):
+        if source.startswith((".", "/", "~")) or source.endswith(FILE_SUFFIXES):
+            raise DataError(f"{source}: no such file or directory")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(source, name, data_dir=data_dir, split=split)
+        except Exception as e:  # the hub's errors vary by version; name the source in ours
+            raise DataError(f"{source}: could not load it with datasets.load_dataset ({e})") from e
+        sources.append((f"hub:{source}", subset or data_dir or name or source.split("/")[-1], enumerate(ds)))
+    elif hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas
+        sources.append(("<dataframe>", subset or "", enumerate(source.to_dict(orient="records"))))
+    elif isinstance(source, Iterable):
+        sources.append(("<records>", subset or "", enumerate(source)))
+    else:
+        raise DataError(f"cannot read preference data from a {type(source).__name__}")
+
+    rows: list[RowResult] = []
+    fmt_counts: Counter = Counter()
+    seen_ids: set[str] = set()
+    for label, sub, records in sources:
+        fmt = format
+        for n, (i, rec) in enumerate(records):
+            if limit is not None and n >= limit:
+                break
+            if isinstance(rec, _Undecodable):
+                rid = f"{sub}-{i:06d}" if sub else f"{i:06d}"
+                row = RowResult(rid, "undecodable", sub, label, i, f"line {i + 1}: {rec.msg}")
+            else:
+                rec = _rename(rec, columns)
+                if fmt is None and isinstance(rec, dict):
+                    fmt = detect_format(rec.keys(), rec)
+                row = record_to_row(rec, fmt=fmt or "hh", row=i, source_file=label, subset=sub,
+                                    winner_key=winner_key, allow_ties=allow_ties)
+            if row.id in seen_ids:  # ids must be unique: disambiguate with the source position
+                row.id = f"{row.id}@{Path(label).name}:{i}"
+                if row.pair is not None:
+                    row.pair.id = row.id
+            seen_ids.add(row.id)
+            if strict and not row.usable:
+                raise DataError(f"{label}, row {i} (line {i + 1}): {row.status}: {row.detail}")
+            if row.usable:
+                fmt_counts[fmt] += 1
+            rows.append(row)
+    return PreferenceDataset(rows, dict(fmt_counts))
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+
+
+def split_ids(
+    ds: PreferenceDataset,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Deterministic train/validation/test split of the usable pairs, stratified by subset.
+
+    Each pair's place depends only on its id, the seed and its subset's size, so adding a subset
+    does not reshuffle the others.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    by_subset: dict[str, list[str]] = {}
+    for p in ds.pairs:
+        by_subset.setdefault(p.subset, []).append(p.id)
+    out: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for sub in sorted(by_subset):
+        # Order by a seeded hash of the id: stable, and independent of the file's row order.
+        ids = sorted(by_subset[sub], key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+        n = len(ids)
+        n_test = round(n * fractions[2])
+        n_val = round(n * fractions[1])
+        out["test"] += ids[:n_test]
+        out["validation"] += ids[n_test:n_test + n_val]
+        out["train"] += ids[n_test + n_val:]
+    return out
+
+
+def save_splits(splits: dict[str, list[str]], path: str | os.PathLike, **meta: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"meta": meta, **splits}, indent=1))
+
+
+def load_splits(path: str | os.PathLike) -> dict[str, list[str]]:
+    data = json.loads(Path(path).read_text())
+    return {k: data[k] for k in ("train", "validation", "test")}
+
+
+def get_splits(
+    ds: PreferenceDataset, path: str | os.PathLike | None, *, fractions=(0.7, 0.1, 0.2), seed: int = 0
+) -> dict[str, list[str]]:
+    """Reuse the splits saved at ``path`` if it exists (and matches the data), else make and save them."""
+    if path is not None and Path(path).exists():
+        splits = load_splits(path)
+        known = {p.id for p in ds.pairs}
+        missing = [i for s in splits.values() for i in s if i not in known]
+        if missing:
+            raise DataError(f"{path}: {len(missing)} split ids are not in the data (first: {missing[0]}); "
+                            "delete the file to make new splits")
+        return splits
+    splits = split_ids(ds, fractions=fractions, seed=seed)
+    if path is not None:
+        save_splits(splits, path, seed=seed, fractions=list(fractions))
+    return splits
+
+
+# --------------------------------------------------------------------------------------------
+# `rmkit data`
+
+from .config import setting  # noqa: E402  (config imports nothing from here)
+
+
+@dataclass
+class DataConfig:
+    """Settings of ``rmkit data``."""
+
+    data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
+    output_dir: str | None = setting(None, "write rows.parquet (every row and its status) and splits.json here")
+    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    allow_ties: bool = setting(False, "keep ties as pairs with label 0.5")
+    strict: bool = setting(False, "stop at the first unusable row with an error naming file, row and field")
+    split_seed: int = setting(0, "seed of the train/validation/test split")
+    split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
+
+
+def run_data(cfg: DataConfig) -> dict[str, Any]:
+    """Inspect a source: formats, statuses, text lengths; optionally write the row table and splits."""
+    from .config import save_config
+
+    if not cfg.data:
+        raise ValueError("rmkit data needs a data source")
+    ds = load_preferences(cfg.data, format=cfg.data_format, allow_ties=cfg.allow_ties, strict=cfg.strict)
+    report = ds.report()
+    pairs = ds.pairs
+    if pairs:
+        import numpy as np
+
+        for side in ("chosen", "rejected"):
+            chars = np.array([len(getattr(p, f"{side}_text")) for p in pairs])
+            report[f"{side}_chars"] = {"mean": float(chars.mean()), "p50": float(np.median(chars)),
+                                       "p95": float(np.percentile(chars, 95))}
+        prompt_turns = np.array([len(p.prompt) for p in pairs])
+        report["prompt_turns"] = {"mean": float(prompt_turns.mean()), "max": int(prompt_turns.max())}
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        ds.status_table().to_parquet(out / "rows.parquet", index=False)
+        splits = split_ids(ds, fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
+        save_splits(splits, out / "splits.json", seed=cfg.split_seed, fractions=list(cfg.split_fractions))
+        report["splits"] = {k: len(v) for k, v in splits.items()}
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report

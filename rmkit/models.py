@@ -1,0 +1,214 @@
+"""Reward models on any Hugging Face backbone.
+
+A `RewardModel` wraps a standard ``AutoModelForSequenceClassification`` with ``num_labels=1``, so the
+saved checkpoint is exactly what TRL, OpenRLHF and RewardBench load, and rmkit's rewards are that
+model's logits. rmkit adds three things around it:
+
+- rendering: chat messages -> text (the tokenizer's chat template where it has one, else a plain
+  ``Human:``/``Assistant:`` transcript), tokenized and truncated from the left so the response is kept;
+- features: the vector the scalar head reads (the paper's f(x, y)), captured from the head's input,
+  for contrastive losses and t-SNE. Decoders: the final hidden state of the last non-pad token;
+  BERT-style encoders: the pooled [CLS] vector;
+- parameter selection (`set_trainable`): train everything, the head only, or the top N layers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from .assets import resolve_model
+from .data import Message
+
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+RMKIT_FILE = "rmkit.json"
+
+
+class RewardOutput(NamedTuple):
+    """A tuple, so DDP and ``torch.func`` pass it through untouched."""
+
+    rewards: torch.Tensor  # (B,)
+    features: torch.Tensor  # (B, H)
+
+
+def _find_head(model: nn.Module) -> nn.Linear:
+    """The linear layer whose output is the reward (``score`` for decoders, ``classifier`` for BERT)."""
+    for name in ("score", "classifier", "classifier.out_proj", "classifier.dense_out", "out_proj"):
+        mod = model
+        for part in name.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, nn.Linear) and mod.out_features == 1:
+            return mod
+    raise ValueError(
+        f"cannot find the scalar head of {type(model).__name__}: expected a Linear(H, 1) named "
+        "score, classifier or classifier.out_proj"
+    )
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of transformer blocks: the longest ModuleList in the model."""
+    best = None
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and (best is None or len(mod) > len(best)):
+            best = mod
+    if best is None:
+        raise ValueError(f"{type(model).__name__} has no list of layers to select from")
+    return best
+
+
+class RewardModel(nn.Module):
+    """A scalar reward model: ``rewards, features = rm(input_ids, attention_mask)``."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = 512):
+        super().__init__()
+        if getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(f"a reward model needs num_labels=1, got {model.config.num_labels}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.head = _find_head(model)
+        self.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        tokenizer.truncation_side = "left"
+
+    # ---------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = "minilm",
+        *,
+        max_length: int | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> "RewardModel":
+        """Load a backbone or a saved reward model by hub id, local path, or rmkit alias (``minilm``)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = resolve_model(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:  # decoders: pad with EOS, as TRL does
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype or torch.float32, **kwargs
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        saved = Path(path) / RMKIT_FILE
+        meta = json.loads(saved.read_text()) if saved.exists() else {}
+        if max_length is None:
+            max_length = meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512)
+        return cls(model, tokenizer, max_length=max_length)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a standard checkpoint (safetensors, config, tokenizer) plus ``rmkit.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        (path / RMKIT_FILE).write_text(json.dumps({"max_length": self.max_length, "format": "rmkit-rm-v1"}))
+
+    # ---------------------------------------------------------------- text -> tokens
+    def render(self, prompt: Sequence[Message], response: Sequence[Message]) -> str:
+        """The text the reward model reads for one (prompt, response)."""
+        messages = list(prompt) + list(response)
+        if self.use_chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n\n".join(f"{ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+    def encode(self, prompts: Sequence[Sequence[Message]], responses: Sequence[Sequence[Message]]) -> list[list[int]]:
+        """Token ids for each (prompt, response), truncated from the left to ``max_length``."""
+        texts = [self.render(p, r) for p, r in zip(prompts, responses)]
+        # A chat template writes its special tokens into the text; otherwise the tokenizer adds them.
+        # truncation_side is "left" (set in __init__), so the response at the end is what survives.
+        return self.tokenizer(
+            texts, add_special_tokens=not self.use_chat_template, truncation=True, max_length=self.max_length
+        )["input_ids"]
+
+    def collate(self, ids: Sequence[Sequence[int]], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad to the longest sequence in the batch (dynamic padding)."""
+        n = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+            attention_mask[i, : len(x)] = 1
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
+        captured: list[torch.Tensor] = []
+        hook = self.head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, 1)
+        finally:
+            hook.remove()
+        feats = captured[-1]
+        if feats.dim() == 3:  # decoder heads score every position: take the pooled one, as HF does
+            non_pad = (input_ids != self.model.config.pad_token_id).to(torch.int32)
+            idx = (torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.int32) * non_pad).argmax(-1)
+            feats = feats[torch.arange(feats.shape[0], device=feats.device), idx]
+        return RewardOutput(rewards=logits.squeeze(-1), features=feats)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def score(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        responses: Sequence[Sequence[Message]],
+        *,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Rewards for (prompt, response) pairs, batched by length; returns (N,) in input order."""
+        was_training = self.training
+        self.eval()
+        ids = self.encode(prompts, responses)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            batch = self.collate([ids[i] for i in idx], self.device)
+            out[idx] = self(**batch).rewards.float().cpu()
+        self.train(was_training)
+        return out
+
+
+def set_trainable(model: RewardModel, spec: str) -> int:
+    """Choose which parameters train: ``all``, ``head`` or ``top:N`` (top N blocks, final norm/pooler, head).
+
+    Returns the number of trainable parameters.
+    """
+    params = dict(model.model.named_parameters())
+    if spec == "all":
+        for p in params.values():
+            p.requires_grad_(True)
+    elif spec == "head" or spec.startswith("top:"):
+        for p in params.values():
+            p.requires_grad_(False)
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+        if spec.startswith("top:"):
+            try:
+                n = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"train_layers 'top:N' needs an integer N, got {spec!r}") from None
+            layers = _layer_list(model.model)
+            for block in list(layers)[len(layers) - n:] if n > 0 else []:
+                for p in block.parameters():
+                    p.requires_grad_(True)
+            # What sits after the blocks (final norm, BERT's pooler) is part of the "top".
+            for name, p in params.items():
+                if any(key in name for key in ("pooler", "norm.weight", "norm.bias", "final_layer_norm", "ln_f")) \
+                        and ".layers." not in name and ".layer." not in name and ".h." not in name:
+                    p.requires_grad_(True)
+    else:
+        raise ValueError(f"train_layers must be 'all', 'head' or 'top:N', got {spec!r}")
+    return sum(p.numel() for p in params.values() if p.requires_grad)

@@ -1,0 +1,157 @@
+"""Batched scoring of preference pairs, and the metrics TRL logs for a reward model.
+
+Scoring runs under ``torch.inference_mode()``, sorts texts by length so each batch pads little,
+and puts the chosen and rejected texts of a pair through the model in the same pass. Rows that are
+not usable pairs stay in the output table with their status and empty rewards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import setting
+from .data import PreferenceDataset, PreferencePair
+
+
+def score_token_pairs(
+    model,
+    chosen_ids: Sequence[Sequence[int]],
+    rejected_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    accelerator=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards of pre-tokenized pairs: returns ``(chosen_rewards (N,), rejected_rewards (N,))``.
+
+    ``batch_size`` counts texts; each batch holds whole pairs (both sides in one forward pass).
+    With an ``accelerator`` on several processes, each scores a shard and the results are gathered.
+    """
+    from tqdm.auto import tqdm
+
+    core = accelerator.unwrap_model(model) if accelerator is not None else model
+    n = len(chosen_ids)
+    order = sorted(range(n), key=lambda i: max(len(chosen_ids[i]), len(rejected_ids[i])))
+    per_batch = max(1, batch_size // 2)
+    batches = [order[s: s + per_batch] for s in range(0, n, per_batch)]
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = batches[rank::world]
+    results: list[tuple[int, float, float]] = []
+    was_training = core.training
+    core.eval()
+    with torch.inference_mode():
+        for idx in tqdm(mine, desc="scoring", disable=not progress or rank != 0, unit="batch"):
+            batch = core.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], core.device)
+            rewards = core(**batch).rewards.float().cpu().numpy()
+            k = len(idx)
+            results += [(i, float(c), float(r)) for i, c, r in zip(idx, rewards[:k], rewards[k:])]
+    core.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        results = gather_object(results)
+    chosen = np.full(n, np.nan)
+    rejected = np.full(n, np.nan)
+    for i, c, r in results:
+        chosen[i], rejected[i] = c, r
+    return chosen, rejected
+
+
+def pair_metrics(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+    """BT loss, accuracy (ties count half), mean margin, reward mean and std, as TRL logs them."""
+    diff = chosen - rejected
+    y = np.ones_like(diff) if labels is None else labels
+    # -log sigmoid(d) and -log sigmoid(-d), computed stably.
+    loss = float(np.mean(y * np.logaddexp(0, -diff) + (1 - y) * np.logaddexp(0, diff)))
+    correct = np.where(diff > 0, y, np.where(diff < 0, 1 - y, 0.5))
+    rewards = np.concatenate([chosen, rejected])
+    return {
+        "loss": loss,
+        "accuracy": float(np.mean(correct)),
+        "margin_mean": float(np.mean(diff)),
+        "reward_mean": float(np.mean(rewards)),
+        "reward_std": float(np.std(rewards)),
+        "pairs": int(len(diff)),
+    }
+
+
+def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, batch_size: int = 64,
+                progress: bool = False):
+    """Score every row: a DataFrame with id, subset, status, reward_chosen, reward_rejected, diff.
+
+    Accepts a `PreferenceDataset` (every row, usable or not, keeps its place) or a list of pairs.
+    """
+    import pandas as pd
+
+    if isinstance(data, PreferenceDataset):
+        rows = data.rows
+        pairs = [r.pair for r in rows if r.usable]
+        meta = [(r.id, r.subset, r.status) for r in rows]
+    else:
+        pairs = list(data)
+        meta = [(p.id, p.subset, p.status) for p in pairs]
+    chosen_ids = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected_ids = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    rc, rr = score_token_pairs(model, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress)
+    by_id = {p.id: (c, r, p.label) for p, c, r in zip(pairs, rc, rr)}
+    out = pd.DataFrame(meta, columns=["id", "subset", "status"])
+    got = [by_id.get(i, (math.nan, math.nan, math.nan)) for i in out["id"]]
+    out["reward_chosen"] = [g[0] for g in got]
+    out["reward_rejected"] = [g[1] for g in got]
+    out["diff"] = out["reward_chosen"] - out["reward_rejected"]
+    out["label"] = [g[2] for g in got]
+    return out
+
+
+@dataclass
+class ScoreConfig:
+    """Settings of ``rmkit score``."""
+
+    data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
+    model: str = setting("", "a saved rmkit reward model (or any sequence-classification checkpoint)")
+    output_dir: str = setting("runs/score", "where scores.parquet, scores.csv, metrics.json and config.yaml go")
+    batch_size: int = setting(64, "texts per forward pass")
+    max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the model's)")
+    split: str | None = setting(None, "score only this split (train/validation/test) of the splits file")
+    splits_file: str | None = setting(None, "the splits JSON written by `rmkit data` or `rmkit train`")
+    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+
+
+def run_score(cfg: ScoreConfig) -> dict:
+    """Score a dataset with a saved reward model; writes the table and metrics into ``output_dir``."""
+    import json
+
+    from .config import save_config
+    from .data import load_preferences, load_splits
+    from .models import RewardModel
+
+    if not cfg.data or not cfg.model:
+        raise ValueError("rmkit score needs both data and model")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    ds = load_preferences(cfg.data, format=cfg.data_format)
+    if cfg.split:
+        if not cfg.splits_file:
+            raise ValueError("split needs splits_file")
+        ds = ds.subset(load_splits(cfg.splits_file)[cfg.split])
+    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    table = score_pairs(model, ds, batch_size=cfg.batch_size, progress=True)
+    table.to_parquet(out / "scores.parquet", index=False)
+    table.to_csv(out / "scores.csv", index=False)
+    ok = table.dropna(subset=["diff"])
+    metrics = pair_metrics(ok["reward_chosen"].to_numpy(), ok["reward_rejected"].to_numpy(), ok["label"].to_numpy())
+    metrics["per_subset"] = {
+        s: pair_metrics(g["reward_chosen"].to_numpy(), g["reward_rejected"].to_numpy(), g["label"].to_numpy())["accuracy"]
+        for s, g in ok.groupby("subset")
+    }
+    metrics["rows"] = len(table)
+    metrics["unscored"] = int(table["diff"].isna().sum())
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

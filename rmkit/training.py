@@ -1,0 +1,357 @@
+"""Reward-model training: one loop on `accelerate`, for this CPU, one GPU, or `accelerate launch`.
+
+The loop reads top to bottom: data, model, optimizer, resume, then the steps. The per-pair objective
+is a function ``objective(chosen_rewards, rejected_rewards, batch) -> loss`` chosen by name from
+`OBJECTIVES`; `compute_loss` is the single step function that MetaRM and ensembles reuse.
+
+Logged metrics (``metrics.jsonl``, one JSON object per line):
+
+- ``train/loss``, ``train/accuracy``: mean over the optimizer steps since the last log line.
+- ``train/lr``: the learning rate of the first parameter group.
+- ``eval/loss``, ``eval/accuracy``, ``eval/margin_mean``, ``eval/reward_mean``, ``eval/reward_std``:
+  on the validation pairs (see `rmkit.scoring.pair_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import save_config, setting
+from .data import PreferencePair, get_splits, load_preferences
+from .losses import bradley_terry_loss
+from .models import RewardModel, set_trainable
+from .scoring import pair_metrics, score_token_pairs
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``rmkit train`` (and of `train_reward_model`)."""
+
+    data: str = setting("../shared/data/hh-rlhf", "preference data: a file, a directory, or a hub dataset name")
+    model: str = setting("minilm", "backbone or reward model: hub id, local path, or the alias minilm/smollm2")
+    output_dir: str = setting("runs/rm", "where the model, metrics, splits and checkpoints go")
+    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    splits_file: str | None = setting(None, "splits JSON to reuse or create (default: OUTPUT_DIR/splits.json)")
+    split_seed: int = setting(0, "seed of the train/validation/test split")
+    split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
+    max_length: int = setting(256, "tokens per text; longer texts lose their beginning, never the response")
+    train_layers: str = setting("all", "what trains: all, head, or top:N (top N blocks + head)")
+    objective: str = setting("bt", "per-pair loss: bt (Bradley-Terry, Eq. 1) or margin (BT minus the pair's margin, Eq. 6)")
+    epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
+    batch_size: int = setting(16, "pairs per micro-batch (each pair is two texts)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(3e-5, "peak learning rate of the backbone")
+    head_lr: float | None = setting(None, "learning rate of the scalar head (default: lr)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming up linearly")
+    lr_schedule: str = setting("linear", "after warmup: linear, cosine, or constant")
+    max_grad_norm: float = setting(1.0, "global gradient-norm clip (0 disables)")
+    seed: int = setting(0, "seed for the head's init, batch order and dropout")
+    eval_every: int = setting(100, "evaluate on the validation pairs every N optimizer steps (0: only at the end)")
+    save_every: int = setting(100, "write a resumable checkpoint every N optimizer steps (0: never)")
+    eval_batch_size: int = setting(64, "texts per forward pass when scoring")
+    max_train_pairs: int | None = setting(None, "use only the first N training pairs (quick runs, tests)")
+    max_eval_pairs: int | None = setting(None, "use only the first N validation pairs")
+    resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
+    mixed_precision: str = setting("no", "accelerate's mixed precision: no, fp16 or bf16")
+
+
+# ------------------------------------------------------------------------------------------
+# Objectives and the step function
+
+
+def _bt(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    return bradley_terry_loss(chosen, rejected, weights=batch.get("weight"))
+
+
+def _bt_margin(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    if batch.get("margin") is None:
+        raise ValueError("objective 'margin' needs a margin for every training pair (a `margin` column)")
+    return bradley_terry_loss(chosen, rejected, margin=batch["margin"], weights=batch.get("weight"))
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
+OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin}
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    return OBJECTIVES[name]
+
+
+def compute_loss(model, batch: dict[str, Any], objective: Objective) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass over chosen and rejected texts together; returns the loss and its parts.
+
+    ``batch`` holds ``input_ids``/``attention_mask`` of shape (2B, T) (chosen rows first), and
+    optional per-pair tensors (``margin``, ``weight``, ``label``) of shape (B,).
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    b = batch["input_ids"].shape[0] // 2
+    chosen, rejected = out.rewards[:b], out.rewards[b:]  # (B,), (B,)
+    loss = objective(chosen, rejected, batch)
+    return loss, {"chosen": chosen, "rejected": rejected, "features": out.features}
+
+
+def make_batch(model: RewardModel, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
+               idx: Sequence[int], device) -> dict[str, Any]:
+    """Collate pairs ``idx`` into one padded (2B, T) batch plus per-pair fields."""
+    batch: dict[str, Any] = model.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], device)
+    for key in ("margin", "weight"):
+        vals = [getattr(pairs[i], key) for i in idx]
+        if all(v is not None for v in vals):
+            batch[key] = torch.tensor(vals, dtype=torch.float32, device=device)
+        elif any(v is not None for v in vals):
+            raise ValueError(f"some training pairs have a {key} and some do not; fill it for all or none")
+    batch["label"] = torch.tensor([pairs[i].label for i in idx], dtype=torch.float32, device=device)
+    return batch
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, mega: int = 50) -> list[list[int]]:
+    """Shuffle, then sort by length inside chunks of ``mega`` batches, then shuffle the batches.
+
+    Batches hold texts of similar length (little padding) while the order stays random (TRL's
+    ``group_by_length``). Deterministic for a given seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    batches: list[list[int]] = []
+    step = batch_size * mega
+    for s in range(0, len(perm), step):
+        chunk = sorted(perm[s: s + step], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[k: k + batch_size] for k in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in order]
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"lr_schedule must be linear, cosine or constant, got {schedule!r}")
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints: model weights in safetensors; optimizer, scheduler and RNG as plain tensors, read
+# back with weights_only=True.
+
+
+def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = model.load_state_dict(weights, strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{path}: checkpoint has unknown parameters {missing.unexpected_keys[:3]}")
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    progress = json.loads((path / "progress.json").read_text())
+    return int(progress["step"]), progress["log_buffer"]
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    model: RewardModel
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def train_reward_model(
+    cfg: TrainConfig,
+    *,
+    train_pairs: Sequence[PreferencePair] | None = None,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    model: RewardModel | None = None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train a reward model; writes ``model/``, ``metrics.jsonl``, ``results.json`` and ``config.yaml``.
+
+    Pairs come from ``cfg.data`` and its saved split unless given directly. ``stop_after_steps``
+    ends the run early after writing a checkpoint, as a kill would (used to test resuming).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    objective = get_objective(cfg.objective)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if (out / "results.json").exists() and (out / "model").exists() and cfg.resume:
+        accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
+        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, json.loads((out / "results.json").read_text()))
+
+    # ---- data: the saved split of cfg.data, unless pairs were given
+    if train_pairs is None:
+        ds = load_preferences(cfg.data, format=cfg.data_format)
+        splits = get_splits(ds, cfg.splits_file or out / "splits.json", fractions=tuple(cfg.split_fractions),
+                            seed=cfg.split_seed)
+        by_id = {p.id: p for p in ds.pairs}
+        train_pairs = [by_id[i] for i in splits["train"]]
+        eval_pairs = [by_id[i] for i in splits["validation"]] if eval_pairs is None else eval_pairs
+    train_pairs = list(train_pairs)[: cfg.max_train_pairs]
+    eval_pairs = list(eval_pairs or [])[: cfg.max_eval_pairs]
+    if not train_pairs:
+        raise ValueError("no training pairs")
+
+    # ---- model (the head's init depends on the seed)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    n_trainable = set_trainable(model, cfg.train_layers)
+    model.to(accelerator.device)
+    # Tokenize once; every epoch and every evaluation reuses the ids.
+    c_ids = model.encode([p.prompt for p in train_pairs], [p.chosen for p in train_pairs])
+    r_ids = model.encode([p.prompt for p in train_pairs], [p.rejected for p in train_pairs])
+    ev_c = model.encode([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs]) if eval_pairs else []
+    ev_r = model.encode([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs]) if eval_pairs else []
+    lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
+
+    # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard
+    per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    n_micro = max(cfg.grad_accum, int(round(per_epoch * cfg.epochs)))
+    plan: list[list[int]] = []
+    epoch = 0
+    while len(plan) < n_micro:
+        plan += length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        epoch += 1
+    plan = plan[:n_micro]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    plan = plan[rank::world][: n_micro // world]
+    total_steps = len(plan) // cfg.grad_accum
+
+    # ---- optimizer and schedule
+    head_ids = {id(p) for p in model.head.parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
+    if body:
+        groups.append({"params": body, "lr": cfg.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total_steps), total_steps)
+    )
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---- resume
+    ckpt = out / "checkpoint"
+    step, log_buffer = 0, []
+    if cfg.resume and ckpt.exists():
+        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
+    metrics_path = out / "metrics.jsonl"
+    if step == 0 and accelerator.is_main_process and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+
+    def log(record: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate() -> dict[str, float]:
+        if not eval_pairs:
+            return {}
+        rc, rr = score_token_pairs(wrapped, ev_c, ev_r, batch_size=cfg.eval_batch_size, accelerator=accelerator)
+        return {f"eval/{k}": v for k, v in pair_metrics(rc, rr).items()}
+
+    # ---- the loop
+    wrapped.train()
+    t0 = time.time()
+    seen_pairs = 0
+    last_eval: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_main_process, unit="step")
+    while step < total_steps:
+        micro = plan[step * cfg.grad_accum: (step + 1) * cfg.grad_accum]
+        step_loss, step_acc = 0.0, 0.0
+        for k, idx in enumerate(micro):
+            batch = make_batch(model, train_pairs, c_ids, r_ids, idx, accelerator.device)
+            # Only the last micro-batch syncs gradients across processes.
+            with accelerator.no_sync(wrapped) if k < len(micro) - 1 else nullcontext():
+                with accelerator.autocast():
+                    loss, parts = compute_loss(wrapped, batch, objective)
+                accelerator.backward(loss / len(micro))
+            step_loss += loss.item() / len(micro)
+            step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
+            seen_pairs += len(idx)
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        log_buffer.append([step_loss, step_acc])
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+
+        is_last = step == total_steps
+        if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
+            record = {"step": step, "epoch": step * cfg.grad_accum * world / per_epoch,
+                      "train/loss": sum(x[0] for x in log_buffer) / max(1, len(log_buffer)),
+                      "train/accuracy": sum(x[1] for x in log_buffer) / max(1, len(log_buffer)),
+                      "train/lr": scheduler.get_last_lr()[-1]}
+            last_eval = evaluate()
+            record.update(last_eval)
+            log(record)
+            log_buffer = []
+        if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
+                                            or (stop_after_steps is not None and step >= stop_after_steps)):
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer)
+        if stop_after_steps is not None and step >= stop_after_steps and not is_last:
+            bar.close()
+            return TrainResult(model, out, {"stopped_at_step": step})
+    bar.close()
+    train_s = time.time() - t0
+
+    # ---- final model and results
+    accelerator.wait_for_everyone()
+    results: dict[str, Any] = {"steps": total_steps, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+                               "trainable_params": n_trainable, "train_seconds": train_s,
+                               "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9)}
+    results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
+    if accelerator.is_main_process:
+        model.save_pretrained(out / "model")
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(model, out, results)

@@ -237,7 +237,11 @@ def _from_hh(rec: dict) -> tuple[list, list, list, bool]:
         raise _RowError("unparseable_transcript", "chosen", "no Human:/Assistant: turns in chosen")
     if not rt:
         raise _RowError("unparseable_transcript", "rejected", "no Human:/Assistant: turns in rejected")
-    return _split_common(ct, rt)
+    prompt, chosen, rejected, diverged = _split_common(ct, rt)
+    for key, side in (("chosen", chosen), ("rejected", rejected)):
+        if side[-1]["role"] != "assistant":
+            raise _RowError("unparseable_transcript", key, f"{key} ends with a Human turn, not an Assistant response")
+    return prompt, chosen, rejected, diverged
 
 
 def _from_trl(rec: dict) -> tuple[list, list, list, bool]:
@@ -459,6 +463,7 @@ def load_preferences(
     split: str = "train",
     data_dir: str | None = None,
     name: str | None = None,
+    data_files: Any = None,
     limit: int | None = None,
 ) -> PreferenceDataset:
     """Load preference data from a path, a hub dataset, or Python objects.
@@ -473,12 +478,16 @@ def load_preferences(
         allow_ties: keep ties as pairs with ``label = 0.5`` (else status ``tie``).
         strict: raise `DataError` on the first unusable row (naming file, row and field).
         subset: subset name for rows of a single source (default: from the file or folder name).
-        split, data_dir, name: passed to ``datasets.load_dataset`` for hub sources.
+        split, data_dir, name, data_files: passed to ``datasets.load_dataset`` for hub sources
+            (``load_preferences("Anthropic/hh-rlhf", data_dir="harmless-base", split="test")``, or a
+            builder with files: ``load_preferences("json", data_files="pairs.jsonl")``).
         limit: read at most this many rows per file (for quick looks and tests).
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     sources: list[tuple[str, str, Iterable[tuple[int, Any]]]] = []  # (file label, subset, records)
+    if isinstance(source, os.PathLike) and not Path(source).exists():
+        raise DataError(f"{source}: no such file or directory")
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         path = Path(source)
         if path.is_dir():
@@ -492,7 +501,7 @@ def load_preferences(
         import datasets
 
         try:
-            ds = datasets.load_dataset(source, name, data_dir=data_dir, split=split)
+            ds = datasets.load_dataset(source, name, data_dir=data_dir, data_files=data_files, split=split)
         except Exception as e:  # the hub's errors vary by version; name the source in ours
             raise DataError(f"{source}: could not load it with datasets.load_dataset ({e})") from e
         sources.append((f"hub:{source}", subset or data_dir or name or source.split("/")[-1], enumerate(ds)))
@@ -508,6 +517,8 @@ def load_preferences(
     seen_ids: set[str] = set()
     for label, sub, records in sources:
         fmt = format
+        detect_error = ""
+        first = len(rows)
         for n, (i, rec) in enumerate(records):
             if limit is not None and n >= limit:
                 break
@@ -517,9 +528,16 @@ def load_preferences(
             else:
                 rec = _rename(rec, columns)
                 if fmt is None and isinstance(rec, dict):
-                    fmt = detect_format(rec.keys(), rec)
-                row = record_to_row(rec, fmt=fmt or "hh", row=i, source_file=label, subset=sub,
-                                    winner_key=winner_key, allow_ties=allow_ties)
+                    try:  # the first readable record fixes the format of its whole file
+                        fmt = detect_format(rec.keys(), rec)
+                    except DataError as e:
+                        detect_error = str(e)
+                if fmt is None:
+                    rid = f"{sub}-{i:06d}" if sub else f"{i:06d}"
+                    row = RowResult(rid, "missing_field", sub, label, i, detect_error or "not a record")
+                else:
+                    row = record_to_row(rec, fmt=fmt, row=i, source_file=label, subset=sub,
+                                        winner_key=winner_key, allow_ties=allow_ties)
             if row.id in seen_ids:  # ids must be unique: disambiguate with the source position
                 row.id = f"{row.id}@{Path(label).name}:{i}"
                 if row.pair is not None:
@@ -530,6 +548,8 @@ def load_preferences(
             if row.usable:
                 fmt_counts[fmt] += 1
             rows.append(row)
+        if fmt is None and len(rows) > first:
+            raise DataError(f"{label}: no row matches a known format ({detect_error or 'no JSON objects'})")
     return PreferenceDataset(rows, dict(fmt_counts))
 
 

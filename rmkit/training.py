@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .config import save_config, setting
@@ -62,6 +63,7 @@ class TrainConfig:
     max_train_pairs: int | None = setting(None, "use only the first N training pairs (quick runs, tests)")
     max_eval_pairs: int | None = setting(None, "use only the first N validation pairs")
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
+    eval_test: bool = setting(True, "after training, score the test split (overall and per subset)")
     mixed_precision: str = setting("no", "accelerate's mixed precision: no, fp16 or bf16")
 
 
@@ -190,6 +192,26 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> tu
 # ------------------------------------------------------------------------------------------
 
 
+def evaluate_pairs(model, pairs: Sequence[PreferencePair], *, prefix: str = "test", batch_size: int = 64,
+                   accelerator=None) -> dict[str, Any]:
+    """Score held-out pairs: metrics overall, accuracy per subset, and scoring speed (pairs/s)."""
+    core = accelerator.unwrap_model(model) if accelerator is not None else model
+    t0 = time.time()
+    c_ids = core.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
+    r_ids = core.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    rc, rr = score_token_pairs(model, c_ids, r_ids, batch_size=batch_size, accelerator=accelerator)
+    seconds = time.time() - t0
+    labels = np.array([p.label for p in pairs])
+    out: dict[str, Any] = {f"{prefix}/{k}": v for k, v in pair_metrics(rc, rr, labels).items()}
+    subsets = np.array([p.subset for p in pairs])
+    out[f"{prefix}/per_subset"] = {
+        s: pair_metrics(rc[subsets == s], rr[subsets == s], labels[subsets == s])["accuracy"]
+        for s in sorted(set(subsets))
+    }
+    out[f"{prefix}/score_pairs_per_s"] = len(pairs) / max(seconds, 1e-9)
+    return out
+
+
 @dataclass
 class TrainResult:
     model: RewardModel
@@ -224,6 +246,7 @@ def train_reward_model(
         return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, json.loads((out / "results.json").read_text()))
 
     # ---- data: the saved split of cfg.data, unless pairs were given
+    test_pairs: list[PreferencePair] = []
     if train_pairs is None:
         ds = load_preferences(cfg.data, format=cfg.data_format)
         splits = get_splits(ds, cfg.splits_file or out / "splits.json", fractions=tuple(cfg.split_fractions),
@@ -231,6 +254,7 @@ def train_reward_model(
         by_id = {p.id: p for p in ds.pairs}
         train_pairs = [by_id[i] for i in splits["train"]]
         eval_pairs = [by_id[i] for i in splits["validation"]] if eval_pairs is None else eval_pairs
+        test_pairs = [by_id[i] for i in splits["test"]] if cfg.eval_test else []
     train_pairs = list(train_pairs)[: cfg.max_train_pairs]
     eval_pairs = list(eval_pairs or [])[: cfg.max_eval_pairs]
     if not train_pairs:
@@ -350,6 +374,9 @@ def train_reward_model(
                                "trainable_params": n_trainable, "train_seconds": train_s,
                                "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9)}
     results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
+    if test_pairs:
+        results.update(evaluate_pairs(wrapped, test_pairs, prefix="test", batch_size=cfg.eval_batch_size,
+                                      accelerator=accelerator))
     if accelerator.is_main_process:
         model.save_pretrained(out / "model")
         (out / "results.json").write_text(json.dumps(results, indent=1))

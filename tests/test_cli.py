@@ -1,0 +1,83 @@
+"""Every CLI command in a subprocess, on a tiny budget (cleanrl-style smoke tests)."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+RMKIT = [sys.executable, "-m", "rmkit.cli"]
+
+
+def run(*args, ok=True):
+    proc = subprocess.run(RMKIT + [str(a) for a in args], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def small_hh(shared_data, tmp_path_factory):
+    """40 real harmless-base rows plus one identical pair and one broken line."""
+    out = tmp_path_factory.mktemp("data") / "harmless-slice.jsonl"
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt") as f:
+        lines = [next(f) for _ in range(40)]
+    first = json.loads(lines[0])
+    lines.append(json.dumps({"chosen": first["chosen"], "rejected": first["chosen"]}) + "\n")
+    lines.append('{"chosen": "broken\n')
+    out.write_text("".join(lines))
+    return out
+
+
+def test_help():
+    assert "train" in run("--help").stdout
+    text = run("train", "--help").stdout
+    assert "--max_length" in text and "tokens per text" in text
+
+
+def test_data_command_reports_and_writes_splits(shared_data, tmp_path):
+    proc = run("data", shared_data / "hh-rlhf", "--output-dir", tmp_path)
+    report = json.loads(proc.stdout)
+    assert report["rows"] == 8552 and report["statuses"]["identical"] == 36
+    rows = pd.read_parquet(tmp_path / "rows.parquet")
+    assert len(rows) == 8552 and rows["id"].is_unique
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert len(splits["test"]) == report["splits"]["test"] and (tmp_path / "config.yaml").exists()
+
+
+def test_train_then_score(tiny_bert, small_hh, tmp_path):
+    out = tmp_path / "rm"
+    proc = run("train", small_hh, "--model", tiny_bert, "--output-dir", out, "--max-length", "48",
+               "--epochs", "1", "--batch-size", "4", "--eval-every", "0", "--save-every", "0")
+    assert "model saved to" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert "test/accuracy" in results and "eval/accuracy" in results
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["max_length"] == 48 and saved["data"] == str(small_hh)
+    # The saved config repeats the run.
+    assert run("train", "--config", out / "config.yaml", "--output-dir", tmp_path / "again").returncode == 0
+
+    score_dir = tmp_path / "scores"
+    metrics = json.loads(run("score", small_hh, out / "model", "--output-dir", score_dir).stdout)
+    table = pd.read_parquet(score_dir / "scores.parquet")
+    assert len(table) == 42  # every row, scored or not
+    assert set(table.loc[table["diff"].isna(), "status"]) == {"identical", "undecodable"}
+    assert metrics["unscored"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert pd.read_csv(score_dir / "scores.csv")["id"].tolist() == table["id"].tolist()
+
+
+def test_bad_input_exits_with_a_clear_message(tmp_path):
+    proc = run("data", tmp_path / "nope.jsonl", ok=False)
+    assert proc.returncode == 2 and "nope.jsonl: no such file" in proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b"}\n')
+    proc = run("data", bad, "--strict", "true", "--data-format", "hh", ok=False)
+    assert proc.returncode == 2 and "row 0 (line 1): missing_field: rejected" in proc.stderr
+    proc = run("data", bad, ok=False)
+    assert proc.returncode == 2 and "bad.jsonl: no row matches a known format" in proc.stderr
+    proc = run("train", bad, "--lr", "fast", ok=False)
+    assert proc.returncode == 2 and "setting 'lr'" in proc.stderr

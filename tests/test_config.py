@@ -1,0 +1,45 @@
+"""Config dataclasses: YAML, overrides, typos, and the saved copy that repeats a run."""
+
+import argparse
+
+import pytest
+
+from rmkit.config import add_arguments, config_from_args, load_config, save_config
+from rmkit.training import TrainConfig
+
+
+def test_yaml_then_overrides_then_saved_copy(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-4\nepochs: 2\nsplit_fractions: [0.8, 0.1, 0.1]\nhead_lr: null\n")
+    cfg = load_config(TrainConfig, path, {"epochs": "3", "eval_test": "false"})
+    assert cfg.lr == 1e-4 and cfg.epochs == 3.0 and cfg.split_fractions == [0.8, 0.1, 0.1]
+    assert cfg.eval_test is False and cfg.head_lr is None and cfg.batch_size == 16
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(TrainConfig, tmp_path / "saved.yaml") == cfg
+
+
+def test_unknown_and_mistyped_settings_fail_loudly(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rate'\]"):
+        load_config(TrainConfig, None, {"learning_rate": 1})
+    with pytest.raises(ValueError, match="setting 'batch_size': cannot read 'many' as int"):
+        load_config(TrainConfig, None, {"batch_size": "many"})
+
+
+def test_cli_flags_from_the_dataclass():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_arguments(parser, TrainConfig)
+    args = parser.parse_args(["--max-length", "64", "--train_layers", "top:2"])
+    cfg = config_from_args(TrainConfig, args, {"data": "x.jsonl"})
+    assert cfg.max_length == 64 and cfg.train_layers == "top:2" and cfg.data == "x.jsonl"
+    assert cfg.lr == TrainConfig().lr  # flags not given keep their defaults
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        if path.name.startswith("train"):
+            load_config(TrainConfig, path)

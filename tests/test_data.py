@@ -1,0 +1,207 @@
+"""Readers, statuses, sources and splits, on hand-written fixtures and on the real hh-rlhf files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+
+from rmkit.data import (DataError, detect_format, get_splits, load_preferences, split_hh_transcript, split_ids)
+
+HH_OK = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello, how can I help?",
+         "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
+
+
+def write_jsonl(path, records, raw_lines=()):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        for line in raw_lines:
+            f.write(line + "\n")
+    return path
+
+
+def test_hh_transcript_split_into_prompt_and_final_turns():
+    ds = load_preferences([HH_OK])
+    (pair,) = ds.pairs
+    assert pair.prompt == [{"role": "user", "content": "Hi?"}]
+    assert pair.chosen == [{"role": "assistant", "content": "Hello, how can I help?"}]
+    assert pair.rejected == [{"role": "assistant", "content": "Go away."}]
+    assert pair.status == "ok" and pair.label == 1.0
+    assert ds.format_counts == {"hh": 1}
+
+
+def test_hh_multi_turn_and_diverged_history():
+    shared = "\n\nHuman: A\n\nAssistant: B\n\nHuman: C"
+    ok = {"chosen": shared + "\n\nAssistant: D1", "rejected": shared + "\n\nAssistant: D2"}
+    diverged = {"chosen": "\n\nHuman: A\n\nAssistant: B1\n\nHuman: C\n\nAssistant: D",
+                "rejected": "\n\nHuman: A\n\nAssistant: B2"}
+    ds = load_preferences([ok, diverged])
+    a, b = ds.pairs
+    assert [m["content"] for m in a.prompt] == ["A", "B", "C"] and a.status == "ok"
+    # The dialogues part after "A": the prompt is the common prefix, responses hold the rest.
+    assert b.status == "diverged_history"
+    assert b.prompt == [{"role": "user", "content": "A"}]
+    assert [m["content"] for m in b.chosen] == ["B1", "C", "D"]
+    assert [m["content"] for m in b.rejected] == ["B2"]
+    assert ds.report()["statuses"] == {"ok": 1, "diverged_history": 1}
+
+
+def test_every_status_from_a_malformed_jsonl(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [
+        HH_OK,
+        {"chosen": HH_OK["chosen"], "rejected": HH_OK["chosen"]},               # identical
+        {"chosen": "\n\nHuman: Hi?\n\nAssistant:   ", "rejected": HH_OK["rejected"]},  # empty response
+        {"chosen": HH_OK["chosen"]},                                             # missing rejected
+        {"chosen": HH_OK["chosen"], "rejected": 7},                              # bad type
+        {"chosen": "no turns here", "rejected": "none here either"},             # unparseable
+    ], raw_lines=['{"chosen": "truncated'])                                      # undecodable
+    ds = load_preferences(path, format="hh")
+    statuses = [r.status for r in ds.rows]
+    assert statuses == ["ok", "identical", "empty_response", "missing_field", "bad_type",
+                        "unparseable_transcript", "undecodable"]
+    assert [r.source_row for r in ds.rows] == list(range(7))
+    assert "rejected" in ds.rows[3].detail and "rejected" in ds.rows[4].detail
+    assert len(ds.pairs) == 1 and ds.report()["rows"] == 7
+    table = ds.status_table()
+    assert list(table["status"]) == statuses and table["id"].is_unique
+
+
+def test_format_detected_past_a_broken_first_row(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"chosen": "only one side"}, HH_OK])
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["missing_field", "ok"]
+    assert "cannot tell the format" in ds.rows[0].detail
+
+
+def test_strict_mode_names_file_row_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [HH_OK, {"chosen": HH_OK["chosen"], "rejected": None}])
+    with pytest.raises(DataError, match=r"pairs\.jsonl, row 1 \(line 2\): missing_field: rejected"):
+        load_preferences(path, strict=True)
+
+
+def test_trl_formats_strings_and_messages():
+    records = [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "margin": 1.5},
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
+         "rejected": [{"role": "assistant", "content": "Bye"}], "weight": 0.5},
+    ]
+    a, b = load_preferences(records).pairs
+    assert a.prompt == [{"role": "user", "content": "What is 2+2?"}] and a.chosen_text == "4" and a.margin == 1.5
+    assert b.chosen[0]["content"] == "Hello" and b.weight == 0.5 and b.margin is None
+    bad = load_preferences([{"prompt": "x", "chosen": [{"role": "assistant"}], "rejected": "y"}]).rows[0]
+    assert bad.status == "bad_type" and "chosen" in bad.detail
+
+
+def test_conversational_implicit_prompt():
+    user = {"role": "user", "content": "Hi"}
+    rec = {"chosen": [user, {"role": "assistant", "content": "Hello"}],
+           "rejected": [user, {"role": "assistant", "content": "Bye"}]}
+    assert detect_format(rec.keys(), rec) == "conversational"
+    (p,) = load_preferences([rec]).pairs
+    assert p.prompt == [user] and p.chosen_text == "Hello" and p.rejected_text == "Bye"
+
+
+def test_moss_utterance_lists():
+    rec = {"chosen": ["Hi", "Hello!", "How are you?", "Fine, thanks."],
+           "rejected": ["Hi", "Hello!", "How are you?", "Whatever."]}
+    (p,) = load_preferences([rec], format="moss").pairs
+    assert [m["role"] for m in p.prompt] == ["user", "assistant", "user"]
+    assert p.chosen_text == "Fine, thanks." and p.rejected_text == "Whatever."
+    mismatched = {"chosen": ["Hi", "A"], "rejected": ["Yo", "B"]}
+    assert load_preferences([mismatched], format="moss").rows[0].status == "bad_type"
+
+
+def test_pairwise_winner_and_ties():
+    recs = [{"query": "Q", "response1": "r1", "response2": "r2", "human": "model2"},
+            {"query": "Q", "response1": "r1", "response2": "r2", "human": "model1"},
+            {"query": "Q", "response1": "r1", "response2": "r2", "human": "TIE"},
+            {"query": "Q", "response1": "r1", "response2": "r2", "human": "maybe"}]
+    ds = load_preferences(recs)
+    assert [r.status for r in ds.rows] == ["ok", "ok", "tie", "bad_type"]
+    assert ds.pairs[0].chosen_text == "r2" and ds.pairs[1].chosen_text == "r1"
+    with_ties = load_preferences(recs, allow_ties=True)
+    assert [p.label for p in with_ties.pairs] == [1.0, 1.0, 0.5]
+
+
+def test_columns_mapping_and_unknown_format():
+    recs = [{"question": "Q", "good": "yes", "bad": "no"}]
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_preferences(recs)
+    (p,) = load_preferences(recs, columns={"question": "prompt", "good": "chosen", "bad": "rejected"}).pairs
+    assert p.chosen_text == "yes"
+    with pytest.raises(ValueError, match="format must be one of"):
+        load_preferences(recs, format="tlr")
+
+
+def test_file_types_and_directories(tmp_path):
+    recs = [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p2", "chosen": "c2", "rejected": "r2"}]
+    (tmp_path / "a").mkdir()
+    write_jsonl(tmp_path / "a" / "x.jsonl", recs)
+    with gzip.open(tmp_path / "a" / "y.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in recs))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.json").write_text(json.dumps(recs))
+    pd.DataFrame(recs).to_parquet(tmp_path / "b" / "w.parquet")
+    pd.DataFrame([{"prompt": "p", "chosen": json.dumps([{"role": "assistant", "content": "c"}]),
+                   "rejected": "r"}]).to_csv(tmp_path / "b" / "v.csv", index=False)
+    ds = load_preferences(tmp_path)
+    assert len(ds.rows) == 9 and len(ds.pairs) == 9
+    assert sorted(ds.report()["per_subset"]) == ["a", "b"]
+    assert len({r.id for r in ds.rows}) == 9  # ids unique across files
+    assert load_preferences(pd.DataFrame(recs)).pairs[1].chosen_text == "c2"
+    with pytest.raises(DataError, match="no such file"):
+        load_preferences(tmp_path / "missing.jsonl")
+
+
+def test_datasets_builder_path(tmp_path):
+    """The hub code path (datasets.load_dataset), exercised offline with the json builder."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", [HH_OK, HH_OK])
+    ds = load_preferences("json", data_files=str(path), split="train", subset="local")
+    assert len(ds.pairs) == 2 and ds.pairs[0].subset == "local"
+
+
+def test_splits_are_deterministic_stratified_and_saved(tmp_path):
+    recs = [{"prompt": f"p{i}", "chosen": "c", "rejected": "r", "subset": "ab"[i % 2]} for i in range(200)]
+    ds = load_preferences(recs)
+    s1 = split_ids(ds, seed=3)
+    assert s1 == split_ids(ds, seed=3) and s1 != split_ids(ds, seed=4)
+    assert [len(s1[k]) for k in ("train", "validation", "test")] == [140, 20, 40]
+    test_subsets = [next(p.subset for p in ds.pairs if p.id == i) for i in s1["test"]]
+    assert test_subsets.count("a") == test_subsets.count("b") == 20
+    path = tmp_path / "splits.json"
+    assert get_splits(ds, path, seed=3) == s1 and path.exists()
+    assert get_splits(ds, path, seed=99) == s1  # reused, not remade
+    assert set(s1["train"]).isdisjoint(s1["test"])
+
+
+def test_split_hh_transcript_roles():
+    turns = split_hh_transcript("\n\nHuman: a\n\nAssistant: b\n\nHuman: c")
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert split_hh_transcript("plain text") == []
+
+
+def test_real_hh_rlhf_every_row_accounted_for(shared_data):
+    ds = load_preferences(shared_data / "hh-rlhf")
+    report = ds.report()
+    assert report["rows"] == 8552
+    assert report["statuses"]["identical"] == 36
+    assert sum(report["statuses"].values()) == 8552  # none lost
+    assert report["per_subset"]["helpful-rejection-sampled"]["identical"] == 32
+    assert {r.subset for r in ds.rows} == {"harmless-base", "helpful-base", "helpful-online",
+                                          "helpful-rejection-sampled"}
+    assert len({r.id for r in ds.rows}) == 8552
+    # Two transcripts end with a Human turn: reported, not used.
+    assert report["statuses"]["unparseable_transcript"] == 2
+    # Every usable pair ends with an assistant turn on both sides.
+    assert all(p.chosen[-1]["role"] == "assistant" and p.rejected[-1]["role"] == "assistant" for p in ds.pairs)
+
+
+def test_real_llmeval2_pairwise(shared_data):
+    ds = load_preferences(shared_data / "llmeval2" / "LLMEval2_benchmark.json.zip", columns={"dataset": "subset"})
+    report = ds.report()
+    assert report["rows"] == 2553 and report["statuses"]["tie"] >= 470
+    assert report["formats"] == {"pairwise": report["usable"]}
+    assert len(report["per_subset"]) == 15

@@ -1,0 +1,82 @@
+"""The reward model: rendering, truncation, features, and the round trip through plain transformers."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rmkit.models import RewardModel, set_trainable
+
+PROMPT = [{"role": "user", "content": "How do I boil an egg?"}]
+RESPONSES = [[{"role": "assistant", "content": "Put it in boiling water for eight minutes."}],
+             [{"role": "assistant", "content": "No."}],
+             [{"role": "assistant", "content": "Eggs are great. " * 20}]]
+
+
+@pytest.fixture(params=["minilm", "tiny_bert", "tiny_llama"])
+def rm_path(request):
+    return "minilm" if request.param == "minilm" else request.getfixturevalue(request.param)
+
+
+def test_round_trip_through_auto_model_for_sequence_classification(rm_path, tmp_path):
+    torch.manual_seed(0)
+    rm = RewardModel.from_pretrained(rm_path, max_length=128).eval()
+    ours = rm.score([PROMPT] * 3, RESPONSES)
+    rm.save_pretrained(tmp_path / "rm")
+    assert (tmp_path / "rm" / "model.safetensors").exists()
+    # What a TRL / OpenRLHF / RewardBench user does: plain transformers on the rendered text.
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    assert hf.config.num_labels == 1
+    texts = [rm.render(PROMPT, r) for r in RESPONSES]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not rm.use_chat_template)
+    with torch.no_grad():
+        theirs = hf(**enc).logits.squeeze(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    # And rmkit reloads its own checkpoint with the same rewards and settings.
+    again = RewardModel.from_pretrained(str(tmp_path / "rm"))
+    assert again.max_length == 128
+    torch.testing.assert_close(again.score([PROMPT] * 3, RESPONSES), ours, atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_rewards(rm_path):
+    rm = RewardModel.from_pretrained(rm_path, max_length=128).eval()
+    batched = rm.score([PROMPT] * 3, RESPONSES, batch_size=3)
+    single = torch.cat([rm.score([PROMPT], [r], batch_size=1) for r in RESPONSES])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_features_are_what_the_head_reads(rm_path):
+    rm = RewardModel.from_pretrained(rm_path, max_length=64).eval()
+    batch = rm.collate(rm.encode([PROMPT] * 3, RESPONSES))
+    with torch.no_grad():
+        out = rm(**batch)
+    assert out.rewards.shape == (3,) and out.features.shape == (3, rm.model.config.hidden_size)
+    torch.testing.assert_close(rm.head(out.features).squeeze(-1), out.rewards, atol=1e-5, rtol=0)
+
+
+def test_left_truncation_keeps_the_response(tiny_bert, tiny_llama):
+    long_prompt = [{"role": "user", "content": "word " * 500}]
+    response = [{"role": "assistant", "content": "the final answer is forty two"}]
+    bert = RewardModel.from_pretrained(tiny_bert, max_length=32)
+    (ids,) = bert.encode([long_prompt], [response])
+    assert len(ids) == 32 and ids[0] == bert.tokenizer.cls_token_id and ids[-1] == bert.tokenizer.sep_token_id
+    assert bert.tokenizer.decode(ids[-8:-1]).endswith("the final answer is forty two")
+    llama = RewardModel.from_pretrained(tiny_llama, max_length=32)
+    assert llama.use_chat_template
+    (ids,) = llama.encode([long_prompt], [response])
+    assert len(ids) == 32 and "the final answer is forty two" in llama.tokenizer.decode(ids)
+
+
+def test_set_trainable(tiny_bert):
+    rm = RewardModel.from_pretrained(tiny_bert)
+    total = sum(p.numel() for p in rm.parameters())
+    assert set_trainable(rm, "all") == total
+    n_head = set_trainable(rm, "head")
+    assert n_head == 33 and all(p.requires_grad for p in rm.head.parameters())  # 32 weights + bias
+    n_top = set_trainable(rm, "top:1")
+    assert n_head < n_top < total
+    assert all(p.requires_grad for p in rm.model.bert.encoder.layer[1].parameters())
+    assert not any(p.requires_grad for p in rm.model.bert.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in rm.model.bert.pooler.parameters())
+    with pytest.raises(ValueError, match="train_layers must be"):
+        set_trainable(rm, "top")

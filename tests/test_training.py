@@ -1,0 +1,93 @@
+"""The training loop: resuming is exact, real data lowers the loss, bad settings fail clearly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rmkit.data import load_preferences
+from rmkit.models import RewardModel
+from rmkit.scoring import pair_metrics, score_pairs
+from rmkit.training import TrainConfig, length_grouped_batches, train_reward_model
+
+
+@pytest.fixture(scope="module")
+def hh_pairs(shared_data):
+    return load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=80).pairs
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, tmp_path):
+    common = dict(model=tiny_bert, max_length=48, batch_size=4, epochs=2, lr=1e-3, eval_every=4,
+                  save_every=0, warmup_ratio=0.2, seed=7)
+    train, ev = hh_pairs[:24], hh_pairs[24:32]
+    full = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common),
+                              train_pairs=train, eval_pairs=ev)
+    part = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common),
+                              train_pairs=train, eval_pairs=ev, stop_after_steps=5)
+    assert part.metrics == {"stopped_at_step": 5} and (tmp_path / "cut" / "checkpoint").exists()
+    resumed = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common),
+                                 train_pairs=train, eval_pairs=ev)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+    assert not (tmp_path / "cut" / "checkpoint").exists()  # cleaned up once finished
+    # The metrics log of the resumed run matches the uninterrupted one line for line.
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    cut_log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in cut_log] == [json.loads(x)["step"] for x in full_log] == [4, 8, 12]
+    assert json.loads(cut_log[-1])["eval/accuracy"] == json.loads(full_log[-1])["eval/accuracy"]
+    # A finished run is not redone: the saved model is loaded back.
+    again = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train)
+    torch.testing.assert_close(again.model.state_dict()["model.classifier.weight"], a["model.classifier.weight"])
+
+
+def test_short_real_training_lowers_the_training_loss(hh_pairs, tmp_path):
+    train = hh_pairs[:32]
+    torch.manual_seed(0)
+    before_model = RewardModel.from_pretrained("minilm", max_length=64)
+    before = score_pairs(before_model, train)
+    cfg = TrainConfig(model="minilm", output_dir=str(tmp_path / "rm"), max_length=64, batch_size=8, epochs=4,
+                      lr=1e-4, head_lr=1e-3, eval_every=0, save_every=0, warmup_ratio=0.0, seed=0)
+    result = train_reward_model(cfg, train_pairs=train, eval_pairs=train)
+    after = score_pairs(result.model, train)
+    loss_before = pair_metrics(before["reward_chosen"].to_numpy(), before["reward_rejected"].to_numpy())["loss"]
+    loss_after = pair_metrics(after["reward_chosen"].to_numpy(), after["reward_rejected"].to_numpy())["loss"]
+    assert loss_after < loss_before - 0.05, (loss_before, loss_after)
+    logged = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["eval/loss"] == pytest.approx(loss_after, abs=1e-4)
+    assert {"train/loss", "train/accuracy", "train/lr", "eval/accuracy", "eval/margin_mean",
+            "eval/reward_mean", "eval/reward_std"} <= set(logged[-1])
+    saved = json.loads((tmp_path / "rm" / "results.json").read_text())
+    assert saved["train_pairs"] == 32 and saved["train_pairs_per_s"] > 0
+
+
+def test_margin_objective_needs_margins(tiny_bert, hh_pairs, tmp_path):
+    cfg = TrainConfig(model=tiny_bert, output_dir=str(tmp_path), objective="margin", max_length=32, epochs=1,
+                      batch_size=4, eval_every=0, save_every=0)
+    with pytest.raises(ValueError, match="needs a margin"):
+        train_reward_model(cfg, train_pairs=hh_pairs[:8])
+    with pytest.raises(ValueError, match="objective must be one of"):
+        train_reward_model(TrainConfig(model=tiny_bert, objective="hinge", output_dir=str(tmp_path)),
+                           train_pairs=hh_pairs[:8])
+
+
+def test_margin_column_is_used(tiny_bert, tmp_path):
+    recs = [{"prompt": f"q{i}", "chosen": "good answer", "rejected": "bad", "margin": 2.0} for i in range(8)]
+    pairs = load_preferences(recs).pairs
+    cfg = TrainConfig(model=tiny_bert, output_dir=str(tmp_path), objective="margin", max_length=16, epochs=1,
+                      batch_size=4, eval_every=0, save_every=0)
+    result = train_reward_model(cfg, train_pairs=pairs, eval_pairs=pairs)
+    assert np.isfinite(result.metrics["eval/loss"])
+
+
+def test_length_grouped_batches_cover_every_pair_once():
+    lengths = list(np.random.default_rng(0).integers(1, 500, size=203))
+    batches = length_grouped_batches(lengths, 8, seed=1, mega=5)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(203))
+    assert batches == length_grouped_batches(lengths, 8, seed=1, mega=5)
+    # Inside a batch lengths are close: far less spread than in a random batch.
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 150

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import add_arguments, config_from_args
@@ -22,7 +23,8 @@ from .training import TrainConfig, train_reward_model
 
 
 def _print(obj) -> None:
-    print(json.dumps(obj, indent=1, default=str))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, print once
+        print(json.dumps(obj, indent=1, default=str))
 
 
 def _cmd_setup(args) -> None:
@@ -39,7 +41,8 @@ def _cmd_train(args) -> None:
     cfg = config_from_args(TrainConfig, args, {"data": args.source})
     result = train_reward_model(cfg)
     _print(result.metrics)
-    print(f"model saved to {result.output_dir / 'model'}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model saved to {result.output_dir / 'model'}")
 
 
 def _cmd_score(args) -> None:

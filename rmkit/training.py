@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -236,7 +237,10 @@ def train_reward_model(
     from tqdm.auto import tqdm
 
     objective = get_objective(cfg.objective)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # On a CPU-only machine launched with several processes (torchrun), accelerate sets up gloo only
+    # when told it runs on the CPU.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -351,9 +355,11 @@ def train_reward_model(
 
         is_last = step == total_steps
         if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
+            # Average over the steps since the last line, and over processes.
+            local = torch.tensor(log_buffer, dtype=torch.float64).mean(0).to(accelerator.device)
+            train_loss, train_acc = accelerator.reduce(local, reduction="mean").tolist()
             record = {"step": step, "epoch": step * cfg.grad_accum * world / per_epoch,
-                      "train/loss": sum(x[0] for x in log_buffer) / max(1, len(log_buffer)),
-                      "train/accuracy": sum(x[1] for x in log_buffer) / max(1, len(log_buffer)),
+                      "train/loss": train_loss, "train/accuracy": train_acc,
                       "train/lr": scheduler.get_last_lr()[-1]}
             last_eval = evaluate()
             record.update(last_eval)

@@ -91,3 +91,47 @@ def test_length_grouped_batches_cover_every_pair_once():
     # Inside a batch lengths are close: far less spread than in a random batch.
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
     assert spread < 150
+
+
+def test_two_processes_equal_one_with_gradient_accumulation(tmp_path, shared_data):
+    """DDP over 2 CPU processes (torchrun, gloo) takes the same steps as 1 process accumulating 2
+    micro-batches: each step averages the same two batches' gradients."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rmkit.assets import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    import gzip
+
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt") as f:
+        (tmp_path / "data.jsonl").write_text("".join(next(f) for _ in range(60)))
+    common = ["train", str(tmp_path / "data.jsonl"), "--model", str(tmp_path / "tiny"), "--max-length", "40",
+              "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--eval-every", "3", "--save-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rmkit.cli",
+                          *common, "--output-dir", str(tmp_path / "ddp")], capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("model saved to") == 1  # printed once, by rank 0
+    single = subprocess.run([sys.executable, "-m", "rmkit.cli", *common, "--grad-accum", "2",
+                             "--output-dir", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = RewardModel.from_pretrained(str(tmp_path / "ddp" / "model")).state_dict()
+    b = RewardModel.from_pretrained(str(tmp_path / "one" / "model")).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    ra = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    rb = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert ra["steps"] == rb["steps"] and ra["eval/accuracy"] == pytest.approx(rb["eval/accuracy"])
+    la = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in la] == [x["step"] for x in lb]
+    assert la[-1]["train/loss"] == pytest.approx(lb[-1]["train/loss"], abs=1e-4)

@@ -121,6 +121,40 @@ class ScoreConfig:
     split: str | None = setting(None, "score only this split (train/validation/test) of the splits file")
     splits_file: str | None = setting(None, "the splits JSON written by `rmkit data` or `rmkit train`")
     data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    chunk_rows: int = setting(1024, "rows scored and written per part file (a killed run redoes one part at most)")
+
+
+def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig):
+    """Score ``ds`` a chunk at a time, each chunk saved as it finishes; a rerun reuses finished chunks.
+
+    The parts are tied to the settings that produced them: other settings start the parts afresh.
+    """
+    import json
+    import shutil
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    key = {"data": cfg.data, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+           "max_length": model.max_length, "split": cfg.split, "chunk_rows": cfg.chunk_rows,
+           "rows": len(ds.rows), "first_id": ds.rows[0].id if ds.rows else None}
+    meta = parts / "meta.json"
+    if parts.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(key))
+    tables = []
+    starts = range(0, len(ds.rows), cfg.chunk_rows)
+    for k, start in enumerate(tqdm(starts, desc="scoring parts", unit="part")):
+        path = parts / f"part-{k:05d}.parquet"
+        if path.exists():
+            tables.append(pd.read_parquet(path))
+            continue
+        table = score_pairs(model, PreferenceDataset(ds.rows[start: start + cfg.chunk_rows]), batch_size=cfg.batch_size)
+        table.to_parquet(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").rename(path)  # only whole parts count as done
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else score_pairs(model, ds)
 
 
 def run_score(cfg: ScoreConfig) -> dict:
@@ -142,7 +176,7 @@ def run_score(cfg: ScoreConfig) -> dict:
             raise ValueError("split needs splits_file")
         ds = ds.subset(load_splits(cfg.splits_file)[cfg.split])
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
-    table = score_pairs(model, ds, batch_size=cfg.batch_size, progress=True)
+    table = _score_in_parts(model, ds, out / "parts", cfg)
     table.to_parquet(out / "scores.parquet", index=False)
     table.to_csv(out / "scores.csv", index=False)
     ok = table.dropna(subset=["diff"])

@@ -62,12 +62,21 @@ def test_train_then_score(tiny_bert, small_hh, tmp_path):
     assert run("train", "--config", out / "config.yaml", "--output-dir", tmp_path / "again").returncode == 0
 
     score_dir = tmp_path / "scores"
-    metrics = json.loads(run("score", small_hh, out / "model", "--output-dir", score_dir).stdout)
+    metrics = json.loads(run("score", small_hh, out / "model", "--output-dir", score_dir, "--chunk-rows", "16").stdout)
     table = pd.read_parquet(score_dir / "scores.parquet")
     assert len(table) == 42  # every row, scored or not
     assert set(table.loc[table["diff"].isna(), "status"]) == {"identical", "undecodable"}
     assert metrics["unscored"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0
     assert pd.read_csv(score_dir / "scores.csv")["id"].tolist() == table["id"].tolist()
+    # Written in parts as it goes; a rerun after losing the last part redoes only that part.
+    parts = sorted((score_dir / "parts").glob("part-*.parquet"))
+    assert len(parts) == 3
+    first_mtime = parts[0].stat().st_mtime_ns
+    parts[-1].unlink()
+    again = json.loads(run("score", small_hh, out / "model", "--output-dir", score_dir, "--chunk-rows", "16").stdout)
+    assert parts[0].stat().st_mtime_ns == first_mtime and parts[-1].exists()
+    assert again["accuracy"] == metrics["accuracy"]
+    pd.testing.assert_frame_equal(pd.read_parquet(score_dir / "scores.parquet"), table)
 
 
 def test_bad_input_exits_with_a_clear_message(tmp_path):

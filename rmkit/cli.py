@@ -7,6 +7,7 @@ calls one library function, and prints what it returned.
     rmkit data   DATA                formats, statuses, lengths; --output-dir writes rows and splits
     rmkit train  [DATA]              train a reward model            (rmkit.training.train_reward_model)
     rmkit score  DATA MODEL          score every pair with a model   (rmkit.scoring.run_score)
+    rmkit audit  DATA                strength, categories, report     (rmkit.audit.run_audit)
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def _cmd_score(args) -> None:
     _print(run_score(config_from_args(ScoreConfig, args, {"data": args.source, "model": args.model_path})))
 
 
+def _cmd_audit(args) -> None:
+    from .audit import AuditConfig, run_audit
+
+    result = run_audit(config_from_args(AuditConfig, args, {"data": args.source}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        result.report()
+        print(f"report: {result.output_dir / 'report.html'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
             [("source", "a file, directory or hub dataset name")])
     command("train", _cmd_train, TrainConfig, "train a reward model",
             [("source", "preference data (overrides the config's `data`)")])
+    from .audit import AuditConfig
+
+    command("audit", _cmd_audit, AuditConfig, "preference strength of every pair from an ensemble, with a report",
+            [("source", "preference data to audit")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])
     return parser

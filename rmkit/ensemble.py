@@ -1,0 +1,236 @@
+"""Reward-model ensembles that score every pair: the (M, N) reward differences behind preference strength.
+
+Backbones (``EnsembleConfig.backbone``):
+
+- ``frozen`` (shared-backbone fast mode, the CPU default): each text is encoded once by a frozen
+  backbone, the features are cached on disk (memory-mapped, reused when model, data and settings
+  match, resumed chunk by chunk after a kill), and the M members are linear BT heads trained on the
+  cache (`rmkit.heads`). The whole ensemble costs about one encoding pass, and no label reaches a
+  member's features, so cross-fitted scores stay out-of-sample.
+- ``finetune_folds``: per fold k, a backbone fine-tuned on the other folds (so it never saw fold k)
+  encodes every pair; the members of fold k are heads on those features. K fine-tunes on (K-1)/K of
+  the data each: with K = 2, about the cost of one fine-tune on all of it.
+- ``finetune_members``: every member is a fully fine-tuned reward model (`train_reward_model`), for
+  GPU users; finished members are kept on disk and a killed run resumes with the rest.
+
+Modes (``EnsembleConfig.mode``): ``crossfit`` (default; each pair scored only by members that never
+trained on it) or ``seeds`` (the paper's: every member trains on everything; in-sample scores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import setting
+from .data import PreferencePair
+from .heads import fold_of, head_diffs, member_masks, train_bt_heads
+from .models import RewardModel
+
+
+@dataclass
+class EnsembleConfig:
+    """How the ensemble is built."""
+
+    model: str = setting("minilm", "backbone: hub id, local path, or alias (minilm, smollm2)")
+    members: int = setting(10, "ensemble members M")
+    mode: str = setting("crossfit", "crossfit (out-of-sample scores) or seeds (the paper's in-sample scores)")
+    folds: int = setting(2, "folds K for crossfit; member m scores fold m % K")
+    backbone: str = setting("frozen", "frozen (cached features + heads), finetune_folds, or finetune_members")
+    pooling: str = setting("mean", "features for heads: mean (over tokens of `layer`) or native (what a seq-cls head reads)")
+    layer: int = setting(-1, "hidden layer whose tokens are mean-pooled (-1 = last)")
+    max_length: int = setting(128, "tokens per text (left-truncated, the response kept)")
+    batch_size: int = setting(64, "texts per forward pass when encoding")
+    head_l2: float = setting(1e-4, "L2 penalty of the linear heads")
+    bootstrap: bool = setting(True, "each head trains on a bootstrap resample of its pairs (member diversity)")
+    seed: int = setting(0, "seed of folds, bootstraps and fine-tuning")
+    cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
+    finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
+    finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
+    finetune_batch_size: int = setting(16, "pairs per batch of each fine-tune")
+
+    def check(self) -> None:
+        if self.mode not in ("crossfit", "seeds"):
+            raise ValueError(f"mode must be 'crossfit' or 'seeds', got {self.mode!r}")
+        if self.backbone not in ("frozen", "finetune_folds", "finetune_members"):
+            raise ValueError(f"backbone must be frozen, finetune_folds or finetune_members, got {self.backbone!r}")
+        if self.backbone == "finetune_folds" and self.mode != "crossfit":
+            raise ValueError("backbone finetune_folds is cross-fitting by construction: use mode crossfit")
+        if self.members < 1:
+            raise ValueError("members must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature cache
+
+
+def _fingerprint(model_id: str, pairs: Sequence[PreferencePair], extra: dict) -> str:
+    h = hashlib.sha256()
+    path = Path(model_id)
+    if path.exists():  # a local model: its weights' identity, not just its path
+        h.update(str(path.resolve()).encode())
+        for f in sorted(path.glob("*.safetensors")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(model_id.encode())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    for p in pairs:
+        h.update(json.dumps([p.id, p.prompt, p.chosen, p.rejected]).encode())
+    return h.hexdigest()[:20]
+
+
+def encode_features(
+    model: RewardModel,
+    pairs: Sequence[PreferencePair],
+    *,
+    cache_dir: str | Path,
+    model_id: str,
+    pooling: str = "mean",
+    layer: int = -1,
+    batch_size: int = 64,
+    chunk_batches: int = 16,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every chosen and rejected text, ``(N, H)`` each, cached and memory-mapped.
+
+    Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and
+    the chunk recorded, so a killed run resumes where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layer": layer})
+    folder = Path(cache_dir) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    done_file = folder / "done_chunks.json"
+    n = len(pairs)
+    ids = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs]) + \
+        model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])  # 2N texts: chosen, then rejected
+    dim = int(model.model.config.hidden_size)
+    path = folder / "features.npy"
+    mode = "r+" if path.exists() else "w+"
+    feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, dim))
+    done = set(json.loads(done_file.read_text())) if done_file.exists() and mode == "r+" else set()
+    order = sorted(range(2 * n), key=lambda i: len(ids[i]))
+    batches = [order[s: s + batch_size] for s in range(0, 2 * n, batch_size)]
+    chunks = [batches[s: s + chunk_batches] for s in range(0, len(batches), chunk_batches)]
+    todo = [c for c in range(len(chunks)) if c not in done]
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), tqdm(total=len(batches), initial=sum(len(chunks[c]) for c in done),
+                                      desc="encoding", unit="batch", disable=not progress) as bar:
+        for c in todo:
+            for idx in chunks[c]:
+                batch = model.collate([ids[i] for i in idx], model.device)
+                feats[idx] = model.embed(**batch, pooling=pooling, layer=layer).float().cpu().numpy()
+                bar.update(1)
+            feats.flush()
+            done.add(c)
+            done_file.write_text(json.dumps(sorted(done)))
+    model.train(was_training)
+    del feats
+    feats = np.load(path, mmap_mode="r")
+    return feats[:n], feats[n:]
+
+
+def default_cache_dir() -> Path:
+    from .assets import cache_dir
+
+    return cache_dir() / "features"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def ensemble_diffs(
+    cfg: EnsembleConfig,
+    pairs: Sequence[PreferencePair],
+    *,
+    work_dir: str | Path,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Reward differences ``(M, N)`` of every member on every pair (NaN where a member does not score).
+
+    Returns the differences and a dict of timings and settings. Work products (members, scores)
+    go under ``work_dir``; finished pieces are reused when the run is started again.
+    """
+    import time
+
+    cfg.check()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ids = [p.id for p in pairs]
+    n = len(pairs)
+    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
+    info: dict = {"members": cfg.members, "mode": cfg.mode, "backbone": cfg.backbone}
+    t0 = time.time()
+    if cfg.backbone == "frozen":
+        torch.manual_seed(cfg.seed)
+        model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+        fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
+                                 pooling=cfg.pooling, layer=cfg.layer, batch_size=cfg.batch_size, progress=progress)
+        info["encode_seconds"] = time.time() - t0
+        train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed,
+                                    bootstrap=cfg.bootstrap)
+        W = train_bt_heads(fc, fr, train, l2=cfg.head_l2)
+        np.save(work / "heads.npy", W)
+        diffs = head_diffs(W, fc, fr, score)
+    elif cfg.backbone == "finetune_folds":
+        diffs = np.full((cfg.members, n), np.nan)
+        train, score = member_masks(n, fold, members=cfg.members, mode="crossfit", seed=cfg.seed,
+                                    bootstrap=cfg.bootstrap)
+        for k in range(cfg.folds):
+            backbone = _finetune(cfg, [p for p, f in zip(pairs, fold) if f != k], work / f"fold{k}", seed=cfg.seed + k)
+            model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
+            fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(),
+                                     model_id=str(backbone), pooling=cfg.pooling, layer=cfg.layer,
+                                     batch_size=cfg.batch_size, progress=progress)
+            mine = [m for m in range(cfg.members) if m % cfg.folds == k]
+            W = train_bt_heads(fc, fr, train[mine], l2=cfg.head_l2)
+            diffs[mine] = head_diffs(W, fc, fr, score[mine])
+    else:
+        diffs = np.full((cfg.members, n), np.nan)
+        train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=False)
+        for m in range(cfg.members):
+            saved = work / f"member{m}" / "diffs.npy"
+            if saved.exists():
+                diffs[m] = np.load(saved)
+                continue
+            backbone = _finetune(cfg, [p for p, t in zip(pairs, train[m]) if t > 0], work / f"member{m}",
+                                 seed=cfg.seed + m)
+            model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
+            diffs[m] = _score_mask(model, pairs, score[m], cfg.batch_size)
+            np.save(saved, diffs[m])
+    info["ensemble_seconds"] = time.time() - t0
+    return diffs, info
+
+
+def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path, *, seed: int) -> Path:
+    from .training import TrainConfig, train_reward_model
+
+    tc = TrainConfig(model=cfg.model, output_dir=str(out), max_length=cfg.max_length, epochs=cfg.finetune_epochs,
+                     lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, seed=seed, eval_every=0,
+                     save_every=100, eval_test=False)
+    train_reward_model(tc, train_pairs=train_pairs, eval_pairs=[])
+    return out / "model"
+
+
+def _score_mask(model: RewardModel, pairs: Sequence[PreferencePair], mask: np.ndarray, batch_size: int) -> np.ndarray:
+    from .scoring import score_token_pairs
+
+    idx = np.flatnonzero(mask)
+    sub = [pairs[i] for i in idx]
+    c = model.encode([p.prompt for p in sub], [p.chosen for p in sub])
+    r = model.encode([p.prompt for p in sub], [p.rejected for p in sub])
+    rc, rr = score_token_pairs(model, c, r, batch_size=batch_size)
+    out = np.full(len(pairs), np.nan)
+    out[idx] = rc - rr
+    return out
+

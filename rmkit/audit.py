@@ -177,7 +177,7 @@ def write_figures(result: AuditResult, out: Path) -> dict[str, Path]:
 
     per = pd.DataFrame(result.summary["per_subset"]).T[[*CATEGORIES]]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    (per.div(per.sum(1).clip(lower=1), axis=0)).plot.barh(stacked=True, ax=ax, color=[colors[c] for c in CATEGORIES],
+    (per.div(per.sum(axis=1).clip(lower=1), axis=0)).plot.barh(stacked=True, ax=ax, color=[colors[c] for c in CATEGORIES],
                                                           width=0.7)
     ax.set(xlabel="share of scored pairs", title="Categories per subset")
     ax.legend(fontsize=7, loc="lower right")

@@ -35,9 +35,12 @@ import math
 import os
 import zipfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Message = dict[str, str]
 
@@ -661,3 +664,21 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
         report["splits"] = {k: len(v) for k, v in splits.items()}
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def inject_label_flips(
+    pairs: Sequence[PreferencePair], fraction: float, *, seed: int = 0
+) -> tuple[list[PreferencePair], np.ndarray]:
+    """Swap chosen and rejected in a seeded ``fraction`` of pairs (noise for benchmarks and tests).
+
+    Returns new pairs (the input is not modified) and a boolean mask of the flipped ones.
+    """
+    import numpy as np
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(len(pairs), dtype=bool)
+    flipped[rng.choice(len(pairs), size=int(round(fraction * len(pairs))), replace=False)] = True
+    out = [replace(p, chosen=p.rejected, rejected=p.chosen) if f else p for p, f in zip(pairs, flipped)]
+    return out, flipped

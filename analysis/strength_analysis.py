@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--layer", type=int, default=-1)
+    parser.add_argument("--layer", type=int, default=None, help="hidden layer (default: the middle one)")
     parser.add_argument("--slice-seeds", type=int, default=5, help="head seeds (bootstraps) per decile")
     parser.add_argument("--out", default=str(ROOT / "analysis" / "results"))
     args = parser.parse_args()

@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--layer", type=int, default=-1)
+    parser.add_argument("--layer", type=int, default=None, help="hidden layer (default: the middle one)")
     parser.add_argument("--pooling", default="mean")
     parser.add_argument("--limit", type=int, default=None, help="rows per file (a smoke test; results not saved)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))

@@ -32,7 +32,16 @@ def main() -> None:
     if "output_dir" not in vars(args):
         cfg.output_dir = str(ROOT / "runs" / "bench_rm_accuracy")
     t0 = time.time()
-    res = train_reward_model(cfg).metrics
+    trained = train_reward_model(cfg)
+    res = dict(trained.metrics)
+    if "test/accuracy" not in res:  # a run finished before test scoring existed: score its test split now
+        from rmkit.data import load_preferences, load_splits
+        from rmkit.training import evaluate_pairs
+
+        ds = load_preferences(cfg.data, format=cfg.data_format)
+        by_id = {p.id: p for p in ds.pairs}
+        test = [by_id[i] for i in load_splits(Path(cfg.output_dir) / "splits.json")["test"]]
+        res.update(evaluate_pairs(trained.model, test, prefix="test", batch_size=cfg.eval_batch_size))
     out = {
         "backbone": cfg.model,
         "test_accuracy": res["test/accuracy"],

@@ -44,10 +44,11 @@ class EnsembleConfig:
     folds: int = setting(2, "folds K for crossfit; member m scores fold m % K")
     backbone: str = setting("frozen", "frozen (cached features + heads), finetune_folds, or finetune_members")
     pooling: str = setting("mean", "features for heads: mean (over tokens of `layer`) or native (what a seq-cls head reads)")
-    layer: int = setting(-1, "hidden layer whose tokens are mean-pooled (-1 = last)")
+    layer: int | None = setting(None, "hidden layer whose tokens are mean-pooled: 0 = embeddings, -1 = last; "
+                                "default the middle layer, which separated pairs best in benchmarks/README.md")
     max_length: int = setting(128, "tokens per text (left-truncated, the response kept)")
     batch_size: int = setting(64, "texts per forward pass when encoding")
-    head_l2: float = setting(1e-4, "L2 penalty of the linear heads")
+    head_l2: float = setting(1e-3, "L2 penalty of the linear heads")
     bootstrap: bool = setting(True, "each head trains on a bootstrap resample of its pairs (member diversity)")
     seed: int = setting(0, "seed of folds, bootstraps and fine-tuning")
     cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
@@ -93,7 +94,7 @@ def encode_features(
     cache_dir: str | Path,
     model_id: str,
     pooling: str = "mean",
-    layer: int = -1,
+    layer: int | None = None,
     batch_size: int = 64,
     chunk_batches: int = 16,
     progress: bool = True,

@@ -156,16 +156,17 @@ class RewardModel(nn.Module):
         return RewardOutput(rewards=logits.squeeze(-1), features=feats)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, pooling: str = "native",
-              layer: int = -1) -> torch.Tensor:
+              layer: int | None = -1) -> torch.Tensor:
         """Features for cached-feature heads: ``native`` (what the head reads, as in `forward`) or
-        ``mean`` (mean over non-pad tokens of hidden layer ``layer``; sentence encoders are trained for it)."""
+        ``mean`` (mean over non-pad tokens of hidden layer ``layer``: 0 = embeddings, -1 = last,
+        None = the middle block)."""
         if pooling == "native":
             return self(input_ids, attention_mask).features
         if pooling != "mean":
             raise ValueError(f"pooling must be 'native' or 'mean', got {pooling!r}")
         base = self.model.base_model
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-        h = hidden[layer]  # (B, T, H)
+        h = hidden[(len(hidden) - 1) // 2 if layer is None else layer]  # (B, T, H)
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 

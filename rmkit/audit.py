@@ -57,6 +57,10 @@ class AuditResult:
     output_dir: Path
 
     def report(self) -> str:
+        """Print the summary, the ensemble's agreement with the labels, and the most suspect pairs."""
+        kind = "held-out accuracy" if self.summary["settings"]["mode"] == "crossfit" else "in-sample accuracy"
+        print(f"ensemble {kind} on the labels: {self.summary['ensemble_accuracy']:.3f} "
+              f"({self.summary['scoring']})")
         return StrengthReport(self.table[self.table["category"] != "unscored"]).report()
 
 
@@ -79,6 +83,9 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
         "rows": int(len(table)),
         "scored_pairs": int(len(scored)),
         "share_mean_below_zero": float((scored["mean"] < 0).mean()),
+        # With cross-fitting every score is out-of-sample: the share of pairs whose label the ensemble
+        # agrees with is its held-out accuracy on this data.
+        "ensemble_accuracy": float((scored["mean"] > 0).mean()),
         "categories": {c: int((table["category"] == c).sum()) for c in (*CATEGORIES, "unscored")},
         "per_subset": {s: {c: int((g["category"] == c).sum()) for c in (*CATEGORIES, "unscored")}
                        for s, g in table.groupby("subset")},
@@ -176,11 +183,11 @@ def write_figures(result: AuditResult, out: Path) -> dict[str, Path]:
     save("scatter", fig)
 
     per = pd.DataFrame(result.summary["per_subset"]).T[[*CATEGORIES]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    (per.div(per.sum(axis=1).clip(lower=1), axis=0)).plot.barh(stacked=True, ax=ax, color=[colors[c] for c in CATEGORIES],
-                                                          width=0.7)
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    shares = per.div(per.sum(axis=1).clip(lower=1), axis=0)
+    shares.plot.barh(stacked=True, ax=ax, color=[colors[c] for c in CATEGORIES], width=0.7)
     ax.set(xlabel="share of scored pairs", title="Categories per subset")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths["subsets"] = out / "fig_categories_per_subset.png"
     save("subsets", fig)
     return paths

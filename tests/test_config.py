@@ -40,6 +40,9 @@ def test_shipped_configs_load():
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs
+    from rmkit.audit import AuditConfig
+
     for path in configs:
-        if path.name.startswith("train"):
-            load_config(TrainConfig, path)
+        cfg = load_config(TrainConfig if path.name.startswith("train") else AuditConfig, path)
+        if isinstance(cfg, AuditConfig):
+            cfg.check()

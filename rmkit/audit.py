@@ -242,8 +242,10 @@ img{{max-width:49%;margin:2px}}.pair{{border:1px solid #ddd;margin:1em 0;padding
 .chosen{{background:#eef7ee}}.rejected{{background:#f9eeee}}.prompt{{color:#555}}h4{{margin:.2em 0}}
 </style></head><body>
 <h1>Preference-strength audit</h1>
-<p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])},
-{s['settings']['members']} members, backbone <code>{html.escape(str(s['settings']['model']))}</code>.
+<p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
+{s['settings']['members']} members on <code>{html.escape(str(s['settings']['model']))}</code>, which agree
+with {s['ensemble_accuracy']:.1%} of the labels (the ensemble's accuracy: strength ranks pairs only as
+well as that allows).
 <b>{s['share_mean_below_zero']:.1%}</b> of pairs have mean strength below zero. Std across the
 {len(s['groups'])} strength groups U-shaped: {s['std_u_shape']['u_shaped']}.</p>
 <table><tr><th>category</th><th>rows</th></tr>{cats}</table>

@@ -156,7 +156,18 @@ def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]
 # back with weights_only=True.
 
 
-def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list) -> None:
+# Settings that may change between a killed run and its resumption; any other change is an error.
+_RESUMABLE_CHANGES = {"resume", "eval_every", "save_every", "eval_batch_size", "eval_test", "output_dir"}
+
+
+def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    from .config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+
+
+def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list,
+                     identity: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -168,13 +179,19 @@ def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step:
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer}))
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity}))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a kill mid-write leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> tuple[int, list]:
+def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, identity: dict[str, Any]) -> tuple[int, list]:
     from safetensors.torch import load_file
+
+    progress = json.loads((path / "progress.json").read_text())
+    changed = sorted(k for k in identity if progress.get("config", {}).get(k, identity[k]) != identity[k])
+    if changed:
+        raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); resuming would mix "
+                         "two runs: restore those settings, or set resume=false to start over")
 
     weights = load_file(str(path / "trainable.safetensors"))
     missing = model.load_state_dict(weights, strict=False)
@@ -186,7 +203,6 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> tu
     torch.set_rng_state(state["rng"]["cpu"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    progress = json.loads((path / "progress.json").read_text())
     return int(progress["step"]), progress["log_buffer"]
 
 
@@ -253,8 +269,10 @@ def train_reward_model(
     test_pairs: list[PreferencePair] = []
     if train_pairs is None:
         ds = load_preferences(cfg.data, format=cfg.data_format)
-        splits = get_splits(ds, cfg.splits_file or out / "splits.json", fractions=tuple(cfg.split_fractions),
-                            seed=cfg.split_seed)
+        splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
+        # Splits are deterministic: every process computes the same ones, only the main one writes them.
+        splits = get_splits(ds, splits_path if accelerator.is_main_process or splits_path.exists() else None,
+                            fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
         by_id = {p.id: p for p in ds.pairs}
         train_pairs = [by_id[i] for i in splits["train"]]
         eval_pairs = [by_id[i] for i in splits["validation"]] if eval_pairs is None else eval_pairs
@@ -307,7 +325,7 @@ def train_reward_model(
     ckpt = out / "checkpoint"
     step, log_buffer = 0, []
     if cfg.resume and ckpt.exists():
-        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg))
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
     if step == 0 and accelerator.is_main_process and metrics_path.exists():
@@ -367,7 +385,7 @@ def train_reward_model(
             log_buffer = []
         if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
                                             or (stop_after_steps is not None and step >= stop_after_steps)):
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg))
         if stop_after_steps is not None and step >= stop_after_steps and not is_last:
             bar.close()
             return TrainResult(model, out, {"stopped_at_step": step})

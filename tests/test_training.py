@@ -26,6 +26,9 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
     part = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common),
                               train_pairs=train, eval_pairs=ev, stop_after_steps=5)
     assert part.metrics == {"stopped_at_step": 5} and (tmp_path / "cut" / "checkpoint").exists()
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+        train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **{**common, "lr": 5e-4}),
+                           train_pairs=train, eval_pairs=ev)
     resumed = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common),
                                  train_pairs=train, eval_pairs=ev)
     a, b = full.model.state_dict(), resumed.model.state_dict()

@@ -263,7 +263,8 @@ def train_reward_model(
         save_config(cfg, out / "config.yaml")
     if (out / "results.json").exists() and (out / "model").exists() and cfg.resume:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
-        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, json.loads((out / "results.json").read_text()))
+        saved = json.loads((out / "results.json").read_text())
+        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
 
     # ---- data: the saved split of cfg.data, unless pairs were given
     test_pairs: list[PreferencePair] = []

@@ -258,13 +258,18 @@ def train_reward_model(
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
     out = Path(cfg.output_dir)
+    if (out / "results.json").exists() and (out / "model").exists() and cfg.resume:
+        saved = json.loads((out / "results.json").read_text())
+        before = saved.get("run_config", _run_identity(cfg))
+        changed = sorted(k for k in before if before[k] != _run_identity(cfg).get(k))
+        if changed:
+            raise ValueError(f"{out} holds a finished run with other settings ({', '.join(changed)}): "
+                             "choose another output_dir, or set resume=false to overwrite it")
+        accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
+        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    if (out / "results.json").exists() and (out / "model").exists() and cfg.resume:
-        accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
-        saved = json.loads((out / "results.json").read_text())
-        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
 
     # ---- data: the saved split of cfg.data, unless pairs were given
     test_pairs: list[PreferencePair] = []
@@ -397,7 +402,8 @@ def train_reward_model(
     accelerator.wait_for_everyone()
     results: dict[str, Any] = {"steps": total_steps, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                "trainable_params": n_trainable, "train_seconds": train_s,
-                               "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9)}
+                               "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9),
+                               "run_config": _run_identity(cfg)}
     results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
     if test_pairs:
         results.update(evaluate_pairs(wrapped, test_pairs, prefix="test", batch_size=cfg.eval_batch_size,

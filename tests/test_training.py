@@ -41,7 +41,9 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
     cut_log = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in cut_log] == [json.loads(x)["step"] for x in full_log] == [4, 8, 12]
     assert json.loads(cut_log[-1])["eval/accuracy"] == json.loads(full_log[-1])["eval/accuracy"]
-    # A finished run is not redone: the saved model is loaded back.
+    # A finished run is not redone: the saved model is loaded back; other settings are refused.
+    with pytest.raises(ValueError, match=r"finished run with other settings \(epochs\)"):
+        train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **{**common, "epochs": 3}), train_pairs=train)
     again = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train)
     torch.testing.assert_close(again.model.state_dict()["model.classifier.weight"], a["model.classifier.weight"])
 

@@ -55,6 +55,9 @@ class EnsembleConfig:
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
     finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
     finetune_batch_size: int = setting(16, "pairs per batch of each fine-tune")
+    member_devices: list[str] | None = setting(
+        None, "finetune_members: train members in parallel, one process per device (e.g. cuda:0,cuda:1); "
+              "default: one after another on the current device")
 
     def check(self) -> None:
         if self.mode not in ("crossfit", "seeds"):
@@ -199,18 +202,43 @@ def ensemble_diffs(
     else:
         diffs = np.full((cfg.members, n), np.nan)
         train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=False)
+        todo = [m for m in range(cfg.members) if not (work / f"member{m}" / "diffs.npy").exists()]
+        devices = cfg.member_devices or []
+        if len(devices) > 1 and todo:
+            # One worker process per device, each training its share of the members in turn.
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
+                jobs = [pool.submit(_member_worker, cfg, pairs, [m for m in todo if m % len(devices) == d],
+                                    train, score, work, dev) for d, dev in enumerate(devices)]
+                for job in jobs:
+                    job.result()  # re-raises a worker's error here
+        else:
+            _member_worker(cfg, pairs, todo, train, score, work, None)
         for m in range(cfg.members):
-            saved = work / f"member{m}" / "diffs.npy"
-            if saved.exists():
-                diffs[m] = np.load(saved)
-                continue
-            backbone = _finetune(cfg, [p for p, t in zip(pairs, train[m]) if t > 0], work / f"member{m}",
-                                 seed=cfg.seed + m)
-            model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
-            diffs[m] = _score_mask(model, pairs, score[m], cfg.batch_size)
-            np.save(saved, diffs[m])
+            diffs[m] = np.load(work / f"member{m}" / "diffs.npy")
     info["ensemble_seconds"] = time.time() - t0
     return diffs, info
+
+
+def _member_worker(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], members: list[int], train: np.ndarray,
+                   score: np.ndarray, work: Path, device: str | None) -> None:
+    """Fine-tune and score ``members`` one after another; each saves ``member{m}/diffs.npy`` when done."""
+    import os
+
+    if device is not None:  # before CUDA initialises in this process: it then sees only its device
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1] if device.startswith("cuda:") else ""
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, len(cfg.member_devices or [1]))))
+    for m in members:
+        backbone = _finetune(cfg, [p for p, t in zip(pairs, train[m]) if t > 0], work / f"member{m}",
+                             seed=cfg.seed + m)
+        model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
+        if torch.cuda.is_available():
+            model.cuda()
+        d = _score_mask(model, pairs, score[m], cfg.batch_size)
+        np.save(work / f"member{m}" / "diffs.tmp.npy", d)
+        (work / f"member{m}" / "diffs.tmp.npy").rename(work / f"member{m}" / "diffs.npy")
 
 
 def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path, *, seed: int) -> Path:

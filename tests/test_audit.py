@@ -96,3 +96,24 @@ def test_inject_label_flips():
     assert all((q.chosen_text == "b") == m for q, m in zip(noisy, mask))
     with pytest.raises(ValueError):
         inject_label_flips(pairs, 1.5)
+
+
+def test_finetuned_members_in_parallel_equal_sequential(tiny_bert, tmp_path):
+    """Members spread over two worker processes ('devices'; CPUs here, GPUs for users) give the same
+    differences as training them one after another, and finished members are not retrained."""
+    recs = [{"id": f"q{i}", "prompt": f"question {i}", "chosen": "a helpful, polite answer", "rejected": "go away"}
+            for i in range(24)]
+    pairs = load_preferences(recs).pairs
+    common = dict(model=tiny_bert, members=2, folds=2, backbone="finetune_members", max_length=16,
+                  finetune_epochs=1, finetune_batch_size=4, finetune_lr=1e-3)
+    seq, _ = ensemble_diffs(EnsembleConfig(**common), pairs, work_dir=tmp_path / "seq", progress=False)
+    par, _ = ensemble_diffs(EnsembleConfig(**common, member_devices=["cpu", "cpu"]), pairs,
+                            work_dir=tmp_path / "par", progress=False)
+    np.testing.assert_allclose(par, seq, atol=1e-5)
+    assert np.isfinite(seq).sum() == len(pairs)  # crossfit: each pair scored by its one out-of-fold member
+    stamp = (tmp_path / "par" / "member0" / "diffs.npy").stat().st_mtime_ns
+    (tmp_path / "par" / "member1" / "diffs.npy").unlink()
+    again, _ = ensemble_diffs(EnsembleConfig(**common, member_devices=["cpu", "cpu"]), pairs,
+                              work_dir=tmp_path / "par", progress=False)
+    assert (tmp_path / "par" / "member0" / "diffs.npy").stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(again, seq, atol=1e-5)

@@ -8,6 +8,7 @@ calls one library function, and prints what it returned.
     rmkit train  [DATA]              train a reward model            (rmkit.training.train_reward_model)
     rmkit score  DATA MODEL          score every pair with a model   (rmkit.scoring.run_score)
     rmkit audit  DATA                strength, categories, report     (rmkit.audit.run_audit)
+    rmkit denoise STRENGTH           a cleaned training set          (rmkit.denoise.run_denoise)
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def _cmd_audit(args) -> None:
         print(f"report: {result.output_dir / 'report.html'}")
 
 
+def _cmd_denoise(args) -> None:
+    from .denoise import DenoiseConfig, run_denoise
+
+    _print(run_denoise(config_from_args(DenoiseConfig, args, {"strength": args.strength_table})))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("audit", _cmd_audit, AuditConfig, "preference strength of every pair from an ensemble, with a report",
             [("source", "preference data to audit")])
+    from .denoise import DenoiseConfig
+
+    command("denoise", _cmd_denoise, DenoiseConfig, "flip, drop, margins or soft labels from an audit's strength",
+            [("strength_table", "strength.parquet from rmkit audit")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])
     return parser

@@ -29,7 +29,7 @@ import torch
 
 from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
-from .losses import bradley_terry_loss
+from .losses import bradley_terry_loss, soft_label_loss
 from .models import RewardModel, set_trainable
 from .scoring import pair_metrics, score_token_pairs
 
@@ -47,7 +47,8 @@ class TrainConfig:
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
     max_length: int = setting(256, "tokens per text; longer texts lose their beginning, never the response")
     train_layers: str = setting("all", "what trains: all, head, or top:N (top N blocks + head)")
-    objective: str = setting("bt", "per-pair loss: bt (Bradley-Terry, Eq. 1) or margin (BT minus the pair's margin, Eq. 6)")
+    objective: str = setting("bt", "per-pair loss: bt (Bradley-Terry, Eq. 1), margin (BT minus the pair's margin, Eq. 6), "
+                                   "or soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one)")
     epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
     batch_size: int = setting(16, "pairs per micro-batch (each pair is two texts)")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -82,8 +83,13 @@ def _bt_margin(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, An
     return bradley_terry_loss(chosen, rejected, margin=batch["margin"], weights=batch.get("weight"))
 
 
+def _soft(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    return soft_label_loss(chosen, rejected, labels=batch["label"], margin=batch.get("margin"),
+                           weights=batch.get("weight"))
+
+
 Objective = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
-OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin}
+OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin, "soft": _soft}
 
 
 def get_objective(name: str) -> Objective:

@@ -111,8 +111,8 @@ def main() -> None:
     from rmkit.models import RewardModel
 
     rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
-    fc, fr = encode_features(rm, clean, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model, pooling=cfg.pooling,
-                             layer=cfg.layer, batch_size=cfg.batch_size)
+    fc, fr = encode_features(rm, clean, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
+                             pooling=cfg.pooling, layer=cfg.layer, batch_size=cfg.batch_size)
     fc, fr = np.asarray(fc), np.asarray(fr)
     results: dict = {}
     for noise in (0.1, 0.2, 0.3):

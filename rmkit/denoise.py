@@ -94,7 +94,8 @@ def denoise_pairs(
         if sel and flip:
             q, mu, action = replace(q, chosen=p.rejected, rejected=p.chosen), -mu, f"flipped (mean strength {mu:+.3f})"
         if sel and cfg.preset == "soft+margin":
-            q, action = replace(q, label=1.0 - cfg.soft_alpha), f"soft label {1 - cfg.soft_alpha:g} (mean strength {mu:+.3f})"
+            q = replace(q, label=1.0 - cfg.soft_alpha)
+            action = f"soft label {1 - cfg.soft_alpha:g} (mean strength {mu:+.3f})"
         if with_margin:
             m = cfg.margin_scale * (abs(mu) if cfg.negative == "abs" or flip else max(mu, 0.0))
             q = replace(q, margin=float(m))

@@ -9,6 +9,7 @@ calls one library function, and prints what it returned.
     rmkit score  DATA MODEL          score every pair with a model   (rmkit.scoring.run_score)
     rmkit audit  DATA                strength, categories, report     (rmkit.audit.run_audit)
     rmkit denoise STRENGTH           a cleaned training set          (rmkit.denoise.run_denoise)
+    rmkit tsne   DATA --models A,B   feature separation and t-SNE    (rmkit.tsne.run_tsne)
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def _cmd_denoise(args) -> None:
     _print(run_denoise(config_from_args(DenoiseConfig, args, {"strength": args.strength_table})))
 
 
+def _cmd_tsne(args) -> None:
+    from .tsne import TsneConfig, run_tsne
+
+    _print(run_tsne(config_from_args(TsneConfig, args, {"data": args.source})))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("denoise", _cmd_denoise, DenoiseConfig, "flip, drop, margins or soft labels from an audit's strength",
             [("strength_table", "strength.parquet from rmkit audit")])
+    from .tsne import TsneConfig
+
+    command("tsne", _cmd_tsne, TsneConfig, "t-SNE of chosen vs rejected features, with separation scores",
+            [("source", "preference data")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])
     return parser

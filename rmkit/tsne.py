@@ -1,0 +1,124 @@
+"""How well do a reward model's features separate chosen from rejected responses? (Sec. 5 of the paper.)
+
+The paper shows t-SNE pictures of f(x, y_chosen) and f(x, y_rejected) for a baseline and a SimCSE
+reward model. A picture is not a measurement, so `feature_separation` reports, next to the figure:
+
+- ``knn_accuracy``: cross-validated k-NN accuracy of telling a chosen feature from a rejected one
+  (folds split by pair, so a pair's two responses never sit on both sides of a split);
+- ``silhouette``: the silhouette score of the two groups (cosine distance), -1..1;
+- ``pair_accuracy``: how often the model's own head scores the chosen response higher.
+
+    rmkit tsne DATA --models runs/base/model,runs/simcse/model --max-pairs 500
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import save_config, setting
+from .data import PreferencePair, get_splits, load_preferences
+from .models import RewardModel
+
+
+@dataclass
+class TsneConfig:
+    """Settings of ``rmkit tsne``."""
+
+    data: str = setting("", "preference data (held-out pairs are drawn from its test split)")
+    models: list[str] = setting([], "one or more reward models (comma-separated on the command line)")
+    output_dir: str = setting("runs/tsne", "where tsne.png and separation.json go")
+    split: str = setting("test", "which split of the seeded 70/10/20 split to draw pairs from (or 'all')")
+    max_pairs: int = setting(500, "pairs drawn (seeded) from that split")
+    max_length: int | None = setting(None, "tokens per text (default: each model's own)")
+    perplexity: float = setting(30.0, "t-SNE perplexity")
+    knn_k: int = setting(10, "neighbours of the k-NN separation score")
+    seed: int = setting(0, "seed of the pair sample, t-SNE and folds")
+
+
+def model_features(model: RewardModel, pairs: Sequence[PreferencePair], *, batch_size: int = 32):
+    """Features and rewards of chosen and rejected: ``(fc (N, H), fr (N, H), rc (N,), rr (N,))``."""
+    ids_c = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
+    ids_r = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    feats, rewards = [], []
+    model.eval()
+    with torch.inference_mode():
+        for ids in (ids_c, ids_r):
+            f = np.zeros((len(ids), model.model.config.hidden_size), np.float32)
+            r = np.zeros(len(ids), np.float32)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            for s in range(0, len(order), batch_size):
+                idx = order[s: s + batch_size]
+                out = model(**model.collate([ids[i] for i in idx], model.device))
+                f[idx] = out.features.float().cpu().numpy()
+                r[idx] = out.rewards.float().cpu().numpy()
+            feats.append(f)
+            rewards.append(r)
+    return feats[0], feats[1], rewards[0], rewards[1]
+
+
+def feature_separation(fc: np.ndarray, fr: np.ndarray, *, k: int = 10, folds: int = 5, seed: int = 0) -> dict:
+    """k-NN accuracy (pair-grouped CV) and silhouette of chosen vs rejected features."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x = np.concatenate([fc, fr])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    y = np.r_[np.ones(len(fc)), np.zeros(len(fr))]
+    groups = np.r_[np.arange(len(fc)), np.arange(len(fr))]
+    correct = 0
+    for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
+        clf = KNeighborsClassifier(n_neighbors=min(k, len(train))).fit(x[train], y[train])
+        correct += int((clf.predict(x[test]) == y[test]).sum())
+    return {"knn_accuracy": correct / len(y), "silhouette": float(silhouette_score(x, y, metric="cosine",
+                                                                                    random_state=seed))}
+
+
+def run_tsne(cfg: TsneConfig) -> dict:
+    """Features of held-out pairs for each model: t-SNE side by side, and the separation numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    if not cfg.data or not cfg.models:
+        raise ValueError("rmkit tsne needs data and at least one model")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    ds = load_preferences(cfg.data)
+    pairs = ds.pairs
+    if cfg.split != "all":
+        keep = set(get_splits(ds, None, seed=0)[cfg.split])
+        pairs = [p for p in pairs if p.id in keep]
+    rng = np.random.default_rng(cfg.seed)
+    pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(cfg.max_pairs, len(pairs)), replace=False))]
+    fig, axes = plt.subplots(1, len(cfg.models), figsize=(5 * len(cfg.models), 4.6), squeeze=False)
+    results = {"pairs": len(pairs), "split": cfg.split, "models": {}}
+    for ax, name in zip(axes[0], cfg.models):
+        model = RewardModel.from_pretrained(name, max_length=cfg.max_length)
+        fc, fr, rc, rr = model_features(model, pairs)
+        sep = feature_separation(fc, fr, k=cfg.knn_k, seed=cfg.seed)
+        sep["pair_accuracy"] = float(np.mean(rc > rr))
+        results["models"][name] = sep
+        emb = TSNE(n_components=2, perplexity=min(cfg.perplexity, (2 * len(pairs) - 1) / 3), random_state=cfg.seed,
+                   init="pca").fit_transform(np.concatenate([fc, fr]))
+        ax.scatter(*emb[len(pairs):].T, s=6, alpha=0.6, color="#cc3311", label="rejected")
+        ax.scatter(*emb[: len(pairs)].T, s=6, alpha=0.6, color="#009988", label="chosen")
+        ax.set_title(f"{Path(name).name or name}\nk-NN acc {sep['knn_accuracy']:.3f}, silhouette {sep['silhouette']:.3f}",
+                     fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(out / "tsne.png", dpi=110)
+    plt.close(fig)
+    (out / "separation.json").write_text(json.dumps(results, indent=1))
+    return results

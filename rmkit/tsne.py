@@ -112,7 +112,8 @@ def run_tsne(cfg: TsneConfig) -> dict:
                    init="pca").fit_transform(np.concatenate([fc, fr]))
         ax.scatter(*emb[len(pairs):].T, s=6, alpha=0.6, color="#cc3311", label="rejected")
         ax.scatter(*emb[: len(pairs)].T, s=6, alpha=0.6, color="#009988", label="chosen")
-        ax.set_title(f"{Path(name).name or name}\nk-NN acc {sep['knn_accuracy']:.3f}, silhouette {sep['silhouette']:.3f}",
+        label = "/".join(Path(name).parts[-2:]) if Path(name).exists() else name
+        ax.set_title(f"{label}\nk-NN acc {sep['knn_accuracy']:.3f}, silhouette {sep['silhouette']:.3f}",
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from .config import setting
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -619,8 +621,6 @@ def get_splits(
 
 # --------------------------------------------------------------------------------------------
 # `rmkit data`
-
-from .config import setting  # noqa: E402  (config imports nothing from here)
 
 
 @dataclass

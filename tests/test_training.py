@@ -122,8 +122,10 @@ def test_two_processes_equal_one_with_gradient_accumulation(tmp_path, shared_dat
     common = ["train", str(tmp_path / "data.jsonl"), "--model", str(tmp_path / "tiny"), "--max-length", "40",
               "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--eval-every", "3", "--save-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rmkit.cli",
-                          *common, "--output-dir", str(tmp_path / "ddp")], capture_output=True, text=True, env=env)
+    # --standalone: torchrun picks a free port, so a busy default port cannot fail the test.
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "rmkit.cli", *common, "--output-dir", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("model saved to") == 1  # printed once, by rank 0
     single = subprocess.run([sys.executable, "-m", "rmkit.cli", *common, "--grad-accum", "2",

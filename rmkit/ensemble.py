@@ -114,8 +114,8 @@ def encode_features(
     folder.mkdir(parents=True, exist_ok=True)
     done_file = folder / "done_chunks.json"
     n = len(pairs)
-    ids = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs]) + \
-        model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])  # 2N texts: chosen, then rejected
+    chosen_ids, rejected_ids = model.encode_pairs(pairs)
+    ids = chosen_ids + rejected_ids  # 2N texts: chosen, then rejected
     dim = int(model.model.config.hidden_size)
     path = folder / "features.npy"
     mode = "r+" if path.exists() else "w+"
@@ -256,8 +256,7 @@ def _score_mask(model: RewardModel, pairs: Sequence[PreferencePair], mask: np.nd
 
     idx = np.flatnonzero(mask)
     sub = [pairs[i] for i in idx]
-    c = model.encode([p.prompt for p in sub], [p.chosen for p in sub])
-    r = model.encode([p.prompt for p in sub], [p.rejected for p in sub])
+    c, r = model.encode_pairs(sub)
     rc, rr = score_token_pairs(model, c, r, batch_size=batch_size)
     out = np.full(len(pairs), np.nan)
     out[idx] = rc - rr

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .assets import resolve_model
-from .data import Message
+from .data import Message, PreferencePair
 
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 RMKIT_FILE = "rmkit.json"
@@ -127,6 +127,11 @@ class RewardModel(nn.Module):
         return self.tokenizer(
             texts, add_special_tokens=not self.use_chat_template, truncation=True, max_length=self.max_length
         )["input_ids"]
+
+    def encode_pairs(self, pairs: Sequence[PreferencePair]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of every pair's chosen and rejected side: ``(chosen_ids, rejected_ids)``."""
+        prompts = [p.prompt for p in pairs]
+        return self.encode(prompts, [p.chosen for p in pairs]), self.encode(prompts, [p.rejected for p in pairs])
 
     def collate(self, ids: Sequence[Sequence[int]], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Right-pad to the longest sequence in the batch (dynamic padding)."""

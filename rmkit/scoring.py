@@ -81,6 +81,14 @@ def pair_metrics(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray | 
     }
 
 
+def accuracy_per_subset(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray,
+                        subsets: np.ndarray) -> dict[str, float]:
+    """`pair_metrics` accuracy for each subset."""
+    subsets = np.asarray(subsets)
+    return {s: pair_metrics(chosen[subsets == s], rejected[subsets == s], labels[subsets == s])["accuracy"]
+            for s in sorted(set(subsets))}
+
+
 def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, batch_size: int = 64,
                 progress: bool = False):
     """Score every row: a DataFrame with id, subset, status, reward_chosen, reward_rejected, diff.
@@ -96,8 +104,7 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
     else:
         pairs = list(data)
         meta = [(p.id, p.subset, p.status) for p in pairs]
-    chosen_ids = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-    rejected_ids = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    chosen_ids, rejected_ids = model.encode_pairs(pairs)
     rc, rr = score_token_pairs(model, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress)
     by_id = {p.id: (c, r, p.label) for p, c, r in zip(pairs, rc, rr)}
     out = pd.DataFrame(meta, columns=["id", "subset", "status"])
@@ -180,11 +187,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     table.to_parquet(out / "scores.parquet", index=False)
     table.to_csv(out / "scores.csv", index=False)
     ok = table.dropna(subset=["diff"])
-    metrics = pair_metrics(ok["reward_chosen"].to_numpy(), ok["reward_rejected"].to_numpy(), ok["label"].to_numpy())
-    metrics["per_subset"] = {
-        s: pair_metrics(g["reward_chosen"].to_numpy(), g["reward_rejected"].to_numpy(), g["label"].to_numpy())["accuracy"]
-        for s, g in ok.groupby("subset")
-    }
+    rc, rr, labels = ok["reward_chosen"].to_numpy(), ok["reward_rejected"].to_numpy(), ok["label"].to_numpy()
+    metrics = pair_metrics(rc, rr, labels)
+    metrics["per_subset"] = accuracy_per_subset(rc, rr, labels, ok["subset"].to_numpy())
     metrics["rows"] = len(table)
     metrics["unscored"] = int(table["diff"].isna().sum())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -31,7 +31,7 @@ from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
 from .losses import bradley_terry_loss, soft_label_loss
 from .models import RewardModel, set_trainable
-from .scoring import pair_metrics, score_token_pairs
+from .scoring import accuracy_per_subset, pair_metrics, score_token_pairs
 
 
 @dataclass
@@ -220,17 +220,12 @@ def evaluate_pairs(model, pairs: Sequence[PreferencePair], *, prefix: str = "tes
     """Score held-out pairs: metrics overall, accuracy per subset, and scoring speed (pairs/s)."""
     core = accelerator.unwrap_model(model) if accelerator is not None else model
     t0 = time.time()
-    c_ids = core.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-    r_ids = core.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    c_ids, r_ids = core.encode_pairs(pairs)
     rc, rr = score_token_pairs(model, c_ids, r_ids, batch_size=batch_size, accelerator=accelerator)
     seconds = time.time() - t0
     labels = np.array([p.label for p in pairs])
     out: dict[str, Any] = {f"{prefix}/{k}": v for k, v in pair_metrics(rc, rr, labels).items()}
-    subsets = np.array([p.subset for p in pairs])
-    out[f"{prefix}/per_subset"] = {
-        s: pair_metrics(rc[subsets == s], rr[subsets == s], labels[subsets == s])["accuracy"]
-        for s in sorted(set(subsets))
-    }
+    out[f"{prefix}/per_subset"] = accuracy_per_subset(rc, rr, labels, np.array([p.subset for p in pairs]))
     out[f"{prefix}/score_pairs_per_s"] = len(pairs) / max(seconds, 1e-9)
     return out
 
@@ -301,10 +296,8 @@ def train_reward_model(
     n_trainable = set_trainable(model, cfg.train_layers)
     model.to(accelerator.device)
     # Tokenize once; every epoch and every evaluation reuses the ids.
-    c_ids = model.encode([p.prompt for p in train_pairs], [p.chosen for p in train_pairs])
-    r_ids = model.encode([p.prompt for p in train_pairs], [p.rejected for p in train_pairs])
-    ev_c = model.encode([p.prompt for p in eval_pairs], [p.chosen for p in eval_pairs]) if eval_pairs else []
-    ev_r = model.encode([p.prompt for p in eval_pairs], [p.rejected for p in eval_pairs]) if eval_pairs else []
+    c_ids, r_ids = model.encode_pairs(train_pairs)
+    ev_c, ev_r = model.encode_pairs(eval_pairs) if eval_pairs else ([], [])
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
 
     # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard

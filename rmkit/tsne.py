@@ -43,8 +43,7 @@ class TsneConfig:
 
 def model_features(model: RewardModel, pairs: Sequence[PreferencePair], *, batch_size: int = 32):
     """Features and rewards of chosen and rejected: ``(fc (N, H), fr (N, H), rc (N,), rr (N,))``."""
-    ids_c = model.encode([p.prompt for p in pairs], [p.chosen for p in pairs])
-    ids_r = model.encode([p.prompt for p in pairs], [p.rejected for p in pairs])
+    ids_c, ids_r = model.encode_pairs(pairs)
     feats, rewards = [], []
     model.eval()
     with torch.inference_mode():

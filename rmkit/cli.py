@@ -10,6 +10,8 @@ calls one library function, and prints what it returned.
     rmkit audit  DATA                strength, categories, report     (rmkit.audit.run_audit)
     rmkit denoise STRENGTH           a cleaned training set          (rmkit.denoise.run_denoise)
     rmkit tsne   DATA --models A,B   feature separation and t-SNE    (rmkit.tsne.run_tsne)
+    rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
+    rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ def _cmd_tsne(args) -> None:
     _print(run_tsne(config_from_args(TsneConfig, args, {"data": args.source})))
 
 
+def _cmd_judge(args) -> None:
+    from .judge import JudgeRunConfig, run_judge
+
+    _print(run_judge(config_from_args(JudgeRunConfig, args, {"data": args.source})))
+
+
+def _cmd_serve(args) -> None:
+    from .serve import ServeConfig, serve
+
+    serve(config_from_args(ServeConfig, args, {"model": args.model_path}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("tsne", _cmd_tsne, TsneConfig, "t-SNE of chosen vs rejected features, with separation scores",
             [("source", "preference data")])
+    from .judge import JudgeRunConfig
+    from .serve import ServeConfig
+
+    command("judge", _cmd_judge, JudgeRunConfig, "an LLM judge (OpenAI-compatible API): label pairs or compare policies",
+            [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
+    command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (/get_reward as OpenRLHF calls it, /score, /score_pairs)",
+            [("model_path", "a saved reward model")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])
     return parser

@@ -56,3 +56,58 @@ def soft_label_loss(
     labels = labels.to(diff.dtype)
     per_pair = -(labels * F.logsigmoid(diff) + (1.0 - labels) * F.logsigmoid(-diff))
     return _weighted_mean(per_pair, weights)
+
+
+# ------------------------------------------------------------------------------------------
+# Contrastive losses on features (Section 3 of the paper). ``view1``/``view2`` (N, H) are the same N
+# instances seen through two independent dropout masks.
+
+
+def simcse_loss(view1: torch.Tensor, view2: torch.Tensor, *, temperature: float = 0.05) -> torch.Tensor:
+    """InfoNCE over cosine similarity (Eq. 9): instance i's positive is its own second view,
+    the other N-1 second views are its negatives. Mean over instances."""
+    z1 = F.normalize(view1.float(), dim=-1)
+    z2 = F.normalize(view2.float(), dim=-1)
+    logits = z1 @ z2.T / temperature  # (N, N): row i scores instance i's view 1 against every view 2
+    return F.cross_entropy(logits, torch.arange(len(z1), device=z1.device))
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, *, epsilon: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """Soft codes (N, K) from prototype scores (N, K): each row sums to 1, and over the batch every
+    prototype receives an equal share (the equipartition constraint that stops SwAV collapsing)."""
+    q = torch.exp((scores.float() - scores.float().max()) / epsilon).T  # (K, N); shift for stability
+    q = q / q.sum()
+    k, n = q.shape
+    for _ in range(iters):
+        q = q / q.sum(dim=1, keepdim=True) / k  # rows: prototypes, each with mass 1/K
+        q = q / q.sum(dim=0, keepdim=True) / n  # columns: instances, each with mass 1/N
+    return (q * n).T  # (N, K), rows sum to 1
+
+
+def swav_loss(view1: torch.Tensor, view2: torch.Tensor, prototypes: torch.Tensor, *, temperature: float = 0.1,
+              epsilon: float = 0.05, sinkhorn_iters: int = 3) -> torch.Tensor:
+    """Swapped prediction (Eqs. 7-8): the code of one view (Sinkhorn, no gradient) is the target of the
+    other view's softmax over prototype similarities, both ways, averaged.
+
+    ``prototypes`` (K, H) are learnable; they are L2-normalised here, as are the features.
+    """
+    c = F.normalize(prototypes.float(), dim=-1)
+    s1 = F.normalize(view1.float(), dim=-1) @ c.T  # (N, K)
+    s2 = F.normalize(view2.float(), dim=-1) @ c.T
+    q1 = sinkhorn(s1, epsilon=epsilon, iters=sinkhorn_iters)
+    q2 = sinkhorn(s2, epsilon=epsilon, iters=sinkhorn_iters)
+    l12 = -(q2 * F.log_softmax(s1 / temperature, dim=-1)).sum(-1).mean()  # view 1 predicts view 2's code
+    l21 = -(q1 * F.log_softmax(s2 / temperature, dim=-1)).sum(-1).mean()
+    return 0.5 * (l12 + l21)
+
+
+def contrastive_instances(chosen: torch.Tensor, rejected: torch.Tensor, on: str) -> torch.Tensor:
+    """What is contrasted (the paper's two variants): ``pairs``: the chosen and rejected features as
+    2B separate instances; ``diff``: the difference ``f_c - f_r`` and its negation, 2B instances."""
+    if on == "pairs":
+        return torch.cat([chosen, rejected])
+    if on == "diff":
+        d = chosen - rejected
+        return torch.cat([d, -d])
+    raise ValueError(f"contrastive instances must be 'pairs' or 'diff', got {on!r}")

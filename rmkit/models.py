@@ -232,3 +232,27 @@ def set_trainable(model: RewardModel, spec: str) -> int:
     else:
         raise ValueError(f"train_layers must be 'all', 'head' or 'top:N', got {spec!r}")
     return sum(p.numel() for p in params.values() if p.requires_grad)
+
+
+def set_dropout(model: RewardModel, p: float) -> list:
+    """Make the backbone stochastic with dropout ``p`` (the views of contrastive learning).
+
+    Every ``nn.Dropout`` gets probability ``p``. Backbones built without dropout layers (Llama-style
+    decoders keep only an attention-dropout float, usually 0) get dropout on every block's output
+    through forward hooks instead. Returns the hooks' handles (``handle.remove()`` undoes them).
+    Dropout acts only in training mode, so scoring is unaffected.
+    """
+    layers = [m for m in model.model.modules() if isinstance(m, nn.Dropout)]
+    for m in layers:
+        m.p = float(p)
+    if layers:
+        return []
+
+    def hook(module, _inp, out):
+        if not module.training or p == 0:
+            return out
+        if isinstance(out, tuple):
+            return (nn.functional.dropout(out[0], p, True),) + out[1:]
+        return nn.functional.dropout(out, p, True)
+
+    return [block.register_forward_hook(hook) for block in _layer_list(model.model)]

@@ -89,6 +89,40 @@ def accuracy_per_subset(chosen: np.ndarray, rejected: np.ndarray, labels: np.nda
             for s in sorted(set(subsets))}
 
 
+def read_judge_labels(path: str | Path, ids: Sequence[str]) -> np.ndarray:
+    """Judge labels aligned with ``ids`` from a table with columns ``id`` and ``judge_label``
+    (1: the judge prefers the pair's chosen side, 0: its rejected side, 0.5: tie; what `rmkit judge`
+    writes). Pairs the table lacks, or whose judgment failed, get NaN and drop out of the judge views."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+    elif path.suffix == ".csv":
+        table = pd.read_csv(path)
+    else:
+        table = pd.read_json(path, lines=path.suffix == ".jsonl")
+    for col in ("id", "judge_label"):
+        if col not in table.columns:
+            raise ValueError(f"{path}: judge table needs columns id and judge_label; {col!r} is missing")
+    by_id = dict(zip(table["id"].astype(str), pd.to_numeric(table["judge_label"], errors="coerce")))
+    return np.array([by_id.get(str(i), np.nan) for i in ids], dtype=np.float64)
+
+
+def label_views(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray, judge: np.ndarray) -> dict[str, float]:
+    """Accuracy under the paper's other two views of the labels: the judge's (ties and missing
+    judgments excluded) and the subset where judge and original label agree."""
+    decided = np.isin(judge, (0.0, 1.0))
+    agree = decided & (judge == np.round(labels))
+    out: dict[str, float] = {"judge/pairs": int(decided.sum()), "agree/pairs": int(agree.sum())}
+    if decided.any():
+        out["judge/accuracy"] = pair_metrics(chosen[decided], rejected[decided], judge[decided])["accuracy"]
+        out["judge/agreement_with_labels"] = float(agree.sum() / decided.sum())
+    if agree.any():
+        out["agree/accuracy"] = pair_metrics(chosen[agree], rejected[agree], labels[agree])["accuracy"]
+    return out
+
+
 def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, batch_size: int = 64,
                 progress: bool = False):
     """Score every row: a DataFrame with id, subset, status, reward_chosen, reward_rejected, diff.

@@ -29,9 +29,9 @@ import torch
 
 from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
-from .losses import bradley_terry_loss, soft_label_loss
-from .models import RewardModel, set_trainable
-from .scoring import accuracy_per_subset, pair_metrics, score_token_pairs
+from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
+from .models import RewardModel, set_dropout, set_trainable
+from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
 
 
 @dataclass
@@ -67,6 +67,15 @@ class TrainConfig:
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
     eval_test: bool = setting(True, "after training, score the test split (overall and per subset)")
     mixed_precision: str = setting("no", "accelerate's mixed precision: no, fp16 or bf16")
+    contrastive: str = setting("none", "contrastive term added to the RM loss (Section 3): none, or a preset: "
+                                       "simcse, simcse-diff (beta 1), swav (K 50, beta 0.1), swav-diff (K 20, beta 0.5)")
+    contrastive_beta: float | None = setting(None, "weight beta of the contrastive term (default: the preset's)")
+    contrastive_temperature: float | None = setting(None, "temperature (default: 0.05 SimCSE, 0.1 SwAV)")
+    contrastive_dropout: float = setting(0.05, "dropout that makes the two views, set on every dropout layer (or "
+                                                "added after every block of backbones that have none)")
+    swav_prototypes: int | None = setting(None, "SwAV: number of prototypes K (default: the preset's)")
+    judge_labels: str | None = setting(None, "table (parquet/CSV/JSONL) with columns id, judge_label (1 chosen, "
+                                            "0 rejected, 0.5 tie): adds the judge and agreement views to every evaluation")
 
 
 # ------------------------------------------------------------------------------------------
@@ -98,17 +107,77 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
-def compute_loss(model, batch: dict[str, Any], objective: Objective) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def compute_loss(model, batch: dict[str, Any], objective: Objective,
+                 contrastive: "ContrastiveTerm | None" = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass over chosen and rejected texts together; returns the loss and its parts.
 
     ``batch`` holds ``input_ids``/``attention_mask`` of shape (2B, T) (chosen rows first), and
     optional per-pair tensors (``margin``, ``weight``, ``label``) of shape (B,).
+
+    With a contrastive term the batch goes through the model twice in one pass, stacked (4B, T): each
+    row draws its own dropout mask, so the copies are the two views (as two passes would give, but
+    one graph, which DDP needs). The RM loss reads the first copy's rewards; the total is
+    ``L_rm + beta * L_cl``.
     """
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    b = batch["input_ids"].shape[0] // 2
-    chosen, rejected = out.rewards[:b], out.rewards[b:]  # (B,), (B,)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    b = ids.shape[0] // 2
+    if contrastive is not None:
+        ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
+    out = model(input_ids=ids, attention_mask=mask)
+    chosen, rejected = out.rewards[:b], out.rewards[b: 2 * b]  # (B,), (B,)
     loss = objective(chosen, rejected, batch)
-    return loss, {"chosen": chosen, "rejected": rejected, "features": out.features}
+    parts = {"chosen": chosen, "rejected": rejected, "features": out.features[: 2 * b], "rm_loss": loss.detach()}
+    if contrastive is not None:
+        f = out.features
+        cl = contrastive(f[:b], f[b: 2 * b], f[2 * b: 3 * b], f[3 * b:])
+        parts["contrastive_loss"] = cl.detach()
+        loss = loss + contrastive.beta * cl
+    return loss, parts
+
+
+CONTRASTIVE_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's settings (Section 3); SimCSE's temperature and SwAV's tau/Sinkhorn are the methods' own.
+    "simcse": {"method": "simcse", "on": "pairs", "beta": 1.0, "temperature": 0.05},
+    "simcse-diff": {"method": "simcse", "on": "diff", "beta": 1.0, "temperature": 0.05},
+    "swav": {"method": "swav", "on": "pairs", "beta": 0.1, "temperature": 0.1, "prototypes": 50},
+    "swav-diff": {"method": "swav", "on": "diff", "beta": 0.5, "temperature": 0.1, "prototypes": 20},
+}
+
+
+class ContrastiveTerm(torch.nn.Module):
+    """The contrastive loss on two views of a batch's features; holds SwAV's learnable prototypes."""
+
+    def __init__(self, method: str, on: str, hidden: int, *, beta: float, temperature: float,
+                 prototypes: int = 0, epsilon: float = 0.05, sinkhorn_iters: int = 3):
+        super().__init__()
+        if method not in ("simcse", "swav"):
+            raise ValueError(f"contrastive method must be simcse or swav, got {method!r}")
+        self.method, self.on, self.beta, self.temperature = method, on, float(beta), float(temperature)
+        self.epsilon, self.sinkhorn_iters = epsilon, sinkhorn_iters
+        self.prototypes = torch.nn.Parameter(torch.randn(prototypes, hidden) / hidden ** 0.5) if method == "swav" else None
+
+    @classmethod
+    def from_config(cls, cfg: "TrainConfig", hidden: int) -> "ContrastiveTerm | None":
+        if cfg.contrastive == "none":
+            return None
+        if cfg.contrastive not in CONTRASTIVE_PRESETS:
+            raise ValueError(f"contrastive must be none or one of {sorted(CONTRASTIVE_PRESETS)}, got {cfg.contrastive!r}")
+        p = dict(CONTRASTIVE_PRESETS[cfg.contrastive])
+        for key, value in (("beta", cfg.contrastive_beta), ("temperature", cfg.contrastive_temperature),
+                           ("prototypes", cfg.swav_prototypes)):
+            if value is not None:
+                p[key] = value
+        return cls(p["method"], p["on"], hidden, beta=p["beta"], temperature=p["temperature"],
+                   prototypes=p.get("prototypes", 0))
+
+    def forward(self, chosen1: torch.Tensor, rejected1: torch.Tensor, chosen2: torch.Tensor,
+                rejected2: torch.Tensor) -> torch.Tensor:
+        v1 = contrastive_instances(chosen1, rejected1, self.on)
+        v2 = contrastive_instances(chosen2, rejected2, self.on)
+        if self.method == "simcse":
+            return simcse_loss(v1, v2, temperature=self.temperature)
+        return swav_loss(v1, v2, self.prototypes, temperature=self.temperature, epsilon=self.epsilon,
+                         sinkhorn_iters=self.sinkhorn_iters)
 
 
 def make_batch(model: RewardModel, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
@@ -173,7 +242,7 @@ def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list,
-                     identity: dict[str, Any]) -> None:
+                     identity: dict[str, Any], extra: torch.nn.Module | None = None) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -184,13 +253,15 @@ def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, tmp / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                "extra": extra.state_dict() if extra is not None else {}}, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity}))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a kill mid-write leaves the previous checkpoint intact
 
 
-def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, identity: dict[str, Any]) -> tuple[int, list]:
+def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, identity: dict[str, Any],
+                     extra: torch.nn.Module | None = None) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     progress = json.loads((path / "progress.json").read_text())
@@ -204,6 +275,8 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, ident
     if missing.unexpected_keys:
         raise ValueError(f"{path}: checkpoint has unknown parameters {missing.unexpected_keys[:3]}")
     state = torch.load(path / "state.pt", weights_only=True)
+    if extra is not None:
+        extra.load_state_dict(state["extra"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["cpu"])
@@ -294,10 +367,16 @@ def train_reward_model(
     if model is None:
         model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     n_trainable = set_trainable(model, cfg.train_layers)
+    contrastive = ContrastiveTerm.from_config(cfg, model.head.in_features)
+    dropout_hooks = set_dropout(model, cfg.contrastive_dropout) if contrastive is not None else []
     model.to(accelerator.device)
+    if contrastive is not None:
+        contrastive.to(accelerator.device)
     # Tokenize once; every epoch and every evaluation reuses the ids.
     c_ids, r_ids = model.encode_pairs(train_pairs)
     ev_c, ev_r = model.encode_pairs(eval_pairs) if eval_pairs else ([], [])
+    ev_labels = np.array([p.label for p in eval_pairs], dtype=np.float64)
+    ev_judge = read_judge_labels(cfg.judge_labels, [p.id for p in eval_pairs]) if cfg.judge_labels else None
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
 
     # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard
@@ -320,6 +399,8 @@ def train_reward_model(
     groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
     if body:
         groups.append({"params": body, "lr": cfg.lr})
+    if contrastive is not None and contrastive.prototypes is not None:
+        groups.append({"params": [contrastive.prototypes], "lr": cfg.head_lr or cfg.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -330,7 +411,7 @@ def train_reward_model(
     ckpt = out / "checkpoint"
     step, log_buffer = 0, []
     if cfg.resume and ckpt.exists():
-        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg))
+        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg), contrastive)
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
     if step == 0 and accelerator.is_main_process and metrics_path.exists():
@@ -345,7 +426,10 @@ def train_reward_model(
         if not eval_pairs:
             return {}
         rc, rr = score_token_pairs(wrapped, ev_c, ev_r, batch_size=cfg.eval_batch_size, accelerator=accelerator)
-        return {f"eval/{k}": v for k, v in pair_metrics(rc, rr).items()}
+        res = {f"eval/{k}": v for k, v in pair_metrics(rc, rr, ev_labels).items()}
+        if ev_judge is not None:
+            res.update({f"eval/{k}": v for k, v in label_views(rc, rr, ev_labels, ev_judge).items()})
+        return res
 
     # ---- the loop
     wrapped.train()
@@ -355,17 +439,21 @@ def train_reward_model(
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_main_process, unit="step")
     while step < total_steps:
         micro = plan[step * cfg.grad_accum: (step + 1) * cfg.grad_accum]
-        step_loss, step_acc = 0.0, 0.0
+        step_loss, step_acc, step_cl = 0.0, 0.0, 0.0
         for k, idx in enumerate(micro):
             batch = make_batch(model, train_pairs, c_ids, r_ids, idx, accelerator.device)
             # Only the last micro-batch syncs gradients across processes.
             with accelerator.no_sync(wrapped) if k < len(micro) - 1 else nullcontext():
                 with accelerator.autocast():
-                    loss, parts = compute_loss(wrapped, batch, objective)
+                    loss, parts = compute_loss(wrapped, batch, objective, contrastive)
                 accelerator.backward(loss / len(micro))
             step_loss += loss.item() / len(micro)
             step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
+            step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0
             seen_pairs += len(idx)
+        if contrastive is not None and contrastive.prototypes is not None and world > 1:
+            # The prototypes live outside the DDP-wrapped model: average their gradient by hand.
+            contrastive.prototypes.grad = accelerator.reduce(contrastive.prototypes.grad, reduction="mean")
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
         optimizer.step()
@@ -373,29 +461,33 @@ def train_reward_model(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        log_buffer.append([step_loss, step_acc])
+        log_buffer.append([step_loss, step_acc, step_cl])
         bar.set_postfix(loss=f"{step_loss:.3f}")
 
         is_last = step == total_steps
         if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
             # Average over the steps since the last line, and over processes.
             local = torch.tensor(log_buffer, dtype=torch.float64).mean(0).to(accelerator.device)
-            train_loss, train_acc = accelerator.reduce(local, reduction="mean").tolist()
+            train_loss, train_acc, train_cl = accelerator.reduce(local, reduction="mean").tolist()
             record = {"step": step, "epoch": step * cfg.grad_accum * world / per_epoch,
                       "train/loss": train_loss, "train/accuracy": train_acc,
                       "train/lr": scheduler.get_last_lr()[-1]}
+            if contrastive is not None:
+                record["train/contrastive_loss"] = train_cl
             last_eval = evaluate()
             record.update(last_eval)
             log(record)
             log_buffer = []
         if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
                                             or (stop_after_steps is not None and step >= stop_after_steps)):
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg))
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg), contrastive)
         if stop_after_steps is not None and step >= stop_after_steps and not is_last:
             bar.close()
             return TrainResult(model, out, {"stopped_at_step": step})
     bar.close()
     train_s = time.time() - t0
+    for h in dropout_hooks:
+        h.remove()
 
     # ---- final model and results
     accelerator.wait_for_everyone()

@@ -42,3 +42,53 @@ def test_soft_label_by_hand():
     d = torch.zeros(1, requires_grad=True)
     soft_label_loss(d, torch.zeros(1), labels=torch.tensor([0.5])).backward()
     assert d.grad.item() == pytest.approx(0.0, abs=1e-7)
+
+
+# ---- contrastive losses, on numbers worked out by hand
+
+
+def test_simcse_matches_hand_computation():
+    from rmkit.losses import simcse_loss
+
+    v1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v2 = torch.tensor([[3.0, 3.0], [0.0, 2.0]])  # unit vectors (.7071, .7071) and (0, 1): norms do not matter
+    # tau = 1: logits [[.7071, 0], [.7071, 1]]; row 0: log(1 + e^-.7071), row 1: log(1 + e^-(1 - .7071))
+    expected = 0.5 * (math.log1p(math.exp(-0.5 ** 0.5)) + math.log1p(math.exp(-(1 - 0.5 ** 0.5))))
+    assert simcse_loss(v1, v2, temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+    # identical orthogonal views at tau 0.5: logits [[2, 0], [0, 2]], each row log(1 + e^-2)
+    assert simcse_loss(v1, v1, temperature=0.5).item() == pytest.approx(math.log1p(math.exp(-2)), abs=1e-6)
+
+
+def test_sinkhorn_codes_are_a_balanced_rescaling_of_the_scores():
+    from rmkit.losses import sinkhorn
+
+    torch.manual_seed(0)
+    scores = torch.randn(12, 3)
+    q = sinkhorn(scores, epsilon=0.5, iters=50)
+    torch.testing.assert_close(q.sum(1), torch.ones(12))  # every instance: a distribution over prototypes
+    torch.testing.assert_close(q.sum(0), torch.full((3,), 4.0), atol=1e-4, rtol=0)  # equal share per prototype
+    # Q = diag(a) exp(S / eps) diag(b): log Q - S/eps is a row term plus a column term.
+    r = q.log() - scores / 0.5
+    torch.testing.assert_close(r - r[:, :1] - r[:1, :] + r[0, 0], torch.zeros_like(r), atol=1e-4, rtol=0)
+
+
+def test_swav_swapped_prediction_by_hand():
+    from rmkit.losses import swav_loss
+
+    eye = torch.eye(2)
+    # Features on the prototypes: codes are one-hot; each view predicts the other's prototype with
+    # softmax([10, 0]) (tau 0.1), so the loss is log(1 + e^-10).
+    assert swav_loss(eye, eye, eye, temperature=0.1).item() == pytest.approx(math.log1p(math.exp(-10)), rel=1e-3)
+    # Views that swap prototypes: the target is the other prototype, -log softmax([10, 0])[1] = 10 + log(1 + e^-10).
+    swapped = eye.flip(0)
+    assert swav_loss(eye, swapped, eye, temperature=0.1).item() == pytest.approx(10 + math.log1p(math.exp(-10)), rel=1e-5)
+
+
+def test_contrastive_instances_variants():
+    from rmkit.losses import contrastive_instances
+
+    c, r = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, -1.0]])
+    torch.testing.assert_close(contrastive_instances(c, r, "pairs"), torch.tensor([[1.0, 2.0], [0.5, -1.0]]))
+    torch.testing.assert_close(contrastive_instances(c, r, "diff"), torch.tensor([[0.5, 3.0], [-0.5, -3.0]]))
+    with pytest.raises(ValueError, match="pairs' or 'diff'"):
+        contrastive_instances(c, r, "both")

@@ -142,3 +142,54 @@ def test_two_processes_equal_one_with_gradient_accumulation(tmp_path, shared_dat
     lb = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in la] == [x["step"] for x in lb]
     assert la[-1]["train/loss"] == pytest.approx(lb[-1]["train/loss"], abs=1e-4)
+
+
+def test_dropout_views_also_for_backbones_without_dropout(tiny_llama, tiny_bert):
+    from rmkit.models import set_dropout
+
+    for path in (tiny_llama, tiny_bert):
+        rm = RewardModel.from_pretrained(path, max_length=32)
+        batch = rm.collate(rm.encode([[{"role": "user", "content": "hi there"}]], [[{"role": "assistant",
+                                                                                   "content": "hello, friend"}]]))
+        hooks = set_dropout(rm, 0.05)
+        assert bool(hooks) == (path == tiny_llama)  # Llama has no dropout layers: hooks add it after each block
+        rm.train()
+        a, b = rm(**batch).features, rm(**batch).features
+        assert not torch.allclose(a, b)  # two views differ
+        rm.eval()
+        torch.testing.assert_close(rm(**batch).features, rm(**batch).features)  # scoring is deterministic
+
+
+@pytest.mark.parametrize("preset", ["simcse", "swav-diff"])
+def test_contrastive_training_logs_its_term_and_resumes_exactly(preset, tiny_bert, hh_pairs, tmp_path):
+    common = dict(model=tiny_bert, max_length=32, batch_size=4, epochs=1, lr=1e-3, eval_every=2, save_every=0,
+                  warmup_ratio=0.0, seed=3, contrastive=preset)
+    train, ev = hh_pairs[:16], hh_pairs[16:24]
+    full = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train, eval_pairs=ev)
+    logged = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train/contrastive_loss"]) and r["train/contrastive_loss"] > 0 for r in logged)
+    train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common), train_pairs=train, eval_pairs=ev,
+                       stop_after_steps=2)
+    resumed = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common), train_pairs=train,
+                                 eval_pairs=ev)
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(v, resumed.model.state_dict()[k], atol=0, rtol=0, msg=k)
+
+
+def test_contrastive_term_is_added_with_its_beta(tiny_bert, hh_pairs):
+    from rmkit.training import ContrastiveTerm, compute_loss, get_objective, make_batch
+
+    rm = RewardModel.from_pretrained(tiny_bert, max_length=32)
+    rm.eval()  # no dropout: both views equal, so SimCSE's loss is known from the features alone
+    c, r = rm.encode_pairs(hh_pairs[:4])
+    batch = make_batch(rm, hh_pairs, c, r, [0, 1, 2, 3], "cpu")
+    term = ContrastiveTerm.from_config(TrainConfig(contrastive="simcse", contrastive_beta=0.3), rm.head.in_features)
+    plain, _ = compute_loss(rm, batch, get_objective("bt"))
+    total, parts = compute_loss(rm, batch, get_objective("bt"), term)
+    from rmkit.losses import simcse_loss
+
+    f = parts["features"]
+    torch.testing.assert_close(parts["rm_loss"], plain)
+    torch.testing.assert_close(total, plain + 0.3 * simcse_loss(f, f, temperature=0.05))
+    with pytest.raises(ValueError, match="contrastive must be none or one of"):
+        ContrastiveTerm.from_config(TrainConfig(contrastive="moco"), 8)

@@ -1,0 +1,79 @@
+"""A local OpenAI-compatible chat server that misbehaves on purpose, for the judge's fault tests.
+
+What it does with a request is chosen by a marker in the request's text:
+
+- ``FAULT429xN`` / ``FAULT500xN``: answer 429 / 500 to the first N attempts, then a verdict;
+- ``ALWAYS500``: always 500;
+- ``SLOW``: wait ``slow_seconds`` before answering (beyond the client's timeout);
+- ``GARBAGE``: a 200 whose body is not JSON, on every attempt;
+- ``GARBAGEx1``: garbage once, then a verdict;
+- ``RAMBLE``: a well-formed reply whose text has no verdict;
+- otherwise: ``[[A]]``.
+
+Every request is counted per marker and text, so tests can check the retries that happened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultServer:
+    def __init__(self, slow_seconds: float = 3.0):
+        self.counts: Counter = Counter()
+        self.slow_seconds = slow_seconds
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except BrokenPipeError:  # the client gave up (timeout test): expected
+                    pass
+
+            def do_POST(self):  # noqa: N802
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = " ".join(m["content"] for m in req["messages"])
+                key = re.search(r"item-\d+", text)
+                key = key.group(0) if key else text[-40:]
+                with lock:
+                    outer.counts[key] += 1
+                    n = outer.counts[key]
+                m = re.search(r"FAULT(429|500)x(\d+)", text)
+                if m and n <= int(m.group(2)):
+                    code = int(m.group(1))
+                    return self._send(code, json.dumps({"error": {"message": f"injected {code}"}}).encode())
+                if "ALWAYS500" in text:
+                    return self._send(500, b'{"error": {"message": "injected 500"}}')
+                if "SLOW" in text:
+                    time.sleep(outer.slow_seconds)
+                if "GARBAGE" in text and ("GARBAGEx1" not in text or n == 1):
+                    return self._send(200, b"<html>not json at all")
+                content = "I think both have merits, hard to say." if "RAMBLE" in text else "Response A is clearer. [[A]]"
+                body = {"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+                self._send(200, json.dumps(body).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

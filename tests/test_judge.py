@@ -1,0 +1,146 @@
+"""The LLM judge: the verdict parser, faults from a misbehaving server, and a real llama.cpp server."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from rmkit.data import load_preferences
+from rmkit.judge import (JudgeConfig, agreement_by_strength, compare_policies, judge_pairs, parse_verdict,
+                         wilson_interval, win_tie_lose)
+
+from fault_server import FaultServer
+
+
+@pytest.mark.parametrize("reply,verdict", [
+    ("[[A]]", "A"), ("After weighing both, Response B is more helpful. [[B]]", "B"), ("[[ c ]]", "C"),
+    ("First I thought [[A]] but on reflection [[B]]", "B"), ("B", "B"), ("(A)", "A"), ("**B**", "B"), ("C.", "C"),
+    ("Verdict: A", "A"), ("Final answer: **Response B**", "B"), ("My choice is [A]", "A"),
+    ("Assistant A is better because it answers the question.", "A"), ("Both are equally good.", "C"),
+    ("It's a tie", "C"), ("I cannot decide.", None), ("", None), (None, None),
+    ("Response A is better for tone but Response B is better for accuracy.", None),
+])
+def test_parse_verdict_accepts_the_forms_models_give(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+def test_wilson_and_win_tie_lose_by_hand():
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    out = win_tie_lose([1.0, 1.0, 0.5, 0.0, math.nan])
+    assert (out["judged"], out["win"], out["tie"], out["lose"]) == (4, 2, 1, 1)
+    assert out["win_rate"] == 0.5 and out["net_win_rate"] == 0.25
+
+
+def test_agreement_by_strength_compares_extremes():
+    mean = np.arange(20, dtype=float)
+    judge = np.array([0.0] * 5 + [1.0] * 15)
+    judge[7] = 0.5  # ties leave the count
+    out = agreement_by_strength(mean, judge, n=5)
+    assert out["agreement_weakest"] == 0.0 and out["agreement_strongest"] == 1.0 and out["judged_pairs"] == 19
+
+
+def _items(markers):
+    recs = [{"prompt": f"item-{i} {m} question?", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
+            for i, m in enumerate(markers)]
+    return load_preferences(recs).pairs
+
+
+def test_faults_retries_statuses_cache_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
+    server = FaultServer(slow_seconds=2.0)
+    markers = ["FAULT429x2", "FAULT500x1", "ALWAYS500", "SLOW", "GARBAGE", "GARBAGEx1", "RAMBLE", "plain"]
+    pairs = _items(markers)
+    cfg = JudgeConfig(model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, timeout=0.5, concurrency=4,
+                      cache_dir=str(tmp_path / "cache"))
+    try:
+        table = judge_pairs(pairs, cfg, output=tmp_path / "run1.jsonl", base_url=server.url, progress=False)
+        by = {m: row for m, row in zip(markers, table.to_dict("records"))}
+        assert len(table) == len(pairs) and list(table["id"]) == [p.id for p in pairs]  # nothing lost
+        assert by["FAULT429x2"]["status"] == "ok" and by["FAULT429x2"]["attempts"] == 3
+        assert by["FAULT500x1"]["status"] == "ok" and by["FAULT500x1"]["attempts"] == 2
+        assert by["GARBAGEx1"]["status"] == "ok" and by["GARBAGEx1"]["attempts"] == 2
+        for m in ("ALWAYS500", "SLOW", "GARBAGE"):
+            assert by[m]["status"] == "failed" and by[m]["attempts"] == 3, m
+            assert math.isnan(by[m]["judge_label"])
+        assert "InternalServerError" in by["ALWAYS500"]["error"] and "Timeout" in by["SLOW"]["error"]
+        assert by["RAMBLE"]["status"] == "unparseable"
+        # The verdict [[A]] maps back through the per-item order to the pair's chosen (1) or rejected (0) side.
+        for m in ("FAULT429x2", "plain"):
+            assert by[m]["judge_label"] == (0.0 if by[m]["swapped"] else 1.0)
+        assert table["swapped"].any() and not table["swapped"].all()  # orders are mixed
+
+        before = server.counts.copy()
+        # A rerun into the same file resumes: finished items are skipped, failed ones are tried again.
+        again = judge_pairs(pairs, cfg, output=tmp_path / "run1.jsonl", base_url=server.url, progress=False)
+        assert list(again["status"]) == list(table["status"])
+        asked = {k for k in server.counts if server.counts[k] != before[k]}
+        assert asked == {f"item-{markers.index(m)}" for m in ("ALWAYS500", "SLOW", "GARBAGE")}
+        # A fresh run (new output) answers every finished item from the cache: no request reaches the server.
+        before = server.counts.copy()
+        fresh = judge_pairs(pairs, cfg, output=tmp_path / "run2.jsonl", base_url=server.url, progress=False)
+        ok = fresh["status"].isin(["ok", "unparseable"])
+        assert fresh.loc[ok, "cached"].tolist() == [1] * int(ok.sum())
+        assert all(server.counts[f"item-{i}"] == before[f"item-{i}"] for i in np.flatnonzero(ok))
+    finally:
+        server.close()
+    written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert "sk-test-must-not-leak" not in written
+
+
+def test_missing_key_for_openai_is_a_clear_error(monkeypatch, tmp_path):
+    from rmkit.judge import JudgeClient
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match=r"\$OPENAI_API_KEY"):
+        JudgeClient(JudgeConfig(cache_dir=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    from rmkit.judge import LocalServer
+
+    server = LocalServer("smollm2", n_ctx=4096, threads=2, parallel=2)
+    yield server
+    server.close()
+
+
+def test_real_llama_cpp_server_with_the_openai_client(llama_server, shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
+    assert llama_server.url.startswith("http://127.0.0.1:")
+    pairs = load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=4).pairs
+    cfg = JudgeConfig(model="smollm2", max_tokens=24, max_chars=400, concurrency=2, cache_dir=str(tmp_path / "c"),
+                      both_orders=True)
+    table = judge_pairs(pairs, cfg, output=tmp_path / "j.jsonl", base_url=llama_server.url, progress=False)
+    assert len(table) == 4 and set(table["status"]) <= {"ok", "unparseable", "failed"}
+    assert (table["status"] != "failed").all()  # a live local server answers every request
+    assert (table["prompt_tokens"] > 0).all() and (table["completion_tokens"] > 0).all()
+    assert all(len(v) == 2 for v in table["verdicts"])  # both orders asked
+    ok = table["status"] == "ok"
+    assert table.loc[ok, "judge_label"].isin([0.0, 0.5, 1.0]).all()  # averaged over two orders
+    res = compare_policies([p.prompt for p in pairs[:3]], [p.chosen for p in pairs[:3]], [p.rejected for p in pairs[:3]],
+                           cfg, output=tmp_path / "cmp.jsonl", base_url=llama_server.url, progress=False)
+    assert res["win"] + res["tie"] + res["lose"] == res["judged"] == res["status"]["ok"]
+    assert res["items"] == 3 and res["prompt_tokens"] > 0
+    assert "sk-test-must-not-leak" not in (tmp_path / "j.jsonl").read_text() + json.dumps(res)
+
+
+def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
+    from rmkit.cli import main
+
+    monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "judge"
+    rc = main(["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
+               "--model", "smollm2", "--limit", "3", "--max-tokens", "16", "--max-chars", "300",
+               "--output-dir", str(out)])
+    assert rc == 0
+    labels = __import__("pandas").read_parquet(out / "judge_labels.parquet")
+    assert len(labels) == 3 and {"id", "judge_label", "status"} <= set(labels.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 3 and sum(summary["status"].values()) == 3
+    assert "api_key" not in (out / "config.yaml").read_text().replace("api_key_env", "")
+    assert os.environ.get("OPENAI_API_KEY") is None

@@ -1,0 +1,110 @@
+"""The reward-model server: rewards equal in-process scoring, bad requests get 4xx, concurrent load is batched."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from rmkit.models import RewardModel
+from rmkit.serve import RewardFunction, RewardServer, ServeConfig
+
+
+def post(url, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def served(tiny_llama):
+    rm = RewardModel.from_pretrained(tiny_llama, max_length=64).eval()
+    with RewardServer(rm, ServeConfig(port=0, max_request_texts=8, max_body_bytes=20_000)) as srv:
+        yield rm, srv
+
+
+PROMPTS = ["How do I boil an egg?", "What is 2+2?", "Tell me a joke."]
+ANSWERS = ["Put it in boiling water for nine minutes.", "4", "Why did the chicken cross the road?"]
+
+
+def test_rewards_equal_in_process_scoring(served):
+    rm, srv = served
+    assert srv.url.startswith("http://127.0.0.1:")
+    msgs_p = [[{"role": "user", "content": p}] for p in PROMPTS]
+    msgs_a = [[{"role": "assistant", "content": a}] for a in ANSWERS]
+    expected = rm.score(msgs_p, msgs_a)
+    status, out = post(srv.url + "/score", {"prompts": PROMPTS, "completions": ANSWERS})
+    assert status == 200
+    torch.testing.assert_close(torch.tensor(out["rewards"]), expected, atol=1e-4, rtol=0)
+    # OpenRLHF's API: whole texts (here rendered by the RM's own template) -> the same rewards.
+    texts = [rm.render(p, a) for p, a in zip(msgs_p, msgs_a)]
+    status, out = post(srv.url + "/get_reward", {"query": texts, "prompts": PROMPTS})
+    assert status == 200
+    torch.testing.assert_close(torch.tensor(out["rewards"]), expected, atol=1e-4, rtol=0)
+    status, out = post(srv.url + "/score_pairs", {"pairs": [{"prompt": PROMPTS[0], "chosen": ANSWERS[0],
+                                                             "rejected": ANSWERS[1]}]})
+    r = out["results"][0]
+    assert status == 200 and r["diff"] == pytest.approx(r["chosen_reward"] - r["rejected_reward"])
+    assert r["chosen_reward"] == pytest.approx(expected[0].item(), abs=1e-4)
+    # TRL's reward-function interface, local and through the server, gives the same numbers.
+    local = RewardFunction(rm)(PROMPTS, ANSWERS)
+    remote = RewardFunction(url=srv.url)(msgs_p, msgs_a)
+    assert local == pytest.approx(expected.tolist(), abs=1e-4) and remote == pytest.approx(local, abs=1e-4)
+
+
+@pytest.mark.parametrize("path,body,raw,code,message", [
+    ("/get_reward", None, b"{not json", 400, "not valid JSON"),
+    ("/get_reward", [1, 2], None, 400, "JSON object"),
+    ("/get_reward", {"texts": ["a"]}, None, 400, "missing field 'query'"),
+    ("/get_reward", {"query": "a"}, None, 400, "must be a list"),
+    ("/get_reward", {"query": ["ok", 3]}, None, 400, r"query\[1\] must be a string"),
+    ("/get_reward", {"query": ["a"] * 9}, None, 413, "at most 8"),
+    ("/get_reward", {"query": ["a" * 30_000]}, None, 413, "bytes"),
+    ("/score", {"prompts": ["a"], "completions": []}, None, 400, "differ in length"),
+    ("/score", {"prompts": [{"role": "user"}], "completions": ["b"]}, None, 400, r"prompts\[0\]"),
+    ("/score_pairs", {"pairs": [{"prompt": "a", "chosen": "b"}]}, None, 400, "missing 'rejected'"),
+    ("/nope", {}, None, 404, "no endpoint"),
+])
+def test_bad_requests_get_4xx_and_the_server_lives_on(served, path, body, raw, code, message):
+    _, srv = served
+    status, out = post(srv.url + path, body, raw)
+    assert status == code and __import__("re").search(message, out["error"]), out
+    with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_get_on_a_post_endpoint_is_405(served):
+    _, srv = served
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(srv.url + "/get_reward", timeout=10)
+    assert e.value.code == 405
+
+
+def test_concurrent_clients_are_batched_and_all_answered(served):
+    rm, srv = served
+    texts = [rm.render([{"role": "user", "content": p}], [{"role": "assistant", "content": a}])
+             for p, a in zip(PROMPTS, ANSWERS)]
+    _, ref = post(srv.url + "/get_reward", {"query": texts})
+    before = srv.service.batcher.batches
+    results, errors = [], []
+
+    def client(k):
+        for _ in range(5):
+            status, out = post(srv.url + "/get_reward", {"query": texts})
+            (results if status == 200 else errors).append(out)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 40
+    assert all(r["rewards"] == pytest.approx(ref["rewards"], abs=1e-4) for r in results)
+    # 40 requests of 3 texts: fewer forward passes than requests means requests shared batches.
+    assert srv.service.batcher.batches - before < 40

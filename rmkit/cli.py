@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("judge", _cmd_judge, JudgeRunConfig, "an LLM judge (OpenAI-compatible API): label pairs or compare policies",
             [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
-    command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (/get_reward as OpenRLHF calls it, /score, /score_pairs)",
+    command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",
             [("model_path", "a saved reward model")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])

@@ -10,6 +10,8 @@ calls one library function, and prints what it returned.
     rmkit audit  DATA                strength, categories, report     (rmkit.audit.run_audit)
     rmkit denoise STRENGTH           a cleaned training set          (rmkit.denoise.run_denoise)
     rmkit tsne   DATA --models A,B   feature separation and t-SNE    (rmkit.tsne.run_tsne)
+    rmkit sample DATA                MetaRM's meta set from a policy  (rmkit.policy.run_sample)
+    rmkit metarm [DATA] --meta-data  train a reward model with MetaRM (rmkit.training.train_reward_model)
     rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
     rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
 """
@@ -43,7 +45,10 @@ def _cmd_data(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    cfg = config_from_args(TrainConfig, args, {"data": args.source})
+    _cmd_train_cfg(config_from_args(TrainConfig, args, {"data": args.source}))
+
+
+def _cmd_train_cfg(cfg: TrainConfig) -> None:
     result = train_reward_model(cfg)
     _print(result.metrics)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -73,6 +78,19 @@ def _cmd_tsne(args) -> None:
     from .tsne import TsneConfig, run_tsne
 
     _print(run_tsne(config_from_args(TsneConfig, args, {"data": args.source})))
+
+
+def _cmd_sample(args) -> None:
+    from .policy import SampleConfig, run_sample
+
+    _print(run_sample(config_from_args(SampleConfig, args, {"data": args.source})))
+
+
+def _cmd_metarm(args) -> None:
+    cfg = config_from_args(TrainConfig, args, {"data": args.source})
+    if not cfg.meta_data:
+        raise ValueError("rmkit metarm needs --meta-data (a meta set written by rmkit sample)")
+    _cmd_train_cfg(cfg)
 
 
 def _cmd_judge(args) -> None:
@@ -118,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("tsne", _cmd_tsne, TsneConfig, "t-SNE of chosen vs rejected features, with separation scores",
             [("source", "preference data")])
     from .judge import JudgeRunConfig
+    from .policy import SampleConfig
+
+    command("sample", _cmd_sample, SampleConfig, "sample k responses per prompt from a policy (MetaRM's meta set)",
+            [("source", "prompts: preference data or a file with a prompt column")])
+    command("metarm", _cmd_metarm, TrainConfig, "train a reward model with MetaRM on a meta set (Algorithm 1)",
+            [("source", "preference data (overrides the config's `data`)")])
     from .serve import ServeConfig
 
     command("judge", _cmd_judge, JudgeRunConfig, "an LLM judge (OpenAI-compatible API): label pairs or compare policies",

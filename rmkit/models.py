@@ -72,7 +72,9 @@ class RewardModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
-        self.head = _find_head(model)
+        # A plain reference, not a registered submodule: an alias of model.classifier/score under a second
+        # name breaks torch.func.functional_call (it restores aliased weights wrongly), which MetaRM uses.
+        object.__setattr__(self, "head", _find_head(model))
         self.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
         tokenizer.truncation_side = "left"
 

@@ -29,6 +29,8 @@ import torch
 
 from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
+from .metarm import encode_meta_batch, metarm_backward
+from .policy import read_meta_set
 from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
 from .models import RewardModel, set_dropout, set_trainable
 from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
@@ -74,6 +76,10 @@ class TrainConfig:
     contrastive_dropout: float = setting(0.05, "dropout that makes the two views, set on every dropout layer (or "
                                                 "added after every block of backbones that have none)")
     swav_prototypes: int | None = setting(None, "SwAV: number of prototypes K (default: the preset's)")
+    meta_data: str | None = setting(None, "MetaRM (rmkit metarm): meta set JSONL (prompt + k policy responses per line); "
+                                          "each step adapts by gradient ascent on J over it, then takes the RM loss there")
+    meta_inner_lr: float = setting(1e-5, "MetaRM's inner ascent step size eta (the paper gives none)")
+    meta_prompts: int = setting(4, "meta-set prompts per step (m)")
     judge_labels: str | None = setting(None, "table (parquet/CSV/JSONL) with columns id, judge_label (1 chosen, "
                                             "0 rejected, 0.5 tie): adds the judge and agreement views to every evaluation")
 
@@ -379,6 +385,8 @@ def train_reward_model(
     ev_judge = read_judge_labels(cfg.judge_labels, [p.id for p in eval_pairs]) if cfg.judge_labels else None
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
 
+    meta_items = read_meta_set(cfg.meta_data) if cfg.meta_data else None
+
     # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard
     per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
     n_micro = max(cfg.grad_accum, int(round(per_epoch * cfg.epochs)))
@@ -439,18 +447,33 @@ def train_reward_model(
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_main_process, unit="step")
     while step < total_steps:
         micro = plan[step * cfg.grad_accum: (step + 1) * cfg.grad_accum]
-        step_loss, step_acc, step_cl = 0.0, 0.0, 0.0
+        step_loss, step_acc, step_cl, step_j = 0.0, 0.0, 0.0, 0.0
         for k, idx in enumerate(micro):
             batch = make_batch(model, train_pairs, c_ids, r_ids, idx, accelerator.device)
-            # Only the last micro-batch syncs gradients across processes.
-            with accelerator.no_sync(wrapped) if k < len(micro) - 1 else nullcontext():
+            if meta_items is not None:
+                # MetaRM: the meta items of this micro-step are drawn from (step, k), so a resumed run draws the same.
+                pick = np.random.default_rng([cfg.seed, step, k]).choice(len(meta_items), cfg.meta_prompts,
+                                                                          replace=len(meta_items) < cfg.meta_prompts)
+                meta_batch = encode_meta_batch(model, [meta_items[i] for i in pick], accelerator.device)
                 with accelerator.autocast():
-                    loss, parts = compute_loss(wrapped, batch, objective, contrastive)
-                accelerator.backward(loss / len(micro))
+                    loss, parts = metarm_backward(model, batch, meta_batch, objective, inner_lr=cfg.meta_inner_lr,
+                                                  contrastive=contrastive, scale=1.0 / len(micro))
+                step_j += parts["meta_J"].item() / len(micro)
+            else:
+                # Only the last micro-batch syncs gradients across processes.
+                with accelerator.no_sync(wrapped) if k < len(micro) - 1 else nullcontext():
+                    with accelerator.autocast():
+                        loss, parts = compute_loss(wrapped, batch, objective, contrastive)
+                    accelerator.backward(loss / len(micro))
             step_loss += loss.item() / len(micro)
             step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
             step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0
             seen_pairs += len(idx)
+        if meta_items is not None and world > 1:
+            # MetaRM computes gradients on the unwrapped model (torch.func), outside DDP: average them here.
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
         if contrastive is not None and contrastive.prototypes is not None and world > 1:
             # The prototypes live outside the DDP-wrapped model: average their gradient by hand.
             contrastive.prototypes.grad = accelerator.reduce(contrastive.prototypes.grad, reduction="mean")
@@ -461,19 +484,21 @@ def train_reward_model(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        log_buffer.append([step_loss, step_acc, step_cl])
+        log_buffer.append([step_loss, step_acc, step_cl, step_j])
         bar.set_postfix(loss=f"{step_loss:.3f}")
 
         is_last = step == total_steps
         if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
             # Average over the steps since the last line, and over processes.
             local = torch.tensor(log_buffer, dtype=torch.float64).mean(0).to(accelerator.device)
-            train_loss, train_acc, train_cl = accelerator.reduce(local, reduction="mean").tolist()
+            train_loss, train_acc, train_cl, train_j = accelerator.reduce(local, reduction="mean").tolist()
             record = {"step": step, "epoch": step * cfg.grad_accum * world / per_epoch,
                       "train/loss": train_loss, "train/accuracy": train_acc,
                       "train/lr": scheduler.get_last_lr()[-1]}
             if contrastive is not None:
                 record["train/contrastive_loss"] = train_cl
+            if meta_items is not None:
+                record["train/meta_J"] = train_j
             last_eval = evaluate()
             record.update(last_eval)
             log(record)

@@ -1,0 +1,181 @@
+"""Policies: any Hugging Face causal LM (default: the offline SmolLM2-135M-Instruct), its chat template,
+and seeded, batched sampling of responses to chat prompts.
+
+Used for MetaRM's meta set (k responses per prompt from the current policy) and by PPO's rollouts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .assets import resolve_model
+from .config import setting
+from .data import Message
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled (the paper's PPO settings: T 0.8, top-p 0.9, repetition penalty 1.1)."""
+
+    temperature: float = setting(0.8, "sampling temperature (0: greedy)")
+    top_p: float = setting(0.9, "nucleus sampling mass")
+    repetition_penalty: float = setting(1.1, "penalty on repeated tokens (1: none)")
+    max_new_tokens: int = setting(64, "longest response in tokens")
+    max_prompt_tokens: int = setting(384, "prompts are cut from the left to this many tokens")
+    batch_size: int = setting(8, "prompts sampled together")
+    seed: int = setting(0, "sampling seed")
+
+
+def load_policy(name_or_path: str = "smollm2", *, dtype: torch.dtype = torch.float32):
+    """A causal LM and its tokenizer (left padding for generation; pad = EOS when the model has none)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation continues every row from its last real token
+    tok.truncation_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def render_prompt(tokenizer, prompt: Sequence[Message]) -> str:
+    """The prompt as the policy reads it: its chat template with the assistant turn opened."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in prompt) + \
+        "\n\nAssistant:"
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Sequence[Message]], max_tokens: int) -> list[list[int]]:
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    add_special = not getattr(tokenizer, "chat_template", None)
+    return tokenizer(texts, add_special_tokens=add_special, truncation=True, max_length=max_tokens)["input_ids"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+             generator_seed: int | None = None) -> list[list[int]]:
+    """Sample one response per prompt (token ids, without the prompt, cut at EOS)."""
+    pad = tokenizer.pad_token_id
+    n = max(len(x) for x in prompt_ids)
+    ids = torch.full((len(prompt_ids), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(prompt_ids):  # left padding
+        ids[i, n - len(x):] = torch.as_tensor(x)
+        mask[i, n - len(x):] = 1
+    dev = next(model.parameters()).device
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=cfg.temperature > 0,
+                         temperature=cfg.temperature if cfg.temperature > 0 else None,
+                         top_p=cfg.top_p if cfg.temperature > 0 else None, repetition_penalty=cfg.repetition_penalty,
+                         max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    model.train(was_training)
+    responses = []
+    for row in out[:, n:].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]  # keep EOS: the policy chose to stop
+        responses.append(row)
+    return responses
+
+
+def sample_responses(model, tokenizer, prompts: Sequence[Sequence[Message]], cfg: SamplingConfig, *,
+                     k: int = 1, progress: bool = False) -> list[list[str]]:
+    """``k`` sampled responses (text) for each prompt, batched, reproducible for a seed."""
+    from tqdm.auto import tqdm
+
+    ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    flat = [i for i in range(len(prompts)) for _ in range(k)]
+    texts: list[str] = [""] * len(flat)
+    order = sorted(range(len(flat)), key=lambda j: len(ids[flat[j]]))  # similar lengths share a batch
+    for b, s in enumerate(tqdm(range(0, len(order), cfg.batch_size), desc="sampling", disable=not progress)):
+        idx = order[s: s + cfg.batch_size]
+        resp = generate(model, tokenizer, [ids[flat[j]] for j in idx], cfg, generator_seed=cfg.seed * 100003 + b)
+        for j, r in zip(idx, resp):
+            texts[j] = tokenizer.decode(r, skip_special_tokens=True).strip()
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def write_meta_set(path: str | Path, ids: Sequence[str], prompts: Sequence[Sequence[Message]],
+                   responses: Sequence[Sequence[str]]) -> None:
+    """MetaRM's meta set as JSONL: ``{"id", "prompt": messages, "responses": [k texts]}`` per prompt."""
+    with Path(path).open("w") as f:
+        for i, p, r in zip(ids, prompts, responses):
+            f.write(json.dumps({"id": i, "prompt": list(p), "responses": list(r)}) + "\n")
+
+
+def read_meta_set(path: str | Path) -> list[dict]:
+    """Read a meta set; every line must have a prompt and at least two responses."""
+    items = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if not isinstance(rec.get("responses"), list) or len(rec["responses"]) < 2:
+            raise ValueError(f"{path}, line {n}: field 'responses' must list at least 2 responses")
+        prompt = rec.get("prompt")
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not prompt:
+            raise ValueError(f"{path}, line {n}: field 'prompt' must be a string or chat messages")
+        items.append({"id": str(rec.get("id", n)), "prompt": prompt, "responses": [str(x) for x in rec["responses"]]})
+    return items
+
+
+@dataclass
+class SampleConfig(SamplingConfig):
+    """Settings of ``rmkit sample``: MetaRM's meta set from a policy (slightly hotter than PPO's sampling)."""
+
+    data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
+    policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
+    output: str = setting("runs/meta/meta.jsonl", "the meta set (JSONL); a rerun resumes after the prompts it holds")
+    k: int = setting(4, "responses per prompt")
+    limit: int | None = setting(None, "use the first N prompts")
+
+
+def _prompts_from(source: str) -> tuple[list[str], list[list[Message]]]:
+    import pandas as pd
+
+    from .data import load_preferences
+
+    path = Path(source)
+    if path.is_file() and path.suffix in (".jsonl", ".parquet"):
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+        if "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
+            ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
+            return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]]
+    pairs = load_preferences(source).pairs
+    return [p.id for p in pairs], [p.prompt for p in pairs]
+
+
+def run_sample(cfg: SampleConfig) -> dict:
+    """Sample ``k`` responses per prompt and append them to the meta set, ``batch_size`` prompts at a time."""
+    from .config import save_config
+
+    ids, prompts = _prompts_from(cfg.data)
+    ids, prompts = ids[: cfg.limit], prompts[: cfg.limit]
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out.with_suffix(".config.yaml"))
+    done = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
+    model, tok = load_policy(cfg.policy)
+    todo = [i for i, x in enumerate(ids) if x not in done]
+    for s in range(0, len(todo), cfg.batch_size):
+        chunk = todo[s: s + cfg.batch_size]
+        part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
+        part.seed = cfg.seed * 1_000_003 + chunk[0]  # per-chunk seed: the same responses whether resumed or not
+        resp = sample_responses(model, tok, [prompts[i] for i in chunk], part, k=cfg.k)
+        with out.open("a") as f:
+            for i, r in zip(chunk, resp):
+                f.write(json.dumps({"id": ids[i], "prompt": list(prompts[i]), "responses": r}) + "\n")
+    return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out)}

@@ -140,6 +140,7 @@ class SampleConfig(SamplingConfig):
     policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
     output: str = setting("runs/meta/meta.jsonl", "the meta set (JSONL); a rerun resumes after the prompts it holds")
     k: int = setting(4, "responses per prompt")
+    temperature: float = setting(1.0, "sampling temperature: a little above PPO's 0.8, as the paper samples the meta set")
     limit: int | None = setting(None, "use the first N prompts")
 
 

@@ -65,7 +65,7 @@ def test_one_metarm_step_equals_the_hand_computation(tiny_bert, pairs):
     assert parts["meta_J"].item() == pytest.approx(J.item(), abs=1e-6)
     moved = 0
     for n, p in rm.named_parameters():
-        torch.testing.assert_close(p.detach(), expected[n], atol=1e-6, rtol=0, msg=lambda m: n + m)
+        torch.testing.assert_close(p.detach(), expected[n], atol=1e-6, rtol=0, msg=n)
         moved += not torch.equal(p.detach(), theta[n])
     assert moved > 0.5 * len(theta)  # the step really changed the weights
 

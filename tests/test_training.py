@@ -193,3 +193,22 @@ def test_contrastive_term_is_added_with_its_beta(tiny_bert, hh_pairs):
     torch.testing.assert_close(total, plain + 0.3 * simcse_loss(f, f, temperature=0.05))
     with pytest.raises(ValueError, match="contrastive must be none or one of"):
         ContrastiveTerm.from_config(TrainConfig(contrastive="moco"), 8)
+
+
+def test_label_views_by_hand(tmp_path):
+    import pandas as pd
+
+    from rmkit.scoring import label_views, read_judge_labels
+
+    pd.DataFrame({"id": ["a", "b", "c", "d", "e"], "judge_label": [1.0, 0.0, 0.5, 1.0, 0.0]}).to_csv(
+        tmp_path / "j.csv", index=False)
+    judge = read_judge_labels(tmp_path / "j.csv", ["a", "b", "c", "d", "e", "missing"])
+    assert np.isnan(judge[-1])
+    chosen = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    rejected = np.zeros(6)  # the RM prefers chosen on a, b, c, f; ties on d, e
+    out = label_views(chosen, rejected, np.ones(6), judge)
+    # judge view: a (right), b (wrong: judge says rejected), d (tie: half), e (tie: half) -> 2 / 4
+    assert out["judge/pairs"] == 4 and out["judge/accuracy"] == pytest.approx(0.5)
+    # agreement view: a and d (judge agrees with the label) -> (1 + 0.5) / 2
+    assert out["agree/pairs"] == 2 and out["agree/accuracy"] == pytest.approx(0.75)
+    assert out["judge/agreement_with_labels"] == pytest.approx(0.5)

@@ -4,7 +4,9 @@
 
 - ``POST /get_reward`` ``{"query": [text, ...]}`` -> ``{"rewards": [...]}``: OpenRLHF's remote
   reward-model API (its PPO sends whole prompt+response texts; extra keys such as ``prompts`` are
-  ignored), so an OpenRLHF run on a cluster can use an rmkit RM as its ``remote_rm_url``.
+  ignored), so an OpenRLHF run on a cluster can use an rmkit RM as its ``remote_rm_url``. The texts
+  are tokenized as given: they should be in the RM's format. A policy with another chat template
+  should call ``/score`` with messages, which the RM renders itself.
 - ``POST /score`` ``{"prompts": [...], "completions": [...]}`` -> ``{"rewards": [...]}``: prompts and
   completions as strings or chat messages, rendered by the RM's own template (what `RewardFunction`
   calls, and what a policy with another tokenizer should use).

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmkit.data import get_splits, inject_label_flips, load_preferences
-from rmkit.denoise import DenoiseConfig, denoise_pairs
+from rmkit.denoise import OBJECTIVE_FOR, DenoiseConfig, denoise_pairs
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features
 from rmkit.heads import fold_of, head_diffs, member_masks, train_bt_heads
 from rmkit.models import RewardModel
@@ -190,8 +190,7 @@ def main() -> None:
             keep = np.array([not a.startswith("dropped") for a in actions])
             flip = np.array([a.startswith("flipped") for a in actions])
             fc, fr = np.where(flip[:, None], fr, fc)[keep], np.where(flip[:, None], fc, fr)[keep]
-            objective = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin",
-                         "soft+margin": "soft"}[preset]
+            objective = OBJECTIVE_FOR[preset]
             margin = np.array([p.margin for p in cleaned]) if cleaned[0].margin is not None else None
             label = np.array([p.label for p in cleaned])
             # How well did the strength find the injected flips (among the pairs it acted on)?

@@ -666,6 +666,21 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
     return report
 
 
+def read_table(path: str | os.PathLike):
+    """A side table (judge labels, prompts, answers) as a DataFrame, by suffix: .parquet, .csv,
+    .jsonl (JSON lines) or .json."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=path.suffix == ".jsonl")
+    raise DataError(f"{path}: tables are read from .parquet, .csv, .jsonl or .json files")
+
+
 def inject_label_flips(
     pairs: Sequence[PreferencePair], fraction: float, *, seed: int = 0
 ) -> tuple[list[PreferencePair], np.ndarray]:

@@ -425,7 +425,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     """The ``rmkit judge`` command: results written as they arrive; a rerun resumes and hits the cache."""
     import pandas as pd
 
-    from .data import load_preferences
+    from .data import load_preferences, read_table
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +457,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
                 summary["agreement_by_strength"] = agreement_by_strength(mean, table["judge_label"].to_numpy())
         elif cfg.task == "compare":
             path = Path(cfg.data)
-            df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=path.suffix == ".jsonl")
+            df = read_table(path)
             for col in ("prompt", "answer_a", "answer_b"):
                 if col not in df.columns:
                     raise ValueError(f"{path}: task compare needs columns prompt, answer_a, answer_b; {col!r} is missing")

@@ -37,14 +37,27 @@ def difference_loss(rewards: torch.Tensor) -> torch.Tensor:
     return (2.0 / k ** 2) * torch.sigmoid(gaps[:, upper]).sum(1).mean()
 
 
-def encode_meta_batch(model, items: Sequence[dict[str, Any]], device) -> dict[str, Any]:
-    """Token ids of every (prompt, response) of the meta items, padded into one (P*k, T) batch."""
+def tokenize_meta_items(model, items: Sequence[dict[str, Any]]) -> list[list[list[int]]]:
+    """Token ids of each meta item's k (prompt, response) texts; the trainer does this once per run."""
+    prompts: list[Sequence[Message]] = [it["prompt"] for it in items for _ in it["responses"]]
+    responses = [[{"role": "assistant", "content": r}] for it in items for r in it["responses"]]
+    flat = model.encode(prompts, responses)
+    out, start = [], 0
+    for it in items:
+        out.append(flat[start: start + len(it["responses"])])
+        start += len(it["responses"])
+    return out
+
+
+def encode_meta_batch(model, items: Sequence[dict[str, Any]], device,
+                      ids: Sequence[list[list[int]]] | None = None) -> dict[str, Any]:
+    """The meta items' (prompt, response) texts padded into one (P*k, T) batch; ``ids`` are their
+    token ids from `tokenize_meta_items` when already computed."""
     k = len(items[0]["responses"])
     if any(len(it["responses"]) != k for it in items):
         raise ValueError("every prompt of a meta batch needs the same number of responses k")
-    prompts: list[Sequence[Message]] = [it["prompt"] for it in items for _ in range(k)]
-    responses = [[{"role": "assistant", "content": r}] for it in items for r in it["responses"]]
-    batch = model.collate(model.encode(prompts, responses), device)
+    ids = ids if ids is not None else tokenize_meta_items(model, items)
+    batch = model.collate([x for item_ids in ids for x in item_ids], device)
     batch["k"] = k
     return batch
 

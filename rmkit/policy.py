@@ -145,13 +145,11 @@ class SampleConfig(SamplingConfig):
 
 
 def _prompts_from(source: str) -> tuple[list[str], list[list[Message]]]:
-    import pandas as pd
-
-    from .data import load_preferences
+    from .data import load_preferences, read_table
 
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".parquet"):
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+        df = read_table(path)
         if "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
             ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
             return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]]

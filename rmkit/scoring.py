@@ -95,13 +95,9 @@ def read_judge_labels(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     writes). Pairs the table lacks, or whose judgment failed, get NaN and drop out of the judge views."""
     import pandas as pd
 
-    path = Path(path)
-    if path.suffix == ".parquet":
-        table = pd.read_parquet(path)
-    elif path.suffix == ".csv":
-        table = pd.read_csv(path)
-    else:
-        table = pd.read_json(path, lines=path.suffix == ".jsonl")
+    from .data import read_table
+
+    table = read_table(path)
     for col in ("id", "judge_label"):
         if col not in table.columns:
             raise ValueError(f"{path}: judge table needs columns id and judge_label; {col!r} is missing")

@@ -29,7 +29,7 @@ import torch
 
 from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
-from .metarm import encode_meta_batch, metarm_backward
+from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .policy import read_meta_set
 from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
 from .models import RewardModel, set_dropout, set_trainable
@@ -386,6 +386,7 @@ def train_reward_model(
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
 
     meta_items = read_meta_set(cfg.meta_data) if cfg.meta_data else None
+    meta_ids = tokenize_meta_items(model, meta_items) if meta_items else None  # once, like the pairs
 
     # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard
     per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
@@ -454,7 +455,8 @@ def train_reward_model(
                 # MetaRM: the meta items of this micro-step are drawn from (step, k), so a resumed run draws the same.
                 pick = np.random.default_rng([cfg.seed, step, k]).choice(len(meta_items), cfg.meta_prompts,
                                                                           replace=len(meta_items) < cfg.meta_prompts)
-                meta_batch = encode_meta_batch(model, [meta_items[i] for i in pick], accelerator.device)
+                meta_batch = encode_meta_batch(model, [meta_items[i] for i in pick], accelerator.device,
+                                               [meta_ids[i] for i in pick])
                 with accelerator.autocast():
                     loss, parts = metarm_backward(model, batch, meta_batch, objective, inner_lr=cfg.meta_inner_lr,
                                                   contrastive=contrastive, scale=1.0 / len(micro))

@@ -12,6 +12,8 @@ calls one library function, and prints what it returned.
     rmkit tsne   DATA --models A,B   feature separation and t-SNE    (rmkit.tsne.run_tsne)
     rmkit sample DATA                MetaRM's meta set from a policy  (rmkit.policy.run_sample)
     rmkit metarm [DATA] --meta-data  train a reward model with MetaRM (rmkit.training.train_reward_model)
+    rmkit ppo    [PROMPTS]           PPO of a policy against an RM    (rmkit.rl.train_ppo)
+    rmkit rlhf   [DATA]              rounds of sample, MetaRM, PPO    (rmkit.rlhf.run_rlhf)
     rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
     rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
 """
@@ -93,6 +95,18 @@ def _cmd_metarm(args) -> None:
     _cmd_train_cfg(cfg)
 
 
+def _cmd_ppo(args) -> None:
+    from .rl import PPOConfig, train_ppo
+
+    _print(train_ppo(config_from_args(PPOConfig, args, {"data": args.source})))
+
+
+def _cmd_rlhf(args) -> None:
+    from .rlhf import RLHFConfig, run_rlhf
+
+    _print(run_rlhf(config_from_args(RLHFConfig, args, {"data": args.source})))
+
+
 def _cmd_judge(args) -> None:
     from .judge import JudgeRunConfig, run_judge
 
@@ -142,8 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
             [("source", "prompts: preference data or a file with a prompt column")])
     command("metarm", _cmd_metarm, TrainConfig, "train a reward model with MetaRM on a meta set (Algorithm 1)",
             [("source", "preference data (overrides the config's `data`)")])
+    from .rl import PPOConfig
+    from .rlhf import RLHFConfig
     from .serve import ServeConfig
 
+    command("ppo", _cmd_ppo, PPOConfig, "PPO (PPO-max) of a policy against a reward model, on one machine",
+            [("source", "prompts: preference data or a file with a prompt column (overrides `data`)")])
+    command("rlhf", _cmd_rlhf, RLHFConfig, "iterative RLHF: rounds of meta set, MetaRM, PPO and evaluation",
+            [("source", "preference data for the reward model (overrides `data`)")])
     command("judge", _cmd_judge, JudgeRunConfig, "an LLM judge (OpenAI-compatible API): label pairs or compare policies",
             [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
     command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",

@@ -347,6 +347,8 @@ def record_to_row(
     if rec.get("id") is not None:
         rid = str(rec["id"])
     sub = str(rec["subset"]) if rec.get("subset") not in (None, "") else subset
+    if fmt == "pairwise" and rec.get("subset") in (None, "") and rec.get("dataset") not in (None, ""):
+        sub = str(rec["dataset"])  # LLMEval² names each comparison's source in `dataset`
     try:
         label = 1.0
         if fmt == "hh":

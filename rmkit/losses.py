@@ -111,3 +111,32 @@ def contrastive_instances(chosen: torch.Tensor, rejected: torch.Tensor, on: str)
         d = chosen - rejected
         return torch.cat([d, -d])
     raise ValueError(f"contrastive instances must be 'pairs' or 'diff', got {on!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# PPO (PPO-max, the setting of Part I that Part II uses). Per-token tensors (B, T) with a 0/1 ``mask``
+# of the response tokens; means are over the masked tokens of the batch.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                    clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate ``-min(rho A, clip(rho, 1-eps, 1+eps) A)`` with ``rho = pi / pi_old``;
+    returns the loss and the share of tokens where the clip was active."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
+                   clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``0.5 * max((V - R)^2, (V_clip - R)^2)`` where ``V_clip`` stays within ``clip`` of the rollout's
+    values; returns the loss and the share of tokens where the clipped error was the larger."""
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    err, err_clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.maximum(err, err_clipped), mask), masked_mean((err_clipped > err).float(), mask)

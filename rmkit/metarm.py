@@ -37,6 +37,20 @@ def difference_loss(rewards: torch.Tensor) -> torch.Tensor:
     return (2.0 / k ** 2) * torch.sigmoid(gaps[:, upper]).sum(1).mean()
 
 
+@torch.inference_mode()
+def meta_J(rm, items: Sequence[dict[str, Any]]) -> float:
+    """J of a reward model (a `RewardModel` or a path to one) over a sampled set: prompts with k
+    responses each (`rmkit.policy.read_meta_set`), averaged over prompts. How well the RM still tells
+    a policy's responses apart; the paper's measure of discrimination on the shifted distribution."""
+    from .models import RewardModel
+
+    rm = RewardModel.from_pretrained(rm) if isinstance(rm, str) else rm
+    k = len(items[0]["responses"])
+    prompts = [it["prompt"] for it in items for _ in it["responses"]]
+    responses = [[{"role": "assistant", "content": r}] for it in items for r in it["responses"]]
+    return difference_loss(rm.score(prompts, responses).view(-1, k)).item()
+
+
 def tokenize_meta_items(model, items: Sequence[dict[str, Any]]) -> list[list[list[int]]]:
     """Token ids of each meta item's k (prompt, response) texts; the trainer does this once per run."""
     prompts: list[Sequence[Message]] = [it["prompt"] for it in items for _ in it["responses"]]

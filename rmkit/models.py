@@ -62,10 +62,25 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
     return best
 
 
+def transcript_template(tokenizer) -> str:
+    """A Jinja chat template reproducing `RewardModel.render`'s transcript and the special tokens the
+    tokenizer adds around a text (``[CLS] ... [SEP]`` for BERT)."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    start = next(i for i in range(len(full)) if full[i: i + len(bare)] == bare)
+    prefix = tokenizer.decode(full[:start]) if start else ""
+    suffix = tokenizer.decode(full[start + len(bare):]) if start + len(bare) < len(full) else ""
+    names = ", ".join(f"'{k}': '{v}'" for k, v in ROLE_NAMES.items())
+    return (f"{{%- set names = {{{names}}} -%}}{prefix}"
+            "{%- for m in messages -%}{%- if not loop.first %}{{ '\\n\\n' }}{% endif -%}"
+            "{{ names.get(m['role'], m['role']) }}: {{ m['content'] }}{%- endfor -%}"
+            f"{suffix}")
+
+
 class RewardModel(nn.Module):
     """A scalar reward model: ``rewards, features = rm(input_ids, attention_mask)``."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = 512):
+    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = 512, render: str | None = None):
         super().__init__()
         if getattr(model.config, "num_labels", 1) != 1:
             raise ValueError(f"a reward model needs num_labels=1, got {model.config.num_labels}")
@@ -75,7 +90,13 @@ class RewardModel(nn.Module):
         # A plain reference, not a registered submodule: an alias of model.classifier/score under a second
         # name breaks torch.func.functional_call (it restores aliased weights wrongly), which MetaRM uses.
         object.__setattr__(self, "head", _find_head(model))
-        self.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        # "template": the tokenizer's chat template; "transcript": Human:/Assistant: text plus the tokenizer's
+        # own special tokens. Saved RMs record which, because save_pretrained gives transcript RMs a template too.
+        if render is None:
+            render = "template" if getattr(tokenizer, "chat_template", None) else "transcript"
+        if render not in ("template", "transcript"):
+            raise ValueError(f"render must be 'template' or 'transcript', got {render!r}")
+        self.use_chat_template = render == "template"
         tokenizer.truncation_side = "left"
 
     # ---------------------------------------------------------------- loading and saving
@@ -103,15 +124,28 @@ class RewardModel(nn.Module):
         meta = json.loads(saved.read_text()) if saved.exists() else {}
         if max_length is None:
             max_length = meta.get("max_length") or min(getattr(tokenizer, "model_max_length", 512), 512)
-        return cls(model, tokenizer, max_length=max_length)
+        return cls(model, tokenizer, max_length=max_length, render=meta.get("render"))
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write a standard checkpoint (safetensors, config, tokenizer) plus ``rmkit.json``."""
+        """Write a standard checkpoint (safetensors, config, tokenizer) plus ``rmkit.json``.
+
+        A transcript-rendered RM (e.g. BERT) is saved with a chat template that writes the same text and
+        special tokens, so tools that render with the RM tokenizer's template and ``add_special_tokens=False``
+        (TRL's GRPO/RLOO reward models) feed it exactly the tokens rmkit does.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        (path / RMKIT_FILE).write_text(json.dumps({"max_length": self.max_length, "format": "rmkit-rm-v1"}))
+        saved_template = self.tokenizer.chat_template
+        if not self.use_chat_template:
+            self.tokenizer.chat_template = transcript_template(self.tokenizer)
+        try:
+            self.tokenizer.save_pretrained(path)
+        finally:
+            self.tokenizer.chat_template = saved_template
+        render = "template" if self.use_chat_template else "transcript"
+        (path / RMKIT_FILE).write_text(json.dumps({"max_length": self.max_length, "render": render,
+                                                   "format": "rmkit-rm-v1"}))
 
     # ---------------------------------------------------------------- text -> tokens
     def render(self, prompt: Sequence[Message], response: Sequence[Message]) -> str:

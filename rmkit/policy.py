@@ -7,6 +7,7 @@ Used for MetaRM's meta set (k responses per prompt from the current policy) and 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -141,10 +142,16 @@ class SampleConfig(SamplingConfig):
     output: str = setting("runs/meta/meta.jsonl", "the meta set (JSONL); a rerun resumes after the prompts it holds")
     k: int = setting(4, "responses per prompt")
     temperature: float = setting(1.0, "sampling temperature: a little above PPO's 0.8, as the paper samples the meta set")
-    limit: int | None = setting(None, "use the first N prompts")
+    limit: int | None = setting(None, "use N prompts (after the first `offset`)")
+    offset: int = setting(0, "skip the first N prompts")
 
 
-def _prompts_from(source: str) -> tuple[list[str], list[list[Message]]]:
+def load_prompts(source: str) -> tuple[list[str], list[list[Message]], list[dict[str, str]]]:
+    """Prompt ids and chat prompts from preference data (each pair's prompt, keeping the pair's id) or
+    from a JSONL/parquet file with a ``prompt`` column (a string or chat messages; ``id`` optional).
+
+    The third item lists the source rows that gave no prompt (``id``, ``status``, ``detail``: e.g. an
+    unparseable transcript), so callers can report them instead of losing them."""
     from .data import load_preferences, read_table
 
     path = Path(source)
@@ -152,17 +159,20 @@ def _prompts_from(source: str) -> tuple[list[str], list[list[Message]]]:
         df = read_table(path)
         if "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
             ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
-            return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]]
-    pairs = load_preferences(source).pairs
-    return [p.id for p in pairs], [p.prompt for p in pairs]
+            return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]], []
+    ds = load_preferences(source)
+    pairs = ds.pairs
+    skipped = [{"id": r.id, "status": r.status, "detail": r.detail} for r in ds.rows if not r.usable]
+    return [p.id for p in pairs], [p.prompt for p in pairs], skipped
 
 
 def run_sample(cfg: SampleConfig) -> dict:
     """Sample ``k`` responses per prompt and append them to the meta set, ``batch_size`` prompts at a time."""
     from .config import save_config
 
-    ids, prompts = _prompts_from(cfg.data)
-    ids, prompts = ids[: cfg.limit], prompts[: cfg.limit]
+    ids, prompts, skipped = load_prompts(cfg.data)
+    end = None if cfg.limit is None else cfg.offset + cfg.limit
+    ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out.with_suffix(".config.yaml"))
@@ -177,4 +187,5 @@ def run_sample(cfg: SampleConfig) -> dict:
         with out.open("a") as f:
             for i, r in zip(chunk, resp):
                 f.write(json.dumps({"id": ids[i], "prompt": list(prompts[i]), "responses": r}) + "\n")
-    return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out)}
+    return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out),
+            "source_rows_without_prompt": dict(Counter(r["status"] for r in skipped))}

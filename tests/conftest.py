@@ -56,3 +56,23 @@ def tiny_llama(tmp_path_factory) -> str:
     LlamaForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory) -> str:
+    """A 2-layer random causal Llama with SmolLM2's tokenizer and chat template (a policy), with the
+    same shapes as `tiny_llama`, so a `tiny_llama` reward model shares its backbone."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rmkit.assets import smollm2_path
+
+    out = tmp_path_factory.mktemp("tiny_policy")
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

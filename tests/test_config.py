@@ -41,8 +41,10 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs
     from rmkit.audit import AuditConfig
+    from rmkit.rl import PPOConfig
 
+    kinds = {"train": TrainConfig, "audit": AuditConfig, "ppo": PPOConfig}
     for path in configs:
-        cfg = load_config(TrainConfig if path.name.startswith("train") else AuditConfig, path)
+        cfg = load_config(kinds[path.name.split("_")[0]], path)
         if isinstance(cfg, AuditConfig):
             cfg.check()

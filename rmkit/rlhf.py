@@ -1,0 +1,125 @@
+"""Iterative RLHF with MetaRM (Section 4 of the paper): rounds of
+
+1. sample the meta set from the latest policy (`rmkit.policy.run_sample`),
+2. train the reward model with MetaRM on it, starting from the previous round's RM
+   (`rmkit.training.train_reward_model` with ``meta_data``),
+3. run PPO from the latest policy against that RM (`rmkit.rl.train_ppo`),
+4. evaluate: the RM reward and KL from PPO's held-out prompts, J (Eq. 11) of the old and new RM on
+   fresh responses of the new policy, and win/tie/lose against the starting policy when a judge is set.
+
+Each stage is resumable on its own (sampling appends, training and PPO checkpoint), and a round whose
+``summary.json`` exists is not run again, so a killed ``rmkit rlhf`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import from_dict, save_config, setting
+
+
+@dataclass
+class RLHFConfig:
+    """Settings of ``rmkit rlhf`` (and of `run_rlhf`)."""
+
+    data: str = setting("../shared/data/hh-rlhf", "preference data the reward model trains on")
+    prompts: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
+                           "prompts for PPO and the meta set: preference data or a file with a `prompt` column")
+    policy: str = setting("smollm2", "the starting policy (causal LM)")
+    reward_model: str = setting("", "the starting reward model (e.g. from rmkit train)")
+    output_dir: str = setting("runs/rlhf", "one folder per round, and rounds.jsonl")
+    rounds: int = setting(2, "rounds of sample -> MetaRM -> PPO")
+    meta_prompts: int = setting(64, "prompts in each round's meta set")
+    meta_k: int = setting(4, "responses per meta prompt")
+    meta_temperature: float = setting(1.0, "sampling temperature of the meta set")
+    eval_prompts: int = setting(16, "prompts whose k fresh responses measure J after each round")
+    rm_train: dict = setting({}, "TrainConfig settings for each round's MetaRM training (e.g. {epochs: 0.1, lr: 1e-5})")
+    ppo: dict = setting({}, "PPOConfig settings for each round's PPO (e.g. {steps: 20, actor_lr: 3e-6})")
+    judge: dict = setting({}, "JudgeConfig settings for win/tie/lose against the starting policy, e.g. {model: gpt-4o} "
+                              "or {local_model: smollm2}; empty: no judge")
+    seed: int = setting(0, "seed of every stage (offset by the round)")
+
+
+def _sample(prompts: str, policy: str, output: Path, *, k: int, temperature: float, limit: int, seed: int,
+            offset: int = 0) -> list[dict]:
+    from .policy import SampleConfig, read_meta_set, run_sample
+
+    run_sample(SampleConfig(data=prompts, policy=policy, output=str(output), k=k, temperature=temperature,
+                            limit=limit, offset=offset, seed=seed))
+    return read_meta_set(output)
+
+
+def _judge_against_start(cfg: RLHFConfig, start_policy: str, policy: str, items: list[dict], rdir: Path) -> dict:
+    """Win/tie/lose of ``policy`` against ``start_policy`` on the evaluation prompts (one response each)."""
+    from .judge import JudgeConfig, LocalServer, compare_policies
+    from .policy import SamplingConfig, load_policy, sample_responses
+
+    prompts = [it["prompt"] for it in items]
+    answers = {}
+    for name, path in (("start", start_policy), ("current", policy)):
+        model, tok = load_policy(path)
+        answers[name] = [r[0] for r in sample_responses(model, tok, prompts, SamplingConfig(seed=cfg.seed), k=1)]
+    jcfg = from_dict(JudgeConfig, {"seed": cfg.seed, **cfg.judge}, source="judge")
+    server = LocalServer(jcfg.local_model) if jcfg.local_model else None
+    try:
+        return compare_policies(prompts, answers["current"], answers["start"], jcfg, output=rdir / "judge.jsonl",
+                                base_url=server.url if server else None, progress=False)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
+    """Run (or continue) the rounds; returns one summary per round, also in ``OUTPUT_DIR/rounds.jsonl``."""
+    from .metarm import meta_J
+    from .rl import PPOConfig, train_ppo
+    from .training import TrainConfig, train_reward_model
+
+    if not cfg.reward_model:
+        raise ValueError("rmkit rlhf needs a starting reward model: --reward-model PATH")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    policy, rm = cfg.policy, cfg.reward_model
+    summaries = []
+    for r in range(1, cfg.rounds + 1):
+        rdir = out / f"round_{r}"
+        done = rdir / "summary.json"
+        if done.exists():
+            s = json.loads(done.read_text())
+        else:
+            rdir.mkdir(parents=True, exist_ok=True)
+            seed = cfg.seed + r
+            # 1. meta set from the latest policy
+            _sample(cfg.prompts, policy, rdir / "meta.jsonl", k=cfg.meta_k, temperature=cfg.meta_temperature,
+                    limit=cfg.meta_prompts, seed=seed)
+            # 2. MetaRM from the previous RM
+            tcfg = from_dict(TrainConfig, {"data": cfg.data, "model": rm, "output_dir": str(rdir / "rm"),
+                                           "meta_data": str(rdir / "meta.jsonl"), "seed": seed, **cfg.rm_train},
+                             source="rm_train")
+            rm_results = (json.loads((rdir / "rm" / "results.json").read_text()) if (rdir / "rm" / "results.json").exists()
+                          else train_reward_model(tcfg).metrics)
+            new_rm = str(rdir / "rm" / "model")
+            # 3. PPO from the latest policy against the new RM
+            pcfg = from_dict(PPOConfig, {"data": cfg.prompts, "policy": policy, "reward_model": new_rm,
+                                         "output_dir": str(rdir / "ppo"), "seed": seed, **cfg.ppo}, source="ppo")
+            ppo = train_ppo(pcfg)
+            new_policy = ppo["policy_dir"]
+            # 4. J of the old and new RM on fresh responses of the new policy (prompts after the meta prompts)
+            items = _sample(cfg.prompts, new_policy, rdir / "eval_responses.jsonl", k=cfg.meta_k,
+                            temperature=cfg.meta_temperature, limit=cfg.eval_prompts, seed=seed + 7919,
+                            offset=cfg.meta_prompts)
+            s = {"round": r, "policy": new_policy, "reward_model": new_rm,
+                 "reward_start": ppo["reward_start"], "reward_end": ppo["reward_end"], "kl_end": ppo["kl_end"],
+                 "ppo_steps": ppo["steps"], "J_previous_rm": meta_J(rm, items), "J": meta_J(new_rm, items),
+                 "rm_val_accuracy": rm_results.get("eval/accuracy"), "rm_test_accuracy": rm_results.get("test/accuracy")}
+            if cfg.judge:
+                s["judge_vs_start"] = _judge_against_start(cfg, cfg.policy, new_policy, items, rdir)
+            done.write_text(json.dumps(s, indent=1))
+        summaries.append(s)
+        policy, rm = s["policy"], s["reward_model"]
+    (out / "rounds.jsonl").write_text("".join(json.dumps(s) + "\n" for s in summaries))
+    return summaries

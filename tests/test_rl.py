@@ -1,0 +1,213 @@
+"""PPO: its losses and GAE by hand, the packed sequences against unpadded ones, the critic's
+initialisation, a run end to end with resume, iterative rounds, and the RM as TRL and OpenRLHF read it."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rmkit.losses import ppo_policy_loss, ppo_value_loss
+from rmkit.models import RewardModel
+from rmkit.policy import encode_prompts, load_policy
+from rmkit.rl import (PPOConfig, RunningMoments, ValueModel, gae, pack, response_logprobs, response_values, select,
+                      train_ppo, whiten)
+
+
+def test_ppo_losses_by_hand():
+    logp = torch.tensor([[math.log(1.5), math.log(0.5), 0.0]])
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    loss, clipfrac = ppo_policy_loss(logp, old, adv, mask, clip=0.2)
+    # token 1: ratio 1.5, A=1 -> max(-1.5, -1.2) = -1.2 (clipped); token 2: ratio 0.5 -> max(-0.5, -0.8) = -0.5
+    assert loss.item() == pytest.approx((-1.2 - 0.5) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+    v, old_v, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 0.1]])
+    vloss, vclip = ppo_value_loss(v, old_v, ret, torch.ones(1, 2), clip=0.2)
+    # token 1: V 1.0 clipped to 0.7 -> errors 1.0 and 1.69 -> 1.69 (clipped larger); token 2: 0.01 both
+    assert vloss.item() == pytest.approx(0.5 * (1.69 + 0.01) / 2)
+    assert vclip.item() == pytest.approx(0.5)
+
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[0.1, -0.2, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+    values = torch.tensor([[0.3, 0.4, 0.2, 9.0], [0.1, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # padding values (9) must not leak in
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    d2 = 1.0 - 0.2          # last token: no value after it
+    d1 = -0.2 + 0.2 - 0.4
+    d0 = 0.1 + 0.4 - 0.3
+    a2, a1 = d2, d1 + 0.5 * d2
+    a0 = d0 + 0.5 * a1
+    torch.testing.assert_close(adv[0], torch.tensor([a0, a1, a2, 0.0]))
+    torch.testing.assert_close(adv[1], torch.tensor([0.5 - 0.1, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(ret * mask, (adv + values) * mask)
+    w = whiten(adv, mask)
+    assert (w * mask).sum().item() == pytest.approx(0.0, abs=1e-6) and (w[mask == 0] == 0).all()
+
+
+def test_running_moments_equal_numpy():
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(3, 2, size=n) for n in (4, 7, 1, 12)]
+    m = RunningMoments()
+    for x in xs:
+        m.update(torch.tensor(x))
+    allx = np.concatenate(xs)
+    assert m.mean == pytest.approx(allx.mean()) and m.std == pytest.approx(allx.std(ddof=1))
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_policy):
+    model, tok = load_policy(tiny_policy)
+    return model.eval(), tok
+
+
+def test_packed_logprobs_and_values_equal_unpadded_ones(policy, tiny_llama):
+    """Left-padded prompts + right-padded responses in one batch give each row the log-probs it has alone
+    (position ids count real tokens, as generation does), and only response positions are read."""
+    model, tok = policy
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me about the history of bread."}]]
+    p_ids = encode_prompts(tok, prompts, 64)
+    r_ids = [[12, 345, 678, 9], [1000, 20]]
+    seq = pack(p_ids, r_ids, tok.pad_token_id, "cpu")
+    rm = RewardModel.from_pretrained(tiny_llama)
+    critic = ValueModel.from_reward_model(rm)
+    with torch.no_grad():
+        logp, ent = response_logprobs(model, seq, 0.7, with_entropy=True)
+        values = response_values(critic, seq)
+        for i in range(2):
+            one = pack([p_ids[i]], [r_ids[i]], tok.pad_token_id, "cpu")
+            alone, _ = response_logprobs(model, one, 0.7)
+            n = len(r_ids[i])
+            torch.testing.assert_close(logp[i, :n], alone[0, :n], atol=1e-5, rtol=0)
+            # by hand: the logits of the unpadded sequence at the positions before each response token
+            full = torch.tensor([p_ids[i] + r_ids[i]])
+            lg = torch.log_softmax(model(full).logits[0].float() / 0.7, -1)
+            P = len(p_ids[i])
+            expected = torch.stack([lg[P - 1 + t, r_ids[i][t]] for t in range(n)])
+            torch.testing.assert_close(logp[i, :n], expected, atol=1e-5, rtol=0)
+            # the critic's values equal the RM's reward of each prefix (PPO-max's initialisation)
+            prefix_rewards = torch.stack([rm(full[:, : P + t], torch.ones(1, P + t, dtype=torch.long)).rewards[0]
+                                          for t in range(n)])
+            torch.testing.assert_close(values[i, :n], prefix_rewards, atol=1e-4, rtol=0)
+        assert (ent[seq["response_mask"] == 1] > 0).all()
+        # a minibatch of one row, with its padding columns cut, gives the same numbers
+        sub = select(seq, torch.tensor([1]))
+        assert sub["input_ids"].shape[1] == len(p_ids[1]) + len(r_ids[1])
+        torch.testing.assert_close(response_logprobs(model, sub, 0.7)[0][0], logp[1, :2], atol=1e-5, rtol=0)
+
+
+def _cfg(tmp_path, tiny_policy, rm, shared_data, **kw):
+    base = dict(policy=tiny_policy, reward_model=rm, output_dir=str(tmp_path / "ppo"), steps=3, batch_size=4,
+                minibatch_size=2, max_new_tokens=6, max_prompt_tokens=96, eval_prompts=4, save_every=1,
+                data=str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"), limit=40)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def test_ppo_runs_logs_and_resumes_exactly(tiny_policy, tiny_bert, shared_data, tmp_path):
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    full = train_ppo(_cfg(tmp_path / "a", tiny_policy, tiny_bert, shared_data))
+    assert full["steps"] == 3 and full["critic_init"] == "policy"  # a BERT RM cannot be the Llama policy's critic
+    for key in ("reward_start", "reward_end", "kl_end", "rollout_tokens_per_s", "s_per_step"):
+        assert math.isfinite(full[key]), key
+    recs = [json.loads(x) for x in (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss/policy" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for key in ("reward/score_mean", "reward/score_std", "kl/ref", "policy/entropy", "policy/response_length",
+                "loss/value", "clipfrac/policy", "clipfrac/value", "policy/approx_kl"):
+        assert all(math.isfinite(r[key]) for r in steps), key
+    assert steps[0]["kl/ref"] == pytest.approx(0.0, abs=1e-5)  # the first rollout comes from the reference itself
+    assert steps[-1]["kl/ref"] != 0.0  # and the actor moved
+    prompts = pd.read_csv(tmp_path / "a" / "ppo" / "prompts.csv")
+    # every source row has a status: usable, too long, or what the data loader said (2 identical pairs, ...)
+    assert len(prompts) == 2354 and {"ok", "too_long", "identical"} <= set(prompts["status"])
+
+    # Killed after step 2, then continued: the same rollouts, metrics and weights as the straight run.
+    train_ppo(_cfg(tmp_path / "b", tiny_policy, tiny_bert, shared_data, steps=2))
+    resumed = train_ppo(_cfg(tmp_path / "b", tiny_policy, tiny_bert, shared_data))
+    recs_b = [json.loads(x) for x in (tmp_path / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    steps_b = [r for r in recs_b if "loss/policy" in r]
+    assert [r["reward/score_mean"] for r in steps_b] == pytest.approx([r["reward/score_mean"] for r in steps], abs=1e-6)
+    assert resumed["reward_end"] == pytest.approx(full["reward_end"], abs=1e-6)
+    wa = load_file(str(tmp_path / "a" / "ppo" / "policy" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "ppo" / "policy" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="other settings"):
+        train_ppo(_cfg(tmp_path / "b", tiny_policy, tiny_bert, shared_data, steps=4, kl_coef=0.1))
+
+
+def test_critic_from_a_reward_model_sharing_the_backbone_and_ptx(tiny_policy, tiny_llama, shared_data, tmp_path):
+    data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
+    out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_llama, shared_data, steps=1, ptx_coef=0.5, ptx_data=data,
+                         critic_train_layers="top:1", missing_eos_penalty=1.0))
+    assert out["critic_init"] == "reward_model"
+    rec = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "loss/ptx" in x]
+    assert rec and rec[0]["loss/ptx"] > 0
+    with pytest.raises(ValueError, match="ptx_data"):
+        train_ppo(_cfg(tmp_path / "x", tiny_policy, tiny_llama, shared_data, ptx_coef=0.5))
+
+
+def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path):
+    from rmkit.cli import main
+
+    data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
+    assert main(["ppo", data, "--policy", tiny_policy]) == 2  # no reward model: a clear error
+    common = ["--policy", tiny_policy, "--max-new-tokens", "4", "--eval-prompts", "2", "--batch-size", "2",
+              "--minibatch-size", "2", "--limit", "12", "--max-prompt-tokens", "96"]
+    assert main(["ppo", data, "--reward-model", tiny_bert, "--steps", "2", "--output-dir", str(tmp_path / "ppo")]
+                + common) == 0
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["steps"] == 2 and (tmp_path / "ppo" / "config.yaml").exists()
+
+    args = ["rlhf", data, "--policy", tiny_policy, "--reward-model", tiny_bert, "--prompts", data,
+            "--output-dir", str(tmp_path / "rlhf"), "--rounds", "2", "--meta-prompts", "3", "--meta-k", "2",
+            "--eval-prompts", "2",
+            "--rm-train", "{max_length: 32, batch_size: 4, max_train_pairs: 8, max_eval_pairs: 8, eval_test: false}",
+            "--ppo", "{steps: 1, batch_size: 2, minibatch_size: 2, max_new_tokens: 4, eval_prompts: 2, limit: 12, "
+                     "max_prompt_tokens: 96}"]
+    assert main(args) == 0
+    rounds = [json.loads(x) for x in (tmp_path / "rlhf" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        for key in ("reward_start", "reward_end", "kl_end", "J", "J_previous_rm"):
+            assert math.isfinite(r[key]), key
+    assert rounds[1]["reward_model"].endswith("round_2/rm/model")
+    # round 2 started from round 1's policy and RM
+    assert "round_1/ppo/policy" in (tmp_path / "rlhf" / "round_2" / "ppo" / "config.yaml").read_text()
+    assert "round_1/rm/model" in (tmp_path / "rlhf" / "round_2" / "rm" / "config.yaml").read_text()
+    meta2 = [json.loads(x) for x in (tmp_path / "rlhf" / "round_2" / "meta.jsonl").read_text().splitlines()]
+    assert len(meta2) == 3 and all(len(m["responses"]) == 2 for m in meta2)
+    # a rerun finds every round done and changes nothing
+    stamp = (tmp_path / "rlhf" / "round_2" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "rlhf" / "round_2" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, monkeypatch):
+    from fault_server import FaultServer
+
+    from rmkit.rlhf import RLHFConfig, run_rlhf
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
+    server = FaultServer()
+    try:
+        cfg = RLHFConfig(data=data, prompts=data, policy=tiny_policy, reward_model=tiny_bert,
+                         output_dir=str(tmp_path / "rlhf"), rounds=1, meta_prompts=2, meta_k=2, eval_prompts=3,
+                         rm_train={"max_length": 32, "batch_size": 4, "max_train_pairs": 4, "max_eval_pairs": 4,
+                                   "eval_test": False},
+                         ppo={"steps": 1, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 4, "eval_prompts": 2,
+                              "limit": 12, "max_prompt_tokens": 96},
+                         judge={"model": "fake", "base_url": server.url, "cache_dir": str(tmp_path / "cache")})
+        (r,) = run_rlhf(cfg)
+    finally:
+        server.close()
+    wtl = r["judge_vs_start"]
+    # the fake judge always answers [[A]]: each item is a win or a loss depending on the order it was shown in
+    assert wtl["judged"] == 3 and wtl["win"] + wtl["lose"] == 3 and wtl["tie"] == 0

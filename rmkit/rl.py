@@ -416,7 +416,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     critic = (ValueModel.from_reward_model(rm) if init == "reward_model" else ValueModel.from_policy(actor))
     critic.to(device).eval()
     critic.set_trainable(cfg.critic_train_layers)
-    opt_a = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-6)  # 1e-6: PPO-max's Adam epsilon scale
+    opt_a = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-6)  # eps 1e-6: the paper gives none
     opt_c = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr, eps=1e-6)
     moments = RunningMoments()
 

@@ -211,3 +211,31 @@ def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, 
     wtl = r["judge_vs_start"]
     # the fake judge always answers [[A]]: each item is a win or a loss depending on the order it was shown in
     assert wtl["judged"] == 3 and wtl["win"] + wtl["lose"] == 3 and wtl["tie"] == 0
+
+
+def test_a_ppo_update_moves_the_policy_towards_higher_reward(tiny_policy, tiny_bert, shared_data, tmp_path, monkeypatch):
+    """The whole wiring (score -> shaped reward -> GAE -> whitened advantage -> clipped loss -> step) has
+    the right sign: with alternating scores +1/-1, the responses scored +1 become more likely, the others less."""
+    import rmkit.rl as rl
+
+    monkeypatch.setattr(RewardModel, "score", lambda self, prompts, responses, batch_size=32: torch.tensor(
+        [1.0 if i % 2 == 0 else -1.0 for i in range(len(prompts))]))
+    captured = []
+    original = rl.rollout
+
+    def spy(*args, **kw):
+        out = original(*args, **kw)
+        if kw.get("with_values", True):
+            captured.append(out)
+        return out
+
+    monkeypatch.setattr(rl, "rollout", spy)
+    train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=1, kl_coef=0.0, actor_lr=1e-3,
+                   max_new_tokens=8))
+    (r,) = captured
+    after, _ = load_policy(str(tmp_path / "ppo" / "policy"))
+    with torch.no_grad():
+        new_logp, _ = response_logprobs(after.eval(), r["seq"], 0.8)
+    m = r["seq"]["response_mask"]
+    change = ((new_logp - r["logp"]) * m).sum(1)
+    assert (change[0::2] > 0).all() and (change[1::2] < 0).all(), change

@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
         parser.add_argument(
             f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-            metavar=tp.upper(), help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            metavar=tp.upper(),  # argparse %-formats help strings: a literal % must be doubled
+            help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"),
         )
 
 

@@ -55,6 +55,8 @@ class EnsembleConfig:
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
     finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
     finetune_batch_size: int = setting(16, "pairs per batch of each fine-tune")
+    finetune_settings: dict = setting({}, "further TrainConfig settings for each fine-tune, e.g. {meta_data: meta.jsonl} "
+                                          "(MetaRM members, adapted to a policy's responses) or {objective: margin}")
     member_devices: list[str] | None = setting(
         None, "finetune_members: train members in parallel, one process per device (e.g. cuda:0,cuda:1); "
               "default: one after another on the current device")
@@ -244,9 +246,12 @@ def _member_worker(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], members
 def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path, *, seed: int) -> Path:
     from .training import TrainConfig, train_reward_model
 
-    tc = TrainConfig(model=cfg.model, output_dir=str(out), max_length=cfg.max_length, epochs=cfg.finetune_epochs,
-                     lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, seed=seed, eval_every=0,
-                     save_every=100, eval_test=False)
+    from .config import from_dict
+
+    settings = dict(model=cfg.model, output_dir=str(out), max_length=cfg.max_length, epochs=cfg.finetune_epochs,
+                    lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, seed=seed, eval_every=0,
+                    save_every=100, eval_test=False)
+    tc = from_dict(TrainConfig, {**settings, **cfg.finetune_settings}, source="finetune_settings")
     train_reward_model(tc, train_pairs=train_pairs, eval_pairs=[])
     return out / "model"
 

@@ -1,5 +1,6 @@
 """Every CLI command in a subprocess, on a tiny budget (cleanrl-style smoke tests)."""
 
+import argparse
 import gzip
 import json
 import subprocess
@@ -102,3 +103,17 @@ def test_audit_command(tiny_bert, small_hh, tmp_path):
                  "fig_std_vs_mean.png", "fig_categories_per_subset.png"):
         assert (out / name).exists(), name
     assert yaml.safe_load((out / "config.yaml").read_text())["members"] == 4
+
+
+def test_every_subcommand_has_working_help(capsys):
+    """--help renders for every command (argparse %-formats help text, so a stray % would crash it)."""
+    from rmkit.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"audit", "train", "ppo", "rlhf", "metarm", "serve"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([name, "--help"])
+        assert e.value.code == 0, name
+    assert "m % K" in capsys.readouterr().out

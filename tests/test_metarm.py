@@ -107,3 +107,25 @@ def test_sample_meta_set_and_metarm_from_the_cli(tiny_llama, tiny_bert, shared_d
                  "--eval-test", "false", "--output-dir", str(tmp_path / "rm")]) == 0
     logged = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert "train/meta_J" in logged[-1]
+
+
+def test_metarm_members_of_a_finetuned_ensemble(tiny_bert, pairs, tmp_path):
+    """Fine-tuned ensemble members can train with MetaRM (strength from RMs adapted to a policy's responses)."""
+    import numpy as np
+
+    from rmkit.ensemble import EnsembleConfig, ensemble_diffs
+
+    write_meta_set(tmp_path / "meta.jsonl", [m["id"] for m in META], [m["prompt"] for m in META],
+                   [m["responses"] for m in META])
+    cfg = EnsembleConfig(model=tiny_bert, members=2, folds=2, backbone="finetune_folds", max_length=32,
+                         finetune_batch_size=4, finetune_lr=1e-3,
+                         finetune_settings={"meta_data": str(tmp_path / "meta.jsonl"), "meta_inner_lr": 1e-2,
+                                            "meta_prompts": 2})
+    diffs, _ = ensemble_diffs(cfg, pairs[:16], work_dir=tmp_path / "ens", progress=False)
+    assert np.isfinite(diffs).sum() == 16
+    metrics = [json.loads(x) for x in (tmp_path / "ens" / "fold0" / "metrics.jsonl").read_text().splitlines()]
+    assert "train/meta_J" in metrics[-1]  # the member trained with MetaRM
+    with pytest.raises(ValueError, match="finetune_settings"):
+        ensemble_diffs(EnsembleConfig(model=tiny_bert, members=2, backbone="finetune_folds",
+                                      finetune_settings={"no_such_setting": 1}), pairs[:8],
+                       work_dir=tmp_path / "bad", progress=False)

@@ -1,6 +1,7 @@
 """MetaRM: the difference loss by hand, one step against a hand-written computation, and the trainer."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -70,8 +71,10 @@ def test_one_metarm_step_equals_the_hand_computation(tiny_bert, pairs):
     assert moved > 0.5 * len(theta)  # the step really changed the weights
 
 
-@pytest.mark.parametrize("extra", [{}, {"objective": "soft"}, {"contrastive": "simcse"}])
+@pytest.mark.parametrize("extra", [{}, {"objective": "soft"}, {"objective": "margin"}, {"contrastive": "simcse"}])
 def test_metarm_training_through_the_trainer(tiny_bert, pairs, tmp_path, extra):
+    if extra.get("objective") == "margin":  # margins as rmkit denoise writes them
+        pairs = [dataclasses.replace(p, margin=0.1 * (i % 5)) for i, p in enumerate(pairs)]
     write_meta_set(tmp_path / "meta.jsonl", [m["id"] for m in META], [m["prompt"] for m in META],
                    [m["responses"] for m in META])
     assert read_meta_set(tmp_path / "meta.jsonl")[1]["responses"] == META[1]["responses"]

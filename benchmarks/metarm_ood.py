@@ -32,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from transformers import AutoTokenizer
+
+from rmkit.assets import resolve_model
 from rmkit.data import load_preferences
 from rmkit.metarm import meta_J
 from rmkit.models import RewardModel
-from rmkit.policy import SampleConfig, load_policy, read_meta_set, render_prompt, run_sample
+from rmkit.policy import SampleConfig, read_meta_set, render_prompt, run_sample
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -104,7 +107,7 @@ def main() -> None:
 
     llmeval = load_preferences(DATA / "llmeval2" / "LLMEval2_benchmark.json.zip")  # ties get status "tie"
     english = [p for p in llmeval.pairs if p.subset not in NOT_ENGLISH]
-    _, tok = load_policy("smollm2")
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))  # the policy's template; its weights are not needed
     queries = shifted_queries(english, tok, args.max_prompt_tokens, args.seed)
     meta_q = queries[: args.meta_prompts]
     j_q = queries[args.meta_prompts: args.meta_prompts + args.j_prompts]
@@ -128,10 +131,8 @@ def main() -> None:
     runs = {}
     for name, extra in (("vanilla", {}), ("metarm", {"meta_data": str(work / "meta.jsonl"),
                                                      "meta_inner_lr": args.inner_lr})):
-        out = work / name
-        if not (out / "results.json").exists():
-            train_reward_model(TrainConfig(output_dir=str(out), **common, **extra))
-        runs[name] = json.loads((out / "results.json").read_text())
+        # a finished run is loaded (its settings checked), not redone
+        runs[name] = train_reward_model(TrainConfig(output_dir=str(work / name), **common, **extra)).metrics
 
     result = {"protocol": {k: v for k, v in vars(args).items() if k != "out"},
               "english_sources": sorted({p.subset for p in english}),

@@ -237,26 +237,29 @@ class RewardModel(nn.Module):
         return out
 
 
-def set_trainable(model: RewardModel, spec: str) -> int:
+def set_trainable(model: nn.Module, spec: str, *, head: nn.Module | None = None) -> int:
     """Choose which parameters train: ``all``, ``head`` or ``top:N`` (top N blocks, final norm/pooler, head).
 
-    Returns the number of trainable parameters.
+    ``model`` is a `RewardModel`, or any module holding a stack of blocks with its ``head`` given (the
+    PPO critic). Returns the number of trainable parameters.
     """
-    params = dict(model.model.named_parameters())
+    module = model.model if head is None else model
+    head = model.head if head is None else head
+    params = dict(module.named_parameters())
     if spec == "all":
         for p in params.values():
             p.requires_grad_(True)
     elif spec == "head" or spec.startswith("top:"):
         for p in params.values():
             p.requires_grad_(False)
-        for p in model.head.parameters():
+        for p in head.parameters():
             p.requires_grad_(True)
         if spec.startswith("top:"):
             try:
                 n = int(spec.split(":", 1)[1])
             except ValueError:
                 raise ValueError(f"train_layers 'top:N' needs an integer N, got {spec!r}") from None
-            layers = _layer_list(model.model)
+            layers = _layer_list(module)
             for block in list(layers)[len(layers) - n:] if n > 0 else []:
                 for p in block.parameters():
                     p.requires_grad_(True)

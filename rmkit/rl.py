@@ -42,7 +42,7 @@ from torch import nn
 from .config import save_config, setting
 from .data import Message
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
-from .models import RewardModel
+from .models import RewardModel, set_trainable
 from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
 
 
@@ -113,26 +113,6 @@ class ValueModel(nn.Module):
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return cls(copy.deepcopy(policy.base_model), head)
-
-    def set_trainable(self, spec: str) -> int:
-        """``all``, ``head`` or ``top:N`` (the top N blocks, the final norm and the head); returns the count."""
-        from .models import _layer_list
-
-        if spec == "all":
-            self.requires_grad_(True)
-        elif spec == "head" or spec.startswith("top:"):
-            self.requires_grad_(False)
-            self.head.requires_grad_(True)
-            n = int(spec.split(":", 1)[1]) if spec.startswith("top:") else 0
-            layers = _layer_list(self.backbone)
-            for block in list(layers)[len(layers) - n:] if n > 0 else []:
-                block.requires_grad_(True)
-            for name, p in self.backbone.named_parameters():  # the norm after the last block
-                if name.startswith("norm.") or name.startswith("final_layer_norm."):
-                    p.requires_grad_(True)
-        else:
-            raise ValueError(f"critic_train_layers must be 'all', 'head' or 'top:N', got {spec!r}")
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
         kw = {"position_ids": position_ids} if position_ids is not None else {}
@@ -300,10 +280,9 @@ def _decode(tokenizer, responses: Sequence[Sequence[int]]) -> list[str]:
 
 @torch.no_grad()
 def rollout(actor, ref, critic, rm: RewardModel, tokenizer, prompts: Sequence[Sequence[Message]],
-            prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, *, seed: int, device,
-            with_values: bool = True) -> dict[str, Any]:
-    """Sample, then score: responses, RM scores, and the actor's, reference's and critic's per-token
-    log-probs and values (one forward pass each)."""
+            prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, *, seed: int, device) -> dict[str, Any]:
+    """Sample, then score: responses, RM scores, and the actor's, reference's and (unless ``critic`` is
+    None) critic's per-token log-probs and values (one forward pass each)."""
     t0 = time.perf_counter()
     responses = generate(actor, tokenizer, prompt_ids, cfg, generator_seed=seed)
     t_gen = time.perf_counter() - t0
@@ -313,7 +292,7 @@ def rollout(actor, ref, critic, rm: RewardModel, tokenizer, prompts: Sequence[Se
     seq = pack(prompt_ids, responses, tokenizer.pad_token_id, device)
     logp, _ = response_logprobs(actor, seq, cfg.temperature)
     ref_logp, _ = response_logprobs(ref, seq, cfg.temperature)
-    values = response_values(critic, seq) if with_values else None
+    values = response_values(critic, seq) if critic is not None else None
     kl = ((logp - ref_logp) * seq["response_mask"]).sum(1)
     return {"seq": seq, "responses": responses, "texts": texts, "scores": scores, "ended": ended, "logp": logp,
             "ref_logp": ref_logp, "values": values, "kl": kl.cpu(), "generate_s": t_gen,
@@ -326,7 +305,7 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
     scores, kls, lengths = [], [], []
     for s in range(0, len(prompts), cfg.batch_size):
         r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + cfg.batch_size], prompt_ids[s: s + cfg.batch_size],
-                    cfg, seed=cfg.seed * 7919 + s, device=device, with_values=False)
+                    cfg, seed=cfg.seed * 7919 + s, device=device)
         scores.append(r["scores"])
         kls.append(r["kl"])
         lengths += [len(x) for x in r["responses"]]
@@ -415,9 +394,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         raise ValueError(f"critic_init must be auto, reward_model or policy, got {cfg.critic_init!r}")
     critic = (ValueModel.from_reward_model(rm) if init == "reward_model" else ValueModel.from_policy(actor))
     critic.to(device).eval()
-    critic.set_trainable(cfg.critic_train_layers)
+    set_trainable(critic, cfg.critic_train_layers, head=critic.head)
+    critic_params = [p for p in critic.parameters() if p.requires_grad]
     opt_a = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-6)  # eps 1e-6: the paper gives none
-    opt_c = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr, eps=1e-6)
+    opt_c = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, eps=1e-6)
     moments = RunningMoments()
 
     # Prompts: held-out evaluation prompts first, the rest feed rollouts in a seeded order.
@@ -439,13 +419,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     metrics_path = out / "metrics.jsonl"
     if cfg.resume and (ckpt / "state.pt").exists():
         start = _load(ckpt, actor, critic, opt_a, opt_c, moments, cfg)
-        kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= start] \
-            if metrics_path.exists() else []
-        metrics_path.write_text("".join(k + "\n" for k in kept))  # drop lines logged after the checkpoint
-        evals = out / "eval_scores.jsonl"
-        if evals.exists():
-            evals.write_text("".join(x + "\n" for x in evals.read_text().splitlines()
-                                     if x.strip() and json.loads(x)["step"] <= start))
+        for path in (metrics_path, out / "eval_scores.jsonl"):  # drop lines logged after the checkpoint
+            if path.exists():
+                path.write_text("".join(x + "\n" for x in path.read_text().splitlines()
+                                        if x.strip() and json.loads(x)["step"] <= start))
     else:
         metrics_path.write_text("")
         (out / "eval_scores.jsonl").unlink(missing_ok=True)
@@ -498,7 +475,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
                 logp, entropy = response_logprobs(actor, mb, cfg.temperature, with_entropy=True)
                 pg, pg_clip = ppo_policy_loss(logp, old_logp, mb_adv, m, clip=cfg.clip_range)
                 ent = masked_mean(entropy, m)
-                loss = pg - cfg.entropy_coef * ent
+                loss = pg - cfg.entropy_coef * ent if cfg.entropy_coef else pg  # no backward through a 0 term
                 if ptx:
                     pick = rng.choice(len(ptx), cfg.minibatch_size)
                     lm = ptx_loss(actor, [ptx[i] for i in pick], tok.pad_token_id, device)
@@ -513,7 +490,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
                 vf, vf_clip = ppo_value_loss(v, r["values"][rows_mb, :R], returns[rows_mb, :R], m, clip=cfg.value_clip)
                 opt_c.zero_grad(set_to_none=True)
                 vf.backward()
-                nn.utils.clip_grad_norm_([p for p in critic.parameters() if p.requires_grad], cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(critic_params, cfg.max_grad_norm)
                 opt_c.step()
                 with torch.no_grad():
                     log_ratio = logp - old_logp

@@ -100,8 +100,7 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
             tcfg = from_dict(TrainConfig, {"data": cfg.data, "model": rm, "output_dir": str(rdir / "rm"),
                                            "meta_data": str(rdir / "meta.jsonl"), "seed": seed, **cfg.rm_train},
                              source="rm_train")
-            rm_results = (json.loads((rdir / "rm" / "results.json").read_text()) if (rdir / "rm" / "results.json").exists()
-                          else train_reward_model(tcfg).metrics)
+            rm_results = train_reward_model(tcfg).metrics  # a finished run is loaded, not redone
             new_rm = str(rdir / "rm" / "model")
             # 3. PPO from the latest policy against the new RM
             pcfg = from_dict(PPOConfig, {"data": cfg.prompts, "policy": policy, "reward_model": new_rm,

@@ -11,8 +11,9 @@ On the training split (seeded 70/10/20, as `rmkit train`), with the audit's defa
    0.5, the rest above; the top 10% alone is not the best);
 4. the effect of flipping the bottom decile's labels on that slice's accuracy.
 
-"Reward model" in 3 and 4 means a linear BT head on the same frozen features (several seeds), the
-cheap stand-in that makes ten trainings affordable on a CPU; every number says which scoring it used.
+"Reward model" in 3 and 4 means a linear BT head on the same frozen features (the middle layer, its
+L2 picked once on the training labels; several bootstrap seeds), the cheap stand-in that makes ten
+trainings affordable on a CPU; every number says which scoring it used.
 
     .venv/bin/python analysis/strength_analysis.py [--members 10]
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from rmkit.data import get_splits, load_preferences
-from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features
-from rmkit.heads import fold_of, head_diffs, member_masks, train_bt_heads
+from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
+from rmkit.heads import fold_of, head_diffs, select_l2, train_bt_heads
 from rmkit.models import RewardModel
 from rmkit.strength import group_statistics, preference_strength
 
@@ -42,7 +44,6 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--layer", type=int, default=None, help="hidden layer (default: the middle one)")
     parser.add_argument("--slice-seeds", type=int, default=5, help="head seeds (bootstraps) per decile")
     parser.add_argument("--out", default=str(ROOT / "analysis" / "results"))
     args = parser.parse_args()
@@ -59,28 +60,29 @@ def main() -> None:
     by_id = {p.id: p for p in ds.pairs}
     train = [by_id[i] for i in splits["train"]]
     val = [by_id[i] for i in splits["validation"]]
-    cfg = EnsembleConfig(model=args.model, members=args.members, max_length=args.max_length, layer=args.layer)
+    cfg = EnsembleConfig(model=args.model, members=args.members, max_length=args.max_length)
     rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     pairs = train + val
+    layers = {mode: member_layers(replace(cfg, mode=mode), rm.num_layers) for mode in ("crossfit", "seeds")}
+    middle = rm.num_layers // 2  # the slice models read the middle block
+    views = sorted(set(layers["crossfit"]) | set(layers["seeds"]) | {middle})
     fc, fr = encode_features(rm, pairs, cache_dir=default_cache_dir(), model_id=cfg.model, pooling=cfg.pooling,
-                             layer=cfg.layer, batch_size=cfg.batch_size)
+                             layers=views, batch_size=cfg.batch_size)
     fc, fr = np.asarray(fc), np.asarray(fr)
     nt = len(train)
-    tc, tr, vc, vr = fc[:nt], fr[:nt], fc[nt:], fr[nt:]
     ids = [p.id for p in train]
     result: dict = {"pairs_train": nt, "pairs_validation": len(val), "backbone": f"{args.model} frozen, mean pooling",
-                    "members": args.members}
+                    "members": args.members, "member_layers": layers, "slice_model_layer": middle}
 
-    # ---- 1 and 2: strength of the training pairs, cross-fitted and in-sample
+    # ---- 1 and 2: strength of the training pairs, cross-fitted and in-sample (the audit's ensemble)
     strengths = {}
     for mode in ("crossfit", "seeds"):
-        fold = fold_of(ids, cfg.folds, seed=0) if mode == "crossfit" else np.zeros(nt, dtype=int)
-        trn, score = member_masks(nt, fold, members=args.members, mode=mode, seed=0)
-        diffs = head_diffs(train_bt_heads(tc, tr, trn, l2=cfg.head_l2), tc, tr, score)
+        pick = [views.index(x) for x in sorted(set(layers[mode]))]
+        diffs, _, used = heads_on_features(replace(cfg, mode=mode), fc[:nt, pick], fr[:nt, pick], ids, layers[mode])
         mean, std = preference_strength(diffs)
         strengths[mode] = mean
         groups = group_statistics(mean, std, n_groups=20)
-        result[mode] = {"share_mean_below_zero": float((mean < 0).mean()),
+        result[mode] = {"share_mean_below_zero": float((mean < 0).mean()), "head_l2": used["head_l2"],
                         "groups": groups.to_dict(orient="records")}
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.bar(groups["group"], groups["mean_of_mean"], color="#88ccee")
@@ -97,6 +99,10 @@ def main() -> None:
     # ---- 3 and 4: a model per strength decile (cross-fitted strength), validated on held-out pairs
     order = np.argsort(strengths["crossfit"], kind="stable")
     deciles = np.array_split(order, 10)
+    m = views.index(middle)
+    tc, tr, vc, vr = fc[:nt, m], fr[:nt, m], fc[nt:, m], fr[nt:, m]
+    slice_l2, _ = select_l2(tc, tr, fold_of(ids, 2, seed=0))  # picked on all training pairs' labels, then fixed
+    result["slice_model_l2"] = slice_l2
 
     def slice_accuracy(idx: np.ndarray, flip: bool = False) -> list[float]:
         c, r = (tr[idx], tc[idx]) if flip else (tc[idx], tr[idx])
@@ -105,7 +111,7 @@ def main() -> None:
             rng = np.random.default_rng(s)
             w = np.zeros((1, len(idx)), dtype=np.float32)
             np.add.at(w[0], rng.choice(len(idx), size=len(idx), replace=True), 1.0)
-            W = train_bt_heads(c, r, w, l2=1e-3)
+            W = train_bt_heads(c, r, w, l2=slice_l2)
             accs.append(float(np.mean(head_diffs(W, vc, vr)[0] > 0)))
         return accs
 

@@ -119,10 +119,12 @@ def train_top(fc, fr, *, objective: str, margin, label, contrastive: str, seed: 
 
 
 def ensemble_strength(fc: np.ndarray, fr: np.ndarray, ids, *, members=10, folds=2, seed=0) -> np.ndarray:
-    """The audit's default ensemble on these (noisy) training pairs: crossfit heads, mean strength."""
+    """The audit's ensemble as it was when these results were measured (10 crossfit heads on the middle
+    layer, L2 1e-3) on these (noisy) training pairs: mean strength. The audit now reads several layers with
+    a picked L2 (benchmarks/README.md, noise detection); this protocol is kept so its results repeat."""
     fold = fold_of(ids, folds, seed=seed)
     train, score = member_masks(len(ids), fold, members=members, mode="crossfit", seed=seed)
-    W = train_bt_heads(fc, fr, train, l2=EnsembleConfig().head_l2)
+    W = train_bt_heads(fc, fr, train, l2=1e-3)
     mean, _ = preference_strength(head_diffs(W, fc, fr, score))
     return mean
 
@@ -164,8 +166,8 @@ def main() -> None:
     model = RewardModel.from_pretrained(ecfg.model, max_length=ecfg.max_length)
     t0 = time.time()
     fc_all, fr_all = encode_features(model, pairs, cache_dir=default_cache_dir(), model_id=ecfg.model,
-                                     pooling=ecfg.pooling, layer=ecfg.layer)
-    fc_all, fr_all = np.asarray(fc_all), np.asarray(fr_all)
+                                     pooling="mean", layers=None)  # the middle layer: (N, 1, H)
+    fc_all, fr_all = np.asarray(fc_all)[:, 0], np.asarray(fr_all)[:, 0]
     print(f"features: {time.time() - t0:.0f} s; train {len(tr)}, validation {len(va)}, test {len(te)}")
     T = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     eval_sets = {"val": (T(fc_all[va]), T(fr_all[va])), "test": (T(fc_all[te]), T(fr_all[te]))}

@@ -6,7 +6,8 @@ Outputs in ``output_dir``:
   of the ensemble's reward differences, each member's difference, quality score, category and rank
   (1 = most suspect). Rows that could not be scored keep their status and get category ``unscored``.
 - ``summary.json``: counts per category (overall and per subset), the share of pairs with mean < 0,
-  the 20-group statistics, the load report, settings and timings.
+  the 20-group statistics, the load report, the layers and L2 penalties the ensemble used, settings
+  and timings.
 - ``fig_*.png``: histogram of mean strength; the paper's 20-group figure; std against mean;
   categories per subset.
 - ``report.html``: one self-contained page with the summary, the figures and the most suspect and
@@ -95,7 +96,8 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
         "scoring": f"{cfg.mode} ({'out-of-sample' if cfg.mode == 'crossfit' else 'in-sample'}), backbone {cfg.backbone}",
         "load_report": ds.report(),
         "settings": to_dict(cfg),
-        "timings": {**info, "total_seconds": time.time() - t0},
+        "ensemble": {k: v for k, v in info.items() if not k.endswith("_seconds")},  # layers and L2 it used
+        "timings": {**{k: v for k, v in info.items() if k.endswith("_seconds")}, "total_seconds": time.time() - t0},
     }
     return AuditResult(table, summary, out)
 

@@ -6,7 +6,12 @@ Backbones (``EnsembleConfig.backbone``):
   backbone, the features are cached on disk (memory-mapped, reused when model, data and settings
   match, resumed chunk by chunk after a kill), and the M members are linear BT heads trained on the
   cache (`rmkit.heads`). The whole ensemble costs about one encoding pass, and no label reaches a
-  member's features, so cross-fitted scores stay out-of-sample.
+  member's features, so cross-fitted scores stay out-of-sample. Members read different hidden
+  layers (mean-pooled, all taken from the same pass), so they disagree where the features do; heads
+  on one layer differ only by a bootstrap resample and nearly coincide. Each layer's L2 penalty is
+  picked by cross-fitted log-loss on the labels (`heads.select_l2`). On hh-rlhf with planted flips
+  (benchmarks/README.md) the picked penalty gained 1.5 points of AUROC and layers instead of
+  resamples another half point.
 - ``finetune_folds``: per fold k, a backbone fine-tuned on the other folds (so it never saw fold k)
   encodes every pair; the members of fold k are heads on those features. K fine-tunes on (K-1)/K of
   the data each: with K = 2, about the cost of one fine-tune on all of it.
@@ -28,9 +33,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .assets import resolve_model
 from .config import setting
 from .data import PreferencePair
-from .heads import fold_of, head_diffs, member_masks, train_bt_heads
+from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
 
 
@@ -43,13 +49,18 @@ class EnsembleConfig:
     mode: str = setting("crossfit", "crossfit (out-of-sample scores) or seeds (the paper's in-sample scores)")
     folds: int = setting(2, "folds K for crossfit; member m scores fold m % K")
     backbone: str = setting("frozen", "frozen (cached features + heads), finetune_folds, or finetune_members")
-    pooling: str = setting("mean", "features for heads: mean (over tokens of `layer`) or native (what a seq-cls head reads)")
-    layer: int | None = setting(None, "hidden layer whose tokens are mean-pooled: 0 = embeddings, -1 = last; "
-                                "default the middle layer, which separated pairs best in benchmarks/README.md")
+    pooling: str = setting("mean", "features for heads: mean (over the tokens of a hidden layer) or native "
+                                   "(what a seq-cls head reads)")
+    layers: list[int] | None = setting(
+        None, "hidden layers whose token means the heads read (0 = embeddings, -1 = last), all from one encoding "
+              "pass; members take them in turn, so they differ in what they read, not only in their resample; "
+              "default: as many evenly spaced transformer blocks as a fold has members")
     max_length: int = setting(128, "tokens per text (left-truncated, the response kept)")
     batch_size: int = setting(64, "texts per forward pass when encoding")
-    head_l2: float = setting(1e-3, "L2 penalty of the linear heads")
-    bootstrap: bool = setting(True, "each head trains on a bootstrap resample of its pairs (member diversity)")
+    head_l2: float | None = setting(None, "L2 penalty of the linear heads; default: picked per layer from 1e-4..1 "
+                                          "by cross-fitted log-loss on the data's own labels (heads.select_l2)")
+    bootstrap: bool | None = setting(None, "each head trains on a bootstrap resample of its pairs; default: only when "
+                                           "members of a fold read the same features and would otherwise coincide")
     seed: int = setting(0, "seed of folds, bootstraps and fine-tuning")
     cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
@@ -70,6 +81,24 @@ class EnsembleConfig:
             raise ValueError("backbone finetune_folds is cross-fitting by construction: use mode crossfit")
         if self.members < 1:
             raise ValueError("members must be >= 1")
+        if self.pooling not in ("mean", "native"):
+            raise ValueError(f"pooling must be 'mean' or 'native', got {self.pooling!r}")
+        if self.pooling == "native" and self.layers:
+            raise ValueError("layers apply to mean pooling; native pooling reads what the head reads")
+
+
+def member_layers(cfg: EnsembleConfig, num_layers: int) -> list[int]:
+    """The hidden layer each member's head reads (mean pooling), ``members`` long.
+
+    Member m reads ``layers[(m // K) % len(layers)]`` (K folds in crossfit, else 1), so every fold's
+    members cover the same layers. Default layers: one evenly spaced transformer block per member of
+    a fold (MiniLM, 10 members, 2 folds: blocks 1, 2, 4, 5, 6).
+    """
+    k = cfg.folds if cfg.mode == "crossfit" else 1
+    per_fold = -(-cfg.members // k)
+    layers = list(cfg.layers) if cfg.layers else sorted(
+        {int(round(x)) for x in np.linspace(1, num_layers, min(per_fold, num_layers))})
+    return [layers[(m // k) % len(layers)] for m in range(cfg.members)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,19 +128,21 @@ def encode_features(
     cache_dir: str | Path,
     model_id: str,
     pooling: str = "mean",
-    layer: int | None = None,
+    layers: Sequence[int] | None = None,
     batch_size: int = 64,
     chunk_batches: int = 16,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features of every chosen and rejected text, ``(N, H)`` each, cached and memory-mapped.
+    """Features of every chosen and rejected text, ``(N, V, H)`` each, cached and memory-mapped.
 
+    V views: one per entry of ``layers`` (mean pooling; default the middle block), or 1 (native).
     Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and
     the chunk recorded, so a killed run resumes where it stopped.
     """
     from tqdm.auto import tqdm
 
-    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layer": layer})
+    layers = None if pooling == "native" or layers is None else [int(i) for i in layers]
+    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layers": layers})
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     done_file = folder / "done_chunks.json"
@@ -119,9 +150,10 @@ def encode_features(
     chosen_ids, rejected_ids = model.encode_pairs(pairs)
     ids = chosen_ids + rejected_ids  # 2N texts: chosen, then rejected
     dim = int(model.model.config.hidden_size)
+    views = 1 if layers is None else len(layers)
     path = folder / "features.npy"
     mode = "r+" if path.exists() else "w+"
-    feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, dim))
+    feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
     done = set(json.loads(done_file.read_text())) if done_file.exists() and mode == "r+" else set()
     order = sorted(range(2 * n), key=lambda i: len(ids[i]))
     batches = [order[s: s + batch_size] for s in range(0, 2 * n, batch_size)]
@@ -134,7 +166,7 @@ def encode_features(
         for c in todo:
             for idx in chunks[c]:
                 batch = model.collate([ids[i] for i in idx], model.device)
-                feats[idx] = model.embed(**batch, pooling=pooling, layer=layer).float().cpu().numpy()
+                feats[idx] = model.embed(**batch, pooling=pooling, layers=layers).float().cpu().numpy()
                 bar.update(1)
             feats.flush()
             done.add(c)
@@ -180,27 +212,36 @@ def ensemble_diffs(
     if cfg.backbone == "frozen":
         torch.manual_seed(cfg.seed)
         model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+        layers = member_layers(cfg, model.num_layers)
         fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
-                                 pooling=cfg.pooling, layer=cfg.layer, batch_size=cfg.batch_size, progress=progress)
+                                 pooling=cfg.pooling, layers=sorted(set(layers)), batch_size=cfg.batch_size,
+                                 progress=progress)
         info["encode_seconds"] = time.time() - t0
-        train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed,
-                                    bootstrap=cfg.bootstrap)
-        W = train_bt_heads(fc, fr, train, l2=cfg.head_l2)
+        diffs, W, used = heads_on_features(cfg, fc, fr, ids, layers)
         np.save(work / "heads.npy", W)
-        diffs = head_diffs(W, fc, fr, score)
+        info.update(used)
     elif cfg.backbone == "finetune_folds":
+        from transformers import AutoConfig
+
         diffs = np.full((cfg.members, n), np.nan)
+        layers = member_layers(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)).num_hidden_layers)
+        views = sorted(set(layers))
+        info.update(member_layers=layers if cfg.pooling == "mean" else None, head_l2={},
+                    bootstrap=member_bootstrap(cfg, layers))
         train, score = member_masks(n, fold, members=cfg.members, mode="crossfit", seed=cfg.seed,
-                                    bootstrap=cfg.bootstrap)
+                                    bootstrap=info["bootstrap"])
         for k in range(cfg.folds):
             backbone = _finetune(cfg, [p for p, f in zip(pairs, fold) if f != k], work / f"fold{k}", seed=cfg.seed + k)
             model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
             fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(),
-                                     model_id=str(backbone), pooling=cfg.pooling, layer=cfg.layer,
+                                     model_id=str(backbone), pooling=cfg.pooling, layers=views,
                                      batch_size=cfg.batch_size, progress=progress)
             mine = [m for m in range(cfg.members) if m % cfg.folds == k]
-            W = train_bt_heads(fc, fr, train[mine], l2=cfg.head_l2)
-            diffs[mine] = head_diffs(W, fc, fr, score[mine])
+            # The backbone has seen every label outside fold k: pick the penalty by folds inside that part only.
+            inner = np.where(fold != k, fold_of(ids, 2, seed=cfg.seed + 1), -1)
+            d, _, info["head_l2"][f"fold{k}"] = _fit_heads(cfg, fc, fr, train[mine], score[mine],
+                                                           [layers[m] for m in mine], views, inner)
+            diffs[mine] = d
     else:
         diffs = np.full((cfg.members, n), np.nan)
         train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=False)
@@ -222,6 +263,52 @@ def ensemble_diffs(
             diffs[m] = np.load(work / f"member{m}" / "diffs.npy")
     info["ensemble_seconds"] = time.time() - t0
     return diffs, info
+
+
+def member_bootstrap(cfg: EnsembleConfig, layers: list[int]) -> bool:
+    """Whether heads train on bootstrap resamples: ``cfg.bootstrap`` if set, else only when two members of a
+    fold read the same features (same layer, or native pooling). Resampling is then what makes them differ;
+    on the hh-rlhf benchmark it costs about half a point of AUROC where layers already differ."""
+    if cfg.bootstrap is not None:
+        return cfg.bootstrap
+    k = cfg.folds if cfg.mode == "crossfit" else 1
+    reads = [(m % k, layers[m] if cfg.pooling == "mean" else None) for m in range(cfg.members)]
+    return len(set(reads)) < len(reads)
+
+
+def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: Sequence[str],
+                      layers: list[int]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The ``frozen`` ensemble on cached features ``(N, V, H)`` (views: ``sorted(set(layers))``, or 1 under
+    native pooling): folds, member masks, each layer's L2 and the heads.
+
+    Returns the differences ``(M, N)``, the heads ``(M, H)`` and what was used (``member_layers``,
+    ``head_l2`` per layer). Labels enter only through the feature rows' order (chosen, rejected), so a
+    benchmark can flip pairs by swapping rows and reuse one encoding.
+    """
+    n = len(ids)
+    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
+    boot = member_bootstrap(cfg, layers)
+    train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)
+    select_fold = fold if cfg.mode == "crossfit" else fold_of(ids, 2, seed=cfg.seed)
+    diffs, W, l2 = _fit_heads(cfg, fc, fr, train, score, layers, sorted(set(layers)), select_fold)
+    return diffs, W, {"member_layers": layers if cfg.pooling == "mean" else None, "head_l2": l2, "bootstrap": boot}
+
+
+def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.ndarray, score: np.ndarray,
+               layers: list[int], views: list[int], select_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Heads for members reading cached features ``(N, V, H)``; member j reads view ``views.index(layers[j])``
+    (view 0 under native pooling). Returns their differences ``(M, N)``, weights ``(M, H)`` and the L2 per layer."""
+    diffs = np.full(score.shape, np.nan)
+    W = np.zeros((len(layers), fc.shape[2]))
+    penalties: dict = {}
+    for v, layer in enumerate(views if cfg.pooling == "mean" else [None]):
+        mine = [j for j, lay in enumerate(layers) if cfg.pooling != "mean" or lay == layer]
+        c, r = np.asarray(fc[:, v]), np.asarray(fr[:, v])
+        l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold)[0]
+        penalties[str(layer if cfg.pooling == "mean" else "native")] = l2
+        W[mine] = train_bt_heads(c, r, train[mine], l2=l2)
+        diffs[mine] = head_diffs(W[mine], c, r, score[mine])
+    return diffs, W, penalties
 
 
 def _member_worker(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], members: list[int], train: np.ndarray,

@@ -15,6 +15,7 @@ model's logits. rmkit adds three things around it:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -24,8 +25,35 @@ from torch import nn
 from .assets import resolve_model
 from .data import Message, PreferencePair
 
+logger = logging.getLogger(__name__)
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 RMKIT_FILE = "rmkit.json"
+
+
+def _load_seq_cls(path: str, **kwargs) -> nn.Module:
+    """``AutoModelForSequenceClassification(num_labels=1)``, with transformers' load report (a table that
+    flags every fresh reward head as MISSING, shown to every audit user) replaced by what matters: one
+    info line when only the head is new, a warning naming any backbone weight the checkpoint lacks."""
+    from transformers import AutoModelForSequenceClassification
+
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    level = report_logger.level
+    report_logger.setLevel(logging.ERROR)  # size mismatches and conversion errors still raise
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, output_loading_info=True, **kwargs)
+    finally:
+        report_logger.setLevel(level)
+    prefix = f"{model.base_model_prefix}."
+    missing = sorted(info.get("missing_keys") or [])
+    backbone = [k for k in missing if k.startswith(prefix)]
+    if backbone:
+        logger.warning("%s: the checkpoint lacks %d backbone weights, initialised at random: %s",
+                       path, len(backbone), ", ".join(backbone[:8]) + (" ..." if len(backbone) > 8 else ""))
+    if len(missing) > len(backbone):
+        logger.info("%s: new reward head (%s), initialised at random", path,
+                    ", ".join(k for k in missing if not k.startswith(prefix)))
+    return model
 
 
 class RewardOutput(NamedTuple):
@@ -110,15 +138,13 @@ class RewardModel(nn.Module):
         **kwargs,
     ) -> "RewardModel":
         """Load a backbone or a saved reward model by hub id, local path, or rmkit alias (``minilm``)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = resolve_model(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:  # decoders: pad with EOS, as TRL does
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype or torch.float32, **kwargs
-        )
+        model = _load_seq_cls(path, dtype=dtype or torch.float32, **kwargs)
         model.config.pad_token_id = tokenizer.pad_token_id
         saved = Path(path) / RMKIT_FILE
         meta = json.loads(saved.read_text()) if saved.exists() else {}
@@ -197,19 +223,25 @@ class RewardModel(nn.Module):
         return RewardOutput(rewards=logits.squeeze(-1), features=feats)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, pooling: str = "native",
-              layer: int | None = -1) -> torch.Tensor:
-        """Features for cached-feature heads: ``native`` (what the head reads, as in `forward`) or
-        ``mean`` (mean over non-pad tokens of hidden layer ``layer``: 0 = embeddings, -1 = last,
-        None = the middle block)."""
+              layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Features for cached-feature heads, ``(B, V, H)``: ``native`` (V = 1: what the head reads, as in
+        `forward`) or ``mean`` (V = len(layers): the mean over non-pad tokens of each hidden layer in
+        ``layers``: 0 = embeddings, -1 = last; default the middle block). All layers come from one pass."""
         if pooling == "native":
-            return self(input_ids, attention_mask).features
+            return self(input_ids, attention_mask).features.unsqueeze(1)
         if pooling != "mean":
             raise ValueError(f"pooling must be 'native' or 'mean', got {pooling!r}")
         base = self.model.base_model
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-        h = hidden[(len(hidden) - 1) // 2 if layer is None else layer]  # (B, T, H)
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        picked = [(len(hidden) - 1) // 2] if layers is None else list(layers)
+        m = attention_mask.unsqueeze(-1).to(hidden[0].dtype)
+        count = m.sum(1).clamp_min(1.0)
+        return torch.stack([(hidden[i] * m).sum(1) / count for i in picked], 1)
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer blocks: hidden layers 1..num_layers follow the embeddings (layer 0)."""
+        return int(self.model.config.num_hidden_layers)
 
     @property
     def device(self) -> torch.device:

@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rmkit.audit import AuditConfig, run_audit
 from rmkit.data import inject_label_flips, load_preferences
-from rmkit.ensemble import EnsembleConfig, encode_features, ensemble_diffs
+from rmkit.ensemble import EnsembleConfig, encode_features, ensemble_diffs, member_bootstrap, member_layers
+from rmkit.heads import L2_GRID, fold_of, head_diffs, select_l2, train_bt_heads
 from rmkit.models import RewardModel
 
 
@@ -52,6 +54,76 @@ def test_audit_finds_planted_flips_and_keeps_every_row(separable, tmp_path):
     assert page.count("data:image/png;base64,") == 4 and "most suspect" in page and "Bananas are yellow" in page
     assert (tmp_path / "audit" / "config.yaml").exists() and (tmp_path / "audit" / "strength.csv").exists()
     assert "most suspect" in result.report()
+    # MiniLM has 6 blocks; 3 members per fold read blocks 1, 4 and 6 (evenly spaced), each with a picked L2.
+    assert summary["ensemble"]["member_layers"] == [1, 1, 4, 4, 6, 6]
+    assert set(summary["ensemble"]["head_l2"]) == {"1", "4", "6"}
+    assert all(v in L2_GRID for v in summary["ensemble"]["head_l2"].values())
+    assert summary["ensemble"]["bootstrap"] is False  # the members of a fold differ by layer
+
+
+def test_member_layers():
+    assert member_layers(EnsembleConfig(), 6) == [1, 1, 2, 2, 4, 4, 5, 5, 6, 6]  # 5 per fold over 6 blocks
+    assert member_layers(EnsembleConfig(members=4, folds=2), 24) == [1, 1, 24, 24]
+    assert member_layers(EnsembleConfig(mode="seeds", members=3, layers=[2, -1]), 6) == [2, -1, 2]
+    assert member_layers(EnsembleConfig(members=12), 6) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    # Resample only when two members of a fold would read the same features.
+    assert not member_bootstrap(EnsembleConfig(), member_layers(EnsembleConfig(), 6))
+    assert member_bootstrap(EnsembleConfig(members=10), member_layers(EnsembleConfig(layers=[3]), 6))
+    assert member_bootstrap(EnsembleConfig(pooling="native"), [3] * 10)
+    assert member_bootstrap(EnsembleConfig(mode="seeds"), member_layers(EnsembleConfig(mode="seeds"), 6))
+    assert member_bootstrap(EnsembleConfig(bootstrap=True), member_layers(EnsembleConfig(), 6))
+    with pytest.raises(ValueError, match="layers apply to mean pooling"):
+        EnsembleConfig(pooling="native", layers=[1]).check()
+
+
+def test_embed_reads_several_layers_in_one_pass(tiny_bert):
+    rm = RewardModel.from_pretrained(tiny_bert, max_length=32)
+    batch = rm.collate([[101, 7592, 2088, 102], [101, 7592, 102]], rm.device)
+    many = rm.embed(**batch, pooling="mean", layers=[0, 2])
+    assert many.shape == (2, 2, 32)
+    with torch.no_grad():
+        hidden = rm.model.base_model(**batch, output_hidden_states=True).hidden_states
+    # Second text: 3 real tokens, 1 pad that must not count.
+    assert torch.allclose(many[1, 1], hidden[2][1, :3].mean(0), atol=1e-6)
+    assert torch.allclose(many[0, 0], hidden[0][0].mean(0), atol=1e-6)
+    assert rm.embed(**batch, pooling="native").shape == (2, 1, 32)
+
+
+def test_train_bt_heads_takes_one_l2_per_head():
+    rng = np.random.default_rng(0)
+    fc, fr = rng.normal(size=(60, 5)), rng.normal(size=(60, 5))
+    train = np.ones((2, 60), dtype=np.float32)
+    both = train_bt_heads(fc, fr, train, l2=np.array([1e-3, 1.0]))
+    # Same optimum as one at a time (to L-BFGS's tolerance), and the penalties make a real difference.
+    assert np.allclose(both[0], train_bt_heads(fc, fr, train[:1], l2=1e-3)[0], atol=1e-4)
+    assert np.allclose(both[1], train_bt_heads(fc, fr, train[:1], l2=1.0)[0], atol=1e-4)
+    assert np.abs(both[0]).sum() > 2 * np.abs(both[1]).sum()
+
+
+def test_select_l2_is_the_cross_fitted_log_loss_minimum():
+    """Losses by hand (one head per fold, scored on its own fold); and with 40% of labels flipped
+    the best penalty is larger than on clean labels (noise calls for more shrinkage)."""
+    rng = np.random.default_rng(0)
+    n, h = 300, 40
+    w = rng.normal(size=h)
+    fc, fr = rng.normal(size=(n, h)), rng.normal(size=(n, h))
+    swap = (fc - fr) @ w < 0  # make every clean label agree with w
+    fc, fr = np.where(swap[:, None], fr, fc), np.where(swap[:, None], fc, fr)
+    fold = fold_of([str(i) for i in range(n)], 2)
+    best, losses = select_l2(fc, fr, fold, grid=(1e-3, 1.0))
+    for a in (1e-3, 1.0):
+        nll = 0.0
+        for k in (0, 1):
+            W = train_bt_heads(fc, fr, (fold != k)[None].astype(np.float32), l2=a)
+            z = head_diffs(W, fc[fold == k], fr[fold == k])[0]
+            nll += np.logaddexp(0, -z).sum()
+        assert losses[a] == pytest.approx(nll / n, rel=1e-3)  # heads trained together vs one by one
+    assert best == min(losses, key=losses.get)
+    flip = rng.random(n) < 0.4
+    noisy_c, noisy_r = np.where(flip[:, None], fr, fc), np.where(flip[:, None], fc, fr)
+    assert select_l2(noisy_c, noisy_r, fold)[0] > select_l2(fc, fr, fold)[0]
+    with pytest.raises(ValueError, match="2 folds"):
+        select_l2(fc, fr, np.zeros(n, dtype=int))
 
 
 def test_seeds_mode_scores_in_sample(separable, tmp_path):
@@ -81,7 +153,7 @@ def test_feature_cache_reused_and_resumed(separable, tmp_path):
     feats.flush()
     (folder / "done_chunks.json").write_text(json.dumps([0, 1, 2, 4]))
     fc2, fr2 = encode_features(rm, pairs, **kw)
-    recomputed = np.flatnonzero(np.abs(np.concatenate([fc2, fr2])).sum(1) > 0)
+    recomputed = np.flatnonzero(np.abs(np.concatenate([fc2, fr2])).sum((1, 2)) > 0)
     assert 0 < len(recomputed) <= 16  # only chunk 3's texts were encoded again
     # Other data gets another cache entry.
     encode_features(rm, pairs[:10], **kw)

@@ -80,3 +80,34 @@ def test_set_trainable(tiny_bert):
     assert all(p.requires_grad for p in rm.model.bert.pooler.parameters())
     with pytest.raises(ValueError, match="train_layers must be"):
         set_trainable(rm, "top")
+
+
+def test_load_reports_new_head_in_one_line_and_warns_on_missing_backbone_weights(tiny_bert, tmp_path, caplog):
+    """A fresh reward head is expected (info, no transformers table); a backbone weight the checkpoint
+    lacks is a real problem and gets a warning that names it."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    backbone = tmp_path / "backbone"  # a plain encoder checkpoint: no reward head at all
+    AutoModel.from_pretrained(tiny_bert).save_pretrained(backbone)
+    RewardModel.from_pretrained(tiny_bert).tokenizer.save_pretrained(backbone)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        RewardModel.from_pretrained(str(backbone))
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+    assert [r for r in caplog.records if r.levelno == logging.INFO and "new reward head (classifier.bias, "
+            "classifier.weight)" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "rmkit.models"]
+
+    weights = load_file(backbone / "model.safetensors")
+    dropped = next(k for k in weights if "layer.1.output.dense.weight" in k)
+    del weights[dropped]
+    save_file(weights, backbone / "model.safetensors", metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        RewardModel.from_pretrained(str(backbone))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "rmkit.models"]
+    assert len(warned) == 1 and "lacks 1 backbone weights" in warned[0]
+    assert "encoder.layer.1.output.dense.weight" in warned[0]

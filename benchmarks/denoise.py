@@ -4,13 +4,13 @@ Protocol (one run = one method, one noise rate, one seed):
 
 1. The saved 70/10/20 split of the usable hh-rlhf pairs; ``rate`` of the *training* pairs get their
    chosen and rejected swapped (seeded); validation and test keep their original labels.
-2. Preference strength of every training pair from the audit's ensemble, computed on the noisy
-   training split (10 linear heads, 2-fold crossfit, on the frozen features) -- the method sees only
-   noisy labels, as a user would.
+2. Preference strength of every training pair from the audit's default ensemble, computed on the
+   noisy training split (10 linear heads over 2 folds reading several layers of the frozen features,
+   L2 picked on the noisy labels) -- the method sees only noisy labels, as a user would.
 3. The method acts through rmkit's own code: `rmkit.denoise.denoise_pairs` (presets flip, margin,
    flip+margin, soft+margin, drop), the trainer's objectives (`rmkit.training.OBJECTIVES`), and
    `rmkit.training.ContrastiveTerm` (SimCSE/SwAV presets, on pairs or on differences).
-4. The reward model is the frozen MiniLM backbone (mean-pooled middle layer, the audit's features)
+4. The reward model is the frozen MiniLM backbone (mean-pooled middle block, from the same encoding)
    under a trainable two-layer top (384 -> 256, GELU, dropout 0.05 on input and hidden: the two
    dropout views). Full fine-tuning costs ~30 min per run on 2 CPU cores; the grid is
    4 rates x 3 seeds x 12 methods, so it runs on the trainable top, where a run takes seconds.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,7 @@ from torch import nn
 
 from rmkit.data import get_splits, inject_label_flips, load_preferences
 from rmkit.denoise import OBJECTIVE_FOR, DenoiseConfig, denoise_pairs
-from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features
-from rmkit.heads import fold_of, head_diffs, member_masks, train_bt_heads
+from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.models import RewardModel
 from rmkit.scoring import label_views, read_judge_labels
 from rmkit.strength import preference_strength
@@ -118,14 +118,11 @@ def train_top(fc, fr, *, objective: str, margin, label, contrastive: str, seed: 
     return final, curve
 
 
-def ensemble_strength(fc: np.ndarray, fr: np.ndarray, ids, *, members=10, folds=2, seed=0) -> np.ndarray:
-    """The audit's ensemble as it was when these results were measured (10 crossfit heads on the middle
-    layer, L2 1e-3) on these (noisy) training pairs: mean strength. The audit now reads several layers with
-    a picked L2 (benchmarks/README.md, noise detection); this protocol is kept so its results repeat."""
-    fold = fold_of(ids, folds, seed=seed)
-    train, score = member_masks(len(ids), fold, members=members, mode="crossfit", seed=seed)
-    W = train_bt_heads(fc, fr, train, l2=1e-3)
-    mean, _ = preference_strength(head_diffs(W, fc, fr, score))
+def ensemble_strength(fc_views: np.ndarray, fr_views: np.ndarray, ids, layers: list[int], *, seed=0) -> np.ndarray:
+    """The audit's default ensemble (`rmkit.ensemble.heads_on_features`: 10 crossfit heads over several
+    layers, L2 picked on the labels) on these (noisy) training pairs' features ``(N, V, H)``: mean strength."""
+    diffs, _, _ = heads_on_features(replace(EnsembleConfig(), seed=seed), fc_views, fr_views, ids, layers)
+    mean, _ = preference_strength(diffs)
     return mean
 
 
@@ -165,9 +162,15 @@ def main() -> None:
     ecfg = EnsembleConfig()
     model = RewardModel.from_pretrained(ecfg.model, max_length=ecfg.max_length)
     t0 = time.time()
-    fc_all, fr_all = encode_features(model, pairs, cache_dir=default_cache_dir(), model_id=ecfg.model,
-                                     pooling="mean", layers=None)  # the middle layer: (N, 1, H)
-    fc_all, fr_all = np.asarray(fc_all)[:, 0], np.asarray(fr_all)[:, 0]
+    # One encoding: the layers the audit's members read (strength) and the middle block (the RM's input).
+    layers = member_layers(ecfg, model.num_layers)
+    middle = model.num_layers // 2
+    views = sorted(set(layers) | {middle})
+    fv_c, fv_r = encode_features(model, pairs, cache_dir=default_cache_dir(), model_id=ecfg.model,
+                                 pooling="mean", layers=views)
+    fv_c, fv_r = np.asarray(fv_c), np.asarray(fv_r)
+    fc_all, fr_all = fv_c[:, views.index(middle)], fv_r[:, views.index(middle)]
+    member_views = [views.index(x) for x in sorted(set(layers))]
     print(f"features: {time.time() - t0:.0f} s; train {len(tr)}, validation {len(va)}, test {len(te)}")
     T = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     eval_sets = {"val": (T(fc_all[va]), T(fr_all[va])), "test": (T(fc_all[te]), T(fr_all[te]))}
@@ -187,7 +190,9 @@ def main() -> None:
         fr = np.where(flipped[:, None], fc_all[tr], fr_all[tr])
         objective, margin, label = "bt", None, np.ones(len(tr))
         if preset != "none":
-            mean = ensemble_strength(fc, fr, [p.id for p in noisy], seed=seed)
+            sc, sr = fv_c[tr][:, member_views], fv_r[tr][:, member_views]
+            mean = ensemble_strength(np.where(flipped[:, None, None], sr, sc), np.where(flipped[:, None, None], sc, sr),
+                                     [p.id for p in noisy], layers, seed=seed)
             cleaned, actions = denoise_pairs(noisy, mean, DenoiseConfig(preset=preset))
             keep = np.array([not a.startswith("dropped") for a in actions])
             flip = np.array([a.startswith("flipped") for a in actions])

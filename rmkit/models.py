@@ -36,14 +36,16 @@ def _load_seq_cls(path: str, **kwargs) -> nn.Module:
     info line when only the head is new, a warning naming any backbone weight the checkpoint lacks."""
     from transformers import AutoModelForSequenceClassification
 
+    # A filter, not a level: transformers runs extra checks (and warns) when this logger's own level is
+    # WARNING or above. Size mismatches and conversion errors still raise.
     report_logger = logging.getLogger("transformers.modeling_utils")
-    level = report_logger.level
-    report_logger.setLevel(logging.ERROR)  # size mismatches and conversion errors still raise
+    no_report = lambda record: "LOAD REPORT" not in record.getMessage()  # noqa: E731
+    report_logger.addFilter(no_report)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, output_loading_info=True, **kwargs)
     finally:
-        report_logger.setLevel(level)
+        report_logger.removeFilter(no_report)
     prefix = f"{model.base_model_prefix}."
     missing = sorted(info.get("missing_keys") or [])
     backbone = [k for k in missing if k.startswith(prefix)]

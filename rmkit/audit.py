@@ -209,6 +209,9 @@ def _dialogue_html(pair) -> str:
 def write_html_report(result: AuditResult, ds: PreferenceDataset, figures: dict[str, Path], path: Path,
                       *, n_pairs: int = 10) -> None:
     s = result.summary
+    ens = s.get("ensemble", {})
+    reads = (f" (hidden layers {', '.join(map(str, sorted(set(ens['member_layers']))))}; head L2 per layer "
+             f"{html.escape(json.dumps(ens.get('head_l2')))})" if ens.get("member_layers") else "")
     t = result.table
     by_id = {p.id: p for p in ds.pairs}
     imgs = "".join(
@@ -245,7 +248,7 @@ img{{max-width:49%;margin:2px}}.pair{{border:1px solid #ddd;margin:1em 0;padding
 </style></head><body>
 <h1>Preference-strength audit</h1>
 <p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
-{s['settings']['members']} members on <code>{html.escape(str(s['settings']['model']))}</code>, which agree
+{s['settings']['members']} members on <code>{html.escape(str(s['settings']['model']))}</code>{reads}, which agree
 with {s['ensemble_accuracy']:.1%} of the labels (the ensemble's accuracy: strength ranks pairs only as
 well as that allows).
 <b>{s['share_mean_below_zero']:.1%}</b> of pairs have mean strength below zero. Std across the

@@ -59,6 +59,7 @@ def test_audit_finds_planted_flips_and_keeps_every_row(separable, tmp_path):
     assert set(summary["ensemble"]["head_l2"]) == {"1", "4", "6"}
     assert all(v in L2_GRID for v in summary["ensemble"]["head_l2"].values())
     assert summary["ensemble"]["bootstrap"] is False  # the members of a fold differ by layer
+    assert "hidden layers 1, 4, 6; head L2 per layer" in page
 
 
 def test_member_layers():

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +120,7 @@ def train_top(fc, fr, *, objective: str, margin, label, contrastive: str, seed: 
 def ensemble_strength(fc_views: np.ndarray, fr_views: np.ndarray, ids, layers: list[int], *, seed=0) -> np.ndarray:
     """The audit's default ensemble (`rmkit.ensemble.heads_on_features`: 10 crossfit heads over several
     layers, L2 picked on the labels) on these (noisy) training pairs' features ``(N, V, H)``: mean strength."""
-    diffs, _, _ = heads_on_features(replace(EnsembleConfig(), seed=seed), fc_views, fr_views, ids, layers)
+    diffs, _, _ = heads_on_features(EnsembleConfig(seed=seed), fc_views, fr_views, ids, layers)
     mean, _ = preference_strength(diffs)
     return mean
 
@@ -139,6 +138,7 @@ def bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-rlhf"))
+    ap.add_argument("--model", default="minilm", help="frozen backbone: alias, hub id or path")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -159,7 +159,7 @@ def main() -> None:
     splits = get_splits(ds, None)
     by_id = {p.id: i for i, p in enumerate(pairs)}
     tr, va, te = ([by_id[i] for i in splits[s]] for s in ("train", "validation", "test"))
-    ecfg = EnsembleConfig()
+    ecfg = EnsembleConfig(model=args.model)
     model = RewardModel.from_pretrained(ecfg.model, max_length=ecfg.max_length)
     t0 = time.time()
     # One encoding: the layers the audit's members read (strength) and the middle block (the RM's input).
@@ -250,7 +250,7 @@ def main() -> None:
 
     results: dict = {"protocol": {k: v for k, v in vars(args).items() if k != "out"} | {
         "train_pairs": len(tr), "validation_pairs": len(va), "test_pairs": len(te),
-        "model": "MiniLM-L6 frozen (mean-pooled middle layer) + trainable 2-layer top, dropout 0.05",
+        "model": f"{args.model} frozen (mean-pooled middle block) + trainable 2-layer top, dropout 0.05",
         "best_combination": name(best_p, best_c), "selected_by": f"validation accuracy at rate {sel_rate}"}}
     for rate in rates:
         block: dict = {}

@@ -286,6 +286,9 @@ def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: 
     benchmark can flip pairs by swapping rows and reuse one encoding.
     """
     n = len(ids)
+    if len(layers) != cfg.members:
+        raise ValueError(f"layers names the layer of each member: {cfg.members} entries, got {len(layers)} "
+                         "(member_layers(cfg, num_layers) gives them)")
     fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
     boot = member_bootstrap(cfg, layers)
     train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)

@@ -9,7 +9,8 @@ import torch
 
 from rmkit.audit import AuditConfig, run_audit
 from rmkit.data import inject_label_flips, load_preferences
-from rmkit.ensemble import EnsembleConfig, encode_features, ensemble_diffs, member_bootstrap, member_layers
+from rmkit.ensemble import (EnsembleConfig, encode_features, ensemble_diffs, heads_on_features, member_bootstrap,
+                            member_layers)
 from rmkit.heads import L2_GRID, fold_of, head_diffs, select_l2, train_bt_heads
 from rmkit.models import RewardModel
 
@@ -73,6 +74,8 @@ def test_member_layers():
     assert member_bootstrap(EnsembleConfig(pooling="native"), [3] * 10)
     assert member_bootstrap(EnsembleConfig(mode="seeds"), member_layers(EnsembleConfig(mode="seeds"), 6))
     assert member_bootstrap(EnsembleConfig(bootstrap=True), member_layers(EnsembleConfig(), 6))
+    with pytest.raises(ValueError, match="10 entries, got 1"):
+        heads_on_features(EnsembleConfig(), np.zeros((4, 1, 3)), np.zeros((4, 1, 3)), list("abcd"), [3])
     with pytest.raises(ValueError, match="layers apply to mean pooling"):
         EnsembleConfig(pooling="native", layers=[1]).check()
 

@@ -206,7 +206,6 @@ def ensemble_diffs(
     work.mkdir(parents=True, exist_ok=True)
     ids = [p.id for p in pairs]
     n = len(pairs)
-    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
     info: dict = {"members": cfg.members, "mode": cfg.mode, "backbone": cfg.backbone}
     t0 = time.time()
     if cfg.backbone == "frozen":
@@ -220,7 +219,10 @@ def ensemble_diffs(
         diffs, W, used = heads_on_features(cfg, fc, fr, ids, layers)
         np.save(work / "heads.npy", W)
         info.update(used)
-    elif cfg.backbone == "finetune_folds":
+        return diffs, info | {"ensemble_seconds": time.time() - t0}
+    # Fine-tuned backbones: folds here; the frozen branch's heads_on_features derives its own.
+    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
+    if cfg.backbone == "finetune_folds":
         from transformers import AutoConfig
 
         diffs = np.full((cfg.members, n), np.nan)

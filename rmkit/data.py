@@ -28,12 +28,16 @@ Optional columns carried through: ``id``, ``margin`` (as TRL and OpenRLHF read i
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
+import itertools
 import json
 import math
 import os
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -122,6 +126,8 @@ class PreferenceDataset:
 
     rows: list[RowResult]
     format_counts: dict[str, int] = field(default_factory=dict)
+    file_errors: list[dict[str, Any]] = field(default_factory=list)  # files that broke part-way, and where
+    skipped_files: list[dict[str, str]] = field(default_factory=list)  # files of a directory not read, and why
 
     @property
     def pairs(self) -> list[PreferencePair]:
@@ -141,6 +147,8 @@ class PreferenceDataset:
             "statuses": self.status_counts(),
             "per_subset": {k: dict(v) for k, v in sorted(per_subset.items())},
             "formats": dict(self.format_counts),
+            "file_errors": list(self.file_errors),
+            "skipped_files": list(self.skipped_files),
         }
 
     def status_table(self):
@@ -160,7 +168,8 @@ class PreferenceDataset:
 
     def subset(self, ids: Iterable[str]) -> "PreferenceDataset":
         keep = set(ids)
-        return PreferenceDataset([r for r in self.rows if r.id in keep], dict(self.format_counts))
+        return PreferenceDataset([r for r in self.rows if r.id in keep], dict(self.format_counts),
+                                 list(self.file_errors), list(self.skipped_files))
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,63 +390,173 @@ def record_to_row(
 # Sources: files, directories, hub datasets, Python objects. Each yields (row, record-or-error).
 
 
-def _iter_file(path: Path) -> Iterator[tuple[int, Any]]:
-    name = path.name.lower()
-    if name.endswith(".zip"):
-        with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.namelist() if not m.startswith("__MACOSX/") and not m.endswith("/")]
-            for m in members:
-                yield from _iter_text(zf.read(m).decode("utf-8", errors="replace"), m)
-        return
-    if name.endswith(".parquet") or name.endswith(".csv"):
-        import pandas as pd
-
-        df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
-        for i, rec in enumerate(df.to_dict(orient="records")):
-            if name.endswith(".csv"):  # message lists arrive as JSON text in CSV
-                for k in ("prompt", "chosen", "rejected"):
-                    v = rec.get(k)
-                    if isinstance(v, str) and v[:1] == "[":
-                        try:
-                            rec[k] = json.loads(v)
-                        except json.JSONDecodeError:
-                            pass
-            yield i, rec
-        return
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    yield from _iter_text(text, name)
-
-
-def _iter_text(text: str, name: str) -> Iterator[tuple[int, Any]]:
-    stripped = text.lstrip()
-    if name.rstrip(".gz").endswith(".json") and stripped.startswith("["):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}: not valid JSON ({e})") from None
-        yield from enumerate(data)
-        return
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            yield i, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield i, _Undecodable(str(e))
-
-
 class _Undecodable:
+    """A row whose bytes or JSON could not be decoded."""
+
     def __init__(self, msg: str):
         self.msg = msg
 
 
-def _files_in(path: Path) -> list[Path]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(FILE_SUFFIXES))
+class _FileBroken(Exception):
+    """A file that stops being readable part-way: the rows before it keep their statuses."""
+
+    def __init__(self, line: int | None, reason: str):
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
+def _iter_file(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """``(row, line, record)`` for every row of a file; ``line`` is the 1-based line it starts on.
+
+    Raises `_FileBroken` where the file stops being readable (truncated or not-gzip ``.gz``, a JSON
+    document nested too deep, a corrupt parquet file), after yielding every row read before it.
+    """
+    name = path.name.lower()
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for m in [m for m in zf.namelist() if not m.startswith("__MACOSX/") and not m.endswith("/")]:
+                    with zf.open(m) as f:
+                        yield from _iter_lines(f, m)
+            return
+        if name.endswith(".parquet"):
+            import pandas as pd
+
+            for i, rec in enumerate(pd.read_parquet(path).to_dict(orient="records")):
+                yield i, i + 1, rec
+            return
+        if name.endswith(".csv"):
+            yield from _iter_csv(path)
+            return
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            yield from _iter_lines(f, name)
+    except _FileBroken:
+        raise
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError) as e:
+        # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError; arrow's errors are ValueErrors
+        raise _FileBroken(None, f"{type(e).__name__}: {e}") from None
+
+
+def _iter_lines(f: Any, name: str) -> Iterator[tuple[int, int, Any]]:
+    """Rows of a JSON-lines (or whole-JSON-array) byte stream. Lines end at ``\\n`` only: U+2028, U+2029 and
+    NEL are valid inside JSON strings, and `str.splitlines` would cut rows there. Bytes that are not UTF-8
+    make that row ``undecodable``; a UTF-8 byte-order mark at the start is accepted."""
+    read = getattr(f, "read1", f.read)  # read1: a truncated .gz still gives up what it holds before the break
+    head = read(1 << 16)
+    body = head.lstrip()
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:].lstrip()
+    if name.removesuffix(".gz").endswith(".json") and body.startswith(b"["):
+        data = head + f.read()
+        try:
+            records = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise _FileBroken(None, f"not UTF-8 ({e})") from None
+        except json.JSONDecodeError as e:
+            raise _FileBroken(e.lineno, f"not valid JSON ({e})") from None
+        except RecursionError:
+            raise _FileBroken(None, "JSON nested too deep to read") from None
+        for i, rec in enumerate(records):
+            yield i, i + 1, rec
+        return
+    stream = itertools.chain([head], iter(lambda: read(1 << 16), b""))
+    rest = b""
+    i = 0
+    for block in stream:
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for raw in lines:
+            yield from _decode_line(raw, i)
+            i += 1
+    if rest:
+        yield from _decode_line(rest, i)
+
+
+def _decode_line(raw: bytes, i: int) -> Iterator[tuple[int, int, Any]]:
+    if i == 0 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if not raw.strip():
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield i, i + 1, _Undecodable(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
+        return
+    try:
+        yield i, i + 1, json.loads(text)
+    except json.JSONDecodeError as e:
+        yield i, i + 1, _Undecodable(str(e))
+    except RecursionError:
+        yield i, i + 1, _Undecodable("JSON nested too deep to read")
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """CSV rows with the line each starts on (quoted fields may hold newlines). Undecodable bytes and ragged
+    rows become row statuses; message lists arrive as JSON text and are parsed."""
+    with open(path, "rb") as fb:
+        text = fb.read()
+    if text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:]
+    # surrogateescape keeps every byte: a row holding a non-UTF-8 byte is told apart below, not guessed at
+    stream = io.StringIO(text.decode("utf-8", errors="surrogateescape"), newline="")
+    reader = csv.reader(stream)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        raise _FileBroken(1, f"CSV: {e}") from None
+    start = reader.line_num + 1
+    for i in itertools.count():
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise _FileBroken(start, f"CSV: {e}") from None
+        line, start = start, reader.line_num + 1
+        if not values or not any(v.strip() for v in values):
+            continue
+        if any(_has_surrogate(v) for v in values):
+            yield i, line, _Undecodable("not UTF-8 (the row holds bytes of another encoding, e.g. latin-1)")
+            continue
+        if len(values) != len(header):
+            yield i, line, _Ragged(f"{len(values)} fields, the header has {len(header)}")
+            continue
+        rec: dict[str, Any] = {k: (None if v == "" else v) for k, v in zip(header, values)}
+        for k in ("prompt", "chosen", "rejected"):
+            v = rec.get(k)
+            if isinstance(v, str) and v[:1] == "[":
+                try:
+                    rec[k] = json.loads(v)
+                except (json.JSONDecodeError, RecursionError):
+                    pass
+        yield i, line, rec
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+class _Ragged:
+    def __init__(self, msg: str):
+        self.msg = msg
+
+
+def _files_in(path: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The data files under a directory, and every other file with the reason it is not read."""
+    files, skipped = [], []
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        if not p.name.lower().endswith(FILE_SUFFIXES):
+            skipped.append({"file": str(p), "reason": f"not a data file ({''.join(p.suffixes) or 'no suffix'})"})
+        elif p.stat().st_size == 0:
+            skipped.append({"file": str(p), "reason": "empty file"})
+        else:
+            files.append(p)
     if not files:
         raise DataError(f"{path}: no data files ({', '.join(FILE_SUFFIXES)}) in this directory")
-    return files
+    return files, skipped
 
 
 def _subset_name(path: Path, root: Path | None) -> str:
@@ -492,13 +611,17 @@ def load_preferences(
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    sources: list[tuple[str, str, Iterable[tuple[int, Any]]]] = []  # (file label, subset, records)
+    sources: list[tuple[str, str, Iterable[tuple[int, int, Any]]]] = []  # (file label, subset, rows)
+    skipped: list[dict[str, str]] = []
     if isinstance(source, os.PathLike) and not Path(source).exists():
         raise DataError(f"{source}: no such file or directory")
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         path = Path(source)
         if path.is_dir():
-            for f in _files_in(path):
+            files, skipped = _files_in(path)
+            if strict and skipped:
+                raise DataError(f"{skipped[0]['file']}: {skipped[0]['reason']} (strict mode reads every file)")
+            for f in files:
                 sources.append((str(f), subset or _subset_name(f, path), _iter_file(f)))
         else:
             sources.append((str(path), subset or _subset_name(path, None), _iter_file(path)))
@@ -511,53 +634,81 @@ def load_preferences(
             ds = datasets.load_dataset(source, name, data_dir=data_dir, data_files=data_files, split=split)
         except Exception as e:  # the hub's errors vary by version; name the source in ours
             raise DataError(f"{source}: could not load it with datasets.load_dataset ({e})") from e
-        sources.append((f"hub:{source}", subset or data_dir or name or source.split("/")[-1], enumerate(ds)))
+        sources.append((f"hub:{source}", subset or data_dir or name or source.split("/")[-1], _numbered(ds)))
     elif hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas
-        sources.append(("<dataframe>", subset or "", enumerate(source.to_dict(orient="records"))))
+        sources.append(("<dataframe>", subset or "", _numbered(source.to_dict(orient="records"))))
     elif isinstance(source, Iterable):
-        sources.append(("<records>", subset or "", enumerate(source)))
+        sources.append(("<records>", subset or "", _numbered(source)))
     else:
         raise DataError(f"cannot read preference data from a {type(source).__name__}")
 
     rows: list[RowResult] = []
+    file_errors: list[dict[str, Any]] = []
     fmt_counts: Counter = Counter()
     seen_ids: set[str] = set()
     for label, sub, records in sources:
-        fmt = format
-        detect_error = ""
-        first = len(rows)
-        for n, (i, rec) in enumerate(records):
-            if limit is not None and n >= limit:
-                break
-            if isinstance(rec, _Undecodable):
-                rid = f"{sub}-{i:06d}" if sub else f"{i:06d}"
-                row = RowResult(rid, "undecodable", sub, label, i, f"line {i + 1}: {rec.msg}")
+        got: list[tuple[int, int, Any]] = []
+        try:
+            for item in records:
+                if limit is not None and len(got) >= limit:
+                    break
+                got.append(item)
+        except _FileBroken as e:
+            where = f", line {e.line}" if e.line else ""
+            if strict:
+                raise DataError(f"{label}{where}: {e.reason}") from None
+            file_errors.append({"file": label, "line": e.line, "rows_read": len(got), "reason": e.reason})
+        got = [(i, line, _rename(rec, columns)) for i, line, rec in got]
+        fmt, detect_error = (format, "") if format else _vote_format(rec for _, _, rec in got)
+        if fmt is None and got:
+            if strict:
+                raise DataError(f"{label}: no row matches a known format ({detect_error})")
+            file_errors.append({"file": label, "line": None, "rows_read": len(got),
+                                "reason": f"no row matches a known format ({detect_error})"})
+        for i, line, rec in got:
+            rid = f"{sub}-{i:06d}" if sub else f"{i:06d}"
+            if isinstance(rec, (_Undecodable, _Ragged)):
+                status = "undecodable" if isinstance(rec, _Undecodable) else "bad_type"
+                row = RowResult(rid, status, sub, label, i, f"line {line}: {rec.msg}")
+            elif fmt is None:
+                row = RowResult(rid, "missing_field", sub, label, i, detect_error or "not a record")
             else:
-                rec = _rename(rec, columns)
-                if fmt is None and isinstance(rec, dict):
-                    try:  # the first readable record fixes the format of its whole file
-                        fmt = detect_format(rec.keys(), rec)
-                    except DataError as e:
-                        detect_error = str(e)
-                if fmt is None:
-                    rid = f"{sub}-{i:06d}" if sub else f"{i:06d}"
-                    row = RowResult(rid, "missing_field", sub, label, i, detect_error or "not a record")
-                else:
-                    row = record_to_row(rec, fmt=fmt, row=i, source_file=label, subset=sub,
-                                        winner_key=winner_key, allow_ties=allow_ties)
+                row = record_to_row(rec, fmt=fmt, row=i, source_file=label, subset=sub,
+                                    winner_key=winner_key, allow_ties=allow_ties)
             if row.id in seen_ids:  # ids must be unique: disambiguate with the source position
                 row.id = f"{row.id}@{Path(label).name}:{i}"
                 if row.pair is not None:
                     row.pair.id = row.id
             seen_ids.add(row.id)
             if strict and not row.usable:
-                raise DataError(f"{label}, row {i} (line {i + 1}): {row.status}: {row.detail}")
+                raise DataError(f"{label}, row {i} (line {line}): {row.status}: {row.detail}")
             if row.usable:
                 fmt_counts[fmt] += 1
             rows.append(row)
-        if fmt is None and len(rows) > first:
-            raise DataError(f"{label}: no row matches a known format ({detect_error or 'no JSON objects'})")
-    return PreferenceDataset(rows, dict(fmt_counts))
+    if file_errors and not any(r.usable for r in rows):
+        first = file_errors[0]
+        raise DataError(f"{first['file']}: {first['reason']}; no usable pair in {source}")
+    return PreferenceDataset(rows, dict(fmt_counts), file_errors=file_errors, skipped_files=skipped)
+
+
+def _numbered(records: Iterable[Any]) -> Iterator[tuple[int, int, Any]]:
+    for i, rec in enumerate(records):
+        yield i, i + 1, rec
+
+
+def _vote_format(records: Iterable[Any], sample: int = 200) -> tuple[str | None, str]:
+    """The format most of the first ``sample`` records look like, so one bad row cannot decide a whole
+    file's reader; returns (format or None, why none)."""
+    votes: Counter = Counter()
+    error = "no JSON objects"
+    for rec in itertools.islice((r for r in records if isinstance(r, dict)), sample):
+        try:
+            votes[detect_format(rec.keys(), rec)] += 1
+        except DataError as e:
+            error = str(e)
+    if not votes:
+        return None, error
+    return votes.most_common(1)[0][0], ""
 
 
 # --------------------------------------------------------------------------------------------

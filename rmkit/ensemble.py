@@ -36,6 +36,7 @@ import torch
 from .assets import resolve_model
 from .config import setting
 from .data import PreferencePair
+from .files import atomic_write_bytes
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
 
@@ -136,16 +137,19 @@ def encode_features(
     """Features of every chosen and rejected text, ``(N, V, H)`` each, cached and memory-mapped.
 
     V views: one per entry of ``layers`` (mean pooling; default the middle block), or 1 (native).
-    Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and
-    the chunk recorded, so a killed run resumes where it stopped.
+    Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and the
+    finished texts recorded by their index in ``done.npy`` (a mask over the 2N texts, replaced
+    atomically), so a killed run resumes where it stopped whatever batch size the resumed run uses.
+    Batch size does not change the features (one text's features do not depend on its batch-mates
+    beyond float rounding), so it is not part of the cache key.
     """
     from tqdm.auto import tqdm
 
     layers = None if pooling == "native" or layers is None else [int(i) for i in layers]
-    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layers": layers})
+    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layers": layers,
+                                         "cache_version": CACHE_VERSION})
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
-    done_file = folder / "done_chunks.json"
     n = len(pairs)
     chosen_ids, rejected_ids = model.encode_pairs(pairs)
     ids = chosen_ids + rejected_ids  # 2N texts: chosen, then rejected
@@ -153,28 +157,59 @@ def encode_features(
     views = 1 if layers is None else len(layers)
     path = folder / "features.npy"
     mode = "r+" if path.exists() else "w+"
-    feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
-    done = set(json.loads(done_file.read_text())) if done_file.exists() and mode == "r+" else set()
-    order = sorted(range(2 * n), key=lambda i: len(ids[i]))
-    batches = [order[s: s + batch_size] for s in range(0, 2 * n, batch_size)]
-    chunks = [batches[s: s + chunk_batches] for s in range(0, len(batches), chunk_batches)]
-    todo = [c for c in range(len(chunks)) if c not in done]
+    try:
+        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
+    except ValueError:  # a truncated or foreign array file: start this entry again
+        mode = "w+"
+        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
+    done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
+    todo = [i for i in sorted(range(2 * n), key=lambda i: len(ids[i])) if not done[i]]
+    batches = [todo[s: s + batch_size] for s in range(0, len(todo), batch_size)]
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), tqdm(total=len(batches), initial=sum(len(chunks[c]) for c in done),
-                                      desc="encoding", unit="batch", disable=not progress) as bar:
-        for c in todo:
-            for idx in chunks[c]:
+    with torch.inference_mode(), tqdm(total=2 * n, initial=int(done.sum()), desc="encoding", unit="text",
+                                      disable=not progress) as bar:
+        for s in range(0, len(batches), chunk_batches):
+            for idx in batches[s: s + chunk_batches]:
                 batch = model.collate([ids[i] for i in idx], model.device)
                 feats[idx] = model.embed(**batch, pooling=pooling, layers=layers).float().cpu().numpy()
-                bar.update(1)
-            feats.flush()
-            done.add(c)
-            done_file.write_text(json.dumps(sorted(done)))
+                bar.update(len(idx))
+                done[idx] = True
+            feats.flush()  # rows on disk before the record says they are done
+            _write_done(folder / "done.npy", done)
     model.train(was_training)
     del feats
     feats = np.load(path, mmap_mode="r")
     return feats[:n], feats[n:]
+
+
+CACHE_VERSION = 2  # 1 recorded finished work by batch number, which a resume with another batch size misread
+
+
+def _read_done(path: Path, n_texts: int) -> np.ndarray:
+    """The finished-texts mask of a cache entry; an unreadable or mismatched one is rebuilt (nothing done)."""
+    import io
+    import warnings
+
+    if not path.exists():
+        return np.zeros(n_texts, dtype=bool)
+    try:
+        done = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+        if done.dtype == bool and done.shape == (n_texts,):
+            return done
+        reason = f"shape {done.shape}, dtype {done.dtype}; expected ({n_texts},) bool"
+    except (ValueError, OSError, EOFError) as e:
+        reason = str(e)
+    warnings.warn(f"{path}: unreadable progress record ({reason}); encoding this cache entry again", stacklevel=3)
+    return np.zeros(n_texts, dtype=bool)
+
+
+def _write_done(path: Path, done: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, done, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def default_cache_dir() -> Path:

@@ -159,6 +159,19 @@ def _retryable(exc: Exception) -> bool:
     return not isinstance(exc, openai.OpenAIError)  # malformed bodies surface as other errors: retry them
 
 
+_BEARER = re.compile(r"(?i)((?:authorization[\"']?\s*[:=]\s*[\"']?)?(?:bearer|basic|token)\s+"
+                     r"|authorization[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+")
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` with the API key, any ``Bearer``/``Authorization`` value and anything shaped like an OpenAI key
+    replaced by ``[redacted]``: error strings are stored and printed, secrets never are."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", _BEARER.sub(lambda m: m.group(1) + "[redacted]", text))
+
+
 class JudgeClient:
     """Chat completions with an on-disk cache, retries with backoff and jitter, and token counts."""
 
@@ -176,6 +189,7 @@ class JudgeClient:
         # Retries are ours (counted, with jitter, also on garbage bodies), so the client's own are off.
         self.client = OpenAI(base_url=url, api_key=key, timeout=cfg.timeout, max_retries=0)
         self.base_url = str(self.client.base_url)
+        self._secret = key if key != "EMPTY" else None
         from .assets import cache_dir
 
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "judge"
@@ -183,8 +197,10 @@ class JudgeClient:
         self.rng = random.Random(cfg.seed)
 
     def _key(self, messages: list[dict[str, str]]) -> str:
-        req = {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
-               "max_tokens": self.cfg.max_tokens}
+        # The endpoint is part of the answer: a local server's reply under `--model gpt-4o` must never come
+        # back later as gpt-4o's.
+        req = {"endpoint": self.base_url.rstrip("/"), "model": self.cfg.model, "messages": messages,
+               "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         return hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
 
     def complete(self, messages: list[dict[str, str]]) -> Reply:
@@ -203,14 +219,17 @@ class JudgeClient:
                                                            temperature=self.cfg.temperature,
                                                            max_tokens=self.cfg.max_tokens)
                 text = resp.choices[0].message.content
+                finish = getattr(resp.choices[0], "finish_reason", None)
                 usage = getattr(resp, "usage", None)
                 pt = int(getattr(usage, "prompt_tokens", 0) or 0)
                 ct = int(getattr(usage, "completion_tokens", 0) or 0)
             except Exception as exc:  # noqa: BLE001 - classified just below
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                error = redact(f"{type(exc).__name__}: {str(exc)[:200]}", self._secret)
                 if not _retryable(exc):
                     return Reply(None, "failed", attempt + 1, False, error=error)
                 continue
+            if finish == "length":  # cut by max_tokens: usable now, but not a final answer to cache
+                return Reply(text, "ok", attempt + 1, False, pt, ct)
             path.parent.mkdir(exist_ok=True)
             tmp = path.with_suffix(f".tmp{threading.get_ident()}")
             tmp.write_text(json.dumps({"text": text, "prompt_tokens": pt, "completion_tokens": ct}))

@@ -8,6 +8,7 @@ What it does with a request is chosen by a marker in the request's text:
 - ``GARBAGE``: a 200 whose body is not JSON, on every attempt;
 - ``GARBAGEx1``: garbage once, then a verdict;
 - ``RAMBLE``: a well-formed reply whose text has no verdict;
+- ``CUT``: a verdict cut by the token limit (``finish_reason: length``);
 - otherwise: ``[[A]]``.
 
 Every request is counted per marker and text, so tests can check the retries that happened.
@@ -64,7 +65,7 @@ class FaultServer:
                     return self._send(200, b"<html>not json at all")
                 content = "I think both have merits, hard to say." if "RAMBLE" in text else "Response A is clearer. [[A]]"
                 body = {"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
+                        "choices": [{"index": 0, "finish_reason": "length" if "CUT" in text else "stop",
                                      "message": {"role": "assistant", "content": content}}],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
                 self._send(200, json.dumps(body).encode())

@@ -145,23 +145,66 @@ def test_feature_cache_reused_and_resumed(separable, tmp_path):
     path, _, _ = separable
     pairs = load_preferences(path).pairs[:40]
     rm = RewardModel.from_pretrained("minilm", max_length=32)
-    kw = dict(cache_dir=tmp_path / "cache", model_id="minilm", batch_size=8, chunk_batches=2, progress=False)
-    fc, fr = encode_features(rm, pairs, **kw)
+    kw = dict(cache_dir=tmp_path / "cache", model_id="minilm", progress=False)
+    fc, fr = encode_features(rm, pairs, batch_size=8, chunk_batches=2, **kw)
     fc, fr = np.array(fc), np.array(fr)
     (folder,) = (tmp_path / "cache").iterdir()
-    done = json.loads((folder / "done_chunks.json").read_text())
-    assert done == list(range(5))  # 80 texts / 8 per batch / 2 batches per chunk
-    # Simulate a kill during chunk 3: its rows never written, not recorded as done.
+    assert np.load(folder / "done.npy").all()
+    # Simulate a kill: features of some texts never written, and not recorded as done.
     feats = np.load(folder / "features.npy", mmap_mode="r+")
-    feats[:] = 0.0
+    lost = np.arange(10, 26)
+    feats[lost] = 0.0
     feats.flush()
-    (folder / "done_chunks.json").write_text(json.dumps([0, 1, 2, 4]))
-    fc2, fr2 = encode_features(rm, pairs, **kw)
-    recomputed = np.flatnonzero(np.abs(np.concatenate([fc2, fr2])).sum((1, 2)) > 0)
-    assert 0 < len(recomputed) <= 16  # only chunk 3's texts were encoded again
+    done = np.load(folder / "done.npy")
+    done[lost] = False
+    np.save(folder / "done.npy", done)
+    fc2, fr2 = encode_features(rm, pairs, batch_size=8, chunk_batches=2, **kw)
+    np.testing.assert_allclose(np.concatenate([fc2, fr2]), np.concatenate([fc, fr]), atol=1e-5)
     # Other data gets another cache entry.
-    encode_features(rm, pairs[:10], **kw)
+    encode_features(rm, pairs[:10], batch_size=8, **kw)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_feature_cache_resume_with_another_batch_size(separable, tmp_path, monkeypatch):
+    """A kill mid-encoding, then a rerun with another batch size: every row encoded, none left at zero."""
+    path, _, _ = separable
+    pairs = load_preferences(path).pairs[:40]
+    rm = RewardModel.from_pretrained("minilm", max_length=32)
+    kw = dict(cache_dir=tmp_path / "cache", model_id="minilm", progress=False)
+    ref_c, ref_r = (np.array(a) for a in encode_features(rm, pairs, batch_size=8, cache_dir=tmp_path / "ref",
+                                                          model_id="minilm", progress=False))
+    real_embed, calls = rm.embed, []
+
+    def dying_embed(*a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_embed(*a, **k)
+
+    monkeypatch.setattr(rm, "embed", dying_embed)
+    with pytest.raises(KeyboardInterrupt):
+        encode_features(rm, pairs, batch_size=4, chunk_batches=1, **kw)
+    monkeypatch.setattr(rm, "embed", real_embed)
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert np.load(folder / "done.npy").sum() == 12  # 3 batches of 4 finished before the kill
+    fc, fr = encode_features(rm, pairs, batch_size=32, chunk_batches=1, **kw)
+    both = np.concatenate([fc, fr])
+    assert (np.abs(both).sum((1, 2)) > 0).all()
+    np.testing.assert_allclose(both, np.concatenate([ref_c, ref_r]), atol=1e-5)
+
+
+def test_feature_cache_corrupt_progress_record_is_rebuilt(separable, tmp_path):
+    path, _, _ = separable
+    pairs = load_preferences(path).pairs[:12]
+    rm = RewardModel.from_pretrained("minilm", max_length=32)
+    kw = dict(cache_dir=tmp_path / "cache", model_id="minilm", batch_size=8, progress=False)
+    fc, _ = encode_features(rm, pairs, **kw)
+    fc = np.array(fc)
+    (folder,) = (tmp_path / "cache").iterdir()
+    (folder / "done.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.warns(UserWarning, match="done.npy"):
+        fc2, _ = encode_features(rm, pairs, **kw)
+    np.testing.assert_allclose(fc2, fc, atol=1e-5)
 
 
 def test_inject_label_flips():

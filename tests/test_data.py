@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,7 +74,83 @@ def test_format_detected_past_a_broken_first_row(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"chosen": "only one side"}, HH_OK])
     ds = load_preferences(path)
     assert [r.status for r in ds.rows] == ["missing_field", "ok"]
-    assert "cannot tell the format" in ds.rows[0].detail
+    assert "rejected" in ds.rows[0].detail
+
+
+def test_format_voted_over_rows_not_fixed_by_the_first(tmp_path):
+    """A TRL file whose first row lacks its prompt: that row gets its own status, the others stay TRL pairs."""
+    good = [{"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"} for i in range(5)]
+    path = write_jsonl(tmp_path / "trl.jsonl", [{"chosen": "yes", "rejected": "no"}, *good])
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["missing_field"] + ["ok"] * 5
+    assert "prompt" in ds.rows[0].detail and ds.format_counts == {"trl": 5}
+
+
+def test_json_lines_split_on_newline_only(tmp_path):
+    """U+2028, U+2029 and NEL are valid inside JSON strings: they must not cut a row in two."""
+    recs = [{"prompt": f"line{sep}break {i}", "chosen": f"a{sep}b", "rejected": "c"}
+            for i, sep in enumerate(["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])]
+    path = tmp_path / "seps.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["ok"] * len(recs)
+    assert [r.source_row for r in ds.rows] == list(range(len(recs)))
+    assert ds.pairs[1].prompt[0]["content"] == "line\u2029break 1"
+
+
+def test_bytes_that_are_not_utf8_and_a_bom(tmp_path):
+    good = json.dumps({"prompt": "q?", "chosen": "yes", "rejected": "no"}).encode()
+    latin = json.dumps({"prompt": "caf\u00e9?", "chosen": "yes", "rejected": "no"}, ensure_ascii=False)
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + latin.encode("latin-1") + b"\n" + good + b"\n")
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["ok", "undecodable", "ok"]
+    assert "not UTF-8" in ds.rows[1].detail and "line 2" in ds.rows[1].detail
+    with pytest.raises(DataError, match=r"mixed\.jsonl, row 1 \(line 2\): undecodable"):
+        load_preferences(path, strict=True)
+
+
+def test_broken_files_keep_the_rows_before_the_break(tmp_path):
+    rows = [{"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"} for i in range(4000)]
+    blob = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"this is not gzip\n")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    deep_line = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n" + "[" * 100_000 + "\n"
+    (tmp_path / "deep.jsonl").write_text(deep_line)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty.jsonl").write_text("")
+    ds = load_preferences(tmp_path)
+    errors = {Path(e["file"]).name: e for e in ds.file_errors}
+    assert set(errors) == {"cut.jsonl.gz", "fake.jsonl.gz", "deep.json"}
+    assert 0 < errors["cut.jsonl.gz"]["rows_read"] < 4000
+    assert errors["fake.jsonl.gz"]["rows_read"] == 0 and "gzip" in errors["fake.jsonl.gz"]["reason"].lower()
+    assert "deep" in errors["deep.json"]["reason"]
+    cut = [r for r in ds.rows if r.source_file.endswith("cut.jsonl.gz")]
+    assert len(cut) == errors["cut.jsonl.gz"]["rows_read"] and all(r.status == "ok" for r in cut)
+    assert [r.status for r in ds.rows if r.source_file.endswith("deep.jsonl")] == ["ok", "undecodable"]
+    skipped = {Path(s["file"]).name: s["reason"] for s in ds.skipped_files}
+    assert skipped == {"notes.txt": "not a data file (.txt)", "empty.jsonl": "empty file"}
+    assert ds.report()["file_errors"] and ds.report()["skipped_files"]
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz"):
+        load_preferences(tmp_path / "cut.jsonl.gz", strict=True)
+
+
+def test_csv_ragged_latin1_and_real_line_numbers(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(
+        b"prompt,chosen,rejected\n"
+        b"q0?,yes,no\n"
+        b"\"a prompt\nover\nfour\nlines\",yes,no\n"   # lines 3-6
+        b"q2?,yes\n"                                     # line 7: ragged
+        b"caf\xe9?,yes,no\n"                              # line 8: latin-1
+        b"q4?,yes,\n")                                   # line 9: empty rejected
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["ok", "ok", "bad_type", "undecodable", "missing_field"]
+    assert "line 7" in ds.rows[2].detail and "line 8" in ds.rows[3].detail
+    assert ds.pairs[1].prompt[0]["content"] == "a prompt\nover\nfour\nlines"
+    with pytest.raises(DataError, match=r"row 2 \(line 7\): bad_type"):
+        load_preferences(path, strict=True)
 
 
 def test_strict_mode_names_file_row_and_field(tmp_path):

@@ -90,6 +90,39 @@ def test_faults_retries_statuses_cache_and_resume(tmp_path, monkeypatch):
     assert "sk-test-must-not-leak" not in written
 
 
+def test_cache_keyed_by_endpoint_and_cut_replies_not_cached(tmp_path, monkeypatch):
+    """An answer cached from one server under a model name is never served for another endpoint; a reply cut
+    by the token limit is used but not cached as final."""
+    from rmkit.judge import JudgeClient
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
+    one, two = FaultServer(), FaultServer()
+    cfg = JudgeConfig(model="gpt-4o", cache_dir=str(tmp_path / "cache"), max_retries=0)
+    msgs = [{"role": "user", "content": "item-1 which is better?"}]
+    cut = [{"role": "user", "content": "item-2 CUT which is better?"}]
+    try:
+        assert not JudgeClient(cfg, base_url=one.url).complete(msgs).cached
+        assert JudgeClient(cfg, base_url=one.url).complete(msgs).cached
+        assert not JudgeClient(cfg, base_url=two.url).complete(msgs).cached  # another endpoint: asked again
+        assert two.counts["item-1"] == 1
+        for _ in range(2):
+            reply = JudgeClient(cfg, base_url=one.url).complete(cut)
+            assert reply.text and not reply.cached
+        assert one.counts["item-2"] == 2
+    finally:
+        one.close()
+        two.close()
+
+
+def test_secrets_redacted_from_errors():
+    from rmkit.judge import redact
+
+    text = "Error 401: Incorrect API key provided: sk-proj-abcdef123456. headers={'Authorization': 'Bearer sk-x1y2z3w4v5'}"
+    out = redact(text, "sk-proj-abcdef123456")
+    assert "abcdef123456" not in out and "sk-x1y2z3w4v5" not in out and "Incorrect API key provided: [redacted]" in out
+    assert redact("Authorization: Bearer my-local-token here", None) == "Authorization: Bearer [redacted] here"
+
+
 def test_missing_key_for_openai_is_a_clear_error(monkeypatch, tmp_path):
     from rmkit.judge import JudgeClient
 

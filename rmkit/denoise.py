@@ -5,18 +5,29 @@ training set in TRL's format (``prompt``/``chosen``/``rejected`` message lists) 
 trainers read (``margin``, ``weight``, ``label``) and a ``denoise_action`` per row, plus a table of
 every input row and what was done to it. Nothing is removed without a row saying so.
 
-Presets (``DenoiseConfig.preset``):
+Denoising never grades itself: only the pairs of the training split are acted on (the split that
+``rmkit train`` makes, or ``splits_file``; it is written beside the output and named in
+``recommended.yaml``), and every written pair carries ``original_label``, the label it had in the
+data, so validation and test are graded against the data's labels even if a split is redrawn.
 
-- ``flip``: swap chosen and rejected for the selected pairs (the lowest ``fraction`` by mean
-  strength, or those below ``threshold``);
-- ``margin``: every pair gets ``margin = scale * max(mean, 0)`` (``negative="clip"``, Eq. 6);
-- ``flip+margin``: flip, then ``margin = scale * |mean|`` (a flipped pair's strength changes sign);
+Presets (``DenoiseConfig.preset``) act on the selected training pairs (the lowest ``fraction`` by mean
+strength, those below ``threshold``, or those whose calibrated ``p_label_wrong`` reaches
+``min_confidence``):
+
+- ``flip``: swap chosen and rejected;
+- ``margin``: every pair gets ``margin = scale * max(mean, 0)`` (``negative="clip"``, Eq. 6; ``abs``
+  uses ``|mean|``);
+- ``flip+margin``: flip, then margins as in ``margin`` from the strength after the flip (a flipped
+  pair's strength changes sign);
 - ``soft+margin``: the selected pairs get the soft label ``1 - alpha`` (Eq. 5) instead of 1, and every
   pair a margin as in ``margin``;
 - ``drop``: the selected pairs leave the training set (their rows stay in the actions table).
 
-Train on the result with ``rmkit train OUT/pairs.jsonl --objective <bt|margin|soft>`` (the
-preset's objective is written to ``OUT/recommended.yaml``).
+Reviewed decisions (``reviews``: the audit's ``flagged.csv`` with its ``review`` column filled with
+keep, flip or drop) win over the preset, on any split.
+
+Train on the result with ``rmkit train --config OUT/recommended.yaml`` (data, split and the preset's
+objective).
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ from typing import Sequence
 import numpy as np
 
 from .config import save_config, setting
-from .data import PreferencePair, load_preferences
+from .data import PreferencePair, load_preferences, load_splits, save_splits, split_ids
 
 PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
+REVIEW_DECISIONS = ("keep", "flip", "drop")
 OBJECTIVE_FOR = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin", "soft+margin": "soft"}
 
 
@@ -42,18 +54,43 @@ class DenoiseConfig:
     strength: str = setting("", "strength.parquet written by `rmkit audit` (its config.yaml names the data)")
     output_dir: str = setting("runs/denoised", "where pairs.jsonl, pairs.parquet, actions.parquet go")
     preset: str = setting("flip", "flip, margin, flip+margin, soft+margin or drop")
-    fraction: float = setting(0.1, "select the lowest this fraction of pairs by mean strength (paper: 0.1)")
+    fraction: float = setting(0.1, "select the lowest this fraction of training pairs by mean strength (paper: 0.1)")
     threshold: float | None = setting(None, "select pairs with mean strength below this instead of a fraction")
+    min_confidence: float | None = setting(None, "select pairs whose calibrated p_label_wrong (from the audit) is at "
+                                                 "least this, instead of a fraction")
     margin_scale: float = setting(1.0, "margin = scale * strength (the paper gives no scale)")
-    negative: str = setting("clip", "margin of pairs with negative strength: clip (to 0) or abs")
+    negative: str = setting("clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
     soft_alpha: float = setting(0.25, "soft label of selected pairs is 1 - alpha (Eq. 5; the paper gives no alpha)")
     data: str | None = setting(None, "the audited data (default: read from the audit's config.yaml)")
+    data_format: str | None = setting(None, "force a reader (default: the audit's)")
+    reviews: str | None = setting(None, "a reviewed flagged.csv/.jsonl from `rmkit audit`: rows whose review column "
+                                        "says keep, flip or drop get that, whatever the preset says")
+    splits_file: str | None = setting(None, "splits.json of the training run; only its train pairs are denoised "
+                                             "(default: the split `rmkit train` makes with split_seed and "
+                                             "split_fractions, written to OUTPUT_DIR/splits.json)")
+    split_seed: int = setting(0, "seed of the default split (as rmkit train's)")
+    split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions of the default split")
+
+    def check(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.negative not in ("clip", "abs"):
+            raise ValueError(f"negative must be 'clip' or 'abs', got {self.negative!r}")
+        if self.min_confidence is not None and not 0.5 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
 
 
-def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None) -> np.ndarray:
-    """Boolean mask of the pairs to act on: below ``threshold``, else the lowest ``fraction`` by mean."""
+def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None,
+                 p_label_wrong: np.ndarray | None = None, min_confidence: float | None = None,
+                 eligible: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the pairs to act on, among ``eligible`` ones (default all): ``p_label_wrong`` at least
+    ``min_confidence``, else mean below ``threshold``, else the lowest ``fraction`` by mean."""
     mean = np.asarray(mean, dtype=float)
-    ok = np.isfinite(mean)
+    ok = np.isfinite(mean) & (np.ones(len(mean), bool) if eligible is None else np.asarray(eligible, bool))
+    if min_confidence is not None:
+        if p_label_wrong is None:
+            raise ValueError("min_confidence needs the audit's p_label_wrong")
+        return ok & (np.nan_to_num(np.asarray(p_label_wrong, float), nan=0.0) >= min_confidence)
     if threshold is not None:
         return ok & (mean < threshold)
     if fraction is None or not 0.0 <= fraction <= 1.0:
@@ -69,35 +106,52 @@ def denoise_pairs(
     pairs: Sequence[PreferencePair],
     mean: np.ndarray,
     cfg: DenoiseConfig,
+    *,
+    p_label_wrong: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
+    reviews: dict[str, str] | None = None,
 ) -> tuple[list[PreferencePair], list[str]]:
-    """Apply a preset; returns the training pairs and, for every input pair, its action."""
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {cfg.preset!r}")
-    if cfg.negative not in ("clip", "abs"):
-        raise ValueError(f"negative must be 'clip' or 'abs', got {cfg.negative!r}")
+    """Apply a preset to the ``eligible`` pairs (default all; `run_denoise` passes the training split); returns
+    the training pairs and, for every input pair, its action. ``reviews`` (id -> keep/flip/drop) win over the
+    preset. Every output pair records ``original_label``, so evaluation grades against the data's labels."""
+    cfg.check()
     mean = np.asarray(mean, dtype=float)
-    selected = select_pairs(mean, fraction=None if cfg.threshold is not None else cfg.fraction,
-                            threshold=cfg.threshold)
+    eligible = np.ones(len(pairs), bool) if eligible is None else np.asarray(eligible, bool)
+    selected = select_pairs(mean, fraction=cfg.fraction, threshold=cfg.threshold, p_label_wrong=p_label_wrong,
+                            min_confidence=cfg.min_confidence, eligible=eligible)
+    reviews = reviews or {}
     flip = cfg.preset in ("flip", "flip+margin")
     with_margin = cfg.preset in ("margin", "flip+margin", "soft+margin")
     out: list[PreferencePair] = []
     actions: list[str] = []
-    for p, mu, sel in zip(pairs, mean, selected):
-        if not np.isfinite(mu):
-            actions.append("kept (no strength)")
-            out.append(replace(p, margin=0.0) if with_margin else p)
+    for p, mu, sel, ok in zip(pairs, mean, selected, eligible):
+        base = p.label if p.original_label is None else p.original_label
+        decision = reviews.get(p.id)
+        if decision == "drop":
+            actions.append("dropped (review)")
             continue
-        action, q = "kept", p
+        if decision == "flip":
+            q = replace(p, chosen=p.rejected, rejected=p.chosen, original_label=1.0 - base)
+            out.append(replace(q, margin=0.0) if with_margin else q)
+            actions.append("flipped (review)")
+            continue
+        if decision == "keep" or not ok or not np.isfinite(mu):
+            why = "review" if decision == "keep" else ("held out" if not ok else "no strength")
+            out.append(replace(p, original_label=base, margin=0.0 if with_margin else p.margin))
+            actions.append(f"kept ({why})")
+            continue
+        action, q = "kept", replace(p, original_label=base)
         if sel and cfg.preset == "drop":
             actions.append(f"dropped (mean strength {mu:+.3f})")
             continue
         if sel and flip:
-            q, mu, action = replace(q, chosen=p.rejected, rejected=p.chosen), -mu, f"flipped (mean strength {mu:+.3f})"
+            q = replace(q, chosen=p.rejected, rejected=p.chosen, original_label=1.0 - base)
+            mu, action = -mu, f"flipped (mean strength {mu:+.3f})"
         if sel and cfg.preset == "soft+margin":
             q = replace(q, label=1.0 - cfg.soft_alpha)
             action = f"soft label {1 - cfg.soft_alpha:g} (mean strength {mu:+.3f})"
         if with_margin:
-            m = cfg.margin_scale * (abs(mu) if cfg.negative == "abs" or flip else max(mu, 0.0))
+            m = cfg.margin_scale * (abs(mu) if cfg.negative == "abs" else max(mu, 0.0))
             q = replace(q, margin=float(m))
             action += f"; margin {m:.3f}"
         out.append(q)
@@ -105,35 +159,77 @@ def denoise_pairs(
     return out, actions
 
 
+def read_reviews(path: str | Path) -> dict[str, str]:
+    """Reviewed decisions from a flagged.csv/.jsonl: id -> keep, flip or drop (blank rows carry none)."""
+    from .data import DataError, read_table
+
+    table = read_table(path)
+    for col in ("id", "review"):
+        if col not in table.columns:
+            raise DataError(f"{path}: a review table needs columns id and review; {col!r} is missing")
+    out: dict[str, str] = {}
+    for row, (i, v) in enumerate(zip(table["id"].astype(str), table["review"])):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
+            continue
+        v = str(v).strip().lower()
+        if v not in REVIEW_DECISIONS:
+            raise DataError(f"{path}, row {row + 2 if str(path).endswith('.csv') else row + 1}, field review: "
+                            f"{v!r} is not one of {REVIEW_DECISIONS} (or blank)")
+        out[i] = v
+    return out
+
+
 def run_denoise(cfg: DenoiseConfig) -> dict:
-    """Read an audit's strength table and its data, apply the preset, write the cleaned dataset."""
+    """Read an audit's strength table and its data, apply the preset to the training split, write the result."""
     import pandas as pd
     import yaml
 
+    cfg.check()
     if not cfg.strength:
         raise ValueError("rmkit denoise needs the strength table of an audit")
     strength_path = Path(cfg.strength)
     table = pd.read_parquet(strength_path)
-    data = cfg.data
+    data, fmt = cfg.data, cfg.data_format
+    audit = {}
+    audit_cfg = strength_path.parent / "config.yaml"
+    if audit_cfg.exists():
+        audit = yaml.safe_load(audit_cfg.read_text()) or {}
     if data is None:
-        audit_cfg = strength_path.parent / "config.yaml"
-        if not audit_cfg.exists():
+        if "data" not in audit:
             raise ValueError(f"{audit_cfg} not found: pass data= to name the audited data")
-        data = yaml.safe_load(audit_cfg.read_text())["data"]
-    ds = load_preferences(data)
+        data, fmt = audit["data"], fmt or audit.get("data_format")
+    # Read the data exactly as the audit read it: same reader, same tie handling.
+    ds = load_preferences(data, format=fmt, allow_ties=bool(audit.get("allow_ties", False)))
     mean_by_id = dict(zip(table["id"], table["mean"]))
+    p_by_id = dict(zip(table["id"], table["p_label_wrong"])) if "p_label_wrong" in table else {}
     pairs = ds.pairs
     missing = [p.id for p in pairs if p.id not in mean_by_id]
     if missing:
         raise ValueError(f"{len(missing)} pairs of {data} are not in {strength_path} (first: {missing[0]})")
-    mean = np.array([mean_by_id[p.id] for p in pairs], dtype=float)
-    cleaned, actions = denoise_pairs(pairs, mean, cfg)
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(replace(cfg, data=data), out / "config.yaml")
+    if cfg.splits_file:
+        splits = load_splits(cfg.splits_file)
+    else:
+        splits = split_ids(ds, fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
+    train = set(splits["train"])
+    mean = np.array([mean_by_id[p.id] for p in pairs], dtype=float)
+    p_wrong = np.array([p_by_id.get(p.id, np.nan) for p in pairs], dtype=float) if p_by_id else None
+    reviews = read_reviews(cfg.reviews) if cfg.reviews else {}
+    unknown = [i for i in reviews if i not in mean_by_id]
+    if unknown:
+        raise ValueError(f"{cfg.reviews}: {len(unknown)} reviewed ids are not in {strength_path} (first: {unknown[0]})")
+    cleaned, actions = denoise_pairs(pairs, mean, cfg, p_label_wrong=p_wrong,
+                                     eligible=np.array([p.id in train for p in pairs]), reviews=reviews)
+
+    save_config(replace(cfg, data=data, data_format=fmt), out / "config.yaml")
+    kept = {p.id for p in cleaned}
+    # The split travels with the data: dropped pairs leave it, the rest stay where they were.
+    save_splits({k: [i for i in v if i in kept] for k, v in splits.items()}, out / "splits.json",
+                source=cfg.splits_file or "split_ids", seed=cfg.split_seed)
     records = [{"id": p.id, "subset": p.subset, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-                "margin": p.margin, "weight": p.weight, "label": p.label} for p in cleaned]
+                "margin": p.margin, "weight": p.weight, "label": p.label, "original_label": p.original_label}
+               for p in cleaned]
     action_by_id = dict(zip([p.id for p in pairs], actions))
     for r in records:
         r["denoise_action"] = action_by_id[r["id"]]
@@ -143,10 +239,21 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     pd.DataFrame(records).to_parquet(out / "pairs.parquet", index=False)
     rows = ds.status_table()
     rows["mean"] = rows["id"].map(mean_by_id)
+    if p_by_id:
+        rows["p_label_wrong"] = rows["id"].map(p_by_id)
+    split_of = {i: k for k, v in splits.items() for i in v}
+    rows["split"] = rows["id"].map(split_of)
     rows["denoise_action"] = [action_by_id.get(i, f"not a pair ({s})") for i, s in zip(rows["id"], rows["status"])]
     rows.to_parquet(out / "actions.parquet", index=False)
     (out / "recommended.yaml").write_text(yaml.safe_dump({"data": str(out / "pairs.jsonl"),
+                                                          "splits_file": str(out / "splits.json"),
                                                           "objective": OBJECTIVE_FOR[cfg.preset]}))
     kinds = pd.Series([a.split(" ")[0].rstrip(";") for a in rows["denoise_action"]]).value_counts()
+    acted = [a for a, p in zip(actions, pairs) if not a.startswith(("kept", "dropped (review)", "flipped (review)"))
+             or "margin" in a]
     return {"rows": len(rows), "training_pairs": len(records), "actions": kinds.to_dict(),
-            "objective": OBJECTIVE_FOR[cfg.preset], "output": str(out / "pairs.jsonl")}
+            "acted_on_train_only": all(p.id in train for a, p in zip(actions, pairs) if not a.startswith("kept")
+                                       and "review" not in a),
+            "reviewed": len(reviews), "acted": len(acted),
+            "objective": OBJECTIVE_FOR[cfg.preset], "output": str(out / "pairs.jsonl"),
+            "train_with": f"rmkit train --config {out / 'recommended.yaml'}"}

@@ -133,8 +133,12 @@ def encode_features(
     batch_size: int = 64,
     chunk_batches: int = 16,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every chosen and rejected text, ``(N, V, H)`` each, cached and memory-mapped.
+
+    ``precision``: ``fp32``, or ``bf16`` (autocast: matmuls in bfloat16, features stored in float32).
+    The precision is part of the cache key, so bf16 features are never mixed with fp32 ones.
 
     V views: one per entry of ``layers`` (mean pooling; default the middle block), or 1 (native).
     Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and the
@@ -146,8 +150,12 @@ def encode_features(
     from tqdm.auto import tqdm
 
     layers = None if pooling == "native" or layers is None else [int(i) for i in layers]
-    key = _fingerprint(model_id, pairs, {"max_length": model.max_length, "pooling": pooling, "layers": layers,
-                                         "cache_version": CACHE_VERSION})
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    extra = {"max_length": model.max_length, "pooling": pooling, "layers": layers, "cache_version": CACHE_VERSION}
+    if precision != "fp32":  # fp32 keys stay as they were
+        extra["precision"] = precision
+    key = _fingerprint(model_id, pairs, extra)
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     n = len(pairs)
@@ -167,8 +175,9 @@ def encode_features(
     batches = [todo[s: s + batch_size] for s in range(0, len(todo), batch_size)]
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), tqdm(total=2 * n, initial=int(done.sum()), desc="encoding", unit="text",
-                                      disable=not progress) as bar:
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast, tqdm(total=2 * n, initial=int(done.sum()), desc="encoding", unit="text",
+                                                disable=not progress) as bar:
         for s in range(0, len(batches), chunk_batches):
             for idx in batches[s: s + chunk_batches]:
                 batch = model.collate([ids[i] for i in idx], model.device)
@@ -241,6 +250,8 @@ def ensemble_diffs(
     work.mkdir(parents=True, exist_ok=True)
     ids = [p.id for p in pairs]
     n = len(pairs)
+    # Each pair's label (1 for ordinary pairs; 0.5 for ties, soft labels as given) is what the heads learn.
+    labels = np.array([p.label for p in pairs], dtype=np.float64)
     info: dict = {"members": cfg.members, "mode": cfg.mode, "backbone": cfg.backbone}
     t0 = time.time()
     if cfg.backbone == "frozen":
@@ -251,7 +262,7 @@ def ensemble_diffs(
                                  pooling=cfg.pooling, layers=sorted(set(layers)), batch_size=cfg.batch_size,
                                  progress=progress)
         info["encode_seconds"] = time.time() - t0
-        diffs, W, used = heads_on_features(cfg, fc, fr, ids, layers)
+        diffs, W, used = heads_on_features(cfg, fc, fr, ids, layers, labels=labels)
         np.save(work / "heads.npy", W)
         info.update(used)
         return diffs, info | {"ensemble_seconds": time.time() - t0}
@@ -277,7 +288,7 @@ def ensemble_diffs(
             # The backbone has seen every label outside fold k: pick the penalty by folds inside that part only.
             inner = np.where(fold != k, fold_of(ids, 2, seed=cfg.seed + 1), -1)
             d, _, info["head_l2"][f"fold{k}"] = _fit_heads(cfg, fc, fr, train[mine], score[mine],
-                                                           [layers[m] for m in mine], views, inner)
+                                                           [layers[m] for m in mine], views, inner, labels)
             diffs[mine] = d
     else:
         diffs = np.full((cfg.members, n), np.nan)
@@ -314,13 +325,14 @@ def member_bootstrap(cfg: EnsembleConfig, layers: list[int]) -> bool:
 
 
 def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: Sequence[str],
-                      layers: list[int]) -> tuple[np.ndarray, np.ndarray, dict]:
+                      layers: list[int], *, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``frozen`` ensemble on cached features ``(N, V, H)`` (views: ``sorted(set(layers))``, or 1 under
     native pooling): folds, member masks, each layer's L2 and the heads.
 
     Returns the differences ``(M, N)``, the heads ``(M, H)`` and what was used (``member_layers``,
-    ``head_l2`` per layer). Labels enter only through the feature rows' order (chosen, rejected), so a
-    benchmark can flip pairs by swapping rows and reuse one encoding.
+    ``head_l2`` per layer). Labels enter through the feature rows' order (chosen, rejected), so a
+    benchmark can flip pairs by swapping rows and reuse one encoding, and through ``labels (N,)``, the
+    probability that the chosen row is preferred (default 1; 0.5 for ties).
     """
     n = len(ids)
     if len(layers) != cfg.members:
@@ -330,12 +342,13 @@ def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: 
     boot = member_bootstrap(cfg, layers)
     train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)
     select_fold = fold if cfg.mode == "crossfit" else fold_of(ids, 2, seed=cfg.seed)
-    diffs, W, l2 = _fit_heads(cfg, fc, fr, train, score, layers, sorted(set(layers)), select_fold)
+    diffs, W, l2 = _fit_heads(cfg, fc, fr, train, score, layers, sorted(set(layers)), select_fold, labels)
     return diffs, W, {"member_layers": layers if cfg.pooling == "mean" else None, "head_l2": l2, "bootstrap": boot}
 
 
 def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.ndarray, score: np.ndarray,
-               layers: list[int], views: list[int], select_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+               layers: list[int], views: list[int], select_fold: np.ndarray,
+               labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Heads for members reading cached features ``(N, V, H)``; member j reads view ``views.index(layers[j])``
     (view 0 under native pooling). Returns their differences ``(M, N)``, weights ``(M, H)`` and the L2 per layer."""
     diffs = np.full(score.shape, np.nan)
@@ -344,9 +357,9 @@ def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.nd
     for v, layer in enumerate(views if cfg.pooling == "mean" else [None]):
         mine = [j for j, lay in enumerate(layers) if cfg.pooling != "mean" or lay == layer]
         c, r = np.asarray(fc[:, v]), np.asarray(fr[:, v])
-        l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold)[0]
+        l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold, labels=labels)[0]
         penalties[str(layer if cfg.pooling == "mean" else "native")] = l2
-        W[mine] = train_bt_heads(c, r, train[mine], l2=l2)
+        W[mine] = train_bt_heads(c, r, train[mine], l2=l2, labels=labels)
         diffs[mine] = head_diffs(W[mine], c, r, score[mine])
     return diffs, W, penalties
 

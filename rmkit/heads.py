@@ -60,16 +60,19 @@ def train_bt_heads(
     l2: float | np.ndarray = 1e-3,
     max_iter: int = 200,
     labels: np.ndarray | None = None,
+    margins: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fit M linear BT heads at once; returns ``W (M, H)``.
 
     ``train_weights (M, N)`` says how often member m sees pair i (0 = not at all; bootstrap counts
     allowed). ``l2``: one penalty for all heads, or one per head ``(M,)``. ``labels (N,)``, if given,
     is the probability that chosen is preferred (1 by default; soft labels and ties welcome).
+    ``margins (N,)``: the loss reads ``w · (f_c - f_r) - m`` (Eq. 6, as `losses.bradley_terry_loss`).
     """
     d = torch.as_tensor(np.asarray(chosen_features) - np.asarray(rejected_features), dtype=torch.float64)  # (N, H)
     w_train = torch.as_tensor(train_weights, dtype=torch.float64)  # (M, N)
     y = torch.ones(d.shape[0], dtype=torch.float64) if labels is None else torch.as_tensor(labels, dtype=torch.float64)
+    m = torch.zeros(d.shape[0], dtype=torch.float64) if margins is None else torch.as_tensor(margins, dtype=torch.float64)
     counts = w_train.sum(1).clamp_min(1.0)  # (M,)
     penalty = torch.as_tensor(np.broadcast_to(np.asarray(l2, dtype=np.float64), (w_train.shape[0],)).copy())
     W = torch.zeros(w_train.shape[0], d.shape[1], dtype=torch.float64, requires_grad=True)
@@ -77,7 +80,7 @@ def train_bt_heads(
 
     def closure():
         opt.zero_grad()
-        z = W @ d.T  # (M, N) reward differences
+        z = W @ d.T - m  # (M, N) reward differences, less each pair's margin
         per_pair = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
         loss = ((per_pair * w_train).sum(1) / counts).sum() + (penalty * (W ** 2).sum(1)).sum()
         loss.backward()

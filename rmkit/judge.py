@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import save_config, setting
 from .data import Message, PreferencePair
 
@@ -354,16 +355,6 @@ def judge_pairs(pairs: Sequence[PreferencePair], cfg: JudgeConfig, *, output: st
     table = pd.DataFrame(recs).rename(columns={"score": "judge_label"})
     table["judge_label"] = pd.to_numeric(table["judge_label"], errors="coerce")
     return table
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
 
 
 def win_tie_lose(scores: Sequence[float]) -> dict[str, Any]:

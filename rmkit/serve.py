@@ -22,13 +22,17 @@ in one request never takes the server down.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import os
 import queue
+import socket
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Sequence
 
 import torch
@@ -50,6 +54,16 @@ class ServeConfig:
     max_request_texts: int = setting(512, "texts per request at most (413 beyond)")
     max_body_bytes: int = setting(8_000_000, "request body size at most (413 beyond)")
     device: str | None = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    api_key_env: str | None = setting(None, "name of an environment variable holding a bearer token; requests must "
+                                            "send `Authorization: Bearer <token>` (401 otherwise)")
+    socket_timeout: float = setting(30.0, "seconds a connection may sit idle or half-sent before it is closed")
+    max_connections: int = setting(32, "connections served at once (worker threads); more wait their turn")
+
+    def check(self) -> None:
+        if self.max_connections < 1 or self.socket_timeout <= 0:
+            raise ValueError("max_connections must be >= 1 and socket_timeout > 0")
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ValueError(f"api_key_env names ${self.api_key_env}, which is not set")
 
 
 class RequestError(Exception):
@@ -193,26 +207,63 @@ class RewardService:
 # HTTP
 
 
-def _handler(service: RewardService):
+log = logging.getLogger("rmkit.serve")
+
+
+def _parse_body(raw: bytes) -> dict:
+    """A JSON object, or a 400 naming what is wrong (bad UTF-8 or JSON, nesting too deep, lone surrogates)."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "body is nested too deep") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "body must be a JSON object")
+    try:  # "\ud800" is valid JSON but no text: a tokenizer would fail on it later, as a 500
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(400, "body holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    except RecursionError:
+        raise RequestError(400, "body is nested too deep") from None
+    return body
+
+
+def _handler(service: RewardService, token: str | None):
     routes = {"/get_reward": service.get_reward, "/score": service.score, "/score_pairs": service.score_pairs}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+        timeout = service.cfg.socket_timeout  # idle, slow or half-open connections are closed, not kept
 
         def log_message(self, *args) -> None:  # one line per request is noise under load
             pass
 
         def _send(self, status: int, obj: dict) -> None:
             data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 401:
+                    self.send_header("WWW-Authenticate", "Bearer")
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                log.info("client %s went away before its %d answer", self.client_address[0], status)
+                self.close_connection = True
+
+        def _authorized(self) -> bool:
+            if token is None:
+                return True
+            sent = self.headers.get("Authorization", "")
+            return sent.startswith("Bearer ") and _same(sent[7:].strip(), token)
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
                 self._send(200, service.health())
+            elif not self._authorized():
+                self._send(401, {"error": "missing or wrong bearer token"})
             elif self.path in routes:
                 self._send(405, {"error": f"{self.path} takes POST"})
             else:
@@ -221,26 +272,81 @@ def _handler(service: RewardService):
         def do_POST(self) -> None:  # noqa: N802
             try:
                 fn = routes.get(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
+                raw_length = self.headers.get("Content-Length")
+                try:
+                    length = int(raw_length or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    self.close_connection = True  # where the body ends is unknown: nothing more is read
+                    raise RequestError(400, f"Content-Length must be a whole number >= 0, got {raw_length!r}")
                 if length > service.cfg.max_body_bytes:
                     self.close_connection = True  # the unread body must not be taken for the next request
                     raise RequestError(413, f"body of {length} bytes; at most {service.cfg.max_body_bytes}")
                 raw = self.rfile.read(length)
+                if len(raw) < length:
+                    self.close_connection = True
+                    raise RequestError(400, f"body ended after {len(raw)} of {length} bytes")
+                if not self._authorized():
+                    raise RequestError(401, "missing or wrong bearer token")
                 if fn is None:
                     raise RequestError(404, f"no endpoint {self.path}")
-                try:
-                    body = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise RequestError(400, f"body is not valid JSON: {e}") from None
-                if not isinstance(body, dict):
-                    raise RequestError(400, "body must be a JSON object")
-                self._send(200, fn(body))
+                self._send(200, fn(_parse_body(raw)))
             except RequestError as e:
                 self._send(e.status, {"error": str(e)})
+            except (socket.timeout, ConnectionResetError, BrokenPipeError):
+                log.info("client %s went away mid-request", self.client_address[0])
+                self.close_connection = True
             except Exception as e:  # noqa: BLE001 - a bug in one request answers 500, the server stays up
+                log.exception("error in %s", self.path)
                 self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
     return Handler
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class _PooledHTTPServer(HTTPServer):
+    """Connections served by a bounded pool of threads (a thread per connection lets held-open sockets pin an
+    unbounded number of them); a client that goes away is one log line, not a traceback."""
+
+    def __init__(self, address, handler, *, workers: int):
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="rmkit-conn")
+
+    def process_request(self, request, client_address) -> None:
+        self.pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one connection's failure is logged, the server goes on
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        log.info("connection from %s ended: %s", client_address[0], type(exc).__name__ if exc else "closed")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RewardServer:
@@ -248,9 +354,14 @@ class RewardServer:
 
     def __init__(self, model: RewardModel, cfg: ServeConfig | None = None):
         self.cfg = cfg or ServeConfig()
+        self.cfg.check()
+        token = os.environ[self.cfg.api_key_env] if self.cfg.api_key_env else None
+        if token is None and not is_loopback(self.cfg.host):
+            log.warning("serving on %s without a bearer token: anyone who reaches this address can use the model; "
+                        "set --api-key-env NAME", self.cfg.host)
         self.service = RewardService(model, self.cfg)
-        self.httpd = ThreadingHTTPServer((self.cfg.host, self.cfg.port), _handler(self.service))
-        self.httpd.daemon_threads = True
+        self.httpd = _PooledHTTPServer((self.cfg.host, self.cfg.port), _handler(self.service, token),
+                                       workers=self.cfg.max_connections)
         self.url = f"http://{self.cfg.host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="rmkit-http")
         self.thread.start()
@@ -277,6 +388,8 @@ def serve(cfg: ServeConfig) -> None:
     """``rmkit serve``: load the model and serve until interrupted."""
     if not cfg.model:
         raise ValueError("rmkit serve needs a reward model (a saved folder, hub id, or alias)")
+    cfg.check()  # before the model loads
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = RewardServer(load_model_for_serving(cfg), cfg)
     print(f"serving {cfg.model} at {server.url} (POST /get_reward, /score, /score_pairs; GET /health)", flush=True)
     try:
@@ -297,20 +410,23 @@ class RewardFunction:
     messages. Backed by a local `RewardModel` (or a path to one) or by an ``rmkit serve`` URL."""
 
     def __init__(self, model: RewardModel | str | None = None, *, url: str | None = None, batch_size: int = 32,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, api_key_env: str | None = None):
         if (model is None) == (url is None):
             raise ValueError("RewardFunction needs exactly one of a model and a server url")
         self.model = RewardModel.from_pretrained(model) if isinstance(model, str) else model
         self.url, self.batch_size, self.timeout = url.rstrip("/") if url else None, batch_size, timeout
         self.__name__ = "rmkit_reward"  # TRL logs each reward function under its __name__
+        self.api_key_env = api_key_env  # the token is read from the environment at each call, never stored
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
         if self.url is not None:
             import urllib.request
 
             body = json.dumps({"prompts": list(prompts), "completions": list(completions)}).encode()
-            req = urllib.request.Request(self.url + "/score", method="POST", data=body,
-                                         headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if self.api_key_env:
+                headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+            req = urllib.request.Request(self.url + "/score", method="POST", data=body, headers=headers)
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())["rewards"]
         p = [_messages(x, f"prompts[{i}]", "user") for i, x in enumerate(prompts)]

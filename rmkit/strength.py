@@ -10,12 +10,16 @@ Function-first, over plain arrays, so it works with anyone's reward models:
     table = strength_table(diffs, ids=ids)       # DataFrame with categories and ranks
     StrengthReport(table).report()               # a printed summary
 
-Categories (`CategoryRules`, all thresholds settable):
-- ``likely_mislabeled``: mean < ``mislabeled_below`` (0 by default, the paper's rule);
+Categories (`CategoryRules`, all thresholds settable), under one of two rule sets:
+- ``likely_mislabeled``: rule set ``calibrated`` (the audit's default): the calibrated probability that
+  the label is wrong (`rmkit.calibration`) reaches ``min_confidence``, in a subset the ensemble can
+  judge; rule set ``paper``: mean < ``mislabeled_below`` (0 by default, the paper's rule);
 - ``ambiguous``: not mislabeled, and mean < ``ambiguous_z`` * std (the members do not agree the
   chosen side is better by more than their own spread);
 - ``strong``: mean at or above the ``strong_quantile`` of all means;
-- ``consistent``: the rest.
+- ``consistent``: the rest;
+- ``unjudged`` (calibrated rules): the pair's subset is one where the ensemble's held-out agreement
+  with the labels is not above chance, so the audit says nothing about it.
 """
 
 from __future__ import annotations
@@ -28,12 +32,21 @@ import numpy as np
 from .config import setting
 
 CATEGORIES = ("likely_mislabeled", "ambiguous", "consistent", "strong")
+RULE_SETS = ("calibrated", "paper")
 
 
 def _check_diffs(diffs: np.ndarray) -> np.ndarray:
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.ndim != 2:
         raise ValueError(f"diffs must have shape (members M, pairs N), got {diffs.shape}")
+    return diffs
+
+
+def _check_members_first(diffs: np.ndarray) -> np.ndarray:
+    diffs = _check_diffs(diffs)
+    if diffs.shape[0] > diffs.shape[1] and diffs.shape[0] > 100:
+        raise ValueError(f"diffs has shape {diffs.shape}: {diffs.shape[0]} members and {diffs.shape[1]} pairs? "
+                         "diffs is (members M, pairs N); pass diffs.T if yours is (N, M)")
     return diffs
 
 
@@ -72,13 +85,28 @@ class CategoryRules:
     mislabeled_below: float = setting(0.0, "likely mislabeled: mean strength below this")
     ambiguous_z: float = setting(1.0, "ambiguous: mean below this many of the pair's own stds (and not mislabeled)")
     strong_quantile: float = setting(0.9, "strong: mean at or above this quantile of all means")
+    rule_set: str = setting("paper", "likely mislabeled by: calibrated (p_label_wrong >= min_confidence) or paper "
+                                     "(mean < mislabeled_below)")
+    min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong a flag needs")
+
+    def check(self) -> None:
+        if self.rule_set not in RULE_SETS:
+            raise ValueError(f"rules must be one of {RULE_SETS}, got {self.rule_set!r}")
+        if not 0.0 < self.strong_quantile <= 1.0:
+            raise ValueError(f"strong_quantile must be in (0, 1], got {self.strong_quantile}")
+        if not 0.5 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
 
 
-def categorize(mean: np.ndarray, std: np.ndarray, rules: CategoryRules | None = None) -> np.ndarray:
-    """A category per pair (see the module docstring); ``unscored`` where the mean is NaN."""
+def categorize(mean: np.ndarray, std: np.ndarray, rules: CategoryRules | None = None, *,
+               p_label_wrong: np.ndarray | None = None, judged: np.ndarray | None = None) -> np.ndarray:
+    """A category per pair (see the module docstring); ``unscored`` where the mean is NaN.
+
+    The ``calibrated`` rule set needs ``p_label_wrong (N,)``; ``judged (N,)`` (default all True) marks
+    pairs of subsets the ensemble can judge: the others are ``unjudged``.
+    """
     rules = rules or CategoryRules()
-    if not 0.0 < rules.strong_quantile <= 1.0:
-        raise ValueError(f"strong_quantile must be in (0, 1], got {rules.strong_quantile}")
+    rules.check()
     mean, std = np.asarray(mean, float), np.asarray(std, float)
     out = np.full(mean.shape, "consistent", dtype=object)
     ok = np.isfinite(mean)
@@ -86,16 +114,27 @@ def categorize(mean: np.ndarray, std: np.ndarray, rules: CategoryRules | None = 
         cut = np.quantile(mean[ok], rules.strong_quantile)
         out[ok & (mean >= cut)] = "strong"
     out[ok & (mean < rules.ambiguous_z * np.nan_to_num(std))] = "ambiguous"
-    out[ok & (mean < rules.mislabeled_below)] = "likely_mislabeled"
+    if rules.rule_set == "paper":
+        out[ok & (mean < rules.mislabeled_below)] = "likely_mislabeled"
+    else:
+        if p_label_wrong is None:
+            raise ValueError("the calibrated rules need p_label_wrong (rmkit.calibration), or use rule_set='paper'")
+        p = np.nan_to_num(np.asarray(p_label_wrong, float), nan=0.0)
+        out[ok & (p >= rules.min_confidence)] = "likely_mislabeled"
+        if judged is not None:
+            out[ok & ~np.asarray(judged, bool)] = "unjudged"
     out[~ok] = "unscored"
     return out
 
 
 def find_label_issues(diffs: np.ndarray, *, return_mask: bool = False, below: float = 0.0) -> np.ndarray:
-    """Pairs whose mean strength is below ``below``: indices from most to least suspect, or a mask.
+    """The paper's rule: pairs whose mean strength is below ``below``; indices from most to least suspect, or
+    a mask. Ordered by the quality score (lowest first), ties broken by the mean.
 
-    Ordered by the quality score (lowest first), ties broken by the mean.
+    Uncalibrated: with a weak ensemble half the pairs fall below zero. `find_label_issues_calibrated`
+    flags only pairs whose calibrated probability of a wrong label reaches a confidence.
     """
+    diffs = _check_members_first(diffs)
     mean, _ = preference_strength(diffs)
     flagged = np.isfinite(mean) & (mean < below)
     if return_mask:
@@ -103,6 +142,26 @@ def find_label_issues(diffs: np.ndarray, *, return_mask: bool = False, below: fl
     quality = pair_quality_scores(diffs)
     idx = np.flatnonzero(flagged)
     return idx[np.lexsort((mean[idx], quality[idx]))]
+
+
+def find_label_issues_calibrated(diffs: np.ndarray, *, fold: np.ndarray | None = None, labels: np.ndarray | None = None,
+                                 min_confidence: float = 0.8, method: str = "temperature",
+                                 return_probabilities: bool = False):
+    """Pairs whose calibrated probability of a wrong label reaches ``min_confidence``, most probable first.
+
+    ``diffs (M, N)`` should be out-of-sample (cross-fitted) differences. The map from mean strength to
+    ``p_label_wrong`` is fitted on the data's own ``labels`` and cross-fitted over ``fold (N,)`` (default:
+    two folds by position parity). With ``return_probabilities`` also returns ``p_label_wrong (N,)``.
+    """
+    from .calibration import crossfit_calibration
+
+    diffs = _check_members_first(diffs)
+    mean, _ = preference_strength(diffs)
+    fold = np.arange(len(mean)) % 2 if fold is None else np.asarray(fold)
+    p_wrong = 1.0 - crossfit_calibration(mean, fold, labels, method=method)
+    idx = np.flatnonzero(np.nan_to_num(p_wrong, nan=0.0) >= min_confidence)
+    idx = idx[np.argsort(-p_wrong[idx], kind="stable")]
+    return (idx, p_wrong) if return_probabilities else idx
 
 
 def group_statistics(mean: np.ndarray, std: np.ndarray, n_groups: int = 20):
@@ -130,8 +189,11 @@ def strength_table(
     *,
     ids: Sequence[str] | None = None,
     rules: CategoryRules | None = None,
+    p_label_wrong: np.ndarray | None = None,
+    judged: np.ndarray | None = None,
 ):
-    """One row per pair: id, mean, std, quality, category, rank (1 = most suspect), members' diffs."""
+    """One row per pair: id, mean, std, z (mean / std), quality, p_label_wrong (when given), category,
+    rank (1 = most suspect: highest p_label_wrong when given, else lowest quality), members' diffs."""
     import pandas as pd
 
     diffs = _check_diffs(diffs)
@@ -139,11 +201,17 @@ def strength_table(
     quality = pair_quality_scores(diffs)
     table = pd.DataFrame({
         "id": list(ids) if ids is not None else np.arange(diffs.shape[1]).astype(str),
-        "mean": mean, "std": std, "quality": quality,
+        "mean": mean, "std": std,
+        "z": np.divide(mean, std, out=np.full(mean.shape, np.nan), where=np.nan_to_num(std) > 0),
+        "quality": quality,
         "members_scored": np.isfinite(diffs).sum(0),
-        "category": categorize(mean, std, rules),
+        "category": categorize(mean, std, rules, p_label_wrong=p_label_wrong, judged=judged),
     })
-    order = np.lexsort((mean, np.nan_to_num(quality, nan=np.inf)))
+    if p_label_wrong is not None:
+        table.insert(5, "p_label_wrong", np.asarray(p_label_wrong, float))
+        order = np.lexsort((mean, -np.nan_to_num(np.asarray(p_label_wrong, float), nan=-np.inf)))
+    else:
+        order = np.lexsort((mean, np.nan_to_num(quality, nan=np.inf)))
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(1, len(order) + 1)
     table["rank"] = np.where(np.isfinite(mean), rank, -1)
@@ -166,7 +234,7 @@ class StrengthReport:
             "pairs": int(len(t)),
             "scored": int(len(scored)),
             "share_mean_below_zero": float((scored["mean"] < 0).mean()) if len(scored) else float("nan"),
-            "categories": {c: int((t["category"] == c).sum()) for c in (*CATEGORIES, "unscored")},
+            "categories": {c: int((t["category"] == c).sum()) for c in (*CATEGORIES, "unjudged", "unscored")},
         }
         if "subset" in t:
             out["per_subset"] = {s: {c: int((g["category"] == c).sum()) for c in CATEGORIES}

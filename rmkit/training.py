@@ -296,6 +296,13 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, ident
 # ------------------------------------------------------------------------------------------
 
 
+def grading_labels(pairs: Sequence[PreferencePair]) -> np.ndarray:
+    """The labels held-out pairs are graded against: ``original_label`` where `rmkit denoise` recorded one (a
+    denoised label is the ensemble's opinion, and grading against it would grade the RM by that opinion), else
+    ``label``."""
+    return np.array([p.label if p.original_label is None else p.original_label for p in pairs], dtype=np.float64)
+
+
 def evaluate_pairs(model, pairs: Sequence[PreferencePair], *, prefix: str = "test", batch_size: int = 64,
                    accelerator=None) -> dict[str, Any]:
     """Score held-out pairs: metrics overall, accuracy per subset, and scoring speed (pairs/s)."""
@@ -304,11 +311,20 @@ def evaluate_pairs(model, pairs: Sequence[PreferencePair], *, prefix: str = "tes
     c_ids, r_ids = core.encode_pairs(pairs)
     rc, rr = score_token_pairs(model, c_ids, r_ids, batch_size=batch_size, accelerator=accelerator)
     seconds = time.time() - t0
-    labels = np.array([p.label for p in pairs])
+    labels = grading_labels(pairs)
     out: dict[str, Any] = {f"{prefix}/{k}": v for k, v in pair_metrics(rc, rr, labels).items()}
     out[f"{prefix}/per_subset"] = accuracy_per_subset(rc, rr, labels, np.array([p.subset for p in pairs]))
     out[f"{prefix}/score_pairs_per_s"] = len(pairs) / max(seconds, 1e-9)
     return out
+
+
+def _eval_labels_note(*held_out: Sequence[PreferencePair]) -> str:
+    pairs = [p for part in held_out for p in part]
+    changed = sum(p.original_label is not None and p.original_label != p.label for p in pairs)
+    if any(p.original_label is not None for p in pairs):
+        return (f"original (before denoising): validation and test are graded against the labels the data had; "
+                f"{changed} of {len(pairs)} held-out pairs carry a denoised label that was not used")
+    return "as given in the data"
 
 
 @dataclass
@@ -383,7 +399,7 @@ def train_reward_model(
     # Tokenize once; every epoch and every evaluation reuses the ids.
     c_ids, r_ids = model.encode_pairs(train_pairs)
     ev_c, ev_r = model.encode_pairs(eval_pairs) if eval_pairs else ([], [])
-    ev_labels = np.array([p.label for p in eval_pairs], dtype=np.float64)
+    ev_labels = grading_labels(eval_pairs)
     ev_judge = read_judge_labels(cfg.judge_labels, [p.id for p in eval_pairs]) if cfg.judge_labels else None
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
 
@@ -528,6 +544,7 @@ def train_reward_model(
                                "trainable_params": n_trainable, "train_seconds": train_s,
                                "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9),
                                "s_per_step": step_seconds / max(steps_timed, 1),
+                               "eval_labels": _eval_labels_note(eval_pairs, test_pairs),
                                "run_config": _run_identity(cfg)}
     results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
     if test_pairs:

@@ -52,9 +52,21 @@ def test_audit_finds_planted_flips_and_keeps_every_row(separable, tmp_path):
     assert len(summary["groups"]) == 20 and "u_shaped" in summary["std_u_shape"]
     assert 0.05 < summary["share_mean_below_zero"] < 0.3
     page = (tmp_path / "audit" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "most suspect" in page and "Bananas are yellow" in page
+    assert page.count("data:image/png;base64,") == 6 and "Bananas are yellow" in page
+    assert page.index("How far to trust this audit") < page.index("Categories")  # the page leads with trust
+    assert "Each pair shows 3 member values, not 6" in page
     assert (tmp_path / "audit" / "config.yaml").exists() and (tmp_path / "audit" / "strength.csv").exists()
     assert "most suspect" in result.report()
+    # Calibrated verdicts: the planted flips get the high probabilities, and the flags are mostly flips.
+    trust = summary["trust"]
+    assert trust["agreement"]["judged"] and trust["unjudged_subsets"] == [] and trust["ece"] < 0.1
+    p_wrong = scored["p_label_wrong"].to_numpy()
+    assert p_wrong[flipped].mean() > 0.8 > 0.2 > p_wrong[~flipped].mean()
+    flags = scored["category"].to_numpy() == "likely_mislabeled"
+    assert flags.sum() == trust["flagged"] > 0 and flipped[flags].mean() >= 0.8
+    review = pd.read_csv(tmp_path / "audit" / "flagged.csv")
+    assert list(review.columns[-4:]) == ["prompt", "chosen", "rejected", "review"] and review["review"].isna().all()
+    assert review["flagged"].sum() == flags.sum() and set(review["id"]) <= set(ids)
     # MiniLM has 6 blocks; 3 members per fold read blocks 1, 4 and 6 (evenly spaced), each with a picked L2.
     assert summary["ensemble"]["member_layers"] == [1, 1, 4, 4, 6, 6]
     assert set(summary["ensemble"]["head_l2"]) == {"1", "4", "6"}

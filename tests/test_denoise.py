@@ -30,7 +30,11 @@ def test_presets_by_hand():
     margin, _ = denoise_pairs(pairs, MEAN, DenoiseConfig(preset="margin", margin_scale=2.0))
     assert [p.margin for p in margin] == [0.0, 0.0, 0.6, 3.0, 0.0]  # clip negative strength at 0
     fm, _ = denoise_pairs(pairs, MEAN, DenoiseConfig(preset="flip+margin", fraction=0.25))
-    assert fm[0].chosen_text == "bad0" and fm[0].margin == 2.0 and fm[1].margin == 0.5  # |mean|
+    assert fm[0].chosen_text == "bad0" and fm[0].margin == 2.0  # flipped: its strength is now +2
+    assert fm[1].margin == 0.0  # not flipped, negative strength: clipped, as `negative` says
+    fm, _ = denoise_pairs(pairs, MEAN, DenoiseConfig(preset="flip+margin", fraction=0.25, negative="abs"))
+    assert fm[1].margin == 0.5
+    assert [p.original_label for p in fm] == [0.0, 1.0, 1.0, 1.0, 1.0]  # p0 was flipped: its data label is 0
 
     soft, actions = denoise_pairs(pairs, MEAN, DenoiseConfig(preset="soft+margin", threshold=0.0, soft_alpha=0.2))
     assert [p.label for p in soft] == [0.8, 0.8, 1.0, 1.0, 1.0] and soft[3].margin == 1.5
@@ -62,10 +66,69 @@ def test_denoise_cli_then_train(tiny_bert, shared_data, tmp_path):
     assert den.returncode == 0, den.stderr[-2000:]
     summary = json.loads(den.stdout)
     actions = pd.read_parquet(tmp_path / "den" / "actions.parquet")
-    assert len(actions) == 60 and summary["objective"] == "soft"
+    assert len(actions) == 60 and summary["objective"] == "soft" and summary["acted_on_train_only"]
     pairs = pd.read_json(tmp_path / "den" / "pairs.jsonl", lines=True)
-    assert (pairs["label"] < 1).sum() == round(0.1 * len(pairs)) and pairs["margin"].notna().all()
+    splits = json.loads((tmp_path / "den" / "splits.json").read_text())
+    soft = set(pairs.loc[pairs["label"] < 1, "id"])
+    assert len(soft) == round(0.1 * len(splits["train"])) and soft <= set(splits["train"])
+    assert pairs["margin"].notna().all() and (pairs["original_label"] == 1.0).all()
     train = run("train", tmp_path / "den" / "pairs.jsonl", "--model", tiny_bert, "--objective", "soft",
                 "--output-dir", tmp_path / "rm", "--max-length", "32", "--epochs", "1", "--batch-size", "8",
                 "--eval-every", "0", "--save-every", "0")
     assert train.returncode == 0, train.stderr[-2000:]
+
+
+def _strength_fixture(tmp_path, n=40):
+    recs = [{"id": f"p{i:02d}", "subset": "s", "prompt": f"q{i}", "chosen": f"good{i}", "rejected": f"bad{i}"}
+            for i in range(n)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    mean = np.linspace(-2, 2, n)
+    p_wrong = 1 / (1 + np.exp(3 * mean))
+    pd.DataFrame({"id": [r["id"] for r in recs], "mean": mean, "p_label_wrong": p_wrong}).to_parquet(
+        tmp_path / "strength.parquet")
+    return data, mean, p_wrong
+
+
+def test_denoise_acts_on_the_training_split_only_and_never_grades_itself(tmp_path):
+    from rmkit.denoise import run_denoise
+    from rmkit.training import grading_labels
+
+    data, mean, p_wrong = _strength_fixture(tmp_path)
+    out = run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                                    min_confidence=0.9, output_dir=str(tmp_path / "den")))
+    splits = json.loads((tmp_path / "den" / "splits.json").read_text())
+    actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")
+    flipped = set(actions.index[actions["denoise_action"].str.startswith("flipped")])
+    confident = {f"p{i:02d}" for i in np.flatnonzero(p_wrong >= 0.9)}
+    assert flipped == confident & set(splits["train"]) and flipped and out["acted_on_train_only"]
+    held = confident - set(splits["train"])
+    assert held and all(actions.loc[i, "denoise_action"] == "kept (held out)" for i in held)
+    # Training on the output grades against the data's labels: a flipped pair's original label is 0.
+    ds = load_preferences(tmp_path / "den" / "pairs.jsonl")
+    by_id = {p.id: p for p in ds.pairs}
+    some = next(iter(flipped))
+    assert by_id[some].chosen_text.startswith("bad") and by_id[some].original_label == 0.0
+    assert list(grading_labels([by_id[some], by_id[sorted(held)[0]]])) == [0.0, 1.0]
+    rec = __import__("yaml").safe_load((tmp_path / "den" / "recommended.yaml").read_text())
+    assert rec["splits_file"].endswith("splits.json") and rec["objective"] == "bt"
+
+
+def test_reviewed_decisions_win_over_the_preset(tmp_path):
+    from rmkit.data import DataError
+    from rmkit.denoise import run_denoise
+
+    data, mean, _ = _strength_fixture(tmp_path)
+    reviews = pd.DataFrame({"id": ["p00", "p01", "p39", "p20"], "review": ["keep", "drop", "flip", None]})
+    reviews.to_csv(tmp_path / "flagged.csv", index=False)
+    run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                              fraction=0.5, reviews=str(tmp_path / "flagged.csv"), output_dir=str(tmp_path / "den")))
+    actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")["denoise_action"]
+    assert actions["p00"] == "kept (review)" and actions["p01"] == "dropped (review)"
+    assert actions["p39"] == "flipped (review)"  # the most confident pair, flipped because the reviewer said so
+    pairs = pd.read_json(tmp_path / "den" / "pairs.jsonl", lines=True).set_index("id")
+    assert "p01" not in pairs.index and pairs.loc["p39", "original_label"] == 0.0
+    pd.DataFrame({"id": ["p00"], "review": ["maybe"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv, row 2, field review: 'maybe'"):
+        run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data),
+                                  reviews=str(tmp_path / "bad.csv"), output_dir=str(tmp_path / "den2")))

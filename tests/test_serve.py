@@ -108,3 +108,79 @@ def test_concurrent_clients_are_batched_and_all_answered(served):
     assert all(r["rewards"] == pytest.approx(ref["rewards"], abs=1e-4) for r in results)
     # 40 requests of 3 texts: fewer forward passes than requests means requests shared batches.
     assert srv.service.batcher.batches - before < 40
+
+
+def _raw(srv, request: bytes, timeout: float = 10.0) -> bytes:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(srv.url)
+    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                chunks.append(c)
+                if b"\r\n\r\n" in b"".join(chunks) and b"}" in c:
+                    break
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served):
+    _, srv = served
+    deep = b'{"query": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    probes = {
+        "lone surrogate": b'{"query": ["\\ud800 hi"]}',
+        "deep nesting": deep[:19_000],  # cut: still within the body limit, not JSON
+        "not json": b"<html>",
+        "array body": b"[1, 2]",
+        "bad utf-8": b'{"query": ["\xff\xfe"]}',
+    }
+    for name, body in probes.items():
+        status, out = post(srv.url + "/get_reward", None, raw=body)
+        assert 400 <= status < 500, (name, status, out)
+    status, _ = post(srv.url + "/get_reward", None, raw=b'{"query": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    assert status == 400  # nested deeper than the parser goes
+    for header, want in ((b"Content-Length: abc", b"400"), (b"Content-Length: -1", b"400")):
+        reply = _raw(srv, b"POST /get_reward HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n{}")
+        assert reply.split(b" ")[1] == want, reply[:200]
+    # A body shorter than its Content-Length: answered when the socket times out or closes, never hangs forever.
+    status, out = post(srv.url + "/score", {"prompts": ["hi"], "completions": ["hello"]})
+    assert status == 200 and len(out["rewards"]) == 1
+
+
+def test_held_open_connections_do_not_pin_threads(tiny_llama):
+    import socket
+    from urllib.parse import urlparse
+
+    rm = RewardModel.from_pretrained(tiny_llama, max_length=32).eval()
+    before = threading.active_count()
+    with RewardServer(rm, ServeConfig(port=0, max_connections=4, socket_timeout=1.0)) as srv:
+        u = urlparse(srv.url)
+        held = [socket.create_connection((u.hostname, u.port)) for _ in range(40)]
+        held[0].sendall(b"POST /score HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # half a request
+        assert threading.active_count() - before <= 4 + 2  # the pool, the batcher and the accept loop
+        status, out = post(srv.url + "/score", {"prompts": ["hi"], "completions": ["hello"]})
+        assert status == 200  # served once the held sockets time out
+        for s in held:
+            s.close()
+
+
+def test_bearer_token(tiny_llama, monkeypatch):
+    monkeypatch.setenv("RMKIT_TEST_TOKEN", "s3cret-token")
+    rm = RewardModel.from_pretrained(tiny_llama, max_length=32).eval()
+    with RewardServer(rm, ServeConfig(port=0, api_key_env="RMKIT_TEST_TOKEN")) as srv:
+        status, out = post(srv.url + "/score", {"prompts": ["hi"], "completions": ["hello"]})
+        assert status == 401 and "token" in out["error"]
+        ok = RewardFunction(url=srv.url, api_key_env="RMKIT_TEST_TOKEN")(["hi"], ["hello"])
+        assert len(ok) == 1
+        with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:  # health stays open for probes
+            assert r.status == 200
+    monkeypatch.delenv("RMKIT_TEST_TOKEN")
+    with pytest.raises(ValueError, match="RMKIT_TEST_TOKEN"):
+        ServeConfig(api_key_env="RMKIT_TEST_TOKEN").check()

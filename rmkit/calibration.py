@@ -1,0 +1,210 @@
+"""From an ensemble's scores to calibrated probabilities that a pair's label is wrong, and how far to trust them.
+
+cleanlab's rule, for pairs: a label issue is called only from out-of-sample, calibrated probabilities.
+The audit's cross-fitted mean strength ``s_i`` (members that never saw pair i) is the score. A pair's
+orientation is arbitrary (the same pair written the other way round has score ``-s_i`` and the
+opposite label), so every calibration map here is symmetric, ``g(-s) = 1 - g(s)``:
+
+- ``temperature``: ``P(label right | s) = sigmoid(a * s)``, one scale ``a >= 0`` fitted by maximum
+  likelihood on the data's own labels (Platt scaling; by the symmetry its bias is 0);
+- ``isotonic``: a monotone map fitted on the points ``(s, 1)`` and ``(-s, 0)``.
+
+Maps are cross-fitted too (`crossfit_calibration`): fitted on the other folds, applied to a fold, so no
+pair's probability comes from a map that saw its label. ``p_label_wrong = 1 - P(label right | s)``.
+
+Shapes: ``scores (N,)``, ``labels (N,)`` = probability that the side written as chosen is preferred
+(1 for ordinary pairs, 0.5 for ties), ``fold (N,)`` ints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+METHODS = ("temperature", "isotonic")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def fit_temperature(scores: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The scale ``a >= 0`` maximising ``sum_i y_i log sigmoid(a s_i) + (1 - y_i) log sigmoid(-a s_i)``.
+
+    The log-likelihood is concave in ``a``: Newton's method from 0, with a bisection fallback.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
+    ok = np.isfinite(s) & np.isfinite(y)
+    s, y = s[ok], y[ok]
+    if len(s) == 0 or not np.any(s):
+        return 0.0
+
+    def grad(a: float) -> float:
+        return float(np.sum(s * (y - _sigmoid(a * s))))
+
+    if grad(0.0) <= 0:  # the scores point the wrong way on average: no positive scale helps
+        return 0.0
+    lo, hi = 0.0, 1.0 / (np.abs(s).mean() + 1e-12)
+    while grad(hi) > 0 and hi < 1e8:
+        lo, hi = hi, hi * 4
+    for _ in range(100):  # bisection on the derivative: robust, and 100 halvings are plenty
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if grad(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+class IsotonicMap:
+    """A symmetric monotone map from score to P(label right), fitted on ``(s, y)`` and ``(-s, 1 - y)``."""
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray | None = None):
+        from sklearn.isotonic import IsotonicRegression
+
+        s = np.asarray(scores, np.float64)
+        y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
+        ok = np.isfinite(s) & np.isfinite(y)
+        x = np.concatenate([s[ok], -s[ok]])
+        t = np.concatenate([y[ok], 1 - y[ok]])
+        self.iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, t)
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        s = np.asarray(scores, np.float64)
+        out = np.full(s.shape, np.nan)
+        ok = np.isfinite(s)
+        # Average the map at s and its mirror at -s so that g(-s) = 1 - g(s) holds exactly.
+        out[ok] = 0.5 * (self.iso.predict(s[ok]) + 1.0 - self.iso.predict(-s[ok]))
+        return out
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray | None = None, method: str = "temperature"):
+    """A callable map from scores to P(label right), fitted on these scores and labels."""
+    if method == "temperature":
+        a = fit_temperature(scores, labels)
+        return lambda s: np.where(np.isfinite(s), _sigmoid(a * np.nan_to_num(np.asarray(s, np.float64))), np.nan)
+    if method == "isotonic":
+        return IsotonicMap(scores, labels)
+    raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
+
+
+def crossfit_calibration(scores: np.ndarray, fold: np.ndarray, labels: np.ndarray | None = None,
+                         method: str = "temperature") -> np.ndarray:
+    """P(label right) for every pair from a map fitted on the other folds ``(N,)``; NaN where the score is."""
+    s = np.asarray(scores, np.float64)
+    fold = np.asarray(fold)
+    y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
+    out = np.full(s.shape, np.nan)
+    folds = np.unique(fold)
+    if len(folds) < 2:
+        raise ValueError("crossfit_calibration needs at least 2 folds")
+    for k in folds:
+        held = fold == k
+        g = fit_calibration(s[~held], y[~held], method)
+        out[held] = g(s[held])
+    return out
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10) -> float:
+    """ECE: the share-weighted mean over equal-width bins of |mean predicted - observed frequency|."""
+    table = reliability_table(p, y, n_bins=n_bins)
+    n = sum(r["count"] for r in table)
+    return float(sum(r["count"] * abs(r["predicted"] - r["observed"]) for r in table) / max(n, 1))
+
+
+def reliability_table(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10) -> list[dict]:
+    """Per equal-width bin of predicted probability: count, mean predicted, observed frequency."""
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(p) & np.isfinite(y)
+    p, y = p[ok], y[ok]
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        m = which == b
+        if m.any():
+            rows.append({"bin": b, "lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(m.sum()),
+                         "predicted": float(p[m].mean()), "observed": float(y[m].mean())})
+    return rows
+
+
+def symmetric_points(p_right: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Both orientations of every pair, ``(p, y)`` and ``(1 - p, 1 - y)``: calibration of a pair's label is
+    measured on these, since a data set whose labels all read "chosen" has no negatives otherwise."""
+    p = np.asarray(p_right, np.float64)
+    y = np.ones_like(p) if labels is None else np.asarray(labels, np.float64)
+    return np.concatenate([p, 1 - p]), np.concatenate([y, 1 - y])
+
+
+def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def agreement(scores: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """How often the score's sign agrees with the label (ties of either kind count half), with a Wilson interval."""
+    s = np.asarray(scores, np.float64)
+    y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
+    ok = np.isfinite(s) & np.isfinite(y) & (y != 0.5)
+    hit = np.where(s[ok] == 0, 0.5, ((s[ok] > 0) == (y[ok] > 0.5)).astype(float))
+    n = int(ok.sum())
+    lo, hi = wilson_interval(float(hit.sum()), n)
+    return {"pairs": n, "agreement": float(hit.mean()) if n else float("nan"), "ci_low": lo, "ci_high": hi,
+            "judged": bool(n > 0 and lo > 0.5)}
+
+
+def estimate_wrong_share(p_wrong: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The expected share of labels the calibrated ensemble contradicts (mean of ``p_label_wrong``), with a
+    95% bootstrap interval over pairs."""
+    p = np.asarray(p_wrong, np.float64)
+    p = p[np.isfinite(p)]
+    if len(p) == 0:
+        return {"share": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "pairs": 0}
+    rng = np.random.default_rng(seed)
+    boots = np.array([p[rng.integers(0, len(p), len(p))].mean() for _ in range(n_boot)])
+    return {"share": float(p.mean()), "ci_low": float(np.quantile(boots, 0.025)),
+            "ci_high": float(np.quantile(boots, 0.975)), "pairs": int(len(p))}
+
+
+def signed_log_length(length_diff: np.ndarray) -> np.ndarray:
+    """``sign(d) * log1p(|d|)``: length differences span orders of magnitude; their effect on rewards does not."""
+    d = np.asarray(length_diff, np.float64)
+    return np.sign(d) * np.log1p(np.abs(d))
+
+
+def length_effect(diffs: np.ndarray, length_diff: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each member's linear effect of the length difference, cross-fitted: ``(M, N)`` to subtract from ``diffs``.
+
+    For member m and fold k, ``beta = argmin sum (d_mi - beta * x_i)^2`` over the pairs of the other folds
+    that m scored, with ``x = signed_log_length(length_diff)`` (no intercept: a pair written the other
+    way round negates both). Subtracting ``beta * x`` leaves what the member says beyond length.
+    """
+    d = np.asarray(diffs, np.float64)
+    x = signed_log_length(length_diff)
+    fold = np.asarray(fold)
+    out = np.zeros_like(d)
+    for m in range(d.shape[0]):
+        for k in np.unique(fold):
+            fit = np.isfinite(d[m]) & (fold != k)
+            if not fit.any() or not np.any(x[fit]):
+                continue
+            beta = float((d[m, fit] * x[fit]).sum() / (x[fit] ** 2).sum())
+            out[m, fold == k] = beta * x[fold == k]
+    return np.where(np.isfinite(d), out, np.nan)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation over the entries where both are finite."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    return float(spearmanr(a[ok], b[ok]).statistic)

@@ -1,0 +1,497 @@
+"""A gold-standard lab: a fixed gold reward model plays the human, so every method can be measured.
+
+As in Gao et al. 2022 ("Scaling Laws for Reward Model Overoptimization") and Coste et al. 2023
+("Reward Model Ensembles Help Mitigate Overoptimization"): a **gold** RM scores real prompts and
+responses; labels are sampled from Bradley-Terry on its reward difference, with a temperature that
+sets how often a label goes against the gold (noise as humans make it: mostly on close pairs), and
+optional planted flips on top (noise as a pipeline makes it: anywhere). **Proxy** RMs learn from those
+labels, and every study grades them against the gold, never against labels a proxy produced.
+
+    gold = gold_rm(cfg)                                   # GoldRM: frozen backbone + a BT head on real labels
+    g = gold.diffs(pairs)                                 # (N,) gold r(chosen) - r(rejected)
+    T = choose_temperature(g, against=0.225)              # ~22.5% of sampled labels against the gold
+    labels = sample_labels(ids, g, T, flips=0.2, seed=0)  # DataFrame: id, gold_diff, sampled, flipped, ...
+    lab = lab_pairs(pairs, labels)                        # pairs written as the labels say
+
+Every pair keeps its id, its gold difference, its sampled label and whether it was flipped: truth for
+"ambiguous" (a small gold difference) and "mislabeled" (flipped; or, more broadly, against the gold).
+
+Studies (functions over cached proxy features ``(N, V, H)``; `run_lab` runs them and writes lab.json):
+`study_learnability`, `study_strength`, `study_flips`, `study_denoise`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .calibration import crossfit_calibration, expected_calibration_error, spearman
+from .config import save_config, setting
+from .data import PreferencePair, load_preferences
+from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
+from .heads import fold_of, select_l2, train_bt_heads
+from .models import RewardModel
+from .strength import pair_quality_scores
+
+STUDIES = ("learnability", "strength", "flips", "denoise")
+
+
+@dataclass
+class LabConfig:
+    """Settings of ``rmkit lab``."""
+
+    data: str = setting("", "real prompts and responses with human labels (the gold's head learns from them)")
+    output_dir: str = setting("runs/lab", "where gold.parquet, labels.parquet, lab.json go")
+    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    gold_model: str = setting("mpnet", "the gold's frozen backbone: hub id, local path or alias (mpnet, minilm, smollm2)")
+    gold_layer: int | None = setting(None, "hidden layer whose token mean the gold head reads (default: the last)")
+    gold_max_length: int = setting(128, "tokens per text for the gold (left-truncated)")
+    gold_head_l2: float | None = setting(None, "L2 of the gold's head (default: picked by cross-fitted log-loss)")
+    gold_scores: str | None = setting(None, "a gold.parquet (id, gold_diff) written before: reuse it, encode nothing")
+    against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
+                                         "temperature; the paper reports 20-25% on hh-rlhf)")
+    temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
+                                              "against_gold)")
+    flip_levels: list[float] = setting([0.1, 0.2, 0.3], "planted-flip shares the flips study runs")
+    denoise_noise: float = setting(0.2, "planted-flip share the denoising study trains on")
+    seeds: int = setting(3, "seeds of every study (labels, flips, folds)")
+    seed: int = setting(0, "base seed")
+    studies: list[str] = setting(list(STUDIES), f"studies to run: {', '.join(STUDIES)}")
+    proxy: dict = setting({}, "the proxy ensemble's settings (EnsembleConfig: model, members, layers, max_length, "
+                              "...); default: the audit's")
+    batch_size: int = setting(32, "texts per forward pass when encoding")
+
+    def check(self) -> None:
+        unknown = [s for s in self.studies if s not in STUDIES]
+        if unknown:
+            raise ValueError(f"unknown studies {unknown}: choose from {STUDIES}")
+        if not 0.0 < self.against_gold < 0.5:
+            raise ValueError(f"against_gold must be in (0, 0.5), got {self.against_gold}")
+        if any(not 0.0 <= f < 0.5 for f in self.flip_levels) or not 0.0 <= self.denoise_noise < 0.5:
+            raise ValueError("flip shares must be in [0, 0.5)")
+        self.proxy_config().check()
+
+    def proxy_config(self) -> EnsembleConfig:
+        from .config import from_dict
+
+        return from_dict(EnsembleConfig, dict(self.proxy), source="proxy")
+
+
+# ----------------------------------------------------------------------------------------------
+# The gold
+
+
+@dataclass
+class GoldRM:
+    """A frozen backbone's token-mean features of one hidden layer, and a linear head: ``r = w · f``."""
+
+    backbone: RewardModel
+    weights: np.ndarray  # (H,)
+    layer: int
+    model_id: str
+    info: dict = field(default_factory=dict)
+
+    def features(self, pairs: Sequence[PreferencePair], *, cache_dir: str | Path | None = None,
+                 batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        fc, fr = encode_features(self.backbone, pairs, cache_dir=cache_dir or default_cache_dir(),
+                                 model_id=self.model_id, pooling="mean", layers=[self.layer],
+                                 batch_size=batch_size, progress=progress)
+        return np.asarray(fc[:, 0]), np.asarray(fr[:, 0])
+
+    def diffs(self, pairs: Sequence[PreferencePair], **kw) -> np.ndarray:
+        """Gold ``r(chosen) - r(rejected)`` of every pair ``(N,)``."""
+        fc, fr = self.features(pairs, **kw)
+        return (fc - fr) @ self.weights
+
+    def score(self, prompts, responses, *, batch_size: int = 32) -> np.ndarray:
+        """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
+        import torch
+
+        ids = self.backbone.encode(prompts, responses)
+        out = np.zeros(len(ids))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        self.backbone.eval()
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                idx = order[s: s + batch_size]
+                batch = self.backbone.collate([ids[i] for i in idx], self.backbone.device)
+                f = self.backbone.embed(**batch, pooling="mean", layers=[self.layer])[:, 0].float().cpu().numpy()
+                out[idx] = f @ self.weights
+        return out
+
+
+def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
+             head_l2: float | None = None, seed: int = 0, batch_size: int = 32, progress: bool = True) -> GoldRM:
+    """A gold RM: ``model_id``'s frozen features (cached), and one BT head trained on *all* of ``pairs``' labels,
+    its L2 picked by cross-fitted log-loss over two folds. Records the head's held-out agreement with the
+    labels it learned from (how much of the human signal the gold carries)."""
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length)
+    layer = backbone.num_layers if layer is None else layer
+    gold = GoldRM(backbone, np.zeros(0), layer, model_id)
+    fc, fr = gold.features(pairs, batch_size=batch_size, progress=progress)
+    labels = np.array([p.label for p in pairs], dtype=np.float64)
+    fold = fold_of([p.id for p in pairs], 2, seed=seed)
+    l2, losses = (head_l2, {}) if head_l2 is not None else select_l2(fc, fr, fold, labels=labels)
+    W = train_bt_heads(fc, fr, np.stack([fold != 0, fold != 1, np.ones(len(pairs), bool)]).astype(np.float32),
+                       l2=l2, labels=labels)
+    held = np.where(fold == 0, (fc - fr) @ W[0], (fc - fr) @ W[1])
+    decided = labels != 0.5
+    gold.weights = W[2]
+    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "head_l2": l2,
+                 "pairs": len(pairs), "heldout_agreement_with_human_labels":
+                 float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
+    return gold
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))
+
+
+def expected_against(gold_diff: np.ndarray, temperature: float) -> float:
+    """Expected share of Bradley-Terry labels at ``temperature`` that go against the gold's sign."""
+    return float(np.mean(_sigmoid(-np.abs(gold_diff) / temperature)))
+
+
+def choose_temperature(gold_diff: np.ndarray, against: float) -> float:
+    """The temperature whose sampled labels go against the gold ``against`` of the time (bisection in log T)."""
+    g = np.asarray(gold_diff, np.float64)
+    lo, hi = math.log(1e-6 * np.abs(g).mean() + 1e-12), math.log(1e6 * np.abs(g).mean() + 1e-12)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if expected_against(g, math.exp(mid)) < against else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
+
+
+def sample_labels(ids: Sequence[str], gold_diff: np.ndarray, temperature: float, *, flips: float = 0.0,
+                  seed: int = 0):
+    """Labels drawn from Bradley-Terry on the gold, then planted flips on top; one row per pair.
+
+    Columns: ``id``; ``gold_diff`` (gold r(chosen) - r(rejected), sides as in the source data);
+    ``p_chosen = sigmoid(gold_diff / T)``; ``sampled`` (1 if the draw prefers the source's chosen side);
+    ``flipped`` (a planted flip reversed the draw); ``label`` (1 if the lab's label prefers the source's
+    chosen side: ``sampled`` xor ``flipped``); ``against_gold`` (the lab's label contradicts the gold's sign).
+    """
+    import pandas as pd
+
+    g = np.asarray(gold_diff, np.float64)
+    rng = np.random.default_rng(seed)
+    p = _sigmoid(g / temperature)
+    sampled = rng.random(len(g)) < p
+    flipped = np.zeros(len(g), bool)
+    k = int(round(flips * len(g)))
+    flipped[rng.choice(len(g), size=k, replace=False)] = True
+    label = sampled ^ flipped
+    return pd.DataFrame({"id": list(ids), "gold_diff": g, "p_chosen": p, "sampled": sampled.astype(int),
+                         "flipped": flipped, "label": label.astype(int),
+                         "against_gold": (label != (g > 0)) & (g != 0)})
+
+
+def lab_pairs(pairs: Sequence[PreferencePair], labels) -> list[PreferencePair]:
+    """The pairs written as the lab's labels say: chosen and rejected swapped where ``label`` is 0."""
+    by_id = dict(zip(labels["id"], labels["label"]))
+    return [p if by_id[p.id] else replace(p, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+
+
+def orient(a: np.ndarray, b: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows (or any per-side arrays) of the lab's chosen and rejected sides."""
+    keep = np.asarray(label, bool).reshape((-1,) + (1,) * (np.ndim(a) - 1))
+    return np.where(keep, a, b), np.where(keep, b, a)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scorers on the lab: the audit's ensemble, a single RM, cleanlab
+
+
+def detection_metrics(suspicion: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """AUROC, average precision, precision at k (k = number of true issues) and in the 5% most suspect."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    truth = np.asarray(truth, bool)
+    k = max(1, int(truth.sum()))
+    order = np.argsort(-suspicion, kind="stable")
+    top5 = max(1, int(round(0.05 * len(suspicion))))
+    return {"auroc": float(roc_auc_score(truth, suspicion)), "ap": float(average_precision_score(truth, suspicion)),
+            "precision_at_k": float(truth[order[:k]].mean()), "precision_top5pct": float(truth[order[:top5]].mean())}
+
+
+def cleanlab_suspicion(diff: np.ndarray, *, seed: int) -> np.ndarray:
+    """cleanlab's label quality on pairs as 2-class examples (the chosen side's position drawn at random)."""
+    from cleanlab.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(seed)
+    swap = rng.random(len(diff)) < 0.5
+    p_a = _sigmoid(np.where(swap, -diff, diff))
+    pred = np.clip(np.stack([p_a, 1 - p_a], 1), 1e-6, 1 - 1e-6)
+    return 1.0 - get_label_quality_scores(swap.astype(int), pred)
+
+
+@dataclass
+class ProxyFeatures:
+    """A proxy backbone's cached features of the source pairs ``(N, V, H)`` (views = ``views`` layers)."""
+
+    fc: np.ndarray
+    fr: np.ndarray
+    views: list[int]
+    cfg: EnsembleConfig
+    ids: list[str]
+    num_layers: int
+
+    def ensemble(self, label: np.ndarray, *, seed: int = 0, cfg: EnsembleConfig | None = None) -> np.ndarray:
+        """The audit's cross-fitted ensemble trained on the lab's labels: diffs ``(M, N)``, sides as labelled."""
+        cfg = replace(cfg or self.cfg, seed=seed)
+        layers = member_layers(cfg, self.num_layers)
+        return self._heads(cfg, layers, label)
+
+    def single(self, label: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """One cross-fitted RM (a head on the last block, the features a sequence-classification head reads
+        from): ``(N,)``."""
+        cfg = replace(self.cfg, members=2, bootstrap=False, layers=[self.num_layers], seed=seed)
+        return np.nanmean(self._heads(cfg, [self.num_layers] * 2, label), axis=0)
+
+    def _heads(self, cfg: EnsembleConfig, layers: list[int], label: np.ndarray) -> np.ndarray:
+        c, r = orient(self.fc, self.fr, label)
+        pick = [self.views.index(x) for x in sorted(set(layers))]
+        diffs, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], self.ids, layers)
+        return diffs
+
+
+def proxy_features(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], *, batch_size: int = 64,
+                   progress: bool = True) -> ProxyFeatures:
+    """Encode the source pairs once with the proxy backbone: the blocks the audit's members read, and the last
+    (cached; the same cache entry as `rmkit audit` of the same data with the same settings)."""
+    rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    views = sorted(set(member_layers(cfg, rm.num_layers)) | {rm.num_layers})
+    fc, fr = encode_features(rm, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
+                             pooling="mean", layers=views, batch_size=batch_size, progress=progress)
+    return ProxyFeatures(np.asarray(fc), np.asarray(fr), views, cfg, [p.id for p in pairs], rm.num_layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Studies. Each takes the proxy features, the gold differences (source sides) and a temperature.
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    keys = rows[0].keys()
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {
+        f"{k}_std": float(np.std([r[k] for r in rows])) for k in keys}
+
+
+def study_learnability(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, seeds: int = 3,
+                       base_seed: int = 0) -> dict:
+    """Held-out (cross-fitted) accuracy of the proxy ensemble and a single proxy RM against the gold's sign,
+    trained on clean sampled labels; and how often those labels themselves agree with the gold."""
+    rows = []
+    for s in range(seeds):
+        lab = sample_labels(proxy.ids, gold_diff, temperature, seed=base_seed + s)
+        y = lab["label"].to_numpy().astype(bool)
+        g = np.where(y, gold_diff, -gold_diff)  # gold difference, sides as labelled
+        mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
+        single = proxy.single(y, seed=base_seed + s)
+        rows.append({"ensemble": float(np.mean((mean > 0) == (g > 0))), "single_rm": float(np.mean((single > 0) == (g > 0))),
+                     "labels_with_gold": float(1 - lab["against_gold"].mean())})
+    return _mean_std(rows)
+
+
+def study_strength(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, seeds: int = 3,
+                   base_seed: int = 0, min_confidence: float = 0.8) -> dict:
+    """Strength fidelity: Spearman of the ensemble's mean strength with the gold difference (both as
+    labelled); AUROC of the audit's p_label_wrong for labels against the gold; ECE of p_label_wrong
+    against that truth; precision of the calibrated flags; all on clean sampled labels."""
+    rows = []
+    for s in range(seeds):
+        lab = sample_labels(proxy.ids, gold_diff, temperature, seed=base_seed + s)
+        y = lab["label"].to_numpy().astype(bool)
+        g = np.where(y, gold_diff, -gold_diff)
+        diffs = proxy.ensemble(y, seed=base_seed + s)
+        mean = np.nanmean(diffs, axis=0)
+        p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+        wrong = lab["against_gold"].to_numpy()
+        flags = p_wrong >= min_confidence
+        rows.append({"strength_spearman": spearman(mean, g),
+                     "auroc_against_gold": detection_metrics(p_wrong, wrong)["auroc"],
+                     "ece_against_gold": expected_calibration_error(p_wrong, wrong),
+                     "flagged_share": float(flags.mean()),
+                     "precision_flagged_against_gold": float(wrong[flags].mean()) if flags.any() else float("nan")})
+    return _mean_std(rows)
+
+
+def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, levels: Sequence[float],
+                seeds: int = 3, base_seed: int = 0, min_confidence: float = 0.8, with_cleanlab: bool = True) -> dict:
+    """Planted flips on top of sampled labels: AUROC and top-5% precision of rmkit's ensemble, a single RM and
+    cleanlab against the planted flips; precision and ECE of the calibrated flags (truth: planted flips)."""
+    out: dict = {}
+    for level in levels:
+        runs: dict[str, list] = {}
+        for s in range(seeds):
+            lab = sample_labels(proxy.ids, gold_diff, temperature, flips=level, seed=base_seed + s)
+            y = lab["label"].to_numpy().astype(bool)
+            flipped = lab["flipped"].to_numpy()
+            diffs = proxy.ensemble(y, seed=base_seed + s)
+            mean = np.nanmean(diffs, axis=0)
+            single = proxy.single(y, seed=base_seed + s)
+            runs.setdefault("rmkit", []).append(detection_metrics(1 - pair_quality_scores(diffs), flipped))
+            runs.setdefault("single_rm", []).append(detection_metrics(-single, flipped))
+            if with_cleanlab:
+                runs.setdefault("cleanlab", []).append(detection_metrics(cleanlab_suspicion(single, seed=s), flipped))
+            p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+            flags = p_wrong >= min_confidence
+            runs.setdefault("calibrated_flags", []).append({
+                "flagged_share": float(flags.mean()),
+                "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
+                "recall_flagged": float(flags[flipped].mean()) if flipped.any() else float("nan"),
+                "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
+                "ece_vs_against_gold": expected_calibration_error(p_wrong, lab["against_gold"].to_numpy())})
+        out[str(level)] = {k: _mean_std(v) for k, v in runs.items()}
+    return out
+
+
+DENOISE_PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
+
+
+def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
+                  seeds: int = 3, base_seed: int = 0, fraction: float = 0.1,
+                  presets: Sequence[str] = DENOISE_PRESETS) -> dict:
+    """Denoising presets (`rmkit.denoise`, on the training split) with strength from the audit's ensemble, at 0
+    and ``noise`` planted flips. The proxy is a linear head on the proxy's middle and last blocks' features,
+    trained on the (denoised) training split; graded by accuracy against the gold's sign on the test split.
+    (A head on frozen features, not a fine-tuned RM: 5 presets x 2 noise levels x seeds fine-tunes would
+    take days on 2 CPU cores; the presets are the same code either way.)
+
+    ``recovered_share`` = (preset at noise - baseline at noise) / (baseline at 0 - baseline at noise).
+    """
+    from .data import split_ids, PreferenceDataset, RowResult
+    from .denoise import DenoiseConfig, denoise_pairs
+
+    view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
+    results: dict[str, dict[str, list[float]]] = {}
+    for level in (0.0, noise):
+        for s in range(seeds):
+            lab = sample_labels(proxy.ids, gold_diff, temperature, flips=level, seed=base_seed + s)
+            y = lab["label"].to_numpy().astype(bool)
+            g = np.where(y, gold_diff, -gold_diff)
+            c, r = orient(proxy.fc, proxy.fr, y)
+            fc = c[:, view].reshape(len(y), -1)
+            fr = r[:, view].reshape(len(y), -1)
+            pairs = [PreferencePair(i, [], [{"role": "assistant", "content": "c"}],
+                                    [{"role": "assistant", "content": "r"}], subset="lab") for i in proxy.ids]
+            ds = PreferenceDataset([RowResult(p.id, "ok", "lab", "", k, "", p) for k, p in enumerate(pairs)])
+            splits = split_ids(ds, seed=base_seed + s)
+            train = np.isin(proxy.ids, splits["train"])
+            test = np.isin(proxy.ids, splits["test"])
+            mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
+            fold = fold_of(proxy.ids, 2, seed=base_seed + s + 7)
+            for preset in ("baseline", *presets):
+                if preset == "baseline":
+                    w_train, labels = train.astype(float), np.ones(len(y))
+                    margins, swap = np.zeros(len(y)), np.zeros(len(y), bool)
+                else:
+                    cfg = DenoiseConfig(preset=preset, fraction=fraction)
+                    out, _ = denoise_pairs(pairs, mean, cfg, eligible=train)
+                    kept = {p.id: p for p in out}
+                    w_train = np.array([float(t and i in kept) for i, t in zip(proxy.ids, train)])
+                    swap = np.array([i in kept and kept[i].chosen_text == "r" for i in proxy.ids])
+                    labels = np.array([kept[i].label if i in kept else 1.0 for i in proxy.ids])
+                    margins = np.array([(kept[i].margin or 0.0) if i in kept else 0.0 for i in proxy.ids])
+                dc, dr = orient(fc, fr, ~swap)
+                l2 = select_l2(dc, dr, np.where(w_train > 0, fold, -1), labels=labels)[0]
+                (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
+                pred = (fc - fr) @ w  # sides as labelled, before any denoising
+                acc = float(np.mean((pred[test] > 0) == (g[test] > 0)))
+                results.setdefault(f"{level}", {}).setdefault(preset, []).append(acc)
+    summary: dict = {"noise": noise, "fraction": fraction, "accuracy": {}}
+    for level, per in results.items():
+        summary["accuracy"][level] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v}
+                                      for k, v in per.items()}
+    clean = summary["accuracy"]["0.0"]["baseline"]["mean"]
+    noisy = summary["accuracy"][str(noise)]["baseline"]["mean"]
+    lost = clean - noisy
+    rec = {k: (v["mean"] - noisy) / lost if lost > 0 else float("nan")
+           for k, v in summary["accuracy"][str(noise)].items() if k != "baseline"}
+    summary["lost"] = lost
+    summary["recovered_share"] = rec
+    summary["best_preset"] = max(rec, key=lambda k: rec[k]) if rec else None
+    summary["recovered_share_best"] = rec[summary["best_preset"]] if rec else None
+    spread = summary["accuracy"]["0.0"]["baseline"]["std"]
+    summary["below_baseline_at_0"] = [k for k, v in summary["accuracy"]["0.0"].items()
+                                      if k != "baseline" and v["mean"] < clean - max(spread, 0.002)]
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Gold, labels and the chosen studies; writes gold.parquet, labels.parquet (seed 0, flips 0) and lab.json."""
+    import pandas as pd
+
+    cfg.check()
+    if not cfg.data:
+        raise ValueError("rmkit lab needs data: real prompts and responses with labels")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    t0 = time.time()
+    pairs = load_preferences(cfg.data, format=cfg.data_format).pairs
+    ids = [p.id for p in pairs]
+    result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
+    if cfg.gold_scores:
+        table = pd.read_parquet(cfg.gold_scores)
+        by_id = dict(zip(table["id"], table["gold_diff"]))
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise ValueError(f"{cfg.gold_scores}: {len(missing)} pairs have no gold score (first: {missing[0]})")
+        gold_diff = np.array([by_id[i] for i in ids])
+        gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
+            if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
+    else:
+        gold = fit_gold(cfg.gold_model, pairs, layer=cfg.gold_layer, max_length=cfg.gold_max_length,
+                        head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
+        gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=False)
+        gold_info = gold.info
+        np.save(out / "gold_head.npy", gold.weights)
+    from .audit import response_length_diff
+
+    length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)
+    gold_info = {**gold_info, "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,
+                 "abs_diff_median": float(np.median(np.abs(gold_diff)))}
+    pd.DataFrame({"id": ids, "gold_diff": gold_diff}).to_parquet(out / "gold.parquet", index=False)
+    (out / "gold.json").write_text(json.dumps(gold_info, indent=1))
+    temperature = cfg.temperature or choose_temperature(gold_diff, cfg.against_gold)
+    labels = sample_labels(ids, gold_diff, temperature, seed=cfg.seed)
+    labels.to_parquet(out / "labels.parquet", index=False)
+    result.update(gold=gold_info, temperature=temperature,
+                  against_gold=float(labels["against_gold"].mean()))
+    result["timings"] = {"gold_seconds": time.time() - t0}
+    needs_proxy = [s for s in cfg.studies if s in STUDIES]
+    if needs_proxy:
+        t1 = time.time()
+        proxy = proxy_features(cfg.proxy_config(), pairs, progress=progress)
+        result["timings"]["proxy_encoding_seconds"] = time.time() - t1
+        kw = dict(seeds=cfg.seeds, base_seed=cfg.seed)
+        for name in cfg.studies:
+            t1 = time.time()
+            if name == "learnability":
+                result["learnability"] = study_learnability(proxy, gold_diff, temperature, **kw)
+                result["proxy_gold_accuracy"] = result["learnability"]["ensemble"]
+            elif name == "strength":
+                result["strength"] = study_strength(proxy, gold_diff, temperature, **kw)
+                result["strength_spearman"] = result["strength"]["strength_spearman"]
+            elif name == "flips":
+                result["flips"] = study_flips(proxy, gold_diff, temperature, levels=cfg.flip_levels, **kw)
+            elif name == "denoise":
+                result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise, **kw)
+            result["timings"][f"{name}_seconds"] = time.time() - t1
+            (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))  # as it goes
+    (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))
+    return result

@@ -1,0 +1,261 @@
+"""The audit's figures and its one-page HTML report, which leads with how far the audit can be trusted.
+
+Order of the page: trust (held-out agreement with its interval, calibration, the estimated share of
+labels the ensemble contradicts, subsets it cannot judge, length bias), then what to do, then counts,
+figures and the pairs themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .strength import CATEGORIES
+
+COLORS = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": "#999999", "strong": "#009988",
+          "unjudged": "#dddddd"}
+
+
+def write_figures(result, out: Path) -> dict[str, Path]:
+    """fig_*.png: strength histogram, 20 groups, std vs mean, categories per subset, reliability, length bias."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    t = result.table[result.table["category"] != "unscored"]
+    s = result.summary
+    groups = pd.DataFrame(s["groups"])
+    scoring = s["scoring"]
+    paths: dict[str, Path] = {}
+
+    def save(name: str, f, file: str) -> None:
+        paths[name] = out / file
+        f.tight_layout()
+        f.savefig(paths[name], dpi=110)
+        plt.close(f)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(t["mean"], bins=60, color="#4477aa")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="mean reward difference (chosen - rejected)", ylabel="pairs",
+           title=f"Preference strength, {len(t)} pairs; {s['share_mean_below_zero']:.1%} below 0")
+    ax.text(0.01, 0.97, scoring, transform=ax.transAxes, va="top", fontsize=7)
+    save("hist", fig, "fig_strength_hist.png")
+
+    rel = s["trust"]["reliability"]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
+    if rel:
+        pred = [r["predicted"] for r in rel]
+        obs = [r["observed"] for r in rel]
+        size = np.array([r["count"] for r in rel], float)
+        ax.scatter(pred, obs, s=20 + 200 * size / size.max(), color="#4477aa", zorder=3)
+        ax.plot(pred, obs, color="#4477aa")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(label right)", ylabel="observed share of labels",
+           title=f"Reliability ({s['trust']['calibration']}, ECE {s['trust']['ece']:.3f})")
+    save("reliability", fig, "fig_reliability.png")
+
+    lb = s["trust"]["length_bias"]
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    x = np.sign(t["length_diff"]) * np.log1p(np.abs(t["length_diff"]))
+    for cat, g in t.groupby("category"):
+        gx = np.sign(g["length_diff"]) * np.log1p(np.abs(g["length_diff"]))
+        ax.scatter(gx, g["mean"], s=3, alpha=0.4, color=COLORS.get(cat, "k"), label=cat)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set(xlabel=f"length difference, chosen - rejected (signed log1p {lb['unit']})", ylabel="mean strength",
+           title=f"Length bias: Spearman {lb['spearman']:+.2f}")
+    if len(x):
+        ax.legend(markerscale=4, fontsize=7)
+    save("length", fig, "fig_length_bias.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(groups["group"], groups["mean_of_mean"], color="#88ccee", label="mean of mean")
+    ax.set(xlabel="group (pairs sorted by mean strength)", ylabel="mean of mean")
+    ax2 = ax.twinx()
+    ax2.plot(groups["group"], groups["mean_of_std"], "o-", color="#cc6677", label="mean of std")
+    ax2.set_ylabel("mean of std")
+    ax.set_title(f"Strength by group ({len(groups)} groups); std U-shaped: {s['std_u_shape']['u_shaped']}")
+    ax.text(0.01, 0.97, scoring, transform=ax.transAxes, va="top", fontsize=7)
+    save("groups", fig, "fig_groups.png")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for cat, g in t.groupby("category"):
+        ax.scatter(g["mean"], g["std"], s=3, alpha=0.5, color=COLORS.get(cat, "k"), label=cat)
+    ax.set(xlabel="mean", ylabel="std", title="Std against mean")
+    ax.legend(markerscale=4, fontsize=7)
+    save("scatter", fig, "fig_std_vs_mean.png")
+
+    cats = [*CATEGORIES, "unjudged"]
+    per = pd.DataFrame(s["per_subset"]).T.reindex(columns=cats, fill_value=0)
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    shares = per.div(per.sum(axis=1).clip(lower=1), axis=0)
+    shares.plot.barh(stacked=True, ax=ax, color=[COLORS[c] for c in cats], width=0.7)
+    ax.set(xlabel="share of scored pairs", title="Categories per subset")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save("subsets", fig, "fig_categories_per_subset.png")
+    return paths
+
+
+def _turn(m) -> str:
+    who = {"user": "Human", "assistant": "Assistant"}.get(m["role"], m["role"])
+    return f"<div class='turn {html.escape(m['role'])}'><b>{html.escape(who)}:</b> {html.escape(m['content'])}</div>"
+
+
+def _dialogue_html(pair, context_turns: int = 4) -> str:
+    shown = pair.prompt[-context_turns:]
+    cut = len(pair.prompt) - len(shown)
+    more = (f"<div class='cut'>&hellip; {cut} earlier turn{'s' if cut > 1 else ''} not shown</div>" if cut else "")
+    return ("<div class='prompt'>" + more + "".join(_turn(m) for m in shown) + "</div>"
+            "<div class='sides'><div class='side chosen'><h4>chosen</h4>" + "".join(_turn(m) for m in pair.chosen)
+            + "</div><div class='side rejected'><h4>rejected</h4>" + "".join(_turn(m) for m in pair.rejected)
+            + "</div></div>")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.1%}"
+
+
+def _trust_html(s: dict) -> str:
+    t = s["trust"]
+    a = t["agreement"]
+    settings = s["settings"]
+    crossfit = settings.get("mode", "crossfit") == "crossfit" and "in-sample" not in s["scoring"]
+    chance = a["ci_low"] <= 0.5
+    verdict = ("<b>The ensemble is not better than chance on these labels: read nothing below as a finding.</b>"
+               if chance else
+               "<b>The ensemble agrees with the labels well short of a strong reward model:</b> its verdicts rank "
+               "pairs for review; they are not decisions." if a["agreement"] < 0.7 else
+               "The ensemble agrees with most labels; flagged pairs are worth a look, one by one.")
+    rows = "".join(
+        f"<tr class='{'bad' if not v['judged'] else ''}'><td>{html.escape(k)}</td><td>{v['pairs']}</td>"
+        f"<td>{v['agreement']:.3f}</td><td>{v['ci_low']:.3f}&ndash;{v['ci_high']:.3f}</td>"
+        f"<td>{'yes' if v['judged'] else '<b>no</b>: interval includes chance'}</td>"
+        f"<td>{s['per_subset'].get(k, {}).get('likely_mislabeled', 0)}</td></tr>"
+        for k, v in t["per_subset"].items())
+    lb = t["length_bias"]
+    unjudged = ", ".join(html.escape(x) for x in t["unjudged_subsets"])
+    if settings.get("rules") == "calibrated":
+        rule = (f"A pair is flagged <i>likely mislabeled</i> only when its calibrated probability of a wrong label "
+                f"reaches {settings['min_confidence']:.2f}"
+                + ("" if settings.get("flag_unjudged") else ", and only in subsets the audit can judge") + ". ")
+    else:
+        rule = ("Rule set <b>paper</b>: every pair with mean strength below "
+                f"{settings.get('mislabeled_below', 0)} is flagged, without calibration. ")
+    flagged_lb = (f"{_pct(lb['rejected_longer_flagged'])} of flagged pairs have the longer rejected response "
+                  f"(all pairs: {_pct(lb['rejected_longer_overall'])}; pairs with mean &lt; 0: "
+                  f"{_pct(lb['rejected_longer_mean_below_zero'])})")
+    corrected = (f" after removing the length effect (was {lb['spearman_before_correction']:+.2f})"
+                 if lb["corrected"] else "")
+    advice = ("" if lb["corrected"] else "A strong correlation means the ensemble partly scores length: "
+              "<code>--length-correction true</code> removes it.")
+    return f"""
+<div class='trust'><h2>How far to trust this audit</h2>
+<p>{verdict}</p>
+<ul>
+<li><b>Agreement with the labels:</b> {a['agreement']:.1%} (95% CI {a['ci_low']:.1%}&ndash;{a['ci_high']:.1%}, {a['pairs']}
+pairs), {'held out: each pair scored only by members that never trained on it' if crossfit else
+'<b>in-sample</b>: the members trained on these pairs, so this overstates what they know'}. A perfect judge of
+noisy human labels does not reach 100%; a coin reaches 50%.</li>
+<li><b>Calibration:</b> <code>p_label_wrong</code> maps mean strength to a probability with a {html.escape(t['calibration'])}
+map fitted on the data's own labels, cross-fitted (no pair's probability comes from a map that saw its label).
+Expected calibration error {t['ece']:.3f}; the highest <code>p_label_wrong</code> of any pair is
+{t['max_p_label_wrong']:.2f}.</li>
+<li><b>Estimated share of labels the ensemble contradicts:</b> {_pct(t['wrong_share']['share'])}
+(95% CI {_pct(t['wrong_share']['ci_low'])}&ndash;{_pct(t['wrong_share']['ci_high'])}): the sum of
+<code>p_label_wrong</code>. Near 50% it says the ensemble cannot tell, not that half the labels are wrong.</li>
+<li><b>Subsets the audit cannot judge:</b> {unjudged or 'none'}{'' if not unjudged else
+' (held-out agreement interval includes chance: no pair there is flagged' + (')' if not settings.get('flag_unjudged')
+else '; flag_unjudged is on, so they are flagged anyway)')}.</li>
+<li><b>Length bias:</b> Spearman of mean strength with the length difference (chosen minus rejected, in
+{lb['unit']}) is {lb['spearman']:+.2f}{corrected}; {flagged_lb}. {advice}</li>
+</ul>
+<h3>What to do</h3>
+<p>{rule}<b>{t['flagged']}</b> pairs are flagged ({_pct(t['flagged_share'])}; the paper's <code>mean &lt; 0</code> rule would
+flag {_pct(t['flagged_share_paper_rule'])}). Review them in <code>flagged.csv</code> (texts, probability, member
+diffs and a blank <code>review</code> column: keep, flip or drop), then <code>rmkit denoise STRENGTH --reviews
+flagged.csv</code>: reviewed decisions win over any preset. Do not flip pairs blindly: a refusal chosen over a
+harmful answer is a correct label that a helpfulness-minded ensemble contradicts.</p>
+<table><tr><th>subset</th><th>pairs</th><th>agreement</th><th>95% CI</th><th>judged</th><th>flagged</th></tr>{rows}</table>
+</div>"""
+
+
+def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pairs: int = 10) -> None:
+    s = result.summary
+    ens = s.get("ensemble", {})
+    settings = s["settings"]
+    reads = (f" (hidden layers {', '.join(map(str, sorted(set(ens['member_layers']))))}; head L2 per layer "
+             f"{html.escape(json.dumps(ens.get('head_l2')))})" if ens.get("member_layers") else "")
+    t = result.table
+    by_id = {p.id: p for p in ds.pairs}
+    imgs = "".join(
+        f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{k}'>"
+        for k, p in figures.items()
+    )
+    members = settings.get("members")
+    per_pair = s["trust"]["members_per_pair"]
+    why_members = (f" Each pair shows {per_pair} member values, not {members}: with {settings.get('folds')} folds, a pair "
+                   f"is scored only by the members that did not train on it." if members and per_pair < members else "")
+
+    def pair_section(title: str, rows) -> str:
+        parts = [f"<h2>{html.escape(title)}</h2>"]
+        if len(rows) == 0:
+            parts.append("<p>None.</p>")
+        for r in rows.itertuples():
+            diffs = ", ".join(f"{d:+.3f}" for d in r.member_diffs if np.isfinite(d))
+            parts.append(
+                f"<div class='pair'><div class='meta'><b>{html.escape(str(r.id))}</b> ({html.escape(str(r.subset))})"
+                f" &mdash; <b>p_label_wrong {r.p_label_wrong:.2f}</b>, mean {r.mean:+.4f}, std {r.std:.4f}, "
+                f"z {r.z:+.2f}, category {html.escape(r.category)}, rank {r.rank}, length difference "
+                f"{r.length_diff:+.0f}<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
+        return "".join(parts)
+
+    scored = t[t["category"] != "unscored"]
+    flagged = scored[scored["category"] == "likely_mislabeled"].nsmallest(n_pairs, "rank")
+    suspect = scored.nsmallest(n_pairs, "rank") if len(flagged) == 0 else flagged
+    suspect_title = (f"The {len(flagged)} flagged pairs with the highest p_label_wrong" if len(flagged) else
+                     f"No pair is flagged; the {len(suspect)} with the highest p_label_wrong, for reference")
+    ambiguous = scored[scored["category"] == "ambiguous"].assign(absz=lambda d: d["z"].abs())
+    ambiguous = ambiguous.nsmallest(n_pairs, "absz")
+    cats_all = (*CATEGORIES, "unjudged", "unscored")
+    cats = "".join(f"<tr><td>{c}</td><td>{k}</td></tr>" for c, k in s["categories"].items())
+    subsets = "".join(
+        f"<tr><td>{html.escape(sub)}</td>" + "".join(f"<td>{counts.get(c, 0)}</td>" for c in cats_all)
+        + f"<td>{s['share_mean_below_zero_per_subset'].get(sub, float('nan')):.1%}</td></tr>"
+        for sub, counts in s["per_subset"].items())
+    head = "".join(f"<th>{c}</th>" for c in cats_all)
+    load = s["load_report"]
+    broken = "".join(f"<li>{html.escape(str(e['file']))}: {html.escape(str(e['reason']))} ({e['rows_read']} rows read "
+                     "before the break)</li>" for e in load.get("file_errors", []))
+    skipped = "".join(f"<li>{html.escape(x['file'])}: {html.escape(x['reason'])}</li>"
+                      for x in load.get("skipped_files", []))
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>rmkit audit</title><style>
+body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+tr.bad td{{background:#fdecea}}img{{max-width:49%;margin:2px}}.pair{{border:1px solid #ddd;margin:1em 0;padding:.6em}}
+.turn{{white-space:pre-wrap;margin:.2em 0}}.sides{{display:flex;gap:1em}}.side{{flex:1;padding:.3em}}
+.chosen{{background:#eef7ee}}.rejected{{background:#f9eeee}}.prompt{{color:#555}}h4{{margin:.2em 0}}
+.cut{{color:#888;font-style:italic}}.trust{{border:2px solid #4477aa;padding:.2em 1em;background:#f5f8fc}}
+</style></head><body>
+<h1>Preference-strength audit</h1>
+<p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
+{members or ''} members on <code>{html.escape(str(settings.get('model')))}</code>{reads}.{why_members}</p>
+{_trust_html(s)}
+<h2>Categories</h2>
+<table><tr><th>category</th><th>rows</th></tr>{cats}</table>
+<table><tr><th>subset</th>{head}<th>mean &lt; 0</th></tr>{subsets}</table>
+{'<p>Files that broke part-way:</p><ul>' + broken + '</ul>' if broken else ''}
+{'<p>Files not read:</p><ul>' + skipped + '</ul>' if skipped else ''}
+{imgs}
+{pair_section(suspect_title, suspect)}
+{pair_section(f"The {len(ambiguous)} most ambiguous pairs (mean nearest zero in units of the members' spread)",
+              ambiguous)}
+<p><small>Generated by rmkit; settings in config.yaml beside this page.</small></p>
+</body></html>"""
+    path.write_text(page)

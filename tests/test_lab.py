@@ -1,0 +1,111 @@
+"""The gold-standard lab: the sampling law, planted flips, the gold on a tiny model, and studies by hand."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rmkit.data import load_preferences
+from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, fit_gold,
+                       lab_pairs, orient, run_lab, sample_labels, study_denoise, study_flips, study_learnability)
+from rmkit.ensemble import EnsembleConfig
+
+
+def test_labels_follow_the_bradley_terry_law_at_the_temperature():
+    rng = np.random.default_rng(0)
+    g = rng.normal(0, 2, 40_000)
+    ids = [str(i) for i in range(len(g))]
+    for target in (0.1, 0.225):
+        t = choose_temperature(g, target)
+        assert expected_against(g, t) == pytest.approx(target, abs=1e-6)
+        lab = sample_labels(ids, g, t, seed=1)
+        assert lab["against_gold"].mean() == pytest.approx(target, abs=0.01)  # fails if T were ignored
+        # The law itself: among pairs with gold difference near x, P(label prefers chosen) = sigmoid(x / T).
+        near = np.abs(g - 1.0) < 0.1
+        assert lab["label"][near].mean() == pytest.approx(1 / (1 + np.exp(-1.0 / t)), abs=0.03)
+    hot, cold = choose_temperature(g, 0.3), choose_temperature(g, 0.05)
+    assert hot > cold
+
+
+def test_planted_flips_are_where_the_record_says():
+    g = np.linspace(-3, 3, 1000)
+    ids = [f"p{i}" for i in range(1000)]
+    clean = sample_labels(ids, g, 0.5, seed=3)
+    noisy = sample_labels(ids, g, 0.5, flips=0.2, seed=3)
+    assert noisy["flipped"].sum() == 200
+    assert (noisy["sampled"] == clean["sampled"]).all()  # same draw, flips on top
+    assert ((noisy["label"] != noisy["sampled"]) == noisy["flipped"]).all()
+    assert (noisy["against_gold"] == ((noisy["label"] == 1) != (g > 0))).all()
+    recs = [{"id": i, "prompt": "q", "chosen": f"A{i}", "rejected": f"B{i}"} for i in ids[:6]]
+    pairs = load_preferences(recs).pairs
+    lab = lab_pairs(pairs, noisy.iloc[:6])
+    for p, row in zip(lab, noisy.iloc[:6].itertuples()):
+        assert p.chosen_text.startswith("A" if row.label else "B") and p.id == row.id
+    a, b = orient(np.arange(6.0), -np.arange(6.0), noisy["label"].to_numpy()[:6])
+    assert np.all(np.where(noisy["label"][:6] == 1, a == np.arange(6.0), a == -np.arange(6.0)))
+    assert np.all(a == -b)
+
+
+def test_detection_metrics_by_hand():
+    m = detection_metrics(np.array([0.9, 0.8, 0.1, 0.7]), np.array([1, 0, 0, 1]))
+    assert m["auroc"] == pytest.approx(0.75)  # positive-negative orderings right: (0.9>0.8, 0.9>0.1, 0.7>0.1) of 4
+    assert m["precision_at_k"] == 0.5 and m["precision_top5pct"] == 1.0
+
+
+def _proxy(n=600, dim=8, layers=2, seed=0):
+    """Features whose gold is linear in them: a proxy that can learn the gold exactly."""
+    rng = np.random.default_rng(seed)
+    fc = rng.normal(0, 1, (n, layers, dim))
+    fr = rng.normal(0, 1, (n, layers, dim))
+    w = rng.normal(0, 1, dim)
+    gold = (fc[:, -1] - fr[:, -1]) @ w
+    cfg = EnsembleConfig(members=4, head_l2=1e-3)
+    return ProxyFeatures(fc, fr, list(range(1, layers + 1)), cfg, [f"p{i}" for i in range(n)], layers), gold
+
+
+def test_studies_on_a_learnable_case():
+    proxy, gold = _proxy()
+    t = choose_temperature(gold, 0.1)
+    learn = study_learnability(proxy, gold, t, seeds=1)
+    assert learn["ensemble"] > 0.85 and learn["labels_with_gold"] == pytest.approx(0.9, abs=0.04)
+    flips = study_flips(proxy, gold, t, levels=[0.2], seeds=1, with_cleanlab=False)["0.2"]
+    assert flips["rmkit"]["auroc"] > 0.8 and flips["calibrated_flags"]["precision_flagged"] > 0.5
+    den = study_denoise(proxy, gold, t, noise=0.2, seeds=1, presets=("flip", "drop"))
+    assert set(den["accuracy"]) == {"0.0", "0.2"} and den["lost"] > 0
+    assert den["best_preset"] in ("flip", "drop")
+    acc = den["accuracy"]
+    assert den["recovered_share"]["flip"] == pytest.approx(
+        (acc["0.2"]["flip"]["mean"] - acc["0.2"]["baseline"]["mean"]) / den["lost"])
+
+
+def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
+    data = shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+    pairs = load_preferences(data, limit=48).pairs
+    gold = fit_gold(tiny_bert, pairs, max_length=32, progress=False)
+    g = gold.diffs(pairs, progress=False)
+    assert g.shape == (len(pairs),) and np.isfinite(g).all() and gold.info["layer"] == 2
+    # The gold scores a policy's response the same way it scores a pair's side.
+    r = gold.score([pairs[0].prompt, pairs[0].prompt], [pairs[0].chosen, pairs[0].rejected])
+    assert r[0] - r[1] == pytest.approx(g[0], abs=1e-4)
+    cfg = LabConfig(data=str(data), output_dir=str(tmp_path / "lab"), gold_model=tiny_bert, gold_max_length=32,
+                    seeds=1, flip_levels=[0.2], studies=["learnability", "strength"],
+                    proxy={"model": tiny_bert, "members": 4, "max_length": 32, "cache_dir": str(tmp_path / "c")})
+    cfg_small = cfg
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
+                                         "rejected": p.rejected}) + "\n" for p in pairs))
+    cfg_small.data = str(small)
+    out = run_lab(cfg_small, progress=False)
+    labels = pd.read_parquet(tmp_path / "lab" / "labels.parquet")
+    assert len(labels) == len(pairs) and set(labels["id"]) == {p.id for p in pairs}
+    assert out["against_gold"] == pytest.approx(labels["against_gold"].mean())
+    assert 0 <= out["proxy_gold_accuracy"] <= 1 and "strength_spearman" in out
+    saved = json.loads((tmp_path / "lab" / "lab.json").read_text())
+    assert saved["temperature"] == pytest.approx(out["temperature"])
+    # Reusing the saved gold scores encodes nothing with the gold and gives the same labels.
+    again = run_lab(LabConfig(**{**cfg_small.__dict__, "gold_scores": str(tmp_path / "lab" / "gold.parquet"),
+                                 "output_dir": str(tmp_path / "lab2"), "studies": []}), progress=False)
+    assert again["temperature"] == pytest.approx(out["temperature"])
+    with pytest.raises(ValueError, match="unknown studies"):
+        LabConfig(data="x", studies=["bon-typo"]).check()

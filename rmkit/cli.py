@@ -16,6 +16,7 @@ calls one library function, and prints what it returned.
     rmkit rlhf   [DATA]              rounds of sample, MetaRM, PPO    (rmkit.rlhf.run_rlhf)
     rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
     rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
+    rmkit lab    DATA                gold-standard lab and studies   (rmkit.lab.run_lab)
 """
 
 from __future__ import annotations
@@ -119,12 +120,23 @@ def _cmd_serve(args) -> None:
     serve(config_from_args(ServeConfig, args, {"model": args.model_path}))
 
 
+def _cmd_lab(args) -> None:
+    from .lab import LabConfig, run_lab
+
+    _print(run_lab(config_from_args(LabConfig, args, {"data": args.source})))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).")
+    from . import __version__
+
+    # allow_abbrev=False: a mistyped flag (--max-train-pair) must be an error, not another flag's prefix.
+    parser = argparse.ArgumentParser(prog="rmkit", description="Robust reward models for RLHF (arXiv 2401.06080).",
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"rmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, fn, cls, help_text: str, positionals: list[tuple[str, str]]):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         for pos, pos_help in positionals:
             p.add_argument(pos, nargs="?", default=None, help=pos_help)
         if cls is not None:
@@ -168,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
             [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
     command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",
             [("model_path", "a saved reward model")])
+    from .lab import LabConfig
+
+    command("lab", _cmd_lab, LabConfig, "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
+            [("source", "real prompts and responses with human labels (the gold's head learns from them)")])
     command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
             [("source", "preference data"), ("model_path", "a saved reward model")])
     return parser

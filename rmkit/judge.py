@@ -69,10 +69,13 @@ class JudgeConfig:
     max_tokens: int = setting(512, "longest judge reply (room for a short reasoning before the verdict)")
     max_chars: int = setting(4000, "each dialogue and response is cut to its last this many characters")
     concurrency: int = setting(4, "requests in flight at once")
-    timeout: float = setting(60.0, "seconds before a request counts as timed out (and is retried)")
+    timeout: float = setting(60.0, "total seconds one attempt may take (connect, send, wait, read) before it counts "
+                                   "as timed out and is retried")
     max_retries: int = setting(5, "retries after the first attempt, on 429, 5xx, timeouts and garbage")
     backoff_base: float = setting(1.0, "first retry waits about this many seconds, doubling each time")
     backoff_max: float = setting(30.0, "longest wait between retries")
+    max_retry_after: float = setting(120.0, "a server's Retry-After is honoured up to this many seconds")
+    max_reply_chars: int = setting(20_000, "replies longer than this are stored cut, with status `truncated`")
     seed: int = setting(0, "seed of the per-item response order")
     both_orders: bool = setting(False, "judge every item in both orders and average (cancels position bias)")
     cache_dir: str | None = setting(None, "reply cache (default: $RMKIT_CACHE/judge or ~/.cache/rmkit/judge)")
@@ -149,6 +152,16 @@ class Reply:
     error: str | None = None
 
 
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds from a 429/503's ``Retry-After`` header (a number; HTTP dates are rare and ignored)."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None and hasattr(response, "headers") else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _retryable(exc: Exception) -> bool:
     import openai
 
@@ -157,7 +170,7 @@ def _retryable(exc: Exception) -> bool:
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
-    return not isinstance(exc, openai.OpenAIError)  # malformed bodies surface as other errors: retry them
+    return not isinstance(exc, openai.OpenAIError)  # malformed bodies and our deadline surface as other errors
 
 
 _BEARER = re.compile(r"(?i)((?:authorization[\"']?\s*[:=]\s*[\"']?)?(?:bearer|basic|token)\s+"
@@ -197,6 +210,28 @@ class JudgeClient:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(cfg.seed)
 
+    def _create_with_deadline(self, messages: list[dict[str, str]]):
+        """One attempt with a total deadline: the client's own timeout restarts on every byte read, so a server
+        that trickles its answer could hold an attempt forever."""
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["resp"] = self.client.chat.completions.create(
+                    model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
+                    max_tokens=self.cfg.max_tokens)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = e
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(self.cfg.timeout)
+        if worker.is_alive():
+            raise TimeoutError(f"no complete reply within {self.cfg.timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["resp"]
+
     def _key(self, messages: list[dict[str, str]]) -> str:
         # The endpoint is part of the answer: a local server's reply under `--model gpt-4o` must never come
         # back later as gpt-4o's.
@@ -211,14 +246,17 @@ class JudgeClient:
             hit = json.loads(path.read_text())
             return Reply(hit["text"], "ok", 0, True, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
         error = None
+        retry_after: float | None = None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 wait = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempt - 1))
-                time.sleep(wait * (0.5 + self.rng.random()))  # full jitter around the exponential step
+                wait *= 0.5 + self.rng.random()  # full jitter around the exponential step
+                if retry_after is not None:  # the server said when: wait that long (bounded), not less
+                    wait = max(wait, min(retry_after, self.cfg.max_retry_after))
+                time.sleep(wait)
+            retry_after = None
             try:
-                resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
-                                                           temperature=self.cfg.temperature,
-                                                           max_tokens=self.cfg.max_tokens)
+                resp = self._create_with_deadline(messages)
                 text = resp.choices[0].message.content
                 finish = getattr(resp.choices[0], "finish_reason", None)
                 usage = getattr(resp, "usage", None)
@@ -226,9 +264,12 @@ class JudgeClient:
                 ct = int(getattr(usage, "completion_tokens", 0) or 0)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 error = redact(f"{type(exc).__name__}: {str(exc)[:200]}", self._secret)
+                retry_after = _retry_after(exc)
                 if not _retryable(exc):
                     return Reply(None, "failed", attempt + 1, False, error=error)
                 continue
+            if text is not None and len(text) > self.cfg.max_reply_chars:  # kept, cut, and said so; not cached
+                return Reply(text[: self.cfg.max_reply_chars], "truncated", attempt + 1, False, pt, ct)
             if finish == "length":  # cut by max_tokens: usable now, but not a final answer to cache
                 return Reply(text, "ok", attempt + 1, False, pt, ct)
             path.parent.mkdir(exist_ok=True)
@@ -292,11 +333,21 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
 
     done: dict[str, dict] = {}
     if output is not None and output.exists():
-        for line in output.read_text().splitlines():
-            if line.strip():
+        lines = output.read_bytes().split(b"\n")
+        for k, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                if rec["status"] in ("ok", "unparseable"):  # failed items are tried again
-                    done[rec["id"]] = rec
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # A run killed mid-write leaves a cut last line: that item is judged again.
+                import warnings
+
+                warnings.warn(f"{output}, line {k + 1}: an unfinished record (cut by a kill?); judging that item "
+                              "again", stacklevel=2)
+                continue
+            if rec["status"] in ("ok", "unparseable", "truncated"):  # failed items are tried again
+                done[rec["id"]] = rec
     todo = [it for it in items if it["id"] not in done]
     lock = threading.Lock()
     client = JudgeClient(cfg, base_url=base_url) if todo else None
@@ -308,7 +359,7 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
         for s in orders:
             first, second = (it["y"], it["x"]) if s else (it["x"], it["y"])
             reply = client.complete(build_messages(it["prompt"], first, second, max_chars=cfg.max_chars))
-            verdict = parse_verdict(reply.text) if reply.status == "ok" else None
+            verdict = parse_verdict(reply.text) if reply.status in ("ok", "truncated") else None
             statuses.append(reply.status if reply.status != "ok" else ("ok" if verdict else "unparseable"))
             scores.append(_score_of_first(verdict, not s))
             texts.append(reply.text)
@@ -316,9 +367,10 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
             pt, ct, cached = pt + reply.prompt_tokens, ct + reply.completion_tokens, cached + reply.cached
             if reply.error:
                 errors.append(reply.error)
-        status = "failed" if "failed" in statuses else ("unparseable" if "unparseable" in statuses else "ok")
+        status = next((x for x in ("failed", "unparseable", "truncated") if x in statuses), "ok")
         valid = [x for x in scores if not math.isnan(x)]
-        rec = {"id": it["id"], "status": status, "score": float(np.mean(valid)) if status == "ok" else None,
+        scored = status == "ok" or (status == "truncated" and len(valid) == len(orders))
+        rec = {"id": it["id"], "status": status, "score": float(np.mean(valid)) if scored else None,
                "swapped": swap, "verdicts": texts, "attempts": attempts, "prompt_tokens": pt,
                "completion_tokens": ct, "cached": cached, "error": errors[-1] if errors else None}
         if output is not None:
@@ -338,7 +390,7 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
 def _accounting(recs: list[dict[str, Any]], cfg: JudgeConfig) -> dict[str, Any]:
     pt = sum(r["prompt_tokens"] for r in recs)
     ct = sum(r["completion_tokens"] for r in recs)
-    status = {s: sum(r["status"] == s for r in recs) for s in ("ok", "unparseable", "failed")}
+    status = {s: sum(r["status"] == s for r in recs) for s in ("ok", "unparseable", "truncated", "failed")}
     return {"items": len(recs), "status": status, "prompt_tokens": pt, "completion_tokens": ct,
             "cost": pt / 1e6 * cfg.price_input_per_1m + ct / 1e6 * cfg.price_output_per_1m,
             "cache_hits": sum(r["cached"] for r in recs), "attempts": sum(r["attempts"] for r in recs)}

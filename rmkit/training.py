@@ -29,6 +29,7 @@ import torch
 
 from .config import save_config, setting
 from .data import PreferencePair, get_splits, load_preferences
+from .files import atomic_write_text
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .policy import read_meta_set
 from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
@@ -250,7 +251,8 @@ def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list,
-                     identity: dict[str, Any], extra: torch.nn.Module | None = None) -> None:
+                     identity: dict[str, Any], extra: torch.nn.Module | None = None,
+                     timing: dict[str, float] | None = None) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -263,13 +265,14 @@ def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step:
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                 "extra": extra.state_dict() if extra is not None else {}}, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity}))
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity,
+                                                   "timing": timing or {}}))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a kill mid-write leaves the previous checkpoint intact
 
 
 def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, identity: dict[str, Any],
-                     extra: torch.nn.Module | None = None) -> tuple[int, list]:
+                     extra: torch.nn.Module | None = None) -> tuple[int, list, dict]:
     from safetensors.torch import load_file
 
     progress = json.loads((path / "progress.json").read_text())
@@ -290,7 +293,7 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, ident
     torch.set_rng_state(state["rng"]["cpu"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(progress["step"]), progress["log_buffer"]
+    return int(progress["step"]), progress["log_buffer"], progress.get("timing", {})
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,6 +328,13 @@ def _eval_labels_note(*held_out: Sequence[PreferencePair]) -> str:
         return (f"original (before denoising): validation and test are graded against the labels the data had; "
                 f"{changed} of {len(pairs)} held-out pairs carry a denoised label that was not used")
     return "as given in the data"
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut by the kill: dropped
 
 
 @dataclass
@@ -436,13 +446,17 @@ def train_reward_model(
 
     # ---- resume
     ckpt = out / "checkpoint"
-    step, log_buffer = 0, []
+    step, log_buffer, timing = 0, [], {}
     if cfg.resume and ckpt.exists():
-        step, log_buffer = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg), contrastive)
+        step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg), contrastive)
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
     if step == 0 and accelerator.is_main_process and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
+    elif accelerator.is_main_process and metrics_path.exists():
+        # Lines logged after the checkpoint (before the kill) are logged again by the resumed run: drop them now.
+        kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and _logged_step(x) <= step]
+        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
 
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
@@ -460,9 +474,11 @@ def train_reward_model(
 
     # ---- the loop
     wrapped.train()
-    t0 = time.time()
-    step_seconds, steps_timed = 0.0, 0  # optimizer steps alone, without evaluation and checkpoints
-    seen_pairs = 0
+    # Timings cover the whole run: a resumed run starts from what the checkpoint recorded.
+    t0 = time.time() - timing.get("train_seconds", 0.0)
+    step_seconds = timing.get("step_seconds", 0.0)  # optimizer steps alone, without evaluation and checkpoints
+    steps_timed = int(timing.get("steps_timed", 0))
+    seen_pairs = int(timing.get("seen_pairs", 0))
     last_eval: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_main_process, unit="step")
     while step < total_steps:
@@ -529,7 +545,9 @@ def train_reward_model(
             log_buffer = []
         if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
                                             or (stop_after_steps is not None and step >= stop_after_steps)):
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg), contrastive)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg), contrastive,
+                             timing={"train_seconds": time.time() - t0, "step_seconds": step_seconds,
+                                     "steps_timed": steps_timed, "seen_pairs": seen_pairs})
         if stop_after_steps is not None and step >= stop_after_steps and not is_last:
             bar.close()
             return TrainResult(model, out, {"stopped_at_step": step})

@@ -9,6 +9,8 @@ What it does with a request is chosen by a marker in the request's text:
 - ``GARBAGEx1``: garbage once, then a verdict;
 - ``RAMBLE``: a well-formed reply whose text has no verdict;
 - ``CUT``: a verdict cut by the token limit (``finish_reason: length``);
+- ``RETRYAFTERxN``: 429 with ``Retry-After: 7`` to the first N attempts;
+- ``HUGE``: a verdict after 50,000 characters of reasoning;
 - otherwise: ``[[A]]``.
 
 Every request is counted per marker and text, so tests can check the retries that happened.
@@ -35,9 +37,11 @@ class FaultServer:
             def log_message(self, *args):
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str = "application/json"):
+            def _send(self, status: int, body: bytes, ctype: str = "application/json", headers=()):
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                for k, v in headers:
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
@@ -57,6 +61,9 @@ class FaultServer:
                 if m and n <= int(m.group(2)):
                     code = int(m.group(1))
                     return self._send(code, json.dumps({"error": {"message": f"injected {code}"}}).encode())
+                m = re.search(r"RETRYAFTERx(\d+)", text)
+                if m and n <= int(m.group(1)):
+                    return self._send(429, b'{"error": {"message": "slow down"}}', headers=[("Retry-After", "7")])
                 if "ALWAYS500" in text:
                     return self._send(500, b'{"error": {"message": "injected 500"}}')
                 if "SLOW" in text:
@@ -64,6 +71,8 @@ class FaultServer:
                 if "GARBAGE" in text and ("GARBAGEx1" not in text or n == 1):
                     return self._send(200, b"<html>not json at all")
                 content = "I think both have merits, hard to say." if "RAMBLE" in text else "Response A is clearer. [[A]]"
+                if "HUGE" in text:
+                    content = "hmm " * 12_500 + "[[A]]"
                 body = {"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
                         "choices": [{"index": 0, "finish_reason": "length" if "CUT" in text else "stop",
                                      "message": {"role": "assistant", "content": content}}],

@@ -114,6 +114,35 @@ def test_cache_keyed_by_endpoint_and_cut_replies_not_cached(tmp_path, monkeypatc
         two.close()
 
 
+def test_retry_after_cut_resume_and_huge_replies(tmp_path, monkeypatch):
+    import rmkit.judge as judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
+    waits = []
+    monkeypatch.setattr(judge.time, "sleep", lambda s: waits.append(s))
+    server = FaultServer()
+    pairs = _items(["RETRYAFTERx1", "HUGE", "plain"])
+    cfg = JudgeConfig(model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, max_retry_after=5.0,
+                      cache_dir=str(tmp_path / "cache"), concurrency=1, max_reply_chars=1000)
+    out = tmp_path / "run.jsonl"
+    try:
+        table = judge_pairs(pairs, cfg, output=out, base_url=server.url, progress=False)
+        assert waits == [5.0]  # Retry-After: 7, bounded by max_retry_after, not the 0.01 s backoff
+        by = dict(zip(["RETRYAFTERx1", "HUGE", "plain"], table.to_dict("records")))
+        assert by["RETRYAFTERx1"]["status"] == "ok" and by["RETRYAFTERx1"]["attempts"] == 2
+        assert by["HUGE"]["status"] == "truncated" and len(by["HUGE"]["verdicts"][0]) == 1000
+        # A kill mid-write leaves a cut last line: skipped with a warning, that item judged again.
+        lines = out.read_text().splitlines()
+        out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+        before = server.counts.copy()
+        with pytest.warns(UserWarning, match="unfinished record"):
+            again = judge_pairs(pairs, cfg, output=out, base_url=server.url, progress=False)
+        assert len(again) == 3 and set(again["status"]) <= {"ok", "truncated"}
+        assert sum(server.counts[k] - before[k] for k in server.counts) <= 1
+    finally:
+        server.close()
+
+
 def test_secrets_redacted_from_errors():
     from rmkit.judge import redact
 

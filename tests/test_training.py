@@ -29,8 +29,13 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):
         train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **{**common, "lr": 5e-4}),
                            train_pairs=train, eval_pairs=ev)
+    # A kill after a log line but before the next checkpoint leaves lines the resumed run logs again (and maybe
+    # a cut one): they must not end up twice.
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 8, "train/loss": 9.9}) + "\n" + '{"step": 1')
     resumed = train_reward_model(TrainConfig(output_dir=str(tmp_path / "cut"), **common),
                                  train_pairs=train, eval_pairs=ev)
+    assert resumed.metrics["steps"] == 12 and resumed.metrics["train_pairs_per_s"] > 0
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:

@@ -521,7 +521,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, int, Any]]:
         except csv.Error as e:
             raise _FileBroken(start, f"CSV: {e}") from None
         line, start = start, reader.line_num + 1
-        if not values or not any(v.strip() for v in values):
+        if not values:  # a blank line is no row; a line of empty fields is one (with a status)
             continue
         if any(_has_surrogate(v) for v in values):
             yield i, line, _Undecodable("not UTF-8 (the row holds bytes of another encoding, e.g. latin-1)")

@@ -115,7 +115,7 @@ def make_file(rng: random.Random, folder: Path, k: int) -> tuple[Path, int, bool
     w = csv.writer(buf)
     w.writerow(["prompt", "chosen", "rejected"])
     n = 0
-    for r in rows:
+    for _ in rows:
         vals = [_text(rng) for _ in range(rng.choice([3, 3, 3, 2, 4]))]
         w.writerow(vals)
         n += bool(vals)

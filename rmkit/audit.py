@@ -37,7 +37,7 @@ from .assets import resolve_model
 from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
                           length_effect, reliability_table, spearman, symmetric_points)
 from .config import save_config, setting, to_dict
-from .data import PreferenceDataset, load_preferences
+from .data import DataSource, PreferenceDataset
 from .ensemble import EnsembleConfig, ensemble_diffs
 from .report import write_figures, write_html_report
 from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statistics, preference_strength,
@@ -45,14 +45,11 @@ from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statisti
 
 
 @dataclass
-class AuditConfig(EnsembleConfig):
+class AuditConfig(EnsembleConfig, DataSource):
     """Settings of ``rmkit audit``: the ensemble's, plus data, outputs, calibration and category rules."""
 
     data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
     output_dir: str = setting("runs/audit", "where strength.parquet, summary.json, figures and report.html go")
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
-    allow_ties: bool = setting(False, "keep ties (pairwise data) as pairs with label 0.5")
-    strict: bool = setting(False, "stop at the first unusable row or broken file, naming file, row and field")
     rules: str = setting("calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
                                        "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
                                        "mislabeled_below, the paper's rule, for reproducing its analyses)")
@@ -262,8 +259,7 @@ def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> A
     if isinstance(data, PreferenceDataset):
         ds = data
     else:
-        ds = load_preferences(cfg.data if data is None else data, format=cfg.data_format,
-                              allow_ties=cfg.allow_ties, strict=cfg.strict)
+        ds = cfg.read(cfg.data if data is None else data)
     result = audit_pairs(ds, cfg, progress=progress)
     write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=cfg.review_pairs)
     return result

@@ -778,18 +778,35 @@ def get_splits(
 
 
 # --------------------------------------------------------------------------------------------
+# How every job reads its data
+
+
+@dataclass
+class DataSource:
+    """How a job reads its data. Every config that reads preference data carries these, so every command reads
+    a source the same way (`rmkit denoise` re-reads the audit's data with the audit's settings)."""
+
+    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    allow_ties: bool = setting(False, "keep ties (pairwise data) as pairs with label 0.5")
+    strict: bool = setting(False, "stop at the first unusable row or broken file, naming file, row and field")
+
+    def read(self, source: Any) -> PreferenceDataset:
+        return load_preferences(source, format=self.data_format, allow_ties=self.allow_ties, strict=self.strict)
+
+    def source_settings(self) -> dict[str, Any]:
+        return {"data_format": self.data_format, "allow_ties": self.allow_ties, "strict": self.strict}
+
+
+# --------------------------------------------------------------------------------------------
 # `rmkit data`
 
 
 @dataclass
-class DataConfig:
+class DataConfig(DataSource):
     """Settings of ``rmkit data``."""
 
     data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
     output_dir: str | None = setting(None, "write rows.parquet (every row and its status) and splits.json here")
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
-    allow_ties: bool = setting(False, "keep ties as pairs with label 0.5")
-    strict: bool = setting(False, "stop at the first unusable row with an error naming file, row and field")
     split_seed: int = setting(0, "seed of the train/validation/test split")
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
 
@@ -800,7 +817,7 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
 
     if not cfg.data:
         raise ValueError("rmkit data needs a data source")
-    ds = load_preferences(cfg.data, format=cfg.data_format, allow_ties=cfg.allow_ties, strict=cfg.strict)
+    ds = cfg.read(cfg.data)
     report = ds.report()
     pairs = ds.pairs
     if pairs:

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import save_config, setting
-from .data import PreferencePair, load_preferences, load_splits, save_splits, split_ids
+from .data import DataSource, PreferencePair, load_splits, save_splits, split_ids
 
 PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 REVIEW_DECISIONS = ("keep", "flip", "drop")
@@ -48,7 +48,7 @@ OBJECTIVE_FOR = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": 
 
 
 @dataclass
-class DenoiseConfig:
+class DenoiseConfig(DataSource):
     """Settings of ``rmkit denoise``."""
 
     strength: str = setting("", "strength.parquet written by `rmkit audit` (its config.yaml names the data)")
@@ -62,7 +62,6 @@ class DenoiseConfig:
     negative: str = setting("clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
     soft_alpha: float = setting(0.25, "soft label of selected pairs is 1 - alpha (Eq. 5; the paper gives no alpha)")
     data: str | None = setting(None, "the audited data (default: read from the audit's config.yaml)")
-    data_format: str | None = setting(None, "force a reader (default: the audit's)")
     reviews: str | None = setting(None, "a reviewed flagged.csv/.jsonl from `rmkit audit`: rows whose review column "
                                         "says keep, flip or drop get that, whatever the preset says")
     splits_file: str | None = setting(None, "splits.json of the training run; only its train pairs are denoised "
@@ -189,7 +188,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
         raise ValueError("rmkit denoise needs the strength table of an audit")
     strength_path = Path(cfg.strength)
     table = pd.read_parquet(strength_path)
-    data, fmt = cfg.data, cfg.data_format
+    data, reader = cfg.data, cfg
     audit = {}
     audit_cfg = strength_path.parent / "config.yaml"
     if audit_cfg.exists():
@@ -197,9 +196,12 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     if data is None:
         if "data" not in audit:
             raise ValueError(f"{audit_cfg} not found: pass data= to name the audited data")
-        data, fmt = audit["data"], fmt or audit.get("data_format")
-    # Read the data exactly as the audit read it: same reader, same tie handling.
-    ds = load_preferences(data, format=fmt, allow_ties=bool(audit.get("allow_ties", False)))
+        # Read the data exactly as the audit read it: same reader, same tie handling.
+        data = audit["data"]
+        reader = DataSource(**{k: audit.get(k, v) for k, v in cfg.source_settings().items()})
+        if cfg.strict:
+            reader.strict = True
+    ds = reader.read(data)
     mean_by_id = dict(zip(table["id"], table["mean"]))
     p_by_id = dict(zip(table["id"], table["p_label_wrong"])) if "p_label_wrong" in table else {}
     pairs = ds.pairs
@@ -222,7 +224,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     cleaned, actions = denoise_pairs(pairs, mean, cfg, p_label_wrong=p_wrong,
                                      eligible=np.array([p.id in train for p in pairs]), reviews=reviews)
 
-    save_config(replace(cfg, data=data, data_format=fmt), out / "config.yaml")
+    save_config(replace(cfg, data=data, **reader.source_settings()), out / "config.yaml")
     kept = {p.id for p in cleaned}
     # The split travels with the data: dropped pairs leave it, the rest stay where they were.
     save_splits({k: [i for i in v if i in kept] for k, v in splits.items()}, out / "splits.json",

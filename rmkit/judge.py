@@ -41,7 +41,7 @@ import numpy as np
 
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import save_config, setting
-from .data import Message, PreferencePair
+from .data import DataSource, Message, PreferencePair
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. You will see a conversation between a user and an AI assistant, followed by two "
@@ -472,7 +472,7 @@ def agreement_by_strength(mean_strength: np.ndarray, judge_label: np.ndarray, *,
 
 
 @dataclass
-class JudgeRunConfig(JudgeConfig):
+class JudgeRunConfig(JudgeConfig, DataSource):
     """Settings of ``rmkit judge DATA``: label preference pairs, or compare two policies' answers."""
 
     data: str = setting("", "preference data to label, or (task compare) a table with prompt, answer_a, answer_b")
@@ -487,7 +487,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     """The ``rmkit judge`` command: results written as they arrive; a rerun resumes and hits the cache."""
     import pandas as pd
 
-    from .data import load_preferences, read_table
+    from .data import read_table
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -497,7 +497,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     t0 = time.time()
     try:
         if cfg.task == "pairs":
-            pairs = load_preferences(cfg.data).pairs
+            pairs = cfg.read(cfg.data).pairs
             if cfg.ids:
                 wanted = [x.strip() for x in Path(cfg.ids).read_text().split() if x.strip()]
                 by_id = {p.id: p for p in pairs}

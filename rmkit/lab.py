@@ -33,7 +33,7 @@ import numpy as np
 
 from .calibration import crossfit_calibration, expected_calibration_error, spearman
 from .config import save_config, setting
-from .data import PreferencePair, load_preferences
+from .data import DataSource, PreferencePair
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .heads import fold_of, select_l2, train_bt_heads
 from .models import RewardModel
@@ -43,12 +43,11 @@ STUDIES = ("learnability", "strength", "flips", "denoise")
 
 
 @dataclass
-class LabConfig:
+class LabConfig(DataSource):
     """Settings of ``rmkit lab``."""
 
     data: str = setting("", "real prompts and responses with human labels (the gold's head learns from them)")
     output_dir: str = setting("runs/lab", "where gold.parquet, labels.parquet, lab.json go")
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
     gold_model: str = setting("mpnet", "the gold's frozen backbone: hub id, local path or alias (mpnet, minilm, smollm2)")
     gold_layer: int | None = setting(None, "hidden layer whose token mean the gold head reads (default: the last)")
     gold_max_length: int = setting(128, "tokens per text for the gold (left-truncated)")
@@ -442,7 +441,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.time()
-    pairs = load_preferences(cfg.data, format=cfg.data_format).pairs
+    pairs = cfg.read(cfg.data).pairs
     ids = [p.id for p in pairs]
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
     if cfg.gold_scores:

@@ -16,7 +16,7 @@ import torch
 
 from .assets import resolve_model
 from .config import setting
-from .data import Message
+from .data import DataSource, Message
 
 
 @dataclass
@@ -134,7 +134,7 @@ def read_meta_set(path: str | Path) -> list[dict]:
 
 
 @dataclass
-class SampleConfig(SamplingConfig):
+class SampleConfig(SamplingConfig, DataSource):
     """Settings of ``rmkit sample``: MetaRM's meta set from a policy (slightly hotter than PPO's sampling)."""
 
     data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
@@ -146,21 +146,26 @@ class SampleConfig(SamplingConfig):
     offset: int = setting(0, "skip the first N prompts")
 
 
-def load_prompts(source: str) -> tuple[list[str], list[list[Message]], list[dict[str, str]]]:
+def load_prompts(source: str, reader: DataSource | None = None
+                 ) -> tuple[list[str], list[list[Message]], list[dict[str, str]]]:
     """Prompt ids and chat prompts from preference data (each pair's prompt, keeping the pair's id) or
     from a JSONL/parquet file with a ``prompt`` column (a string or chat messages; ``id`` optional).
 
     The third item lists the source rows that gave no prompt (``id``, ``status``, ``detail``: e.g. an
-    unparseable transcript), so callers can report them instead of losing them."""
-    from .data import load_preferences, read_table
+    unparseable transcript), so callers can report them instead of losing them. ``reader``: how preference
+    data is read (format, ties, strict; default: detected, not strict)."""
+    from .data import read_table
 
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".parquet"):
-        df = read_table(path)
-        if "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
+        try:
+            df = read_table(path)
+        except ValueError:  # not a clean table: rmkit's reader reads it row by row and names the bad rows
+            df = None
+        if df is not None and "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
             ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
             return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]], []
-    ds = load_preferences(source)
+    ds = (reader or DataSource()).read(source)
     pairs = ds.pairs
     skipped = [{"id": r.id, "status": r.status, "detail": r.detail} for r in ds.rows if not r.usable]
     return [p.id for p in pairs], [p.prompt for p in pairs], skipped
@@ -170,7 +175,7 @@ def run_sample(cfg: SampleConfig) -> dict:
     """Sample ``k`` responses per prompt and append them to the meta set, ``batch_size`` prompts at a time."""
     from .config import save_config
 
-    ids, prompts, skipped = load_prompts(cfg.data)
+    ids, prompts, skipped = load_prompts(cfg.data, cfg)
     end = None if cfg.limit is None else cfg.offset + cfg.limit
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output)

@@ -40,14 +40,14 @@ import torch
 from torch import nn
 
 from .config import save_config, setting
-from .data import Message
+from .data import DataSource, Message
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
 from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
 
 
 @dataclass
-class PPOConfig(SamplingConfig):
+class PPOConfig(SamplingConfig, DataSource):
     """Settings of ``rmkit ppo`` (and of `train_ppo`). The sampling settings are the paper's."""
 
     data: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
@@ -382,6 +382,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
+    ids, prompts, skipped = load_prompts(cfg.data, cfg)  # read (and, if strict, checked) before any model loads
 
     actor, tok = load_policy(cfg.policy)
     actor.to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
@@ -401,7 +402,6 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     moments = RunningMoments()
 
     # Prompts: held-out evaluation prompts first, the rest feed rollouts in a seeded order.
-    ids, prompts, skipped = load_prompts(cfg.data)
     keep, enc, rows = usable_prompts(tok, ids, prompts, cfg.max_prompt_tokens)
     pd.DataFrame(rows + [{"id": r["id"], "tokens": None, "status": r["status"]} for r in skipped]).to_csv(
         out / "prompts.csv", index=False)  # every source row, with why it was or was not used

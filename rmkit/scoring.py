@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import setting
-from .data import PreferenceDataset, PreferencePair
+from .data import DataSource, PreferenceDataset, PreferencePair
 
 
 def score_token_pairs(
@@ -147,7 +147,7 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(DataSource):
     """Settings of ``rmkit score``."""
 
     data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
@@ -157,7 +157,6 @@ class ScoreConfig:
     max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the model's)")
     split: str | None = setting(None, "score only this split (train/validation/test) of the splits file")
     splits_file: str | None = setting(None, "the splits JSON written by `rmkit data` or `rmkit train`")
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
     chunk_rows: int = setting(1024, "rows scored and written per part file (a killed run redoes one part at most)")
 
 
@@ -199,7 +198,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     import json
 
     from .config import save_config
-    from .data import load_preferences, load_splits
+    from .data import load_splits
     from .models import RewardModel
 
     if not cfg.data or not cfg.model:
@@ -207,7 +206,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ds = load_preferences(cfg.data, format=cfg.data_format)
+    ds = cfg.read(cfg.data)
     if cfg.split:
         if not cfg.splits_file:
             raise ValueError("split needs splits_file")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .config import save_config, setting
-from .data import PreferencePair, get_splits, load_preferences
+from .data import DataSource, PreferencePair, get_splits
 from .files import atomic_write_text
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .policy import read_meta_set
@@ -38,13 +38,12 @@ from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataSource):
     """Settings of ``rmkit train`` (and of `train_reward_model`)."""
 
     data: str = setting("../shared/data/hh-rlhf", "preference data: a file, a directory, or a hub dataset name")
     model: str = setting("minilm", "backbone or reward model: hub id, local path, or the alias minilm/smollm2")
     output_dir: str = setting("runs/rm", "where the model, metrics, splits and checkpoints go")
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
     splits_file: str | None = setting(None, "splits JSON to reuse or create (default: OUTPUT_DIR/splits.json)")
     split_seed: int = setting(0, "seed of the train/validation/test split")
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
@@ -382,7 +381,7 @@ def train_reward_model(
     # ---- data: the saved split of cfg.data, unless pairs were given
     test_pairs: list[PreferencePair] = []
     if train_pairs is None:
-        ds = load_preferences(cfg.data, format=cfg.data_format)
+        ds = cfg.read(cfg.data)
         splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
         # Splits are deterministic: every process computes the same ones, only the main one writes them.
         splits = get_splits(ds, splits_path if accelerator.is_main_process or splits_path.exists() else None,

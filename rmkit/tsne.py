@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from .config import save_config, setting
-from .data import PreferencePair, get_splits, load_preferences
+from .data import DataSource, PreferencePair, get_splits
 from .models import RewardModel
 
 
 @dataclass
-class TsneConfig:
+class TsneConfig(DataSource):
     """Settings of ``rmkit tsne``."""
 
     data: str = setting("", "preference data (held-out pairs are drawn from its test split)")
@@ -92,7 +92,7 @@ def run_tsne(cfg: TsneConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ds = load_preferences(cfg.data)
+    ds = cfg.read(cfg.data)
     pairs = ds.pairs
     if cfg.split != "all":
         keep = set(get_splits(ds, None, seed=0)[cfg.split])

@@ -117,3 +117,22 @@ def test_every_subcommand_has_working_help(capsys):
             parser.parse_args([name, "--help"])
         assert e.value.code == 0, name
     assert "m % K" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command,extra", [("data", ["--output-dir", "O"]), ("audit", ["--output-dir", "O"]),
+                                           ("train", ["--output-dir", "O"]), ("tsne", ["--models", "minilm"]),
+                                           ("lab", ["--output-dir", "O"]), ("judge", ["--output-dir", "O"]),
+                                           ("sample", []), ("ppo", ["--reward-model", "missing-rm"])])
+def test_strict_on_every_command_that_reads_data(command, extra, small_hh, tmp_path, capsys):
+    """`--strict true` stops at the identical pair (row 40) naming file and row."""
+    from rmkit.cli import main
+
+    code = main([command, str(small_hh), "--strict", "true", *[str(tmp_path / "o") if x == "O" else x for x in extra]])
+    err = capsys.readouterr().err
+    assert code == 2 and "harmless-slice.jsonl, row 40 (line 41): identical" in err, err[-500:]
+
+
+def test_abbreviations_refused_and_version():
+    proc = run("audit", "x", "--max-lengt", "8", ok=False)
+    assert proc.returncode == 2 and "unrecognized arguments: --max-lengt" in proc.stderr
+    assert run("--version").stdout.startswith("rmkit ")

@@ -17,6 +17,7 @@ calls one library function, and prints what it returned.
     rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
     rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
     rmkit lab    DATA                gold-standard lab and studies   (rmkit.lab.run_lab)
+    rmkit bon    PROMPTS             best-of-n with an RM or ensemble (rmkit.bon.run_bon)
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ def _cmd_serve(args) -> None:
     serve(config_from_args(ServeConfig, args, {"model": args.model_path}))
 
 
+def _cmd_bon(args) -> None:
+    from .bon import BonConfig, run_bon
+
+    _print(run_bon(config_from_args(BonConfig, args, {"data": args.source})))
+
+
 def _cmd_lab(args) -> None:
     from .lab import LabConfig, run_lab
 
@@ -180,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
             [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
     command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",
             [("model_path", "a saved reward model")])
+    from .bon import BonConfig
     from .lab import LabConfig
+
+    command("bon", _cmd_bon, BonConfig, "best-of-n sampling from a policy, picked by a reward model or an ensemble",
+            [("source", "prompts: preference data or a file with a prompt column")])
 
     command("lab", _cmd_lab, LabConfig, "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
             [("source", "real prompts and responses with human labels (the gold's head learns from them)")])

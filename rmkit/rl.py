@@ -44,6 +44,7 @@ from .data import DataSource, Message
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
 from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
+from .reward_ensemble import EnsembleRewardModel, load_reward_model
 
 
 @dataclass
@@ -53,7 +54,11 @@ class PPOConfig(SamplingConfig, DataSource):
     data: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
                         "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
     policy: str = setting("smollm2", "the policy to optimise (causal LM): hub id, local path, or the alias smollm2")
-    reward_model: str = setting("", "an rmkit / sequence-classification reward model (path or hub id)")
+    reward_model: str = setting("", "an rmkit / sequence-classification reward model (path or hub id), an ensemble "
+                                    "folder (rmkit_ensemble.json) or comma-separated members")
+    aggregation: str | None = setting(None, "ensembles: mean, min (worst case) or uwo (mean - lambda * var); default: "
+                                            "the ensemble's own")
+    uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo (Coste et al. use 0.1 for PPO)")
     output_dir: str = setting("runs/ppo", "metrics, checkpoints and the final policy go here")
     steps: int = setting(30, "PPO steps (one rollout batch each)")
     batch_size: int = setting(8, "prompts per rollout (one response each)")
@@ -387,13 +392,15 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     actor, tok = load_policy(cfg.policy)
     actor.to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
     ref = copy.deepcopy(actor).requires_grad_(False)
-    rm = RewardModel.from_pretrained(cfg.reward_model).to(device).eval().requires_grad_(False)
+    rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda)
+    rm = rm.to(device).eval().requires_grad_(False)
+    first_rm = rm.members[0] if isinstance(rm, EnsembleRewardModel) else rm  # an ensemble's critic: its first member
     init = cfg.critic_init
     if init == "auto":
-        init = "reward_model" if shares_backbone(rm, actor, tok) else "policy"
+        init = "reward_model" if shares_backbone(first_rm, actor, tok) else "policy"
     if init not in ("reward_model", "policy"):
         raise ValueError(f"critic_init must be auto, reward_model or policy, got {cfg.critic_init!r}")
-    critic = (ValueModel.from_reward_model(rm) if init == "reward_model" else ValueModel.from_policy(actor))
+    critic = (ValueModel.from_reward_model(first_rm) if init == "reward_model" else ValueModel.from_policy(actor))
     critic.to(device).eval()
     set_trainable(critic, cfg.critic_train_layers, head=critic.head)
     critic_params = [p for p in critic.parameters() if p.requires_grad]
@@ -412,6 +419,13 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     order = np.random.default_rng(cfg.seed).permutation(keep).tolist()
     eval_idx, train_idx = order[: cfg.eval_prompts], order[cfg.eval_prompts:]
     eval_p, eval_ids = [prompts[i] for i in eval_idx], [enc[i] for i in eval_idx]
+    if isinstance(rm, EnsembleRewardModel) and rm.normalize == "zscore" and rm.stats is None:
+        # Members of different scales must not dominate min/uwo: z-score each on the starting policy's responses
+        # to the held-out prompts (a fixed seed, so a resumed run gets the same statistics).
+        texts = _decode(tok, generate(actor, tok, eval_ids, cfg, generator_seed=cfg.seed + 99991))
+        rm.fit_normalization(eval_p, [[{"role": "assistant", "content": t}] for t in texts],
+                             batch_size=cfg.rm_batch_size)
+        (out / "ensemble_normalization.json").write_text(json.dumps({"members": rm.names, "stats": rm.stats}))
     ptx = ptx_batches(tok, cfg.ptx_data, cfg.max_prompt_tokens + cfg.max_new_tokens) if cfg.ptx_coef > 0 else []
 
     start = 0

@@ -153,23 +153,55 @@ def _list(body: dict, key: str, limit: int) -> list:
 
 
 class RewardService:
-    """The endpoints as plain methods on parsed JSON (the HTTP layer only moves bytes)."""
+    """The endpoints as plain methods on parsed JSON (the HTTP layer only moves bytes). ``model`` is a
+    `RewardModel` or an `EnsembleRewardModel` (one batcher per member; rewards normalised and aggregated)."""
 
-    def __init__(self, model: RewardModel, cfg: ServeConfig):
+    def __init__(self, model, cfg: ServeConfig):
+        from .reward_ensemble import EnsembleRewardModel
+
         self.model, self.cfg = model, cfg
-        self.batcher = Batcher(model, max_batch_texts=cfg.max_batch_texts, max_wait_ms=cfg.max_wait_ms)
+        self.ensemble = model if isinstance(model, EnsembleRewardModel) else None
+        self.members = self.ensemble.members if self.ensemble else [model]
+        self.batchers = [Batcher(m, max_batch_texts=cfg.max_batch_texts, max_wait_ms=cfg.max_wait_ms)
+                         for m in self.members]
+        self.batcher = self.batchers[0]
 
-    def _texts_ids(self, texts: list[str]) -> list[list[int]]:
-        tok = self.model.tokenizer
-        return tok(texts, add_special_tokens=not self.model.use_chat_template, truncation=True,
-                   max_length=self.model.max_length)["input_ids"]
+    def _member_rewards(self, ids_of) -> list[list[float]]:
+        """Each member's rewards for its own token ids ``ids_of(member)``: ``(M, B)`` as lists."""
+        return [b.submit(ids_of(m)) for m, b in zip(self.members, self.batchers)]
+
+    def _combine(self, raw: list[list[float]], with_members: bool = False) -> dict:
+        if self.ensemble is None:
+            return {"rewards": raw[0]}
+        import numpy as np
+
+        from .reward_ensemble import aggregate
+
+        r = np.asarray(raw, dtype=np.float64)
+        if self.ensemble.normalize == "zscore":
+            if self.ensemble.stats is None:
+                raise RequestError(409, "the ensemble has no normalisation statistics: fit_normalization() and "
+                                        "save_pretrained() it first, or serve it with normalize none")
+            r = (r - np.array([s[0] for s in self.ensemble.stats])[:, None]) / \
+                np.array([s[1] for s in self.ensemble.stats])[:, None]
+        out = {"rewards": aggregate(r, self.ensemble.aggregation, uwo_lambda=self.ensemble.uwo_lambda).tolist()}
+        if with_members:
+            out["members"] = r.tolist()
+        return out
+
+    @staticmethod
+    def _texts_ids(model: RewardModel, texts: list[str]) -> list[list[int]]:
+        return model.tokenizer(texts, add_special_tokens=not model.use_chat_template, truncation=True,
+                               max_length=model.max_length)["input_ids"]
 
     def get_reward(self, body: dict) -> dict:
         texts = _list(body, "query", self.cfg.max_request_texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise RequestError(400, f"query[{i}] must be a string")
-        return {"rewards": self.batcher.submit(self._texts_ids(texts)) if texts else []}
+        if not texts:
+            return {"rewards": []}
+        return self._combine(self._member_rewards(lambda m: self._texts_ids(m, texts)))
 
     def score(self, body: dict) -> dict:
         prompts = _list(body, "prompts", self.cfg.max_request_texts)
@@ -178,7 +210,9 @@ class RewardService:
             raise RequestError(400, f"prompts ({len(prompts)}) and completions ({len(completions)}) differ in length")
         p = [_messages(x, f"prompts[{i}]", "user") for i, x in enumerate(prompts)]
         c = [_messages(x, f"completions[{i}]", "assistant") for i, x in enumerate(completions)]
-        return {"rewards": self.batcher.submit(self.model.encode(p, c)) if p else []}
+        if not p:
+            return {"rewards": []}
+        return self._combine(self._member_rewards(lambda m: m.encode(p, c)), with_members=bool(body.get("members")))
 
     def score_pairs(self, body: dict) -> dict:
         pairs = _list(body, "pairs", self.cfg.max_request_texts // 2)
@@ -194,13 +228,14 @@ class RewardService:
             rejected.append(_messages(pr["rejected"], f"pairs[{i}].rejected", "assistant"))
         if not pairs:
             return {"results": []}
-        r = self.batcher.submit(self.model.encode(prompts + prompts, chosen + rejected))
+        r = self._combine(self._member_rewards(lambda m: m.encode(prompts + prompts, chosen + rejected)))["rewards"]
         n = len(pairs)
         return {"results": [{"chosen_reward": r[i], "rejected_reward": r[n + i], "diff": r[i] - r[n + i]}
                             for i in range(n)]}
 
     def health(self) -> dict:
-        return {"status": "ok", "max_length": self.model.max_length, "batches": self.batcher.batches}
+        return {"status": "ok", "max_length": self.model.max_length, "batches": sum(b.batches for b in self.batchers),
+                "members": len(self.members)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,7 +404,8 @@ class RewardServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.service.batcher.close()
+        for b in self.service.batchers:
+            b.close()
 
     def __enter__(self) -> "RewardServer":
         return self
@@ -378,9 +414,12 @@ class RewardServer:
         self.close()
 
 
-def load_model_for_serving(cfg: ServeConfig) -> RewardModel:
+def load_model_for_serving(cfg: ServeConfig):
+    from .reward_ensemble import load_reward_model
+
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    model = load_reward_model(cfg.model) if cfg.max_length is None else \
+        RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     return model.to(device).eval()
 
 
@@ -409,11 +448,15 @@ class RewardFunction:
     ``f(prompts, completions, **kwargs) -> list[float]``, prompts and completions as strings or chat
     messages. Backed by a local `RewardModel` (or a path to one) or by an ``rmkit serve`` URL."""
 
-    def __init__(self, model: RewardModel | str | None = None, *, url: str | None = None, batch_size: int = 32,
+    def __init__(self, model=None, *, url: str | None = None, batch_size: int = 32,
                  timeout: float = 120.0, api_key_env: str | None = None):
+        """``model``: a `RewardModel`, an `EnsembleRewardModel`, or a path `load_reward_model` reads (one RM's
+        folder, an ensemble folder, or comma-separated members)."""
+        from .reward_ensemble import load_reward_model
+
         if (model is None) == (url is None):
             raise ValueError("RewardFunction needs exactly one of a model and a server url")
-        self.model = RewardModel.from_pretrained(model) if isinstance(model, str) else model
+        self.model = load_reward_model(model) if isinstance(model, str) else model
         self.url, self.batch_size, self.timeout = url.rstrip("/") if url else None, batch_size, timeout
         self.__name__ = "rmkit_reward"  # TRL logs each reward function under its __name__
         self.api_key_env = api_key_env  # the token is read from the environment at each call, never stored

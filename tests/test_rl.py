@@ -153,6 +153,16 @@ def test_critic_from_a_reward_model_sharing_the_backbone_and_ptx(tiny_policy, ti
         train_ppo(_cfg(tmp_path / "x", tiny_policy, tiny_llama, shared_data, ptx_coef=0.5))
 
 
+def test_ppo_with_a_conservative_ensemble_reward(tiny_policy, tiny_llama, tiny_bert, shared_data, tmp_path):
+    """An ensemble (comma-separated members, uwo) as PPO's reward: z-scored on the starting policy's responses,
+    its first member shares the policy's backbone and becomes the critic."""
+    out = train_ppo(_cfg(tmp_path, tiny_policy, f"{tiny_llama},{tiny_bert}", shared_data, steps=1,
+                         aggregation="uwo", uwo_lambda=0.1))
+    assert out["critic_init"] == "reward_model" and math.isfinite(out["reward_end"])
+    stats = json.loads((tmp_path / "ppo" / "ensemble_normalization.json").read_text())["stats"]
+    assert len(stats) == 2 and all(sd > 0 for _, sd in stats)
+
+
 def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path):
     from rmkit.cli import main
 

@@ -1,0 +1,147 @@
+"""``rmkit bon``: best-of-n sampling from any causal LM, picked by any reward model or ensemble.
+
+For each prompt, ``n`` responses are sampled (seeded per prompt, so a resumed run samples the same),
+every response is scored (each member's reward too, for an ensemble), and the highest-scoring one is
+the pick. Outputs in ``output_dir``:
+
+- ``samples.jsonl``: one line per prompt as it is sampled (``id``, ``prompt``, ``responses``); a killed run
+  resumes after the prompts it holds;
+- ``scores.parquet``: every sample (``id``, ``k``, ``response``, ``reward``, and ``member_<m>`` for ensembles);
+- ``best.jsonl``: the pick per prompt with its reward;
+- ``summary.json``: mean reward of the picks and of all samples, KL_bon = log n - (n - 1) / n.
+
+`best_of_n_expectation` is the unbiased estimate (Nakano et al. 2021; Gao et al. 2022) of the reward
+of the best-of-m pick for every m <= n from one set of n samples: the overoptimization curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import save_config, setting
+from .data import DataSource
+from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
+
+
+def kl_bon(n: int) -> float:
+    """KL divergence of best-of-n sampling from the policy: ``log n - (n - 1) / n`` (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_expectation(proxy: np.ndarray, gold: np.ndarray, m: int) -> float:
+    """Expected ``gold`` of the sample with the highest ``proxy`` among ``m`` drawn without replacement from the
+    ``n`` samples of one prompt: ``sum_i gold_(i) C(n - i, m - 1) / C(n, m)`` with samples ranked by ``proxy``
+    (``i = 1`` the highest); exact, and the same for every draw order."""
+    proxy, gold = np.asarray(proxy, np.float64), np.asarray(gold, np.float64)
+    n = len(proxy)
+    if not 1 <= m <= n:
+        raise ValueError(f"m must be in [1, {n}], got {m}")
+    order = np.argsort(-proxy, kind="stable")
+    i = np.arange(1, n + 1)
+    weights = np.array([math.comb(n - k, m - 1) for k in i], dtype=np.float64) / math.comb(n, m)
+    return float((gold[order] * weights).sum())
+
+
+def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> list[float]:
+    """Mean over prompts of `best_of_n_expectation` for each n: ``proxy`` and ``gold`` are ``(P, N)``."""
+    return [float(np.mean([best_of_n_expectation(p, g, n) for p, g in zip(proxy, gold)])) for n in ns]
+
+
+@dataclass
+class BonConfig(SamplingConfig, DataSource):
+    """Settings of ``rmkit bon``."""
+
+    data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
+    policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
+    reward_model: str = setting("", "a reward model folder or hub id; an ensemble folder (rmkit_ensemble.json); or "
+                                    "comma-separated members")
+    aggregation: str | None = setting(None, "ensembles: mean, min or uwo (default: the ensemble's own)")
+    uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo = mean - lambda * var (Coste et al.: 0.5 for "
+                                             "best-of-n)")
+    n: int = setting(16, "samples per prompt")
+    output_dir: str = setting("runs/bon", "where samples.jsonl, scores.parquet, best.jsonl and summary.json go")
+    limit: int | None = setting(None, "use N prompts (after the first `offset`)")
+    offset: int = setting(0, "skip the first N prompts")
+    rm_batch_size: int = setting(32, "texts per reward-model forward pass")
+
+    def check(self) -> None:
+        from .reward_ensemble import AGGREGATIONS
+
+        if not self.reward_model:
+            raise ValueError("rmkit bon needs a reward model (--reward-model PATH, an ensemble folder, or A,B,C)")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+
+
+def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
+    """Sample, score and pick (see the module docstring); a rerun resumes after the prompts already sampled."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .reward_ensemble import EnsembleRewardModel, load_reward_model
+
+    cfg.check()
+    ids, prompts, skipped = load_prompts(cfg.data, cfg)
+    end = None if cfg.limit is None else cfg.offset + cfg.limit
+    ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    samples_path = out / "samples.jsonl"
+    done: dict[str, list[str]] = {}
+    if samples_path.exists():
+        for line in samples_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that prompt is sampled again
+            if len(rec.get("responses", [])) == cfg.n:
+                done[rec["id"]] = rec["responses"]
+    todo = [k for k, i in enumerate(ids) if i not in done]
+    if todo:
+        model, tok = load_policy(cfg.policy)
+        part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
+        for k in tqdm(todo, desc="best-of-n", unit="prompt", disable=not progress):
+            part.seed = cfg.seed * 1_000_003 + cfg.offset + k  # per prompt: the same samples resumed or not
+            (resp,) = sample_responses(model, tok, [prompts[k]], part, k=cfg.n)
+            with samples_path.open("a") as f:
+                f.write(json.dumps({"id": ids[k], "prompt": list(prompts[k]), "responses": resp}) + "\n")
+            done[ids[k]] = resp
+        del model
+    rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda)
+    flat_p = [prompts[k] for k in range(len(ids)) for _ in range(cfg.n)]
+    flat_r = [[{"role": "assistant", "content": t}] for i in ids for t in done[i]]
+    table = pd.DataFrame({"id": [i for i in ids for _ in range(cfg.n)], "k": [k for _ in ids for k in range(cfg.n)],
+                          "response": [r[0]["content"] for r in flat_r]})
+    if isinstance(rm, EnsembleRewardModel):
+        if rm.normalize == "zscore" and rm.stats is None:
+            rm.fit_normalization(flat_p, flat_r, batch_size=cfg.rm_batch_size)  # reference: these samples
+        members = rm.member_scores(flat_p, flat_r, batch_size=cfg.rm_batch_size)
+        for m, r in enumerate(members):
+            table[f"member_{m}"] = r
+        from .reward_ensemble import aggregate
+
+        table["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
+    else:
+        table["reward"] = rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size).numpy()
+    table.to_parquet(out / "scores.parquet", index=False)
+    best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
+    with (out / "best.jsonl").open("w") as f:
+        for r in best.itertuples():
+            f.write(json.dumps({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}) + "\n")
+    summary = {"prompts": len(ids), "n": cfg.n, "kl_bon": kl_bon(cfg.n), "best_reward_mean": float(best["reward"].mean()),
+               "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo),
+               "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped)}
+    if isinstance(rm, EnsembleRewardModel):
+        summary.update(aggregation=rm.aggregation, uwo_lambda=rm.uwo_lambda, members=rm.names,
+                       normalization=rm.stats)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

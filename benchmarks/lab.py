@@ -41,6 +41,8 @@ def main() -> None:
     if not cfg.gold_scores:
         shutil.copy(Path(cfg.output_dir) / "gold.parquet", gold)
     shutil.copy(Path(cfg.output_dir) / "gold.json", gold.with_suffix(".json"))
+    if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
+        shutil.copy(Path(cfg.output_dir) / "gold_head.npy", gold.with_name("gold_hh_head.npy"))
     Path(args.results).write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps({k: v for k, v in result.items() if k not in ("flips", "denoise")}, indent=1, default=float))
 

@@ -108,21 +108,28 @@ class GoldRM:
         fc, fr = self.features(pairs, **kw)
         return (fc - fr) @ self.weights
 
-    def score(self, prompts, responses, *, batch_size: int = 32) -> np.ndarray:
+    def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
-        import torch
+        f = embed_responses(self.backbone, prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
+        return f[:, 0] @ self.weights
 
-        ids = self.backbone.encode(prompts, responses)
-        out = np.zeros(len(ids))
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        self.backbone.eval()
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                idx = order[s: s + batch_size]
-                batch = self.backbone.collate([ids[i] for i in idx], self.backbone.device)
-                f = self.backbone.embed(**batch, pooling="mean", layers=[self.layer])[:, 0].float().cpu().numpy()
-                out[idx] = f @ self.weights
-        return out
+
+def embed_responses(backbone: RewardModel, prompts, responses, layers: Sequence[int], *, batch_size: int = 32,
+                    progress: bool = False) -> np.ndarray:
+    """Token-mean features ``(B, V, H)`` of each (prompt, response) at ``layers``, batched by length."""
+    import torch
+    from tqdm.auto import tqdm
+
+    ids = backbone.encode(prompts, responses)
+    out = np.zeros((len(ids), len(layers), int(backbone.model.config.hidden_size)), np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    backbone.eval()
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(order), batch_size), desc="embedding", disable=not progress):
+            idx = order[s: s + batch_size]
+            batch = backbone.collate([ids[i] for i in idx], backbone.device)
+            out[idx] = backbone.embed(**batch, pooling="mean", layers=list(layers)).float().cpu().numpy()
+    return out
 
 
 def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
@@ -424,6 +431,69 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     summary["below_baseline_at_0"] = [k for k, v in summary["accuracy"]["0.0"].items()
                                       if k != "baseline" and v["mean"] < clean - max(spread, 0.002)]
     return summary
+
+
+def proxy_heads(proxy: ProxyFeatures, label: np.ndarray, train: np.ndarray, *, seed: int = 0,
+                members: int = 5) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Reward heads trained on the lab's labels of the ``train`` pairs, to score new responses: ``single`` (one
+    head on the last block) and ``ensemble`` (``members`` heads, each on another block and a bootstrap
+    resample, as ensembles of RMs differ in what they read and what they saw). Returns name -> (layers, W)."""
+    c, r = orient(proxy.fc, proxy.fr, label)
+    fold = np.where(train, fold_of(proxy.ids, 2, seed=seed + 5), -1)
+    out: dict[str, tuple[list[int], np.ndarray]] = {}
+    rng = np.random.default_rng(seed)
+    blocks = sorted(set(member_layers(replace(proxy.cfg, mode="seeds", members=members, layers=None),
+                                      proxy.num_layers)))
+    layers = [blocks[m % len(blocks)] for m in range(members)]
+    W = np.zeros((members, proxy.fc.shape[2]))
+    pool = np.flatnonzero(train)
+    for layer in sorted(set(layers)):
+        v = proxy.views.index(layer)
+        l2 = select_l2(c[:, v], r[:, v], fold)[0]
+        mine = [m for m in range(members) if layers[m] == layer]
+        weights = np.zeros((len(mine), len(label)), np.float32)
+        for j in range(len(mine)):
+            np.add.at(weights[j], rng.choice(pool, size=len(pool), replace=True), 1.0)
+        W[mine] = train_bt_heads(c[:, v], r[:, v], weights, l2=l2)
+        if layer == proxy.num_layers:
+            out["single"] = ([layer], train_bt_heads(c[:, v], r[:, v], train[None].astype(np.float32), l2=l2))
+    if "single" not in out:
+        v = proxy.views.index(proxy.num_layers)
+        l2 = select_l2(c[:, v], r[:, v], fold)[0]
+        out["single"] = ([proxy.num_layers], train_bt_heads(c[:, v], r[:, v], train[None].astype(np.float32), l2=l2))
+    out["ensemble"] = (layers, W)
+    return out
+
+
+def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
+              uwo_lambda: float = 0.5) -> dict:
+    """The overoptimization curve of best-of-n (Gao et al. 2022, Fig. 1) for each proxy variant.
+
+    ``gold (P, N)``: gold rewards of N samples for each of P prompts; ``single (P, N)``: one proxy RM;
+    ``members (M, P, N)``: an ensemble's member rewards (z-scored per member over all samples, so
+    members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
+    reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
+    ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
+    n) that the best conservative aggregation (min or uwo) recovers.
+    """
+    from .bon import bon_curve, kl_bon
+    from .reward_ensemble import aggregate
+
+    z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
+    flat = z.reshape(z.shape[0], -1)
+    variants = {"single": single, "oracle_gold": gold}
+    for how in ("mean", "min", "uwo"):
+        variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
+    curves = {k: bon_curve(v, gold, ns) for k, v in variants.items()}
+    single_curve = curves["single"]
+    peak = max(single_curve)
+    drop = peak - single_curve[-1]
+    best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
+    recovery = (curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 else float("nan")
+    return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
+            "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
+            "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
+            "best_conservative": best_cons, "conservative_recovery": recovery}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Best-of-n in the gold-standard lab: does a conservative ensemble reward resist overoptimization?
+
+SmolLM2-135M-Instruct (the policy) samples N responses to each of P held-out hh-rlhf prompts (the lab's
+test split: the proxies never trained on them), through llama.cpp's server (``xllamacpp``, seeded per
+sample). The gold (benchmarks/lab/gold_hh.*) and the proxies score every sample: a single MiniLM RM
+(a head on the last block) and an ensemble of 5 heads on different blocks and bootstrap resamples, all
+trained on the lab's sampled labels of the training split. `rmkit.lab.study_bon` then gives, for every
+n, the gold reward of the sample each variant picks (single, mean, min, uwo), against KL_bon.
+
+    .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 64]
+
+Writes benchmarks/results/bon.json, benchmarks/results/bon_curve.png, the "bon" block of
+benchmarks/results/lab.json, and benchmarks/lab/bon_scores.parquet (prompt id, sample index, gold and
+proxy rewards; no text). Samples are cached in runs/lab/bon_samples.jsonl (a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rmkit.data import load_preferences, split_ids
+from rmkit.ensemble import EnsembleConfig
+from rmkit.lab import GoldRM, embed_responses, proxy_features, proxy_heads, sample_labels, study_bon
+from rmkit.models import RewardModel
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
+
+
+def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str]) -> dict:
+    """N samples per prompt from SmolLM2 through llama.cpp's server, appended per prompt to ``out``."""
+    from openai import OpenAI
+
+    from rmkit.judge import LocalServer
+
+    done = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if len(rec["responses"]) == n:
+                done[rec["id"]] = rec["responses"]
+    todo = [k for k, i in enumerate(ids) if i not in done]
+    t0, tokens = time.time(), 0
+    if todo:
+        with LocalServer("smollm2", n_ctx=4096, threads=2, parallel=4) as server:
+            client = OpenAI(base_url=server.url, api_key="EMPTY", timeout=600)
+
+            def one(k: int, j: int):
+                seed = int(hashlib.sha256(f"{ids[k]}:{j}".encode()).hexdigest()[:7], 16)
+                r = client.chat.completions.create(model="smollm2", messages=prompts[k], max_tokens=max_tokens,
+                                                   temperature=temperature, top_p=1.0, seed=seed)
+                return r.choices[0].message.content or "", r.usage.completion_tokens if r.usage else 0
+
+            with ThreadPoolExecutor(4) as pool:
+                for c, k in enumerate(todo):
+                    got = list(pool.map(one, [k] * n, range(n)))
+                    tokens += sum(t for _, t in got)
+                    with out.open("a") as f:
+                        f.write(json.dumps({"id": ids[k], "responses": [g for g, _ in got]}) + "\n")
+                    done[ids[k]] = [g for g, _ in got]
+                    if c % 5 == 0:
+                        print(f"sampled {c + 1}/{len(todo)} prompts, {tokens / (time.time() - t0):.0f} tokens/s",
+                              flush=True)
+    return {"samples": done, "tokens_per_s": tokens / max(time.time() - t0, 1e-9) if todo else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--uwo-lambda", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    work = ROOT / "runs" / "lab"
+    work.mkdir(parents=True, exist_ok=True)
+    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    gold_table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
+    gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
+    pairs = load_preferences(DATA).pairs
+    by_id = dict(zip(gold_table["id"], gold_table["gold_diff"]))
+    ids = [p.id for p in pairs]
+    gdiff = np.array([by_id[i] for i in ids])
+    labels = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)
+    y = labels["label"].to_numpy().astype(bool)
+    ds = load_preferences(DATA)
+    splits = split_ids(ds, seed=args.seed)
+    train = np.isin(ids, splits["train"])
+    # Held-out prompts: single-turn ones of the test split, shortest first is not fair; a seeded order instead.
+    test = [p for p in pairs if p.id in set(splits["test"]) and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
+    rng = np.random.default_rng(args.seed)
+    picked = [test[i] for i in rng.permutation(len(test))[: args.prompts]]
+    pid = [p.id for p in picked]
+    t0 = time.time()
+    got = sample_llamacpp([list(p.prompt) for p in picked], args.n, max_tokens=args.max_tokens,
+                          temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid)
+    sample_s = time.time() - t0
+    flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
+    flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
+    # The gold scores every sample.
+    t0 = time.time()
+    gold_rm = GoldRM(RewardModel.from_pretrained(gold_info["model"], max_length=gold_info["max_length"]),
+                     np.load(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy"), gold_info["layer"], gold_info["model"])
+    gold = gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+    gold_s = time.time() - t0
+    # Proxies trained on the lab's labels of the training split.
+    proxy = proxy_features(EnsembleConfig(), pairs)
+    heads = proxy_heads(proxy, y, train, seed=args.seed)
+    rm = RewardModel.from_pretrained("minilm", max_length=128)
+    layers_all = sorted(set(heads["ensemble"][0]) | set(heads["single"][0]))
+    feats = embed_responses(rm, flat_p, flat_r, layers_all, batch_size=64, progress=True)
+    e_layers, W = heads["ensemble"]
+    members = np.stack([feats[:, layers_all.index(layer)] @ W[m] for m, layer in enumerate(e_layers)])
+    members = members.reshape(len(e_layers), len(pid), args.n)
+    (s_layer,), Ws = heads["single"]
+    single = (feats[:, layers_all.index(s_layer)] @ Ws[0]).reshape(len(pid), args.n)
+    ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
+    result = study_bon(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+    result.update({"policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp)", "temperature": args.temperature,
+                   "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": got["tokens_per_s"],
+                   "gold_scoring_seconds": gold_s, "proxies": {"single": f"head on block {s_layer}",
+                                                                "ensemble": f"{len(e_layers)} heads on blocks {e_layers}"},
+                   "proxy_gold_agreement_on_samples": {
+                       k: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
+                       for k, v in (("single", single), ("mean", members.mean(0)))}})
+    rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
+                         "gold": gold.ravel(), "single": single.ravel(),
+                         **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
+    rows.to_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet", index=False)
+    (ROOT / "benchmarks" / "results" / "bon.json").write_text(json.dumps(result, indent=1))
+    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
+    (ROOT / "benchmarks" / "results" / "lab.json").write_text(json.dumps(lab, indent=1))
+    _figure(result, ROOT / "benchmarks" / "results" / "bon_curve.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
+
+
+def _figure(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, style in (("single", "o-"), ("mean", "s-"), ("min", "^-"), ("uwo", "v-"), ("oracle_gold", "k--")):
+        ax.plot(result["kl_bon"], result["gold_reward"][name], style, label=name, ms=4)
+    ax.set(xlabel="KL_bon = log n - (n-1)/n (nats)", ylabel="gold reward of the pick",
+           title=f"Best-of-n in the lab ({result['prompts']} prompts, n up to {result['n'][-1]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

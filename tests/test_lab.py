@@ -109,3 +109,17 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     assert again["temperature"] == pytest.approx(out["temperature"])
     with pytest.raises(ValueError, match="unknown studies"):
         LabConfig(data="x", studies=["bon-typo"]).check()
+
+
+def test_study_bon_on_a_hacked_proxy():
+    """One sample games the single proxy (and one member); the min of the ensemble does not pick it."""
+    from rmkit.lab import study_bon
+
+    gold = np.array([[0.0, 1.0, 2.0, 3.0]])
+    single = np.array([[10.0, 1.0, 2.0, 3.0]])
+    members = np.array([[[10.0, 1.0, 2.0, 3.0]], [[-10.0, 1.0, 2.0, 3.0]]])
+    out = study_bon(gold, single, members, [1, 2, 4])
+    assert out["gold_reward"]["single"][0] == pytest.approx(1.5) and out["gold_reward"]["single"][-1] == 0.0
+    assert out["gold_reward"]["min"][-1] == 3.0 and out["gold_reward"]["oracle_gold"][-1] == 3.0
+    assert out["single_peak_n"] == 1 and out["conservative_recovery"] == pytest.approx(3.0 / 1.5)
+    assert out["kl_bon"][0] == 0.0

@@ -110,13 +110,17 @@ def llmeval2_blocks(seeds: int) -> tuple[dict, dict]:
         flipped[rng.choice(len(dec), size=int(round(0.2 * len(dec))), replace=False)] = True
         d = sub.ensemble(y_clean ^ flipped, seed=s)
         m = np.nanmean(d, axis=0)
-        p_wrong = 1 - crossfit_calibration(m, fold_of(sub.ids, 2, seed=s + 101))
-        flags = p_wrong >= 0.8
-        rows.append({"flagged_share": float(flags.mean()),
-                     "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
-                     "ece": expected_calibration_error(p_wrong, flipped),
-                     "auroc": float(roc_auc_score(flipped, p_wrong)),
-                     "max_p_label_wrong": float(np.nanmax(p_wrong))})
+        row = {}
+        for method in ("temperature", "isotonic"):
+            p_wrong = 1 - crossfit_calibration(m, fold_of(sub.ids, 2, seed=s + 101), method=method)
+            flags = p_wrong >= 0.8
+            key = "" if method == "temperature" else "_isotonic"
+            row.update({f"flagged_share{key}": float(flags.mean()),
+                        f"precision_flagged{key}": float(flipped[flags].mean()) if flags.any() else float("nan"),
+                        f"ece{key}": expected_calibration_error(p_wrong, flipped),
+                        f"auroc{key}": float(roc_auc_score(flipped, p_wrong)),
+                        f"max_p_label_wrong{key}": float(np.nanmax(p_wrong))})
+        rows.append(row)
     flips = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
     flips.update({"seeds": seeds, "noise": 0.2, "pairs": len(dec), "runs": rows})
     return ties, flips

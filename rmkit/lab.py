@@ -349,14 +349,16 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
             runs.setdefault("single_rm", []).append(detection_metrics(-single, flipped))
             if with_cleanlab:
                 runs.setdefault("cleanlab", []).append(detection_metrics(cleanlab_suspicion(single, seed=s), flipped))
-            p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
-            flags = p_wrong >= min_confidence
-            runs.setdefault("calibrated_flags", []).append({
-                "flagged_share": float(flags.mean()),
-                "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
-                "recall_flagged": float(flags[flipped].mean()) if flipped.any() else float("nan"),
-                "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
-                "ece_vs_against_gold": expected_calibration_error(p_wrong, lab["against_gold"].to_numpy())})
+            for method in ("temperature", "isotonic"):
+                p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101), method=method)
+                flags = p_wrong >= min_confidence
+                name = "calibrated_flags" if method == "temperature" else "calibrated_flags_isotonic"
+                runs.setdefault(name, []).append({
+                    "flagged_share": float(flags.mean()),
+                    "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
+                    "recall_flagged": float(flags[flipped].mean()) if flipped.any() else float("nan"),
+                    "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
+                    "ece_vs_against_gold": expected_calibration_error(p_wrong, lab["against_gold"].to_numpy())})
         out[str(level)] = {k: _mean_std(v) for k, v in runs.items()}
     return out
 

@@ -112,14 +112,60 @@ def mpnet_path() -> str:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map rmkit's offline aliases to local folders; pass anything else through."""
+    """Map rmkit's offline aliases to local folders; pass a local folder or a reachable (or cached) hub id
+    through; fail at once, listing the aliases, for anything else (instead of a minute of hub retries)."""
     if name_or_path == "minilm":
         return minilm_path()
     if name_or_path == "smollm2":
         return smollm2_path()
     if name_or_path == "mpnet":
         return mpnet_path()
+    check_model_source(name_or_path)
     return name_or_path
+
+
+def check_model_source(name: str) -> None:
+    """Raise a `FileNotFoundError` naming the aliases when ``name`` is neither a local folder, a hub id in the
+    local cache, nor a hub id while the hub answers."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return
+    aliases = ", ".join(ALIASES)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an owner/name hub id
+        raise FileNotFoundError(f"{name}: no such model folder (offline aliases: {aliases})")
+    if _in_hub_cache(name):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or not _hub_reachable():
+        raise FileNotFoundError(f"{name}: not an alias ({aliases}), not a local folder, and the Hugging Face hub "
+                                "is unreachable from here (nor is the model in its local cache)")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the hub library rejects is not in the cache
+        return False
+
+
+_HUB_OK: dict[str, bool] = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick look at the hub per process (its endpoint from HF_ENDPOINT), remembered."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _HUB_OK:
+        u = urlparse(endpoint)
+        try:
+            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout).close()
+            _HUB_OK[endpoint] = True
+        except OSError:
+            _HUB_OK[endpoint] = False
+    return _HUB_OK[endpoint]
 
 
 def setup() -> dict[str, str]:

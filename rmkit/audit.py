@@ -102,9 +102,12 @@ class AuditResult:
                          f"{', '.join(t['unjudged_subsets'])}")
         lb = t["length_bias"]
         lines.append(f"length bias: Spearman(strength, length difference) {lb['spearman']:+.2f}")
+        unjudged = int((self.table["category"] == "unjudged").sum())
+        if unjudged:
+            lines.append(f"{unjudged} pairs of those subsets are `unjudged`; below, the pairs the audit can judge:")
         print("\n".join(lines))
-        return "\n".join(lines) + "\n" + StrengthReport(self.table[~self.table["category"].isin(
-            ["unscored"])]).report()
+        judged = self.table[~self.table["category"].isin(["unscored", "unjudged"])]
+        return "\n".join(lines) + "\n" + StrengthReport(judged).report()
 
 
 def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
@@ -231,7 +234,7 @@ def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:
         tok = None
     if tok is None:
         return np.array([len(c) - len(r) for c, r in zip(chosen, rejected)], float), "characters"
-    n = tok(chosen + rejected, add_special_tokens=False)["input_ids"]
+    n = tok(chosen + rejected, add_special_tokens=False, verbose=False)["input_ids"]  # lengths only: no warning
     k = len(chosen)
     return np.array([len(n[i]) - len(n[k + i]) for i in range(k)], float), "tokens"
 

@@ -118,8 +118,15 @@ def _dialogue_html(pair, context_turns: int = 4) -> str:
             + "</div></div>")
 
 
+def _num(x: float) -> str:
+    """Enough digits to tell small values apart (ambiguous pairs sit near zero)."""
+    return f"{x:+.2e}" if x != 0 and abs(x) < 1e-3 else f"{x:+.4f}"
+
+
 def _pct(x) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.1%}"
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.2%}" if 0 < x < 0.01 else f"{x:.1%}"
 
 
 def _trust_html(s: dict) -> str:
@@ -148,7 +155,8 @@ def _trust_html(s: dict) -> str:
     else:
         rule = ("Rule set <b>paper</b>: every pair with mean strength below "
                 f"{settings.get('mislabeled_below', 0)} is flagged, without calibration. ")
-    flagged_lb = (f"{_pct(lb['rejected_longer_flagged'])} of flagged pairs have the longer rejected response "
+    flagged_lb = (f"{_pct(lb['rejected_longer_flagged'])} of the {t['flagged']} flagged pairs have the longer rejected "
+                  f"response "
                   f"(all pairs: {_pct(lb['rejected_longer_overall'])}; pairs with mean &lt; 0: "
                   f"{_pct(lb['rejected_longer_mean_below_zero'])})")
     corrected = (f" after removing the length effect (was {lb['spearman_before_correction']:+.2f})"
@@ -211,7 +219,7 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
             diffs = ", ".join(f"{d:+.3f}" for d in r.member_diffs if np.isfinite(d))
             parts.append(
                 f"<div class='pair'><div class='meta'><b>{html.escape(str(r.id))}</b> ({html.escape(str(r.subset))})"
-                f" &mdash; <b>p_label_wrong {r.p_label_wrong:.2f}</b>, mean {r.mean:+.4f}, std {r.std:.4f}, "
+                f" &mdash; <b>p_label_wrong {r.p_label_wrong:.2f}</b>, mean {_num(r.mean)}, std {_num(r.std)}, "
                 f"z {r.z:+.2f}, category {html.escape(r.category)}, rank {r.rank}, length difference "
                 f"{r.length_diff:+.0f}<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
         return "".join(parts)

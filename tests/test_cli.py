@@ -136,3 +136,16 @@ def test_abbreviations_refused_and_version():
     proc = run("audit", "x", "--max-lengt", "8", ok=False)
     assert proc.returncode == 2 and "unrecognized arguments: --max-lengt" in proc.stderr
     assert run("--version").stdout.startswith("rmkit ")
+
+
+def test_unknown_model_fails_at_once_naming_the_aliases(tiny_bert, small_hh, monkeypatch):
+    from rmkit.assets import check_model_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"not an alias \(minilm, smollm2, mpnet\).*unreachable"):
+        check_model_source("someone/not-a-cached-model")
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        check_model_source("./runs/missing/model")
+    check_model_source(tiny_bert)  # a local folder passes
+    proc = run("score", small_hh, "someone/not-a-model", ok=False)
+    assert proc.returncode == 2 and "minilm, smollm2, mpnet" in proc.stderr and "Traceback" not in proc.stderr

@@ -83,19 +83,13 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
     args = parser.parse_args()
     work = ROOT / "runs" / "lab"
     work.mkdir(parents=True, exist_ok=True)
-    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-    gold_table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
-    gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
-    pairs = load_preferences(DATA).pairs
-    by_id = dict(zip(gold_table["id"], gold_table["gold_diff"]))
-    ids = [p.id for p in pairs]
-    gdiff = np.array([by_id[i] for i in ids])
-    labels = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)
-    y = labels["label"].to_numpy().astype(bool)
     ds = load_preferences(DATA)
+    pairs = ds.pairs
+    ids = [p.id for p in pairs]
     splits = split_ids(ds, seed=args.seed)
     train = np.isin(ids, splits["train"])
     # Held-out prompts: single-turn ones of the test split, shortest first is not fair; a seeded order instead.
@@ -107,6 +101,15 @@ def main() -> None:
     got = sample_llamacpp([list(p.prompt) for p in picked], args.n, max_tokens=args.max_tokens,
                           temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid)
     sample_s = time.time() - t0
+    if args.sample_only:
+        print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": got["tokens_per_s"]}))
+        return
+    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    gold_table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
+    gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
+    by_id = dict(zip(gold_table["id"], gold_table["gold_diff"]))
+    gdiff = np.array([by_id[i] for i in ids])
+    y = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)["label"].to_numpy().astype(bool)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
     # The gold scores every sample.

@@ -287,9 +287,14 @@ def proxy_features(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], *, batc
 
 
 def _mean_std(rows: list[dict]) -> dict:
+    """Mean and std over seeds of each metric (NaN runs, e.g. precision with nothing flagged, left out)."""
     keys = rows[0].keys()
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {
-        f"{k}_std": float(np.std([r[k] for r in rows])) for k in keys}
+
+    def agg(fn, k):
+        v = np.array([r[k] for r in rows], dtype=float)
+        return float(fn(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+
+    return {k: agg(np.mean, k) for k in keys} | {f"{k}_std": agg(np.std, k) for k in keys}
 
 
 def study_learnability(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, seeds: int = 3,
@@ -358,7 +363,10 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
                     "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
                     "recall_flagged": float(flags[flipped].mean()) if flipped.any() else float("nan"),
                     "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
-                    "ece_vs_against_gold": expected_calibration_error(p_wrong, lab["against_gold"].to_numpy())})
+                    "ece_vs_against_gold": expected_calibration_error(p_wrong, lab["against_gold"].to_numpy()),
+                    **{f"precision_at_{c}": float(flipped[p_wrong >= c].mean()) if (p_wrong >= c).any() else float("nan")
+                       for c in (0.6, 0.7, 0.9)},
+                    **{f"share_at_{c}": float((p_wrong >= c).mean()) for c in (0.6, 0.7, 0.9)}})
         out[str(level)] = {k: _mean_std(v) for k, v in runs.items()}
     return out
 

@@ -329,6 +329,42 @@ def _eval_labels_note(*held_out: Sequence[PreferencePair]) -> str:
     return "as given in the data"
 
 
+def write_model_card(path: Path, cfg: TrainConfig, results: dict[str, Any]) -> None:
+    """``README.md`` beside the weights: base model, data, objective, held-out metrics, and how to load it."""
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in results.items()
+                         if k.startswith(("eval/", "test/")) and isinstance(v, float))
+    extras = (f", contrastive `{cfg.contrastive}`" if cfg.contrastive != "none" else "") + \
+        (", MetaRM" if cfg.meta_data else "")
+    card = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [reward-model, rlhf, rmkit]
+base_model: {cfg.model}
+---
+# Reward model trained with rmkit
+
+- base model: `{cfg.model}` (max length {cfg.max_length} tokens, left-truncated so the response is kept)
+- data: `{cfg.data or "pairs given in Python"}`; {results.get("train_pairs")} training pairs, split seed {cfg.split_seed}
+- objective: `{cfg.objective}`{extras}
+- steps: {results.get("steps")}, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}
+- evaluation labels: {results.get("eval_labels", "as given")}
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Load
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("{path.name}")  # num_labels=1: the logit is the reward
+from rmkit.models import RewardModel
+rm = RewardModel.from_pretrained("{path.name}")   # rmkit's rendering and truncation; rm.score(prompts, responses)
+```
+"""
+    (path / "README.md").write_text(card)
+
+
 def _logged_step(line: str) -> float:
     try:
         return float(json.loads(line).get("step", 0))
@@ -569,6 +605,7 @@ def train_reward_model(
                                       accelerator=accelerator))
     if accelerator.is_main_process:
         model.save_pretrained(out / "model")
+        write_model_card(out / "model", cfg, results)
         (out / "results.json").write_text(json.dumps(results, indent=1))
         shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(model, out, results)

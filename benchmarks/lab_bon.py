@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
-def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str]) -> dict:
+def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
+                    threads: int = 2) -> dict:
     """N samples per prompt from SmolLM2 through llama.cpp's server, appended per prompt to ``out``."""
     from openai import OpenAI
 
@@ -53,7 +54,7 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
     todo = [k for k, i in enumerate(ids) if i not in done]
     t0, tokens = time.time(), 0
     if todo:
-        with LocalServer("smollm2", n_ctx=4096, threads=2, parallel=4) as server:
+        with LocalServer("smollm2", n_ctx=4096, threads=threads, parallel=4) as server:
             client = OpenAI(base_url=server.url, api_key="EMPTY", timeout=600)
 
             def one(k: int, j: int):
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     args = parser.parse_args()
     work = ROOT / "runs" / "lab"
     work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def main() -> None:
     pid = [p.id for p in picked]
     t0 = time.time()
     got = sample_llamacpp([list(p.prompt) for p in picked], args.n, max_tokens=args.max_tokens,
-                          temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid)
+                          temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid, threads=args.threads)
     sample_s = time.time() - t0
     if args.sample_only:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": got["tokens_per_s"]}))

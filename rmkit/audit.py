@@ -67,6 +67,10 @@ class AuditConfig(EnsembleConfig, DataSource):
     report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
     review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
                                      "this many, for review")
+    member_models: list[str] | None = setting(None, "score every pair with reward models you already have (paths or "
+                                                    "hub ids, any mix of backbones) instead of training an ensemble; "
+                                                    "their scores are in-sample if they saw this data, and the "
+                                                    "report says so")
 
     @property
     def category_rules(self) -> CategoryRules:
@@ -116,8 +120,32 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
     pairs = ds.pairs
     if not pairs:
         raise ValueError(f"{cfg.data}: no usable pairs to audit (statuses: {ds.status_counts()})")
+    if cfg.member_models:
+        diffs, info = member_model_diffs(cfg.member_models, pairs, batch_size=cfg.batch_size)
+        scoring = (f"{len(cfg.member_models)} given reward models; in-sample if they trained on this data "
+                   "(agreement and p_label_wrong are then optimistic)")
+        return audit_diffs(ds, diffs, cfg, info=info, scoring=scoring)
     diffs, info = ensemble_diffs(cfg, pairs, work_dir=Path(cfg.output_dir) / "work", progress=progress)
     return audit_diffs(ds, diffs, cfg, info=info)
+
+
+def member_model_diffs(models: list[str], pairs, *, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+    """Reward differences ``(M, N)`` of existing reward models (each with its own template and tokenizer)."""
+    import torch
+
+    from .models import RewardModel
+    from .scoring import score_token_pairs
+
+    t0 = time.time()
+    rows = []
+    for name in models:
+        rm = RewardModel.from_pretrained(name)
+        if torch.cuda.is_available():
+            rm.cuda()
+        c, r = rm.encode_pairs(pairs)
+        rc, rr = score_token_pairs(rm, c, r, batch_size=batch_size)
+        rows.append(rc - rr)
+    return np.stack(rows), {"member_models": list(models), "member_models_seconds": time.time() - t0}
 
 
 def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, info: dict | None = None,

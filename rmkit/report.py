@@ -208,6 +208,12 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
     )
     members = settings.get("members")
     per_pair = s["trust"]["members_per_pair"]
+    given = settings.get("member_models")
+    if given:
+        members = len(given)
+        who = f"{members} given reward models: " + ", ".join(f"<code>{html.escape(str(m))}</code>" for m in given)
+    else:
+        who = f"{members} members on <code>{html.escape(str(settings.get('model')))}</code>"
     why_members = (f" Each pair shows {per_pair} member values, not {members}: with {settings.get('folds')} folds, a pair "
                    f"is scored only by the members that did not train on it." if members and per_pair < members else "")
 
@@ -253,7 +259,7 @@ tr.bad td{{background:#fdecea}}img{{max-width:49%;margin:2px}}.pair{{border:1px 
 </style></head><body>
 <h1>Preference-strength audit</h1>
 <p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
-{members or ''} members on <code>{html.escape(str(settings.get('model')))}</code>{reads}.{why_members}</p>
+{who}{reads}.{why_members}</p>
 {_trust_html(s)}
 <h2>Categories</h2>
 <table><tr><th>category</th><th>rows</th></tr>{cats}</table>

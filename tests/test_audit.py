@@ -248,3 +248,16 @@ def test_finetuned_members_in_parallel_equal_sequential(tiny_bert, tmp_path):
                               work_dir=tmp_path / "par", progress=False)
     assert (tmp_path / "par" / "member0" / "diffs.npy").stat().st_mtime_ns == stamp
     np.testing.assert_allclose(again, seq, atol=1e-5)
+
+
+def test_audit_with_your_own_reward_models(tiny_bert, tiny_llama, separable, tmp_path):
+    """--member-models: existing RMs of different backbones score every pair; the report says in-sample."""
+    path, ids, _ = separable
+    cfg = AuditConfig(data=str(path), output_dir=str(tmp_path / "a"), member_models=[tiny_bert, tiny_llama],
+                      report_pairs=2)
+    result = run_audit(cfg, progress=False)
+    scored = result.table[result.table["category"] != "unscored"]
+    assert len(scored) == len(ids) and (scored["members_scored"] == 2).all()
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "2 given reward models" in page and "in-sample" in page
+    assert result.summary["ensemble"]["member_models"] == [tiny_bert, tiny_llama]

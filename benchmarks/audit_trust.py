@@ -132,25 +132,27 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_audit_trust"))
     parser.add_argument("--lab", default=str(ROOT / "benchmarks" / "results" / "lab.json"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "audit_trust.json"))
+    parser.add_argument("--only-lab", action="store_true", help="only (re)read the lab's flips into the results")
     args = parser.parse_args()
     work = Path(args.work)
     out: dict = {}
     path = Path(args.results)
     if path.exists():
         out = json.loads(path.read_text())
-    out["hh"] = hh_block(work)
-    path.write_text(json.dumps(out, indent=1))
-    print(json.dumps(out["hh"], indent=1), flush=True)
-    out["llmeval2"], flips_llm = llmeval2_blocks(args.seeds)
-    out["flips"] = {"llmeval2": flips_llm}
+    if not args.only_lab:
+        out["hh"] = hh_block(work)
+        path.write_text(json.dumps(out, indent=1))
+        print(json.dumps(out["hh"], indent=1), flush=True)
+        out["llmeval2"], flips_llm = llmeval2_blocks(args.seeds)
+        out["flips"] = {"llmeval2": flips_llm}
     lab = Path(args.lab)
     if lab.exists():
         res = json.loads(lab.read_text())
         if "flips" in res and "0.2" in res["flips"]:
             cal = res["flips"]["0.2"]["calibrated_flags"]
-            out["flips"]["lab"] = {"precision_flagged": cal["precision_flagged"], "ece": cal["ece_vs_flipped"],
-                                   "ece_vs_against_gold": cal["ece_vs_against_gold"],
-                                   "flagged_share": cal["flagged_share"], "recall_flagged": cal["recall_flagged"],
+            out["flips"]["lab"] = {**{k: v for k, v in cal.items() if not k.endswith("_std")},
+                                   "ece": cal["ece_vs_flipped"],
+                                   "isotonic": res["flips"]["0.2"].get("calibrated_flags_isotonic"),
                                    "source": str(lab.relative_to(ROOT)) if lab.is_relative_to(ROOT) else str(lab)}
     out["flips"]["data"] = [k for k in ("lab", "llmeval2") if k in out["flips"]]
     out["flips"]["precision_flagged"] = out["flips"][out["flips"]["data"][0]]["precision_flagged"]

@@ -96,11 +96,12 @@ def test_audit_command(tiny_bert, small_hh, tmp_path):
     out = tmp_path / "audit"
     proc = run("audit", small_hh, "--model", tiny_bert, "--output-dir", out, "--members", "4", "--max-length", "32",
                "--cache-dir", tmp_path / "cache")
-    assert "most suspect" in proc.stdout and "held-out accuracy" in proc.stdout
+    assert "most suspect" in proc.stdout and "held-out agreement with the labels" in proc.stdout
     table = pd.read_parquet(out / "strength.parquet")
     assert len(table) == 42 and set(table.loc[table["category"] == "unscored", "status"]) == {"identical", "undecodable"}
     for name in ("summary.json", "report.html", "config.yaml", "fig_groups.png", "fig_strength_hist.png",
-                 "fig_std_vs_mean.png", "fig_categories_per_subset.png"):
+                 "fig_std_vs_mean.png", "fig_categories_per_subset.png", "fig_reliability.png", "fig_length_bias.png",
+                 "flagged.csv", "flagged.jsonl"):
         assert (out / name).exists(), name
     assert yaml.safe_load((out / "config.yaml").read_text())["members"] == 4
 

@@ -41,10 +41,11 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs
     from rmkit.audit import AuditConfig
+    from rmkit.lab import LabConfig
     from rmkit.rl import PPOConfig
 
-    kinds = {"train": TrainConfig, "audit": AuditConfig, "ppo": PPOConfig}
+    kinds = {"train": TrainConfig, "audit": AuditConfig, "ppo": PPOConfig, "lab": LabConfig}
     for path in configs:
         cfg = load_config(kinds[path.name.split("_")[0]], path)
-        if isinstance(cfg, AuditConfig):
+        if isinstance(cfg, (AuditConfig, LabConfig)):
             cfg.check()

@@ -106,7 +106,8 @@ def main() -> None:
     if args.sample_only:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": got["tokens_per_s"]}))
         return
-    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    lab_path = ROOT / "benchmarks" / "results" / "lab.json"
+    lab = json.loads((lab_path if lab_path.exists() else work / "lab.json").read_text())
     gold_table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
     gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
     by_id = dict(zip(gold_table["id"], gold_table["gold_diff"]))
@@ -145,9 +146,10 @@ def main() -> None:
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
     rows.to_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet", index=False)
     (ROOT / "benchmarks" / "results" / "bon.json").write_text(json.dumps(result, indent=1))
-    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-    lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
-    (ROOT / "benchmarks" / "results" / "lab.json").write_text(json.dumps(lab, indent=1))
+    if lab_path.exists():  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
+        lab = json.loads(lab_path.read_text())
+        lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
+        lab_path.write_text(json.dumps(lab, indent=1))
     _figure(result, ROOT / "benchmarks" / "results" / "bon_curve.png")
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
 

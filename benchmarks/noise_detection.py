@@ -33,25 +33,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from rmkit.data import inject_label_flips, load_preferences
+from rmkit.lab import detection_metrics
 from rmkit.ensemble import (EnsembleConfig, default_cache_dir, encode_features, ensemble_diffs, heads_on_features,
                             member_layers)
 from rmkit.models import RewardModel
 from rmkit.strength import pair_quality_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def detection_metrics(suspicion: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
-    k = int(flipped.sum())
-    order = np.argsort(-suspicion, kind="stable")
-    top5 = max(1, int(round(0.05 * len(suspicion))))
-    return {"auroc": float(roc_auc_score(flipped, suspicion)),
-            "ap": float(average_precision_score(flipped, suspicion)),
-            "precision_at_k": float(flipped[order[:k]].mean()),
-            "precision_top5pct": float(flipped[order[:top5]].mean())}
 
 
 def cleanlab_scores(diff: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wro
 from .config import save_config, setting, to_dict
 from .data import DataSource, PreferenceDataset
 from .ensemble import EnsembleConfig, ensemble_diffs
+from .models import ROLE_NAMES
 from .report import write_figures, write_html_report
 from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statistics, preference_strength,
                        strength_table)
@@ -342,5 +343,4 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
 
 
 def _transcript(messages) -> str:
-    who = {"user": "Human", "assistant": "Assistant"}
-    return "\n\n".join(f"{who.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+    return "\n\n".join(f"{ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import ROLE_NAMES
 from .strength import CATEGORIES
 
 COLORS = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": "#999999", "strong": "#009988",
@@ -104,7 +105,7 @@ def write_figures(result, out: Path) -> dict[str, Path]:
 
 
 def _turn(m) -> str:
-    who = {"user": "Human", "assistant": "Assistant"}.get(m["role"], m["role"])
+    who = ROLE_NAMES.get(m["role"], m["role"])
     return f"<div class='turn {html.escape(m['role'])}'><b>{html.escape(who)}:</b> {html.escape(m['content'])}</div>"
 
 

@@ -8,8 +8,8 @@ Protocol (one run = one method, one noise rate, one seed):
    noisy training split (10 linear heads over 2 folds reading several layers of the frozen features,
    L2 picked on the noisy labels) -- the method sees only noisy labels, as a user would.
 3. The method acts through rmkit's own code: `rmkit.denoise.denoise_pairs` (presets flip, margin,
-   flip+margin, soft+margin, drop), the trainer's objectives (`rmkit.training.OBJECTIVES`), and
-   `rmkit.training.ContrastiveTerm` (SimCSE/SwAV presets, on pairs or on differences).
+   flip+margin, soft+margin, drop), the trainer's objectives (`rmkit.objectives.OBJECTIVES`), and
+   `rmkit.objectives.ContrastiveTerm` (SimCSE/SwAV presets, on pairs or on differences).
 4. The reward model is the frozen MiniLM backbone (mean-pooled middle block, from the same encoding)
    under a trainable two-layer top (384 -> 256, GELU, dropout 0.05 on input and hidden: the two
    dropout views). Full fine-tuning costs ~30 min per run on 2 CPU cores; the grid is
@@ -48,7 +48,8 @@ from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, h
 from rmkit.models import RewardModel
 from rmkit.scoring import label_views, read_judge_labels
 from rmkit.strength import preference_strength
-from rmkit.training import OBJECTIVES, ContrastiveTerm, TrainConfig
+from rmkit.objectives import OBJECTIVES, ContrastiveTerm
+from rmkit.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (0.0, 0.1, 0.2, 0.3)

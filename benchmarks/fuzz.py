@@ -187,7 +187,7 @@ def resume_trials(n: int, seed: int, work: Path) -> dict:
         small.write_text("".join(next(f) for _ in range(120)))
     audit = ["audit", str(small), "--max-length", "64", "--members", "4"]
     train = ["train", str(small), "--max-length", "48", "--epochs", "1", "--batch-size", "8", "--eval-every", "2",
-             "--save-every", "2", "--max-eval-pairs", "16"]
+             "--save-every", "2", "--max-pairs", "16"]
     # Straight runs, the reference (their own caches, so nothing is shared with the trials).
     t0 = time.time()
     ref_a = _run([*audit, "--output-dir", str(work / "ref_audit"), "--cache-dir", str(work / "ref_cache")], env)

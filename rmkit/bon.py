@@ -20,13 +20,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
-from .config import save_config, setting
+from .config import save_config, setting, validate
 from .data import DataSource
+from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
+from .reward_ensemble import AGGREGATIONS, EnsembleRewardModel, aggregate, load_reward_model
 
 
 def kl_bon(n: int) -> float:
@@ -61,18 +63,20 @@ class BonConfig(SamplingConfig, DataSource):
     policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
     reward_model: str = setting("", "a reward model folder or hub id; an ensemble folder (rmkit_ensemble.json); or "
                                     "comma-separated members")
-    aggregation: str | None = setting(None, "ensembles: mean, min or uwo (default: the ensemble's own)")
+    aggregation: Literal["mean", "min", "uwo"] | None = setting(
+        None, "ensembles: mean, min or uwo (default: the ensemble's own)")
     uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo = mean - lambda * var (Coste et al.: 0.5 for "
                                              "best-of-n)")
     n: int = setting(16, "samples per prompt")
     output_dir: str = setting("runs/bon", "where samples.jsonl, scores.parquet, best.jsonl and summary.json go")
-    limit: int | None = setting(None, "use N prompts (after the first `offset`)")
+    max_prompts: int | None = setting(None, "use N prompts (after the first `offset`)")
     offset: int = setting(0, "skip the first N prompts")
     rm_batch_size: int = setting(32, "texts per reward-model forward pass")
+    device: str = setting("auto", DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP + " (the reward model's scoring)")
 
     def check(self) -> None:
-        from .reward_ensemble import AGGREGATIONS
-
+        check_device(self.device)
         if not self.reward_model:
             raise ValueError("rmkit bon needs a reward model (--reward-model PATH, an ensemble folder, or A,B,C)")
         if self.n < 1:
@@ -81,16 +85,29 @@ class BonConfig(SamplingConfig, DataSource):
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
 
 
+def _score_samples(rm, table, prompts, responses, batch_size: int) -> None:
+    """``reward`` (and, for an ensemble, ``member_m``) columns of ``table``, one row per sample."""
+    if isinstance(rm, EnsembleRewardModel):
+        if rm.normalize == "zscore" and rm.stats is None:
+            rm.fit_normalization(prompts, responses, batch_size=batch_size)  # reference: these samples
+        members = rm.member_scores(prompts, responses, batch_size=batch_size)
+        for m, r in enumerate(members):
+            table[f"member_{m}"] = r
+        table["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
+    else:
+        table["reward"] = rm.score(prompts, responses, batch_size=batch_size).float().numpy()
+
+
 def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     """Sample, score and pick (see the module docstring); a rerun resumes after the prompts already sampled."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .reward_ensemble import EnsembleRewardModel, load_reward_model
-
-    cfg.check()
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     ids, prompts, skipped = load_prompts(cfg.data, cfg)
-    end = None if cfg.limit is None else cfg.offset + cfg.limit
+    end = None if cfg.max_prompts is None else cfg.offset + cfg.max_prompts
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +125,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     todo = [k for k, i in enumerate(ids) if i not in done]
     if todo:
         model, tok = load_policy(cfg.policy)
+        model.to(device)
         part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
         for k in tqdm(todo, desc="best-of-n", unit="prompt", disable=not progress):
             part.seed = cfg.seed * 1_000_003 + cfg.offset + k  # per prompt: the same samples resumed or not
@@ -116,22 +134,13 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
                 f.write(json.dumps({"id": ids[k], "prompt": list(prompts[k]), "responses": resp}) + "\n")
             done[ids[k]] = resp
         del model
-    rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda)
+    rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda).to(device)
     flat_p = [prompts[k] for k in range(len(ids)) for _ in range(cfg.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in ids for t in done[i]]
     table = pd.DataFrame({"id": [i for i in ids for _ in range(cfg.n)], "k": [k for _ in ids for k in range(cfg.n)],
                           "response": [r[0]["content"] for r in flat_r]})
-    if isinstance(rm, EnsembleRewardModel):
-        if rm.normalize == "zscore" and rm.stats is None:
-            rm.fit_normalization(flat_p, flat_r, batch_size=cfg.rm_batch_size)  # reference: these samples
-        members = rm.member_scores(flat_p, flat_r, batch_size=cfg.rm_batch_size)
-        for m, r in enumerate(members):
-            table[f"member_{m}"] = r
-        from .reward_ensemble import aggregate
-
-        table["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
-    else:
-        table["reward"] = rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size).numpy()
+    with autocast(device, precision):
+        _score_samples(rm, table, flat_p, flat_r, cfg.rm_batch_size)
     table.to_parquet(out / "scores.parquet", index=False)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
     with (out / "best.jsonl").open("w") as f:

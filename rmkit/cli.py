@@ -23,117 +23,114 @@ calls one library function, and prints what it returned.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 from .config import add_arguments, config_from_args
-from .data import DataConfig, DataError, run_data
-from .scoring import ScoreConfig, run_score
-from .training import TrainConfig, train_reward_model
+from .data import DataError
 
 
 def _print(obj) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, print once
+    if _is_main():
         print(json.dumps(obj, indent=1, default=str))
 
 
-def _cmd_setup(args) -> None:
-    from .assets import setup
-
-    _print(setup())
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch, print once
 
 
-def _cmd_data(args) -> None:
-    _print(run_data(config_from_args(DataConfig, args, {"data": args.source})))
-
-
-def _cmd_train(args) -> None:
-    _cmd_train_cfg(config_from_args(TrainConfig, args, {"data": args.source}))
-
-
-def _cmd_train_cfg(cfg: TrainConfig) -> None:
-    result = train_reward_model(cfg)
+def _show_training(result) -> None:
     _print(result.metrics)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main():
         print(f"model saved to {result.output_dir / 'model'}")
 
 
-def _cmd_score(args) -> None:
-    _print(run_score(config_from_args(ScoreConfig, args, {"data": args.source, "model": args.model_path})))
-
-
-def _cmd_audit(args) -> None:
-    from .audit import AuditConfig, run_audit
-
-    result = run_audit(config_from_args(AuditConfig, args, {"data": args.source}))
-    if int(os.environ.get("RANK", "0")) == 0:
+def _show_audit(result) -> None:
+    if _is_main():
         result.report()
         print(f"report: {result.output_dir / 'report.html'}")
 
 
-def _cmd_denoise(args) -> None:
-    from .denoise import DenoiseConfig, run_denoise
-
-    _print(run_denoise(config_from_args(DenoiseConfig, args, {"strength": args.strength_table})))
-
-
-def _cmd_tsne(args) -> None:
-    from .tsne import TsneConfig, run_tsne
-
-    _print(run_tsne(config_from_args(TsneConfig, args, {"data": args.source})))
-
-
-def _cmd_sample(args) -> None:
-    from .policy import SampleConfig, run_sample
-
-    _print(run_sample(config_from_args(SampleConfig, args, {"data": args.source})))
-
-
-def _cmd_metarm(args) -> None:
-    cfg = config_from_args(TrainConfig, args, {"data": args.source})
+def _check_metarm(cfg) -> None:
     if not cfg.meta_data:
         raise ValueError("rmkit metarm needs --meta-data (a meta set written by rmkit sample)")
-    _cmd_train_cfg(cfg)
 
 
-def _cmd_ppo(args) -> None:
-    from .rl import PPOConfig, train_ppo
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: the library function it calls and the config dataclass it builds. Named by import path,
+    so ``rmkit --help`` and ``rmkit audit --help`` import only what they show (torch is not needed to list
+    the commands)."""
 
-    _print(train_ppo(config_from_args(PPOConfig, args, {"data": args.source})))
-
-
-def _cmd_rlhf(args) -> None:
-    from .rlhf import RLHFConfig, run_rlhf
-
-    _print(run_rlhf(config_from_args(RLHFConfig, args, {"data": args.source})))
-
-
-def _cmd_judge(args) -> None:
-    from .judge import JudgeRunConfig, run_judge
-
-    _print(run_judge(config_from_args(JudgeRunConfig, args, {"data": args.source})))
+    module: str
+    config: str
+    function: str
+    help: str
+    positionals: tuple[tuple[str, str, str], ...] = ()  # (argument, config field, help)
+    show: object = _print  # how the function's return value is shown
+    before: object = None  # a check of the config before the call (e.g. metarm needs a meta set)
 
 
-def _cmd_serve(args) -> None:
-    from .serve import ServeConfig, serve
+_DATA = (("source", "data", "preference data (overrides the config's `data`)"),)
+_PROMPTS = (("source", "data", "prompts: preference data or a file with a prompt column"),)
+COMMANDS: dict[str, Command] = {
+    "data": Command("data", "DataConfig", "run_data", "inspect preference data: formats, row statuses, lengths, splits",
+                    (("source", "data", "a file, directory or hub dataset name"),)),
+    "train": Command("training", "TrainConfig", "train_reward_model", "train a reward model", _DATA,
+                     show=_show_training),
+    "score": Command("scoring", "ScoreConfig", "run_score", "score every pair of a dataset with a reward model",
+                     (("source", "data", "preference data"), ("model_path", "model", "a saved reward model"))),
+    "audit": Command("audit", "AuditConfig", "run_audit",
+                     "preference strength of every pair from an ensemble, with a report",
+                     (("source", "data", "preference data to audit"),), show=_show_audit),
+    "denoise": Command("denoise", "DenoiseConfig", "run_denoise",
+                       "flip, drop, margins or soft labels from an audit's strength",
+                       (("strength_table", "strength", "strength.parquet from rmkit audit"),)),
+    "tsne": Command("tsne", "TsneConfig", "run_tsne", "t-SNE of chosen vs rejected features, with separation scores",
+                    (("source", "data", "preference data"),)),
+    "sample": Command("policy", "SampleConfig", "run_sample",
+                      "sample k responses per prompt from a policy (MetaRM's meta set)", _PROMPTS),
+    "metarm": Command("training", "TrainConfig", "train_reward_model",
+                      "train a reward model with MetaRM on a meta set (Algorithm 1)", _DATA, show=_show_training,
+                      before=_check_metarm),
+    "ppo": Command("rl", "PPOConfig", "train_ppo", "PPO (PPO-max) of a policy against a reward model, on one machine",
+                   (("source", "data", "prompts: preference data or a file with a prompt column (overrides `data`)"),)),
+    "rlhf": Command("rlhf", "RLHFConfig", "run_rlhf",
+                    "iterative RLHF: rounds of meta set, MetaRM, PPO and evaluation",
+                    (("source", "data", "preference data for the reward model (overrides `data`)"),)),
+    "judge": Command("judge", "JudgeRunConfig", "run_judge",
+                     "an LLM judge (OpenAI-compatible API): label pairs or compare policies",
+                     (("source", "data", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)"),)),
+    "serve": Command("serve", "ServeConfig", "serve",
+                     "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",
+                     (("model_path", "model", "a saved reward model"),), show=lambda _: None),
+    "bon": Command("bon", "BonConfig", "run_bon",
+                   "best-of-n sampling from a policy, picked by a reward model or an ensemble", _PROMPTS),
+    "lab": Command("lab", "LabConfig", "run_lab",
+                   "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
+                   (("source", "data", "real prompts and responses with human labels (the gold's head learns from "
+                                       "them)"),)),
+}
 
-    serve(config_from_args(ServeConfig, args, {"model": args.model_path}))
+
+def _config_class(cmd: Command) -> type:
+    return getattr(importlib.import_module(f"rmkit.{cmd.module}"), cmd.config)
 
 
-def _cmd_bon(args) -> None:
-    from .bon import BonConfig, run_bon
-
-    _print(run_bon(config_from_args(BonConfig, args, {"data": args.source})))
-
-
-def _cmd_lab(args) -> None:
-    from .lab import LabConfig, run_lab
-
-    _print(run_lab(config_from_args(LabConfig, args, {"data": args.source})))
+def _run(name: str, args: argparse.Namespace) -> None:
+    cmd = COMMANDS[name]
+    cfg = config_from_args(_config_class(cmd), args, {field: getattr(args, arg) for arg, field, _ in cmd.positionals})
+    if cmd.before is not None:
+        cmd.before(cfg)
+    cmd.show(getattr(importlib.import_module(f"rmkit.{cmd.module}"), cmd.function)(cfg))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``rmkit`` parser. ``only``: add the settings of that command alone (what `main` does, so a call
+    imports one module); None: every command's."""
     from . import __version__
 
     # allow_abbrev=False: a mistyped flag (--max-train-pair) must be an error, not another flag's prefix.
@@ -141,67 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"rmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, fn, cls, help_text: str, positionals: list[tuple[str, str]]):
-        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        for pos, pos_help in positionals:
-            p.add_argument(pos, nargs="?", default=None, help=pos_help)
-        if cls is not None:
+    p = sub.add_parser("setup", help="prepare the offline default models (MiniLM, SmolLM2) once",
+                       description="prepare the offline default models (MiniLM, SmolLM2) once", allow_abbrev=False)
+    p.set_defaults(fn=lambda args: _print(importlib.import_module("rmkit.assets").setup()))
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
+        for arg, _, arg_help in cmd.positionals:
+            p.add_argument(arg, nargs="?", default=None, help=arg_help)
+        if only is None or only == name:
             p.add_argument("--config", help="YAML file of settings (flags override it)")
-            add_arguments(p, cls)
-        p.set_defaults(fn=fn)
-
-    command("setup", _cmd_setup, None, "prepare the offline default models (MiniLM, SmolLM2) once", [])
-    command("data", _cmd_data, DataConfig, "inspect preference data: formats, row statuses, lengths, splits",
-            [("source", "a file, directory or hub dataset name")])
-    command("train", _cmd_train, TrainConfig, "train a reward model",
-            [("source", "preference data (overrides the config's `data`)")])
-    from .audit import AuditConfig
-
-    command("audit", _cmd_audit, AuditConfig, "preference strength of every pair from an ensemble, with a report",
-            [("source", "preference data to audit")])
-    from .denoise import DenoiseConfig
-
-    command("denoise", _cmd_denoise, DenoiseConfig, "flip, drop, margins or soft labels from an audit's strength",
-            [("strength_table", "strength.parquet from rmkit audit")])
-    from .tsne import TsneConfig
-
-    command("tsne", _cmd_tsne, TsneConfig, "t-SNE of chosen vs rejected features, with separation scores",
-            [("source", "preference data")])
-    from .judge import JudgeRunConfig
-    from .policy import SampleConfig
-
-    command("sample", _cmd_sample, SampleConfig, "sample k responses per prompt from a policy (MetaRM's meta set)",
-            [("source", "prompts: preference data or a file with a prompt column")])
-    command("metarm", _cmd_metarm, TrainConfig, "train a reward model with MetaRM on a meta set (Algorithm 1)",
-            [("source", "preference data (overrides the config's `data`)")])
-    from .rl import PPOConfig
-    from .rlhf import RLHFConfig
-    from .serve import ServeConfig
-
-    command("ppo", _cmd_ppo, PPOConfig, "PPO (PPO-max) of a policy against a reward model, on one machine",
-            [("source", "prompts: preference data or a file with a prompt column (overrides `data`)")])
-    command("rlhf", _cmd_rlhf, RLHFConfig, "iterative RLHF: rounds of meta set, MetaRM, PPO and evaluation",
-            [("source", "preference data for the reward model (overrides `data`)")])
-    command("judge", _cmd_judge, JudgeRunConfig, "an LLM judge (OpenAI-compatible API): label pairs or compare policies",
-            [("source", "preference data (task pairs) or a prompt/answer_a/answer_b table (compare)")])
-    command("serve", _cmd_serve, ServeConfig, "serve a reward model over HTTP (OpenRLHF /get_reward, /score, /score_pairs)",
-            [("model_path", "a saved reward model")])
-    from .bon import BonConfig
-    from .lab import LabConfig
-
-    command("bon", _cmd_bon, BonConfig, "best-of-n sampling from a policy, picked by a reward model or an ensemble",
-            [("source", "prompts: preference data or a file with a prompt column")])
-
-    command("lab", _cmd_lab, LabConfig, "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
-            [("source", "real prompts and responses with human labels (the gold's head learns from them)")])
-    command("score", _cmd_score, ScoreConfig, "score every pair of a dataset with a reward model",
-            [("source", "preference data"), ("model_path", "a saved reward model")])
+            add_arguments(p, _config_class(cmd))
+        p.set_defaults(fn=lambda args, name=name: _run(name, args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
     try:
         args.fn(args)
     except (DataError, ValueError, FileNotFoundError) as e:

@@ -33,6 +33,8 @@ def _base_type(tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else str
+    if origin is typing.Literal and None in typing.get_args(tp):  # Literal["a", None]: the choices without None
+        return typing.Literal[tuple(a for a in typing.get_args(tp) if a is not None)]
     return tp
 
 
@@ -40,6 +42,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     base = _base_type(tp)
     if value is None:
         return None
+    if typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+        if isinstance(value, str) and value.lower() in ("none", "null") and None in choices:
+            return None
+        match = [c for c in choices if c is not None and (c == value or str(c) == str(value))]
+        if not match:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return match[0]
     if isinstance(value, str) and value.lower() in ("none", "null") and base is not str:
         return None
     try:
@@ -73,7 +83,50 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
         raise ValueError(f"{source}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
-    return cls(**kwargs)
+    return validate(cls(**kwargs))
+
+
+def check_layers_spec(name: str, spec: str) -> None:
+    """``all``, ``head`` or ``top:N`` (N >= 1): which parameters of a model train."""
+    if spec in ("all", "head"):
+        return
+    n = spec[4:] if spec.startswith("top:") else ""
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"setting '{name}': {spec!r} is not all, head or top:N (N a positive integer)")
+
+
+def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+    """Each named setting is > 0 (or >= 0 with ``allow_zero``); None passes (it means 'default')."""
+    for n in names:
+        v = getattr(cfg, n)
+        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+            raise ValueError(f"setting '{n}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+
+def require_same_settings(before: dict[str, Any], now: dict[str, Any], where: str | Path, hint: str, *,
+                          what: str = "was written with") -> None:
+    """Refuse to continue work written with other settings, naming each one that differs: a resumed job must
+    give the same numbers as an uninterrupted one, or say why it cannot."""
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"{where} {what} other settings ({', '.join(changed)}); {hint}")
+
+
+def validate(cfg: T) -> T:
+    """Check a config before any model loads: every ``Literal`` field holds one of its choices, then the
+    config's own ``check()`` (ranges, combinations, nested settings). Every job calls it first; `from_dict`
+    (YAML, the command line) calls it too, so a typo fails before any work starts."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        base = _base_type(hints[f.name])
+        value = getattr(cfg, f.name)
+        if typing.get_origin(base) is typing.Literal and value is not None and value not in typing.get_args(base):
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, typing.get_args(base)))}; got {value!r}")
+    for klass in reversed(type(cfg).__mro__):  # each class's own check (a base such as DataSource has its own)
+        check = vars(klass).get("check")
+        if callable(check):
+            check(cfg)
+    return cfg
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
@@ -98,16 +151,23 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--name`` flag per field (underscores or dashes), defaulting to 'not given'."""
+    """One ``--name-with-dashes`` flag per field (``--name_with_underscores`` accepted, not listed), defaulting
+    to 'not given'; a ``Literal`` field lists its choices."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
+        choices = typing.get_args(_base_type(hints[f.name])) if typing.get_origin(_base_type(hints[f.name])) is \
+            typing.Literal else None
+        dashed = f"--{f.name.replace('_', '-')}"
         parser.add_argument(
-            f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-            metavar=tp.upper(),  # argparse %-formats help strings: a literal % must be doubled
+            dashed, dest=f.name, default=argparse.SUPPRESS,
+            metavar="{" + ",".join(map(str, choices)) + "}" if choices else tp.upper(),
+            # argparse %-formats help strings: a literal % must be doubled
             help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"),
         )
+        if "_" in f.name:  # the field's own spelling works too, unlisted: each option shows once in --help
+            parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, positional: dict[str, Any] | None = None) -> T:

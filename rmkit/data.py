@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import itertools
 import json
@@ -42,14 +41,30 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
 
-from .config import setting
+import numpy as np
+
+from .assets import resolve_model
+from .config import save_config, setting, validate
+from .seeding import id_hash
 
 if TYPE_CHECKING:
     import numpy as np
 
 Message = dict[str, str]
+# How roles read in a Human:/Assistant: transcript (hh-rlhf's own format) and in reports.
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def transcript(messages: Sequence[Message], names: dict[str, str] = ROLE_NAMES) -> str:
+    """Messages as an hh-rlhf style transcript: ``"Human: ...\n\nAssistant: ..."`` (``names``: how roles read)."""
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
+    """A prompt given as a plain string is one user turn; chat messages stay as they are."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 # Statuses a row can end with. The first two are usable pairs.
 USABLE = ("ok", "diverged_history")
@@ -65,6 +80,9 @@ STATUSES = {
     "tie": "the source says the two responses tie, and a preference was needed",
 }
 FORMATS = ("hh", "trl", "conversational", "moss", "pairwise")
+# Every field a reader takes from a record: what a ``columns=`` mapping may rename a source column to.
+KNOWN_FIELDS = frozenset({"prompt", "chosen", "rejected", "query", "response1", "response2", "id", "subset", "dataset",
+                          "margin", "weight", "label", "original_label"})
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv", ".zip")
 
 
@@ -124,6 +142,22 @@ class RowResult:
         return self.status in USABLE
 
 
+class LoadReport(dict):
+    """What a load made of the rows (a plain dict: rows, usable, statuses, per_subset, formats, file_errors,
+    skipped_files) that prints as a few lines of text."""
+
+    def __str__(self) -> str:
+        def counts(c: dict) -> str:
+            return ", ".join(f"{v:,} {k}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))
+
+        lines = [f"{self['rows']:,} rows, {self['usable']:,} usable pairs: {counts(self['statuses'])}"]
+        lines += [f"  {name}: {counts(c)}" for name, c in self["per_subset"].items()]
+        lines += [f"formats: {counts(self['formats'])}"] if self["formats"] else []
+        lines += [f"file broken part-way: {e['file']} (line {e['line']}): {e['reason']}" for e in self["file_errors"]]
+        lines += [f"file skipped: {e['file']}: {e['reason']}" for e in self["skipped_files"]]
+        return "\n".join(lines)
+
+
 @dataclass
 class PreferenceDataset:
     """All rows of a source, with their statuses; ``pairs`` holds the usable ones in input order."""
@@ -140,12 +174,19 @@ class PreferenceDataset:
     def status_counts(self) -> dict[str, int]:
         return dict(Counter(r.status for r in self.rows))
 
-    def report(self) -> dict[str, Any]:
-        """Counts of rows, statuses (overall and per subset) and formats."""
+    def report(self) -> LoadReport:
+        """Print what became of the rows (as `AuditResult.report` prints the audit) and return it: a dict of
+        counts (`summary`) that prints as text."""
+        summary = self.summary()
+        print(summary)
+        return summary
+
+    def summary(self) -> LoadReport:
+        """Counts of rows, statuses (overall and per subset) and formats, without printing."""
         per_subset: dict[str, Counter] = {}
         for r in self.rows:
             per_subset.setdefault(r.subset, Counter())[r.status] += 1
-        return {
+        return LoadReport({
             "rows": len(self.rows),
             "usable": sum(r.usable for r in self.rows),
             "statuses": self.status_counts(),
@@ -153,7 +194,7 @@ class PreferenceDataset:
             "formats": dict(self.format_counts),
             "file_errors": list(self.file_errors),
             "skipped_files": list(self.skipped_files),
-        }
+        })
 
     def status_table(self):
         """One row per input row: id, subset, status, detail, source file and row (a DataFrame)."""
@@ -264,7 +305,7 @@ def _from_hh(rec: dict) -> tuple[list, list, list, bool]:
 
 def _from_trl(rec: dict) -> tuple[list, list, list, bool]:
     p = _need(rec, "prompt", (str, list))
-    prompt = [{"role": "user", "content": p}] if isinstance(p, str) else _messages(p, "prompt")
+    prompt = as_messages(p) if isinstance(p, str) else _messages(p, "prompt")
     chosen = _messages(_need(rec, "chosen", (str, list)), "chosen")
     rejected = _messages(_need(rec, "rejected", (str, list)), "rejected")
     return prompt, chosen, rejected, False
@@ -298,7 +339,7 @@ WINNER_VALUES = {"model1": 1, "response1": 1, "1": 1, "a": 1, "model2": 2, "resp
 
 def _from_pairwise(rec: dict, winner_key: str) -> tuple[list, list, list, bool, float]:
     q = _need(rec, "query", (str, list))
-    prompt = [{"role": "user", "content": q}] if isinstance(q, str) else _messages(q, "query")
+    prompt = as_messages(q) if isinstance(q, str) else _messages(q, "query")
     r1 = _messages(_need(rec, "response1", str), "response1")
     r2 = _messages(_need(rec, "response2", str), "response2")
     w = rec.get(winner_key)
@@ -564,12 +605,16 @@ def _files_in(path: Path) -> tuple[list[Path], list[dict[str, str]]]:
     return files, skipped
 
 
+SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval")
+
+
 def _subset_name(path: Path, root: Path | None) -> str:
-    """hh-rlhf's layout is <subset>/<split>.jsonl.gz: name the subset by the parent folder."""
+    """hh-rlhf's layout is <subset>/<split>.jsonl.gz: name the subset by the parent folder, also for a single
+    file named after a split (helpful-base/test.jsonl.gz is helpful-base, not test); else by the file's name."""
     if root is not None and path.parent != root:
         return str(path.parent.relative_to(root)).replace(os.sep, "/")
     stem = path.name.split(".")[0]
-    return stem
+    return path.parent.name if stem.lower() in SPLIT_NAMES and path.parent.name else stem
 
 
 def _rename(rec: Any, columns: dict[str, str] | None) -> Any:
@@ -647,10 +692,15 @@ def load_preferences(
     else:
         raise DataError(f"cannot read preference data from a {type(source).__name__}")
 
+    unknown = sorted(set((columns or {}).values()) - KNOWN_FIELDS - {winner_key})
+    if unknown:
+        raise DataError(f"columns: {unknown} are not fields rmkit reads; map source columns to "
+                        f"{sorted(KNOWN_FIELDS | {winner_key})}")
     rows: list[RowResult] = []
     file_errors: list[dict[str, Any]] = []
     fmt_counts: Counter = Counter()
     seen_ids: set[str] = set()
+    keys_seen: set[str] = set()  # source columns, to name a columns= key that matches none
     for label, sub, records in sources:
         got: list[tuple[int, int, Any]] = []
         try:
@@ -663,6 +713,8 @@ def load_preferences(
             if strict:
                 raise DataError(f"{label}{where}: {e.reason}") from None
             file_errors.append({"file": label, "line": e.line, "rows_read": len(got), "reason": e.reason})
+        if columns:
+            keys_seen.update(k for _, _, rec in got if isinstance(rec, dict) for k in rec)
         got = [(i, line, _rename(rec, columns)) for i, line, rec in got]
         fmt, detect_error = (format, "") if format else _vote_format(rec for _, _, rec in got)
         if fmt is None and got:
@@ -690,6 +742,10 @@ def load_preferences(
             if row.usable:
                 fmt_counts[fmt] += 1
             rows.append(row)
+    missing = sorted(set(columns or {}) - keys_seen)
+    if missing and keys_seen:
+        raise DataError(f"{source}: columns maps {missing}, but no row has such a column (the rows have "
+                        f"{sorted(keys_seen)[:20]})")
     if file_errors and not any(r.usable for r in rows):
         first = file_errors[0]
         raise DataError(f"{first['file']}: {first['reason']}; no usable pair in {source}")
@@ -720,6 +776,13 @@ def _vote_format(records: Iterable[Any], sample: int = 200) -> tuple[str | None,
 # Splits
 
 
+def check_split_fractions(fractions: Sequence[float]) -> None:
+    """Train, validation and test shares: three numbers >= 0 that sum to 1."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split_fractions must be three shares >= 0 (train, validation, test) summing to 1, "
+                         f"got {list(fractions)}")
+
+
 def split_ids(
     ds: PreferenceDataset,
     *,
@@ -739,7 +802,7 @@ def split_ids(
     out: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for sub in sorted(by_subset):
         # Order by a seeded hash of the id: stable, and independent of the file's row order.
-        ids = sorted(by_subset[sub], key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+        ids = sorted(by_subset[sub], key=lambda i: id_hash(seed, i))
         n = len(ids)
         n_test = round(n * fractions[2])
         n_val = round(n * fractions[1])
@@ -786,15 +849,25 @@ class DataSource:
     """How a job reads its data. Every config that reads preference data carries these, so every command reads
     a source the same way (`rmkit denoise` re-reads the audit's data with the audit's settings)."""
 
-    data_format: str | None = setting(None, "force a reader: hh, trl, conversational, moss, pairwise")
+    data_format: Literal["hh", "trl", "conversational", "moss", "pairwise"] | None = setting(
+        None, "force a reader: hh, trl, conversational, moss, pairwise")
     allow_ties: bool = setting(False, "keep ties (pairwise data) as pairs with label 0.5")
     strict: bool = setting(False, "stop at the first unusable row or broken file, naming file, row and field")
+    columns: dict = setting({}, "rename source columns to rmkit's fields, e.g. {question: prompt, good: chosen}")
+
+    def check(self) -> None:
+        unknown = sorted(set(self.columns.values()) - KNOWN_FIELDS - {"human"})  # human: the pairwise winner
+        if unknown:
+            raise ValueError(f"columns: {unknown} are not fields rmkit reads; map source columns to "
+                             f"{sorted(KNOWN_FIELDS)}")
 
     def read(self, source: Any) -> PreferenceDataset:
-        return load_preferences(source, format=self.data_format, allow_ties=self.allow_ties, strict=self.strict)
+        return load_preferences(source, format=self.data_format, allow_ties=self.allow_ties, strict=self.strict,
+                                columns=dict(self.columns) or None)
 
     def source_settings(self) -> dict[str, Any]:
-        return {"data_format": self.data_format, "allow_ties": self.allow_ties, "strict": self.strict}
+        return {"data_format": self.data_format, "allow_ties": self.allow_ties, "strict": self.strict,
+                "columns": dict(self.columns)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -809,24 +882,26 @@ class DataConfig(DataSource):
     output_dir: str | None = setting(None, "write rows.parquet (every row and its status) and splits.json here")
     split_seed: int = setting(0, "seed of the train/validation/test split")
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
+    tokenizer: str | None = setting("minilm", "count response lengths in this model's tokens (alias, hub id or path); "
+                                              "none: characters")
+
+    def check(self) -> None:
+        check_split_fractions(self.split_fractions)
 
 
 def run_data(cfg: DataConfig) -> dict[str, Any]:
     """Inspect a source: formats, statuses, text lengths; optionally write the row table and splits."""
-    from .config import save_config
-
+    validate(cfg)
     if not cfg.data:
         raise ValueError("rmkit data needs a data source")
     ds = cfg.read(cfg.data)
-    report = ds.report()
+    report = ds.summary()
     pairs = ds.pairs
     if pairs:
-        import numpy as np
-
         for side in ("chosen", "rejected"):
-            chars = np.array([len(getattr(p, f"{side}_text")) for p in pairs])
-            report[f"{side}_chars"] = {"mean": float(chars.mean()), "p50": float(np.median(chars)),
-                                       "p95": float(np.percentile(chars, 95))}
+            n, unit = text_lengths([getattr(p, f"{side}_text") for p in pairs], cfg.tokenizer)
+            report[f"{side}_length"] = {"unit": unit, "mean": float(n.mean()), "p50": float(np.median(n)),
+                                        "p95": float(np.percentile(n, 95))}
         prompt_turns = np.array([len(p.prompt) for p in pairs])
         report["prompt_turns"] = {"mean": float(prompt_turns.mean()), "max": int(prompt_turns.max())}
     if cfg.output_dir:
@@ -839,6 +914,23 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
         report["splits"] = {k: len(v) for k, v in splits.items()}
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def text_lengths(texts: Sequence[str], tokenizer: str | None) -> tuple[np.ndarray, str]:
+    """Length of each text in ``tokenizer``'s tokens (a model alias, hub id or path), or in characters when no
+    tokenizer is given or none loads; returns the lengths and their unit (``tokens`` or ``characters``)."""
+    tok = None
+    if tokenizer:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+        except (OSError, ValueError, ImportError):
+            tok = None
+    if tok is None:
+        return np.array([len(t) for t in texts], float), "characters"
+    ids = tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]  # lengths only: no warning
+    return np.array([len(x) for x in ids], float), "tokens"
 
 
 def read_table(path: str | os.PathLike):

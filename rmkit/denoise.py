@@ -35,12 +35,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
-from .config import save_config, setting
-from .data import DataSource, PreferencePair, load_splits, save_splits, split_ids
+from .config import save_config, setting, validate
+from .data import DataError, DataSource, PreferencePair, load_splits, read_table, save_splits, split_ids
 
 PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 REVIEW_DECISIONS = ("keep", "flip", "drop")
@@ -53,13 +53,15 @@ class DenoiseConfig(DataSource):
 
     strength: str = setting("", "strength.parquet written by `rmkit audit` (its config.yaml names the data)")
     output_dir: str = setting("runs/denoised", "where pairs.jsonl, pairs.parquet, actions.parquet go")
-    preset: str = setting("flip", "flip, margin, flip+margin, soft+margin or drop")
+    preset: Literal["flip", "margin", "flip+margin", "soft+margin", "drop"] = setting(
+        "flip", "flip, margin, flip+margin, soft+margin or drop")
     fraction: float = setting(0.1, "select the lowest this fraction of training pairs by mean strength (paper: 0.1)")
     threshold: float | None = setting(None, "select pairs with mean strength below this instead of a fraction")
     min_confidence: float | None = setting(None, "select pairs whose calibrated p_label_wrong (from the audit) is at "
                                                  "least this, instead of a fraction")
     margin_scale: float = setting(1.0, "margin = scale * strength (the paper gives no scale)")
-    negative: str = setting("clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
+    negative: Literal["clip", "abs"] = setting(
+        "clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
     soft_alpha: float = setting(0.25, "soft label of selected pairs is 1 - alpha (Eq. 5; the paper gives no alpha)")
     data: str | None = setting(None, "the audited data (default: read from the audit's config.yaml)")
     reviews: str | None = setting(None, "a reviewed flagged.csv/.jsonl from `rmkit audit`: rows whose review column "
@@ -113,7 +115,7 @@ def denoise_pairs(
     """Apply a preset to the ``eligible`` pairs (default all; `run_denoise` passes the training split); returns
     the training pairs and, for every input pair, its action. ``reviews`` (id -> keep/flip/drop) win over the
     preset. Every output pair records ``original_label``, so evaluation grades against the data's labels."""
-    cfg.check()
+    validate(cfg)
     mean = np.asarray(mean, dtype=float)
     eligible = np.ones(len(pairs), bool) if eligible is None else np.asarray(eligible, bool)
     selected = select_pairs(mean, fraction=cfg.fraction, threshold=cfg.threshold, p_label_wrong=p_label_wrong,
@@ -160,8 +162,6 @@ def denoise_pairs(
 
 def read_reviews(path: str | Path) -> dict[str, str]:
     """Reviewed decisions from a flagged.csv/.jsonl: id -> keep, flip or drop (blank rows carry none)."""
-    from .data import DataError, read_table
-
     table = read_table(path)
     for col in ("id", "review"):
         if col not in table.columns:
@@ -183,7 +183,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     import pandas as pd
     import yaml
 
-    cfg.check()
+    validate(cfg)
     if not cfg.strength:
         raise ValueError("rmkit denoise needs the strength table of an audit")
     strength_path = Path(cfg.strength)

@@ -26,32 +26,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
-from .assets import resolve_model
-from .config import setting
+from .assets import cache_dir, resolve_model
+from .config import from_dict, setting, validate
 from .data import PreferencePair
-from .files import atomic_write_bytes
+from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
+from .files import atomic_path, atomic_write_bytes
+from .batching import length_sorted_batches
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
+from .scoring import score_token_pairs
+from .training import TrainConfig, train_reward_model
 
 
 @dataclass
 class EnsembleConfig:
     """How the ensemble is built."""
 
-    model: str = setting("minilm", "backbone: hub id, local path, or alias (minilm, smollm2)")
+    model: str = setting("minilm", "backbone: hub id, local path, or alias (minilm, smollm2, mpnet)")
+    more_models: list[str] = setting(
+        [], "frozen: further backbones (e.g. mpnet); the members alternate between `model` and these, so they "
+            "differ in pretraining, not only in the layer they read (Eisenstein et al. 2023)")
     members: int = setting(10, "ensemble members M")
-    mode: str = setting("crossfit", "crossfit (out-of-sample scores) or seeds (the paper's in-sample scores)")
+    mode: Literal["crossfit", "seeds"] = setting(
+        "crossfit", "crossfit (out-of-sample scores) or seeds (the paper's in-sample scores)")
     folds: int = setting(2, "folds K for crossfit; member m scores fold m % K")
-    backbone: str = setting("frozen", "frozen (cached features + heads), finetune_folds, or finetune_members")
-    pooling: str = setting("mean", "features for heads: mean (over the tokens of a hidden layer) or native "
-                                   "(what a seq-cls head reads)")
+    backbone: Literal["frozen", "finetune_folds", "finetune_members"] = setting(
+        "frozen", "frozen (cached features + heads), finetune_folds, or finetune_members")
+    pooling: Literal["mean", "native"] = setting(
+        "mean", "features for heads: mean (over the tokens of a hidden layer) or native "
+        "(what a seq-cls head reads)")
     layers: list[int] | None = setting(
         None, "hidden layers whose token means the heads read (0 = embeddings, -1 = last), all from one encoding "
               "pass; members take them in turn, so they differ in what they read, not only in their resample; "
@@ -63,6 +74,9 @@ class EnsembleConfig:
     bootstrap: bool | None = setting(None, "each head trains on a bootstrap resample of its pairs; default: only when "
                                            "members of a fold read the same features and would otherwise coincide")
     seed: int = setting(0, "seed of folds, bootstraps and fine-tuning")
+    device: str = setting("auto", DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", PRECISION_HELP + "; bf16 features are cached apart from fp32 ones")
     cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
     finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
@@ -74,6 +88,7 @@ class EnsembleConfig:
               "default: one after another on the current device")
 
     def check(self) -> None:
+        check_device(self.device)
         if self.mode not in ("crossfit", "seeds"):
             raise ValueError(f"mode must be 'crossfit' or 'seeds', got {self.mode!r}")
         if self.backbone not in ("frozen", "finetune_folds", "finetune_members"):
@@ -86,6 +101,11 @@ class EnsembleConfig:
             raise ValueError(f"pooling must be 'mean' or 'native', got {self.pooling!r}")
         if self.pooling == "native" and self.layers:
             raise ValueError("layers apply to mean pooling; native pooling reads what the head reads")
+        if self.more_models and self.backbone != "frozen":
+            raise ValueError("more_models mixes frozen backbones: it needs backbone frozen")
+        if self.more_models and self.members < self.folds * (1 + len(self.more_models)):
+            raise ValueError(f"{1 + len(self.more_models)} backbones x {self.folds} folds need members >= "
+                             f"{self.folds * (1 + len(self.more_models))}")
 
 
 def member_layers(cfg: EnsembleConfig, num_layers: int) -> list[int]:
@@ -171,8 +191,8 @@ def encode_features(
         mode = "w+"
         feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
     done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
-    todo = [i for i in sorted(range(2 * n), key=lambda i: len(ids[i])) if not done[i]]
-    batches = [todo[s: s + batch_size] for s in range(0, len(todo), batch_size)]
+    todo = np.flatnonzero(~done)
+    batches = [todo[b].tolist() for b in length_sorted_batches([len(ids[i]) for i in todo], batch_size)]
     was_training = model.training
     model.eval()
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -222,13 +242,87 @@ def _write_done(path: Path, done: np.ndarray) -> None:
 
 
 def default_cache_dir() -> Path:
-    from .assets import cache_dir
-
     return cache_dir() / "features"
 
 
 # ----------------------------------------------------------------------------------------------
 # Ensembles
+
+
+@dataclass
+class EnsemblePlan:
+    """What each of the M members does, decided once for every backbone: which fold of pairs it scores,
+    what it trains on (bootstrap weights or 0/1), which hidden layer it reads."""
+
+    fold: np.ndarray  # (N,) fold of each pair (all 0 in seeds mode)
+    train: np.ndarray  # (M, N) training weight of each pair for each member
+    score: np.ndarray  # (M, N) whether the member scores the pair
+    layers: list[int]  # (M,) hidden layer each member's head reads (mean pooling; unused under native pooling)
+    bootstrap: bool
+    select_fold: np.ndarray  # (N,) folds the heads' L2 search cross-fits over
+    backbone: list[int] = field(default_factory=list)  # (M,) which frozen backbone (0: model, j: more_models[j-1])
+
+    @property
+    def views(self) -> list[int]:
+        """The distinct layers, in the order the feature arrays hold them."""
+        return sorted(set(self.layers))
+
+    def of_backbone(self, j: int) -> list[int]:
+        """The members reading backbone ``j``."""
+        return [m for m, b in enumerate(self.backbone or [0] * len(self.layers)) if b == j]
+
+
+def plan_ensemble(cfg: EnsembleConfig, ids: Sequence[str], layers: Sequence[int] | None = None,
+                  backbone: Sequence[int] | None = None) -> EnsemblePlan:
+    """Folds (seeded by id), member masks and whether heads resample, for members reading ``layers``
+    (`member_layers`; None: members that read no layer, e.g. fine-tuned RMs) of ``backbone`` (default all the
+    first). Fine-tuned members (``finetune_members``) differ by their own fine-tune, so they never resample."""
+    n = len(ids)
+    layers = list(layers) if layers is not None else [0] * cfg.members
+    backbone = list(backbone) if backbone is not None else [0] * cfg.members
+    if len(layers) != cfg.members:
+        raise ValueError(f"layers names the layer of each member: {cfg.members} entries, got {len(layers)} "
+                         "(member_layers(cfg, num_layers) gives them)")
+    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
+    boot = member_bootstrap(cfg, layers, backbone) if cfg.backbone != "finetune_members" else False
+    train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)
+    select_fold = fold if cfg.mode == "crossfit" else fold_of(ids, 2, seed=cfg.seed)
+    return EnsemblePlan(fold, train, score, layers, boot, select_fold, backbone)
+
+
+def mixed_members(cfg: EnsembleConfig, num_layers: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Backbone and layer of each member when ``more_models`` adds backbones: member m reads backbone
+    ``(m // K) % B`` (K folds, B backbones), so every fold holds members of every backbone; within a backbone
+    the members take its evenly spaced blocks in turn (`member_layers`). Returns ``(backbone, layers)``."""
+    k = cfg.folds if cfg.mode == "crossfit" else 1
+    b = len(num_layers)
+    backbone = [(m // k) % b for m in range(cfg.members)]
+    layers = [0] * cfg.members
+    for j, n_layers in enumerate(num_layers):
+        mine = [m for m in range(cfg.members) if backbone[m] == j]
+        sub = replace(cfg, members=len(mine), layers=cfg.layers if j == 0 else None)
+        for m, layer in zip(mine, member_layers(sub, n_layers)):
+            layers[m] = layer
+    return backbone, layers
+
+
+@dataclass
+class EnsembleInfo:
+    """What an ensemble run used (recorded in the audit's summary) and how long its parts took."""
+
+    members: int
+    mode: str
+    backbone: str
+    member_layers: list[int] | None = None
+    head_l2: dict = field(default_factory=dict)  # per layer (or per fold, then per layer)
+    bootstrap: bool | None = None
+    member_models: list[str] | None = None  # an audit of given reward models
+    member_backbones: list[str] | None = None  # frozen members over several backbones (more_models)
+    precision: str | None = None  # of the frozen encoding
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "seconds" and v is not None}
 
 
 def ensemble_diffs(
@@ -237,90 +331,119 @@ def ensemble_diffs(
     *,
     work_dir: str | Path,
     progress: bool = True,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, EnsembleInfo]:
     """Reward differences ``(M, N)`` of every member on every pair (NaN where a member does not score).
 
-    Returns the differences and a dict of timings and settings. Work products (members, scores)
-    go under ``work_dir``; finished pieces are reused when the run is started again.
+    Returns the differences and what was used (`EnsembleInfo`). Work products (members, scores) go under
+    ``work_dir``; finished pieces are reused when the run is started again.
     """
     import time
 
-    cfg.check()
+    validate(cfg)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    ids = [p.id for p in pairs]
-    n = len(pairs)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    info = EnsembleInfo(cfg.members, cfg.mode, cfg.backbone)
+    model = None
+    if cfg.backbone == "frozen":
+        device = resolve_device(cfg.device)
+        info.precision = resolve_precision(cfg.precision, device)
+        model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)
+    num_layers = model.num_layers if model is not None else (
+        AutoConfig.from_pretrained(resolve_model(cfg.model)).num_hidden_layers if cfg.backbone == "finetune_folds"
+        else None)
+    if cfg.more_models:
+        sizes = [num_layers] + [AutoConfig.from_pretrained(resolve_model(m)).num_hidden_layers for m in cfg.more_models]
+        backbone, layers = mixed_members(cfg, sizes)
+        plan = plan_ensemble(cfg, [p.id for p in pairs], layers, backbone)
+        info.member_backbones = [([cfg.model, *cfg.more_models])[j] for j in backbone]
+    else:
+        plan = plan_ensemble(cfg, [p.id for p in pairs], member_layers(cfg, num_layers) if num_layers else None)
+    info.bootstrap = plan.bootstrap
+    info.member_layers = plan.layers if cfg.pooling == "mean" and num_layers else None
     # Each pair's label (1 for ordinary pairs; 0.5 for ties, soft labels as given) is what the heads learn.
     labels = np.array([p.label for p in pairs], dtype=np.float64)
-    info: dict = {"members": cfg.members, "mode": cfg.mode, "backbone": cfg.backbone}
-    t0 = time.time()
-    if cfg.backbone == "frozen":
-        torch.manual_seed(cfg.seed)
-        model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
-        layers = member_layers(cfg, model.num_layers)
-        fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
-                                 pooling=cfg.pooling, layers=sorted(set(layers)), batch_size=cfg.batch_size,
-                                 progress=progress)
-        info["encode_seconds"] = time.time() - t0
-        diffs, W, used = heads_on_features(cfg, fc, fr, ids, layers, labels=labels)
-        np.save(work / "heads.npy", W)
-        info.update(used)
-        return diffs, info | {"ensemble_seconds": time.time() - t0}
-    # Fine-tuned backbones: folds here; the frozen branch's heads_on_features derives its own.
-    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
-    if cfg.backbone == "finetune_folds":
-        from transformers import AutoConfig
-
-        diffs = np.full((cfg.members, n), np.nan)
-        layers = member_layers(cfg, AutoConfig.from_pretrained(resolve_model(cfg.model)).num_hidden_layers)
-        views = sorted(set(layers))
-        info.update(member_layers=layers if cfg.pooling == "mean" else None, head_l2={},
-                    bootstrap=member_bootstrap(cfg, layers))
-        train, score = member_masks(n, fold, members=cfg.members, mode="crossfit", seed=cfg.seed,
-                                    bootstrap=info["bootstrap"])
-        for k in range(cfg.folds):
-            backbone = _finetune(cfg, [p for p, f in zip(pairs, fold) if f != k], work / f"fold{k}", seed=cfg.seed + k)
-            model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
-            fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(),
-                                     model_id=str(backbone), pooling=cfg.pooling, layers=views,
-                                     batch_size=cfg.batch_size, progress=progress)
-            mine = [m for m in range(cfg.members) if m % cfg.folds == k]
-            # The backbone has seen every label outside fold k: pick the penalty by folds inside that part only.
-            inner = np.where(fold != k, fold_of(ids, 2, seed=cfg.seed + 1), -1)
-            d, _, info["head_l2"][f"fold{k}"] = _fit_heads(cfg, fc, fr, train[mine], score[mine],
-                                                           [layers[m] for m in mine], views, inner, labels)
-            diffs[mine] = d
-    else:
-        diffs = np.full((cfg.members, n), np.nan)
-        train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=False)
-        todo = [m for m in range(cfg.members) if not (work / f"member{m}" / "diffs.npy").exists()]
-        devices = cfg.member_devices or []
-        if len(devices) > 1 and todo:
-            # One worker process per device, each training its share of the members in turn.
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
-                jobs = [pool.submit(_member_worker, cfg, pairs, [m for m in todo if m % len(devices) == d],
-                                    train, score, work, dev) for d, dev in enumerate(devices)]
-                for job in jobs:
-                    job.result()  # re-raises a worker's error here
-        else:
-            _member_worker(cfg, pairs, todo, train, score, work, None)
-        for m in range(cfg.members):
-            diffs[m] = np.load(work / f"member{m}" / "diffs.npy")
-    info["ensemble_seconds"] = time.time() - t0
+    diffs = BACKBONES[cfg.backbone](cfg, pairs, plan, labels, info, work=work, model=model, progress=progress)
+    info.seconds["ensemble_seconds"] = time.time() - t0
     return diffs, info
 
 
-def member_bootstrap(cfg: EnsembleConfig, layers: list[int]) -> bool:
+def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo, *,
+                  work: Path, model: RewardModel, progress: bool) -> np.ndarray:
+    """Heads on one cached encoding of every pair by each frozen backbone (``model``, then ``more_models``)."""
+    import time
+
+    diffs = np.full((cfg.members, len(pairs)), np.nan)
+    for j, name in enumerate([cfg.model, *cfg.more_models]):
+        mine = plan.of_backbone(j)
+        rm = model if j == 0 else RewardModel.from_pretrained(name, max_length=cfg.max_length).to(model.device)
+        layers = [plan.layers[m] for m in mine]
+        views = sorted(set(layers))
+        t0 = time.time()
+        fc, fr = encode_features(rm, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=name,
+                                 pooling=cfg.pooling, layers=views, batch_size=cfg.batch_size,
+                                 progress=progress, precision=info.precision)
+        info.seconds["encode_seconds"] = info.seconds.get("encode_seconds", 0.0) + time.time() - t0
+        diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
+                                        plan.select_fold, labels)
+        info.head_l2.update(l2 if j == 0 else {f"{name}:{k}": v for k, v in l2.items()})
+        np.save(work / ("heads.npy" if j == 0 else f"heads_{j}.npy"), W)
+    return diffs
+
+
+def _finetune_folds_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo,
+                          *, work: Path, model: None, progress: bool) -> np.ndarray:
+    """Per fold k, a backbone fine-tuned on the other folds encodes every pair; fold k's members are heads on it."""
+    ids = [p.id for p in pairs]
+    diffs = np.full((cfg.members, len(pairs)), np.nan)
+    for k in range(cfg.folds):
+        backbone = _finetune(cfg, [p for p, f in zip(pairs, plan.fold) if f != k], work / f"fold{k}", seed=cfg.seed + k)
+        model = RewardModel.from_pretrained(str(backbone), max_length=cfg.max_length)
+        fc, fr = encode_features(model, pairs, cache_dir=cfg.cache_dir or default_cache_dir(),
+                                 model_id=str(backbone), pooling=cfg.pooling, layers=plan.views,
+                                 batch_size=cfg.batch_size, progress=progress)
+        mine = [m for m in range(cfg.members) if m % cfg.folds == k]
+        # The backbone has seen every label outside fold k: pick the penalty by folds inside that part only.
+        inner = np.where(plan.fold != k, fold_of(ids, 2, seed=cfg.seed + 1), -1)
+        diffs[mine], _, info.head_l2[f"fold{k}"] = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine],
+                                                              [plan.layers[m] for m in mine], plan.views, inner, labels)
+    return diffs
+
+
+def _finetune_members_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo,
+                            *, work: Path, model: None, progress: bool) -> np.ndarray:
+    """Every member a fully fine-tuned RM; finished members are kept on disk (a killed run resumes with the rest);
+    with several ``member_devices``, one worker process per device."""
+    todo = [m for m in range(cfg.members) if not (work / f"member{m}" / "diffs.npy").exists()]
+    devices = cfg.member_devices or []
+    if len(devices) > 1 and todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
+            jobs = [pool.submit(_member_worker, cfg, pairs, [m for m in todo if m % len(devices) == d],
+                                plan.train, plan.score, work, dev) for d, dev in enumerate(devices)]
+            for job in jobs:
+                job.result()  # re-raises a worker's error here
+    else:
+        _member_worker(cfg, pairs, todo, plan.train, plan.score, work, None)
+    return np.stack([np.load(work / f"member{m}" / "diffs.npy") for m in range(cfg.members)])
+
+
+BACKBONES = {"frozen": _frozen_diffs, "finetune_folds": _finetune_folds_diffs,
+             "finetune_members": _finetune_members_diffs}
+
+
+def member_bootstrap(cfg: EnsembleConfig, layers: list[int], backbone: Sequence[int] | None = None) -> bool:
     """Whether heads train on bootstrap resamples: ``cfg.bootstrap`` if set, else only when two members of a
     fold read the same features (same layer, or native pooling). Resampling is then what makes them differ;
     on the hh-rlhf benchmark it costs about half a point of AUROC where layers already differ."""
     if cfg.bootstrap is not None:
         return cfg.bootstrap
     k = cfg.folds if cfg.mode == "crossfit" else 1
-    reads = [(m % k, layers[m] if cfg.pooling == "mean" else None) for m in range(cfg.members)]
+    backbone = list(backbone) if backbone is not None else [0] * cfg.members
+    reads = [(m % k, backbone[m], layers[m] if cfg.pooling == "mean" else None) for m in range(cfg.members)]
     return len(set(reads)) < len(reads)
 
 
@@ -334,16 +457,10 @@ def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: 
     benchmark can flip pairs by swapping rows and reuse one encoding, and through ``labels (N,)``, the
     probability that the chosen row is preferred (default 1; 0.5 for ties).
     """
-    n = len(ids)
-    if len(layers) != cfg.members:
-        raise ValueError(f"layers names the layer of each member: {cfg.members} entries, got {len(layers)} "
-                         "(member_layers(cfg, num_layers) gives them)")
-    fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
-    boot = member_bootstrap(cfg, layers)
-    train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)
-    select_fold = fold if cfg.mode == "crossfit" else fold_of(ids, 2, seed=cfg.seed)
-    diffs, W, l2 = _fit_heads(cfg, fc, fr, train, score, layers, sorted(set(layers)), select_fold, labels)
-    return diffs, W, {"member_layers": layers if cfg.pooling == "mean" else None, "head_l2": l2, "bootstrap": boot}
+    plan = plan_ensemble(cfg, ids, layers)
+    diffs, W, l2 = _fit_heads(cfg, fc, fr, plan.train, plan.score, plan.layers, plan.views, plan.select_fold, labels)
+    return diffs, W, {"member_layers": plan.layers if cfg.pooling == "mean" else None, "head_l2": l2,
+                      "bootstrap": plan.bootstrap}
 
 
 def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.ndarray, score: np.ndarray,
@@ -379,14 +496,11 @@ def _member_worker(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], members
         if torch.cuda.is_available():
             model.cuda()
         d = _score_mask(model, pairs, score[m], cfg.batch_size)
-        np.save(work / f"member{m}" / "diffs.tmp.npy", d)
-        (work / f"member{m}" / "diffs.tmp.npy").rename(work / f"member{m}" / "diffs.npy")
+        with atomic_path(work / f"member{m}" / "diffs.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, d)
 
 
 def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path, *, seed: int) -> Path:
-    from .training import TrainConfig, train_reward_model
-
-    from .config import from_dict
 
     settings = dict(model=cfg.model, output_dir=str(out), max_length=cfg.max_length, epochs=cfg.finetune_epochs,
                     lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, seed=seed, eval_every=0,
@@ -397,8 +511,6 @@ def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path,
 
 
 def _score_mask(model: RewardModel, pairs: Sequence[PreferencePair], mask: np.ndarray, batch_size: int) -> np.ndarray:
-    from .scoring import score_token_pairs
-
     idx = np.flatnonzero(mask)
     sub = [pairs[i] for i in idx]
     c, r = model.encode_pairs(sub)

@@ -10,19 +10,20 @@ Shapes: ``chosen_features (N, H)``, ``rejected_features (N, H)``, ``train_mask (
 
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .seeding import id_bucket
+
 
 def fold_of(ids: Sequence[str], folds: int, *, seed: int = 0) -> np.ndarray:
     """A fold in ``[0, folds)`` for each pair, from a seeded hash of its id (stable across runs and orderings)."""
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
-    return np.array([int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) % folds for i in ids])
+    return np.array([id_bucket(seed, i, folds) for i in ids])
 
 
 def member_masks(n_pairs: int, fold: np.ndarray, *, members: int, mode: str, seed: int = 0,

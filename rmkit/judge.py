@@ -31,17 +31,21 @@ import os
 import random
 import re
 import threading
+from contextlib import contextmanager
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
-from .config import save_config, setting
-from .data import DataSource, Message, PreferencePair
+from .config import save_config, setting, validate
+from .files import atomic_write_text
+from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
+from .seeding import id_bucket
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. You will see a conversation between a user and an AI assistant, followed by two "
@@ -53,7 +57,8 @@ JUDGE_SYSTEM = (
     "is better, or [[C]] if they are equally good or equally bad."
 )
 
-ROLE = {"user": "User", "assistant": "Assistant", "system": "System"}
+# The judge reads "User", not hh-rlhf's "Human": the wording judge prompts are written in.
+JUDGE_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
 @dataclass
@@ -88,7 +93,7 @@ class JudgeConfig:
 
 
 def _dialogue(messages: Sequence[Message], max_chars: int) -> str:
-    text = "\n\n".join(f"{ROLE.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+    text = transcript(messages, JUDGE_ROLE_NAMES)
     return text if len(text) <= max_chars else "..." + text[-max_chars:]
 
 
@@ -204,7 +209,6 @@ class JudgeClient:
         self.client = OpenAI(base_url=url, api_key=key, timeout=cfg.timeout, max_retries=0)
         self.base_url = str(self.client.base_url)
         self._secret = key if key != "EMPTY" else None
-        from .assets import cache_dir
 
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "judge"
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -273,20 +277,37 @@ class JudgeClient:
             if finish == "length":  # cut by max_tokens: usable now, but not a final answer to cache
                 return Reply(text, "ok", attempt + 1, False, pt, ct)
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-            tmp.write_text(json.dumps({"text": text, "prompt_tokens": pt, "completion_tokens": ct}))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps({"text": text, "prompt_tokens": pt, "completion_tokens": ct}))
             return Reply(text, "ok", attempt + 1, False, pt, ct)
         return Reply(None, "failed", self.cfg.max_retries + 1, False, error=error)
 
 
+@contextmanager
+def _c_stderr_to(path: Path):
+    """File descriptor 2 (what C libraries write to) goes to ``path`` inside the block."""
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class LocalServer:
-    """llama.cpp's OpenAI-compatible server in this process, on 127.0.0.1 (``xllamacpp``)."""
+    """llama.cpp's OpenAI-compatible server in this process, on 127.0.0.1 (``xllamacpp``).
 
-    def __init__(self, gguf: str = "smollm2", *, n_ctx: int = 4096, threads: int | None = None, parallel: int = 1):
+    Quiet: llama.cpp logs nothing to the terminal. With ``log_file`` it logs at its default level, and its
+    start-up log (model, context, threads: most of what it says) goes to that file."""
+
+    def __init__(self, gguf: str = "smollm2", *, n_ctx: int = 4096, threads: int | None = None, parallel: int = 1,
+                 log_file: str | Path | None = None):
         import xllamacpp
-
-        from .assets import smollm2_gguf
 
         path = smollm2_gguf() if gguf == "smollm2" else gguf
         p = xllamacpp.CommonParams()
@@ -295,7 +316,12 @@ class LocalServer:
         p.n_parallel = parallel
         p.cpuparams.n_threads = threads or max(1, min(os.cpu_count() or 1, 8))
         p.hostnames = ["127.0.0.1"]  # loopback only (also llama.cpp's default)
-        self.server = xllamacpp.Server(p)
+        if log_file is None:
+            p.verbosity = -1  # llama.cpp's threshold: below every level, so nothing is printed
+            self.server = xllamacpp.Server(p)
+        else:
+            with _c_stderr_to(Path(log_file)):  # llama.cpp writes to file descriptor 2, not to sys.stderr
+                self.server = xllamacpp.Server(p)
         self.url = str(self.server.listening_address).rstrip("/") + "/v1"
 
     def close(self) -> None:
@@ -313,7 +339,7 @@ class LocalServer:
 
 
 def _swap(seed: int, item_id: str) -> bool:
-    return int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:8], 16) % 2 == 1
+    return id_bucket(seed, item_id, 2) == 1
 
 
 def _score_of_first(verdict: str | None, shown_first_is_x: bool) -> float:
@@ -476,23 +502,23 @@ class JudgeRunConfig(JudgeConfig, DataSource):
     """Settings of ``rmkit judge DATA``: label preference pairs, or compare two policies' answers."""
 
     data: str = setting("", "preference data to label, or (task compare) a table with prompt, answer_a, answer_b")
-    task: str = setting("pairs", "pairs (a judge_label per pair) or compare (win/tie/lose of answer_a over answer_b)")
+    task: Literal["pairs", "compare"] = setting(
+        "pairs", "pairs (a judge_label per pair) or compare (win/tie/lose of answer_a over answer_b)")
     output_dir: str = setting("runs/judge", "where judgments.jsonl, judge_labels.parquet/csv and summary.json go")
     ids: str | None = setting(None, "judge only the pair ids listed in this file (one per line; e.g. a split)")
     strength: str | None = setting(None, "strength.parquet of an audit: adds the agreement-by-strength analysis")
-    limit: int | None = setting(None, "judge only the first N items")
+    max_pairs: int | None = setting(None, "judge only the first N items (pairs, or rows of a compare table)")
 
 
 def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     """The ``rmkit judge`` command: results written as they arrive; a rerun resumes and hits the cache."""
     import pandas as pd
 
-    from .data import read_table
-
+    validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    server = LocalServer(cfg.local_model) if cfg.local_model else None
+    server = LocalServer(cfg.local_model, log_file=out / "llama_server.log") if cfg.local_model else None
     base_url = server.url if server else None
     t0 = time.time()
     try:
@@ -505,7 +531,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
                 if unknown:
                     raise ValueError(f"{cfg.ids}: {len(unknown)} ids are not pairs of {cfg.data} (first: {unknown[0]})")
                 pairs = [by_id[i] for i in wanted]
-            pairs = pairs[: cfg.limit]
+            pairs = pairs[: cfg.max_pairs]
             table = judge_pairs(pairs, cfg, output=out / "judgments.jsonl", base_url=base_url)
             table[["id", "judge_label", "status", "swapped"]].to_parquet(out / "judge_labels.parquet", index=False)
             table[["id", "judge_label", "status", "swapped"]].to_csv(out / "judge_labels.csv", index=False)
@@ -523,8 +549,8 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
             for col in ("prompt", "answer_a", "answer_b"):
                 if col not in df.columns:
                     raise ValueError(f"{path}: task compare needs columns prompt, answer_a, answer_b; {col!r} is missing")
-            df = df.iloc[: cfg.limit]
-            prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]]
+            df = df.iloc[: cfg.max_pairs]
+            prompts = [as_messages(p) for p in df["prompt"]]
             ids = df["id"].astype(str).tolist() if "id" in df.columns else None
             summary = compare_policies(prompts, df["answer_a"].tolist(), df["answer_b"].tolist(), cfg, ids=ids,
                                        output=out / "judgments.jsonl", base_url=base_url)

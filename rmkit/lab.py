@@ -31,12 +31,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .audit import response_length_diff
+from .bon import bon_curve, kl_bon
 from .calibration import crossfit_calibration, expected_calibration_error, spearman
-from .config import save_config, setting
-from .data import DataSource, PreferencePair
+from .config import from_dict, save_config, setting, validate
+from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
+from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .heads import fold_of, select_l2, train_bt_heads
 from .models import RewardModel
+from .reward_ensemble import aggregate
 from .strength import pair_quality_scores
 
 STUDIES = ("learnability", "strength", "flips", "denoise")
@@ -77,8 +81,6 @@ class LabConfig(DataSource):
         self.proxy_config().check()
 
     def proxy_config(self) -> EnsembleConfig:
-        from .config import from_dict
-
         return from_dict(EnsembleConfig, dict(self.proxy), source="proxy")
 
 
@@ -110,26 +112,8 @@ class GoldRM:
 
     def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
-        f = embed_responses(self.backbone, prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
+        f = self.backbone.embed_texts(prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
         return f[:, 0] @ self.weights
-
-
-def embed_responses(backbone: RewardModel, prompts, responses, layers: Sequence[int], *, batch_size: int = 32,
-                    progress: bool = False) -> np.ndarray:
-    """Token-mean features ``(B, V, H)`` of each (prompt, response) at ``layers``, batched by length."""
-    import torch
-    from tqdm.auto import tqdm
-
-    ids = backbone.encode(prompts, responses)
-    out = np.zeros((len(ids), len(layers), int(backbone.model.config.hidden_size)), np.float32)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    backbone.eval()
-    with torch.inference_mode():
-        for s in tqdm(range(0, len(order), batch_size), desc="embedding", disable=not progress):
-            idx = order[s: s + batch_size]
-            batch = backbone.collate([ids[i] for i in idx], backbone.device)
-            out[idx] = backbone.embed(**batch, pooling="mean", layers=list(layers)).float().cpu().numpy()
-    return out
 
 
 def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
@@ -385,9 +369,6 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
 
     ``recovered_share`` = (preset at noise - baseline at noise) / (baseline at 0 - baseline at noise).
     """
-    from .data import split_ids, PreferenceDataset, RowResult
-    from .denoise import DenoiseConfig, denoise_pairs
-
     view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
     results: dict[str, dict[str, list[float]]] = {}
     for level in (0.0, noise):
@@ -486,9 +467,6 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
     n) that the best conservative aggregation (min or uwo) recovers.
     """
-    from .bon import bon_curve, kl_bon
-    from .reward_ensemble import aggregate
-
     z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
     flat = z.reshape(z.shape[0], -1)
     variants = {"single": single, "oracle_gold": gold}
@@ -514,7 +492,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     """Gold, labels and the chosen studies; writes gold.parquet, labels.parquet (seed 0, flips 0) and lab.json."""
     import pandas as pd
 
-    cfg.check()
+    validate(cfg)
     if not cfg.data:
         raise ValueError("rmkit lab needs data: real prompts and responses with labels")
     out = Path(cfg.output_dir)
@@ -539,7 +517,6 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=False)
         gold_info = gold.info
         np.save(out / "gold_head.npy", gold.weights)
-    from .audit import response_length_diff
 
     length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)
     gold_info = {**gold_info, "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,

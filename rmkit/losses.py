@@ -140,3 +140,14 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     v_clipped = old_values + (values - old_values).clamp(-clip, clip)
     err, err_clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
     return 0.5 * masked_mean(torch.maximum(err, err_clipped), mask), masked_mean((err_clipped > err).float(), mask)
+
+
+def difference_loss(rewards: torch.Tensor) -> torch.Tensor:
+    """J (Eq. 11) for rewards of shape (P, k), k responses per prompt, averaged over the P prompts:
+    ``(2 / k^2) * sum_{i<j} sigmoid(|r_i - r_j|)``."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"difference_loss needs rewards of shape (prompts, k >= 2), got {tuple(rewards.shape)}")
+    k = rewards.shape[1]
+    gaps = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).abs()  # (P, k, k)
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=rewards.device), diagonal=1)
+    return (2.0 / k ** 2) * torch.sigmoid(gaps[:, upper]).sum(1).mean()

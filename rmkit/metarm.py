@@ -4,7 +4,7 @@ of a policy's responses, with no new preference labels.
 Each step takes a preference batch X_t and a meta batch X_s (prompts with k responses each from the
 current policy):
 
-1. the difference loss J(theta; X_s) (Eq. 11, `difference_loss`): how far apart the RM puts the
+1. the difference loss J(theta; X_s) (Eq. 11, `rmkit.losses.difference_loss`): how far apart the RM puts the
    responses to the same prompt;
 2. an inner gradient *ascent* step: theta' = theta + eta * grad J;
 3. the RM loss L(X_t; theta') at the adapted parameters (any objective of the trainer, with its
@@ -24,26 +24,16 @@ import torch
 from torch.func import functional_call
 
 from .data import Message
-
-
-def difference_loss(rewards: torch.Tensor) -> torch.Tensor:
-    """J (Eq. 11) for rewards of shape (P, k), k responses per prompt, averaged over the P prompts:
-    ``(2 / k^2) * sum_{i<j} sigmoid(|r_i - r_j|)``."""
-    if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"difference_loss needs rewards of shape (prompts, k >= 2), got {tuple(rewards.shape)}")
-    k = rewards.shape[1]
-    gaps = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).abs()  # (P, k, k)
-    upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=rewards.device), diagonal=1)
-    return (2.0 / k ** 2) * torch.sigmoid(gaps[:, upper]).sum(1).mean()
+from .losses import difference_loss
+from .models import RewardModel
+from .objectives import compute_loss
 
 
 @torch.inference_mode()
 def meta_J(rm, items: Sequence[dict[str, Any]]) -> float:
     """J of a reward model (a `RewardModel` or a path to one) over a sampled set: prompts with k
-    responses each (`rmkit.policy.read_meta_set`), averaged over prompts. How well the RM still tells
+    responses each (`rmkit.metaset.read_meta_set`), averaged over prompts. How well the RM still tells
     a policy's responses apart; the paper's measure of discrimination on the shifted distribution."""
-    from .models import RewardModel
-
     rm = RewardModel.from_pretrained(rm) if isinstance(rm, str) else rm
     k = len(items[0]["responses"])
     prompts = [it["prompt"] for it in items for _ in it["responses"]]
@@ -81,8 +71,6 @@ def metarm_backward(model: torch.nn.Module, batch: dict[str, Any], meta_batch: d
     """One MetaRM gradient: adds ``scale * grad_{theta'} L(X_t; theta')`` to every trainable parameter's
     ``.grad``, where ``theta' = theta + inner_lr * grad J(X_s; theta)``. Returns L at theta' and parts
     (``meta_J`` is J at theta, before the inner step)."""
-    from .training import compute_loss
-
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     # 1. J at theta, and its gradient

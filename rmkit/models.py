@@ -19,14 +19,15 @@ import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from .assets import resolve_model
-from .data import Message, PreferencePair
+from .batching import length_sorted_batches
+from .data import ROLE_NAMES, Message, PreferencePair, transcript
 
 logger = logging.getLogger(__name__)
-ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 RMKIT_FILE = "rmkit.json"
 
 
@@ -181,7 +182,7 @@ class RewardModel(nn.Module):
         messages = list(prompt) + list(response)
         if self.use_chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return "\n\n".join(f"{ROLE_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+        return transcript(messages)
 
     def encode(self, prompts: Sequence[Sequence[Message]], responses: Sequence[Sequence[Message]]) -> list[list[int]]:
         """Token ids for each (prompt, response), truncated from the left to ``max_length``."""
@@ -249,6 +250,27 @@ class RewardModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def batches(self, ids: Sequence[list[int]], batch_size: int, *, progress: bool = False, desc: str = "scoring"):
+        """``(indices, padded batch on the model's device)`` over token ids, shortest first (little padding);
+        results go back to input order by the indices."""
+        from tqdm.auto import tqdm
+
+        for idx in tqdm(length_sorted_batches([len(x) for x in ids], batch_size), desc=desc, disable=not progress):
+            yield idx, self.collate([ids[i] for i in idx], self.device)
+
+    def embed_texts(self, prompts: Sequence[Sequence[Message]], responses: Sequence[Sequence[Message]],
+                    layers: Sequence[int], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Token-mean features ``(B, V, H)`` of each (prompt, response) at hidden ``layers``."""
+        ids = self.encode(prompts, responses)
+        out = np.zeros((len(ids), len(layers), int(self.model.config.hidden_size)), np.float32)
+        was_training = self.training
+        self.eval()
+        with torch.inference_mode():
+            for idx, batch in self.batches(ids, batch_size, progress=progress, desc="embedding"):
+                out[idx] = self.embed(**batch, pooling="mean", layers=list(layers)).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
     @torch.inference_mode()
     def score(
         self,
@@ -261,11 +283,8 @@ class RewardModel(nn.Module):
         was_training = self.training
         self.eval()
         ids = self.encode(prompts, responses)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = torch.empty(len(ids))
-        for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
-            batch = self.collate([ids[i] for i in idx], self.device)
+        for idx, batch in self.batches(ids, batch_size):
             out[idx] = self(**batch).rewards.float().cpu()
         self.train(was_training)
         return out

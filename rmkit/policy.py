@@ -15,8 +15,10 @@ from typing import Sequence
 import torch
 
 from .assets import resolve_model
-from .config import setting
-from .data import DataSource, Message
+from .batching import length_sorted_batches
+from .config import save_config, setting, validate
+from .data import DataSource, Message, as_messages, read_table
+from .metaset import write_meta_set
 
 
 @dataclass
@@ -98,39 +100,12 @@ def sample_responses(model, tokenizer, prompts: Sequence[Sequence[Message]], cfg
     ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     flat = [i for i in range(len(prompts)) for _ in range(k)]
     texts: list[str] = [""] * len(flat)
-    order = sorted(range(len(flat)), key=lambda j: len(ids[flat[j]]))  # similar lengths share a batch
-    for b, s in enumerate(tqdm(range(0, len(order), cfg.batch_size), desc="sampling", disable=not progress)):
-        idx = order[s: s + cfg.batch_size]
+    batches = length_sorted_batches([len(ids[i]) for i in flat], cfg.batch_size)  # similar lengths share a batch
+    for b, idx in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
         resp = generate(model, tokenizer, [ids[flat[j]] for j in idx], cfg, generator_seed=cfg.seed * 100003 + b)
         for j, r in zip(idx, resp):
             texts[j] = tokenizer.decode(r, skip_special_tokens=True).strip()
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
-
-
-def write_meta_set(path: str | Path, ids: Sequence[str], prompts: Sequence[Sequence[Message]],
-                   responses: Sequence[Sequence[str]]) -> None:
-    """MetaRM's meta set as JSONL: ``{"id", "prompt": messages, "responses": [k texts]}`` per prompt."""
-    with Path(path).open("w") as f:
-        for i, p, r in zip(ids, prompts, responses):
-            f.write(json.dumps({"id": i, "prompt": list(p), "responses": list(r)}) + "\n")
-
-
-def read_meta_set(path: str | Path) -> list[dict]:
-    """Read a meta set; every line must have a prompt and at least two responses."""
-    items = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if not isinstance(rec.get("responses"), list) or len(rec["responses"]) < 2:
-            raise ValueError(f"{path}, line {n}: field 'responses' must list at least 2 responses")
-        prompt = rec.get("prompt")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt:
-            raise ValueError(f"{path}, line {n}: field 'prompt' must be a string or chat messages")
-        items.append({"id": str(rec.get("id", n)), "prompt": prompt, "responses": [str(x) for x in rec["responses"]]})
-    return items
 
 
 @dataclass
@@ -142,7 +117,7 @@ class SampleConfig(SamplingConfig, DataSource):
     output: str = setting("runs/meta/meta.jsonl", "the meta set (JSONL); a rerun resumes after the prompts it holds")
     k: int = setting(4, "responses per prompt")
     temperature: float = setting(1.0, "sampling temperature: a little above PPO's 0.8, as the paper samples the meta set")
-    limit: int | None = setting(None, "use N prompts (after the first `offset`)")
+    max_prompts: int | None = setting(None, "use N prompts (after the first `offset`)")
     offset: int = setting(0, "skip the first N prompts")
 
 
@@ -154,8 +129,6 @@ def load_prompts(source: str, reader: DataSource | None = None
     The third item lists the source rows that gave no prompt (``id``, ``status``, ``detail``: e.g. an
     unparseable transcript), so callers can report them instead of losing them. ``reader``: how preference
     data is read (format, ties, strict; default: detected, not strict)."""
-    from .data import read_table
-
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".parquet"):
         try:
@@ -164,7 +137,7 @@ def load_prompts(source: str, reader: DataSource | None = None
             df = None
         if df is not None and "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
             ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
-            return ids, [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in df["prompt"]], []
+            return ids, [as_messages(p) for p in df["prompt"]], []
     ds = (reader or DataSource()).read(source)
     pairs = ds.pairs
     skipped = [{"id": r.id, "status": r.status, "detail": r.detail} for r in ds.rows if not r.usable]
@@ -173,10 +146,9 @@ def load_prompts(source: str, reader: DataSource | None = None
 
 def run_sample(cfg: SampleConfig) -> dict:
     """Sample ``k`` responses per prompt and append them to the meta set, ``batch_size`` prompts at a time."""
-    from .config import save_config
-
+    validate(cfg)
     ids, prompts, skipped = load_prompts(cfg.data, cfg)
-    end = None if cfg.limit is None else cfg.offset + cfg.limit
+    end = None if cfg.max_prompts is None else cfg.offset + cfg.max_prompts
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,8 +161,6 @@ def run_sample(cfg: SampleConfig) -> dict:
         part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
         part.seed = cfg.seed * 1_000_003 + chunk[0]  # per-chunk seed: the same responses whether resumed or not
         resp = sample_responses(model, tok, [prompts[i] for i in chunk], part, k=cfg.k)
-        with out.open("a") as f:
-            for i, r in zip(chunk, resp):
-                f.write(json.dumps({"id": ids[i], "prompt": list(prompts[i]), "responses": r}) + "\n")
+        write_meta_set(out, [ids[i] for i in chunk], [prompts[i] for i in chunk], resp, append=True)
     return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out),
             "source_rows_without_prompt": dict(Counter(r["status"] for r in skipped))}

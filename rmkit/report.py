@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import ROLE_NAMES
+from .data import ROLE_NAMES
 from .strength import CATEGORIES
 
 COLORS = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": "#999999", "strong": "#009988",

@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import save_config, setting
-from .data import DataSource, Message
+from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
+from .files import atomic_path
+from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
 from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
@@ -56,8 +57,9 @@ class PPOConfig(SamplingConfig, DataSource):
     policy: str = setting("smollm2", "the policy to optimise (causal LM): hub id, local path, or the alias smollm2")
     reward_model: str = setting("", "an rmkit / sequence-classification reward model (path or hub id), an ensemble "
                                     "folder (rmkit_ensemble.json) or comma-separated members")
-    aggregation: str | None = setting(None, "ensembles: mean, min (worst case) or uwo (mean - lambda * var); default: "
-                                            "the ensemble's own")
+    aggregation: Literal["mean", "min", "uwo"] | None = setting(
+        None, "ensembles: mean, min (worst case) or uwo (mean - lambda * var); default: "
+        "the ensemble's own")
     uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo (Coste et al. use 0.1 for PPO)")
     output_dir: str = setting("runs/ppo", "metrics, checkpoints and the final policy go here")
     steps: int = setting(30, "PPO steps (one rollout batch each)")
@@ -83,8 +85,9 @@ class PPOConfig(SamplingConfig, DataSource):
     missing_eos_penalty: float | None = setting(None, "subtract this from the RM score of responses cut at max_new_tokens")
     critic_train_layers: str = setting("all", "what of the critic trains: all, head, or top:N (top N blocks + head); "
                                               "top:N makes its backward pass cheap on a CPU")
-    critic_init: str = setting("auto", "auto (reward_model if it shares the policy's architecture and tokenizer, "
-                                       "else policy), reward_model, or policy")
+    critic_init: Literal["auto", "reward_model", "policy"] = setting(
+        "auto", "auto (reward_model if it shares the policy's architecture and tokenizer, "
+        "else policy), reward_model, or policy")
     kl_budget: float = setting(4.0, "KL to the reference (nats per response) the run should stay under; "
                                     "reported as kl_within_budget")
     eval_prompts: int = setting(32, "held-out prompts scored at the start, every eval_every steps and the end")
@@ -93,7 +96,18 @@ class PPOConfig(SamplingConfig, DataSource):
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint when it is there")
     rm_batch_size: int = setting(32, "texts per reward-model forward pass")
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N")
-    limit: int | None = setting(None, "use the first N usable prompts")
+    max_prompts: int | None = setting(None, "use the first N usable prompts")
+
+    def check(self) -> None:
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ValueError("ptx_coef > 0 needs ptx_data (preference data whose chosen responses are the LM data)")
+        check_layers_spec("critic_train_layers", self.critic_train_layers)
+        check_positive(self, "steps", "batch_size", "minibatch_size", "ppo_epochs", "actor_lr", "critic_lr",
+                       "max_new_tokens", "max_prompt_tokens", "rm_batch_size", "max_prompts")
+        check_positive(self, "kl_coef", "reward_clip", "clip_range", "value_clip", "max_grad_norm", "eval_prompts",
+                       "eval_every", "save_every", "ptx_coef", "uwo_lambda", allow_zero=True)
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ValueError(f"setting 'device': {self.device!r} is not auto, cpu, cuda or cuda:N")
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,8 +268,6 @@ def usable_prompts(tokenizer, ids: Sequence[str], prompts: Sequence[Sequence[Mes
 
 def ptx_batches(tokenizer, source: str, max_tokens: int) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) of each pair's prompt + chosen response in the policy's template."""
-    from .data import load_preferences
-
     pairs = load_preferences(source).pairs
     prompt_ids = encode_prompts(tokenizer, [p.prompt for p in pairs], max_tokens)
     out = []
@@ -336,15 +348,12 @@ def _save(path: Path, actor, tokenizer, critic, opt_a, opt_c, moments: RunningMo
           cfg: PPOConfig) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    actor.save_pretrained(tmp / "actor", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "actor")
-    save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp / "critic.safetensors"))
-    torch.save({"step": step, "actor_opt": opt_a.state_dict(), "critic_opt": opt_c.state_dict(),
-                "moments": moments.state_dict(), "identity": _identity(cfg)}, tmp / "state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a kill mid-save leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-save leaves the previous checkpoint intact
+        actor.save_pretrained(tmp / "actor", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "actor")
+        save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp / "critic.safetensors"))
+        torch.save({"step": step, "actor_opt": opt_a.state_dict(), "critic_opt": opt_c.state_dict(),
+                    "moments": moments.state_dict(), "identity": _identity(cfg)}, tmp / "state.pt")
 
 
 def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg: PPOConfig) -> int:
@@ -352,9 +361,7 @@ def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg:
     from transformers import AutoModelForCausalLM
 
     state = torch.load(path / "state.pt", weights_only=True)
-    if state["identity"] != _identity(cfg):
-        diff = sorted(k for k in state["identity"] if state["identity"][k] != _identity(cfg).get(k))
-        raise ValueError(f"{path} was written with other settings ({diff}); use another output_dir or --resume false")
+    require_same_settings(state["identity"], _identity(cfg), path, "use another output_dir or --resume false")
     actor.load_state_dict(AutoModelForCausalLM.from_pretrained(path / "actor").state_dict())
     critic.load_state_dict(load_file(str(path / "critic.safetensors")))
     opt_a.load_state_dict(state["actor_opt"])
@@ -378,10 +385,9 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     import pandas as pd
     from tqdm.auto import tqdm
 
+    validate(cfg)  # before any model loads
     if not cfg.reward_model:
         raise ValueError("PPO needs a reward model: --reward-model PATH (train one with rmkit train)")
-    if cfg.ptx_coef > 0 and not cfg.ptx_data:
-        raise ValueError("ptx_coef > 0 needs ptx_data (preference data whose chosen responses are the LM data)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -398,8 +404,6 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     init = cfg.critic_init
     if init == "auto":
         init = "reward_model" if shares_backbone(first_rm, actor, tok) else "policy"
-    if init not in ("reward_model", "policy"):
-        raise ValueError(f"critic_init must be auto, reward_model or policy, got {cfg.critic_init!r}")
     critic = (ValueModel.from_reward_model(first_rm) if init == "reward_model" else ValueModel.from_policy(actor))
     critic.to(device).eval()
     set_trainable(critic, cfg.critic_train_layers, head=critic.head)
@@ -412,7 +416,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     keep, enc, rows = usable_prompts(tok, ids, prompts, cfg.max_prompt_tokens)
     pd.DataFrame(rows + [{"id": r["id"], "tokens": None, "status": r["status"]} for r in skipped]).to_csv(
         out / "prompts.csv", index=False)  # every source row, with why it was or was not used
-    keep = keep[: cfg.limit] if cfg.limit else keep
+    keep = keep[: cfg.max_prompts] if cfg.max_prompts else keep
     if len(keep) <= cfg.eval_prompts:
         raise ValueError(f"{cfg.data}: {len(keep)} prompts fit max_prompt_tokens={cfg.max_prompt_tokens}; need more "
                          f"than eval_prompts={cfg.eval_prompts}")

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import from_dict, save_config, setting
+from .config import check_positive, from_dict, save_config, setting, validate
+from .judge import JudgeConfig, LocalServer, compare_policies
+from .metarm import meta_J
+from .metaset import read_meta_set
+from .policy import SampleConfig, SamplingConfig, load_policy, run_sample, sample_responses
+from .rl import PPOConfig, train_ppo
+from .training import TrainConfig, train_reward_model
 
 
 @dataclass
@@ -42,21 +48,33 @@ class RLHFConfig:
                               "or {local_model: smollm2}; empty: no judge")
     seed: int = setting(0, "seed of every stage (offset by the round)")
 
+    def check(self) -> None:
+        """Every stage's settings parsed into its dataclass now, so a typo in ``ppo:`` fails before round 1
+        samples and trains."""
+        check_positive(self, "rounds", "meta_prompts", "meta_k", "eval_prompts")
+        self.round_configs(Path(self.output_dir) / "round_1", self.policy, self.reward_model or "RM", self.seed + 1)
+        if self.judge:
+            from_dict(JudgeConfig, {"seed": self.seed, **self.judge}, source="judge")
 
-def _sample(prompts: str, policy: str, output: Path, *, k: int, temperature: float, limit: int, seed: int,
+    def round_configs(self, rdir: Path, policy: str, rm: str, seed: int) -> tuple[TrainConfig, PPOConfig]:
+        """The MetaRM training and PPO settings of one round (the round's RM feeds its PPO)."""
+        tcfg = from_dict(TrainConfig, {"data": self.data, "model": rm, "output_dir": str(rdir / "rm"),
+                                       "meta_data": str(rdir / "meta.jsonl"), "seed": seed, **self.rm_train},
+                         source="rm_train")
+        pcfg = from_dict(PPOConfig, {"data": self.prompts, "policy": policy, "reward_model": str(rdir / "rm" / "model"),
+                                     "output_dir": str(rdir / "ppo"), "seed": seed, **self.ppo}, source="ppo")
+        return tcfg, pcfg
+
+
+def _sample(prompts: str, policy: str, output: Path, *, k: int, temperature: float, max_prompts: int, seed: int,
             offset: int = 0) -> list[dict]:
-    from .policy import SampleConfig, read_meta_set, run_sample
-
     run_sample(SampleConfig(data=prompts, policy=policy, output=str(output), k=k, temperature=temperature,
-                            limit=limit, offset=offset, seed=seed))
+                            max_prompts=max_prompts, offset=offset, seed=seed))
     return read_meta_set(output)
 
 
 def _judge_against_start(cfg: RLHFConfig, start_policy: str, policy: str, items: list[dict], rdir: Path) -> dict:
     """Win/tie/lose of ``policy`` against ``start_policy`` on the evaluation prompts (one response each)."""
-    from .judge import JudgeConfig, LocalServer, compare_policies
-    from .policy import SamplingConfig, load_policy, sample_responses
-
     prompts = [it["prompt"] for it in items]
     answers = {}
     for name, path in (("start", start_policy), ("current", policy)):
@@ -74,10 +92,7 @@ def _judge_against_start(cfg: RLHFConfig, start_policy: str, policy: str, items:
 
 def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
     """Run (or continue) the rounds; returns one summary per round, also in ``OUTPUT_DIR/rounds.jsonl``."""
-    from .metarm import meta_J
-    from .rl import PPOConfig, train_ppo
-    from .training import TrainConfig, train_reward_model
-
+    validate(cfg)  # every stage's settings, before round 1 starts
     if not cfg.reward_model:
         raise ValueError("rmkit rlhf needs a starting reward model: --reward-model PATH")
     out = Path(cfg.output_dir)
@@ -95,21 +110,17 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
             seed = cfg.seed + r
             # 1. meta set from the latest policy
             _sample(cfg.prompts, policy, rdir / "meta.jsonl", k=cfg.meta_k, temperature=cfg.meta_temperature,
-                    limit=cfg.meta_prompts, seed=seed)
+                    max_prompts=cfg.meta_prompts, seed=seed)
             # 2. MetaRM from the previous RM
-            tcfg = from_dict(TrainConfig, {"data": cfg.data, "model": rm, "output_dir": str(rdir / "rm"),
-                                           "meta_data": str(rdir / "meta.jsonl"), "seed": seed, **cfg.rm_train},
-                             source="rm_train")
+            tcfg, pcfg = cfg.round_configs(rdir, policy, rm, seed)
             rm_results = train_reward_model(tcfg).metrics  # a finished run is loaded, not redone
             new_rm = str(rdir / "rm" / "model")
             # 3. PPO from the latest policy against the new RM
-            pcfg = from_dict(PPOConfig, {"data": cfg.prompts, "policy": policy, "reward_model": new_rm,
-                                         "output_dir": str(rdir / "ppo"), "seed": seed, **cfg.ppo}, source="ppo")
             ppo = train_ppo(pcfg)
             new_policy = ppo["policy_dir"]
             # 4. J of the old and new RM on fresh responses of the new policy (prompts after the meta prompts)
             items = _sample(cfg.prompts, new_policy, rdir / "eval_responses.jsonl", k=cfg.meta_k,
-                            temperature=cfg.meta_temperature, limit=cfg.eval_prompts, seed=seed + 7919,
+                            temperature=cfg.meta_temperature, max_prompts=cfg.eval_prompts, seed=seed + 7919,
                             offset=cfg.meta_prompts)
             s = {"round": r, "policy": new_policy, "reward_model": new_rm,
                  "reward_start": ppo["reward_start"], "reward_end": ppo["reward_end"], "kl_end": ppo["kl_end"],

@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
-from .config import setting
-from .data import DataSource, PreferenceDataset, PreferencePair
+from .config import check_positive, save_config, setting, validate
+from .data import DataSource, PreferenceDataset, PreferencePair, load_splits, read_table
+from .files import atomic_path
+from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
+from .models import RewardModel
+from .prefix import score_pairs_shared_prefix, supports_shared_prefix
 
 
 def score_token_pairs(
@@ -27,15 +31,22 @@ def score_token_pairs(
     batch_size: int = 64,
     progress: bool = False,
     accelerator=None,
+    precision: str = "fp32",
+    shared_prefix: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rewards of pre-tokenized pairs: returns ``(chosen_rewards (N,), rejected_rewards (N,))``.
 
     ``batch_size`` counts texts; each batch holds whole pairs (both sides in one forward pass).
     With an ``accelerator`` on several processes, each scores a shard and the results are gathered.
+    ``precision``: ``fp32`` or ``bf16`` (autocast). ``shared_prefix``: a decoder RM runs each pair's prompt once
+    (`rmkit.prefix`); ignored for encoders and under several processes.
     """
     from tqdm.auto import tqdm
 
     core = accelerator.unwrap_model(model) if accelerator is not None else model
+    if shared_prefix and supports_shared_prefix(core) and (accelerator is None or accelerator.num_processes == 1):
+        with autocast(core.device, precision):
+            return score_pairs_shared_prefix(core, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress)
     n = len(chosen_ids)
     order = sorted(range(n), key=lambda i: max(len(chosen_ids[i]), len(rejected_ids[i])))
     per_batch = max(1, batch_size // 2)
@@ -45,7 +56,7 @@ def score_token_pairs(
     results: list[tuple[int, float, float]] = []
     was_training = core.training
     core.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(core.device, precision):
         for idx in tqdm(mine, desc="scoring", disable=not progress or rank != 0, unit="batch"):
             batch = core.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], core.device)
             rewards = core(**batch).rewards.float().cpu().numpy()
@@ -95,8 +106,6 @@ def read_judge_labels(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     writes). Pairs the table lacks, or whose judgment failed, get NaN and drop out of the judge views."""
     import pandas as pd
 
-    from .data import read_table
-
     table = read_table(path)
     for col in ("id", "judge_label"):
         if col not in table.columns:
@@ -120,7 +129,7 @@ def label_views(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray, ju
 
 
 def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, batch_size: int = 64,
-                progress: bool = False):
+                progress: bool = False, precision: str = "fp32", shared_prefix: bool = False):
     """Score every row: a DataFrame with id, subset, status, reward_chosen, reward_rejected, diff.
 
     Accepts a `PreferenceDataset` (every row, usable or not, keeps its place) or a list of pairs.
@@ -135,7 +144,8 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
         pairs = list(data)
         meta = [(p.id, p.subset, p.status) for p in pairs]
     chosen_ids, rejected_ids = model.encode_pairs(pairs)
-    rc, rr = score_token_pairs(model, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress)
+    rc, rr = score_token_pairs(model, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress,
+                               precision=precision, shared_prefix=shared_prefix)
     by_id = {p.id: (c, r, p.label) for p, c, r in zip(pairs, rc, rr)}
     out = pd.DataFrame(meta, columns=["id", "subset", "status"])
     got = [by_id.get(i, (math.nan, math.nan, math.nan)) for i in out["id"]]
@@ -155,12 +165,23 @@ class ScoreConfig(DataSource):
     output_dir: str = setting("runs/score", "where scores.parquet, scores.csv, metrics.json and config.yaml go")
     batch_size: int = setting(64, "texts per forward pass")
     max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the model's)")
-    split: str | None = setting(None, "score only this split (train/validation/test) of the splits file")
+    split: Literal["train", "validation", "test"] | None = setting(
+        None, "score only this split (train/validation/test) of the splits file")
     splits_file: str | None = setting(None, "the splits JSON written by `rmkit data` or `rmkit train`")
     chunk_rows: int = setting(1024, "rows scored and written per part file (a killed run redoes one part at most)")
+    device: str = setting("auto", DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP)
+    shared_prefix: bool = setting(True, "decoder RMs: run each pair's prompt once and both responses on its KV cache "
+                                        "(equal rewards up to float rounding; encoders always take the plain path)")
+
+    def check(self) -> None:
+        check_device(self.device)
+        if self.split and not self.splits_file:
+            raise ValueError("split needs splits_file (the splits JSON of rmkit data or rmkit train)")
+        check_positive(self, "batch_size", "max_length", "chunk_rows")
 
 
-def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig):
+def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig, precision: str):
     """Score ``ds`` a chunk at a time, each chunk saved as it finishes; a rerun reuses finished chunks.
 
     The parts are tied to the settings that produced them: other settings start the parts afresh.
@@ -173,7 +194,8 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig)
 
     key = {"data": cfg.data, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
            "max_length": model.max_length, "split": cfg.split, "chunk_rows": cfg.chunk_rows,
-           "rows": len(ds.rows), "first_id": ds.rows[0].id if ds.rows else None}
+           "rows": len(ds.rows), "first_id": ds.rows[0].id if ds.rows else None, "precision": precision,
+           "shared_prefix": cfg.shared_prefix}
     meta = parts / "meta.json"
     if parts.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
         shutil.rmtree(parts)
@@ -186,21 +208,19 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig)
         if path.exists():
             tables.append(pd.read_parquet(path))
             continue
-        table = score_pairs(model, PreferenceDataset(ds.rows[start: start + cfg.chunk_rows]), batch_size=cfg.batch_size)
-        table.to_parquet(path.with_suffix(".tmp"), index=False)
-        path.with_suffix(".tmp").rename(path)  # only whole parts count as done
+        table = score_pairs(model, PreferenceDataset(ds.rows[start: start + cfg.chunk_rows]), batch_size=cfg.batch_size,
+                            precision=precision, shared_prefix=cfg.shared_prefix)
+        with atomic_path(path) as tmp:  # only whole parts count as done
+            table.to_parquet(tmp, index=False)
         tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else score_pairs(model, ds)
+    return pd.concat(tables, ignore_index=True) if tables else score_pairs(model, ds, precision=precision)
 
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Score a dataset with a saved reward model; writes the table and metrics into ``output_dir``."""
     import json
 
-    from .config import save_config
-    from .data import load_splits
-    from .models import RewardModel
-
+    validate(cfg)
     if not cfg.data or not cfg.model:
         raise ValueError("rmkit score needs both data and model")
     out = Path(cfg.output_dir)
@@ -208,11 +228,11 @@ def run_score(cfg: ScoreConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     ds = cfg.read(cfg.data)
     if cfg.split:
-        if not cfg.splits_file:
-            raise ValueError("split needs splits_file")
         ds = ds.subset(load_splits(cfg.splits_file)[cfg.split])
-    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
-    table = _score_in_parts(model, ds, out / "parts", cfg)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)
+    table = _score_in_parts(model, ds, out / "parts", cfg, precision)
     table.to_parquet(out / "scores.parquet", index=False)
     table.to_csv(out / "scores.csv", index=False)
     ok = table.dropna(subset=["diff"])

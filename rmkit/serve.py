@@ -33,12 +33,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
-from .config import setting
+from .config import setting, validate
+from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel
+from .reward_ensemble import EnsembleRewardModel, aggregate, load_reward_model
 
 
 @dataclass
@@ -53,13 +55,15 @@ class ServeConfig:
     max_wait_ms: float = setting(5.0, "how long the batcher waits for more requests before scoring")
     max_request_texts: int = setting(512, "texts per request at most (413 beyond)")
     max_body_bytes: int = setting(8_000_000, "request body size at most (413 beyond)")
-    device: str | None = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    device: str = setting("auto", DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP)
     api_key_env: str | None = setting(None, "name of an environment variable holding a bearer token; requests must "
                                             "send `Authorization: Bearer <token>` (401 otherwise)")
     socket_timeout: float = setting(30.0, "seconds a connection may sit idle or half-sent before it is closed")
     max_connections: int = setting(32, "connections served at once (worker threads); more wait their turn")
 
     def check(self) -> None:
+        check_device(self.device)
         if self.max_connections < 1 or self.socket_timeout <= 0:
             raise ValueError("max_connections must be >= 1 and socket_timeout > 0")
         if self.api_key_env and not os.environ.get(self.api_key_env):
@@ -79,8 +83,10 @@ class RequestError(Exception):
 class Batcher:
     """Scores token-id lists from many threads in shared, length-sorted batches on one worker thread."""
 
-    def __init__(self, model: RewardModel, *, max_batch_texts: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, model: RewardModel, *, max_batch_texts: int = 64, max_wait_ms: float = 5.0,
+                 precision: str = "fp32"):
         self.model = model.eval()
+        self.precision = precision
         self.max_batch, self.max_wait = max_batch_texts, max_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue()
         self.batches = 0  # forward passes so far (to see batching happen)
@@ -113,7 +119,7 @@ class Batcher:
                 items.append(nxt)
             items.sort(key=lambda it: len(it[0]))
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast(self.model.device, self.precision):
                     batch = self.model.collate([it[0] for it in items], self.model.device)
                     rewards = self.model(**batch).rewards.float().cpu().tolist()
                 self.batches += 1
@@ -157,13 +163,12 @@ class RewardService:
     `RewardModel` or an `EnsembleRewardModel` (one batcher per member; rewards normalised and aggregated)."""
 
     def __init__(self, model, cfg: ServeConfig):
-        from .reward_ensemble import EnsembleRewardModel
-
         self.model, self.cfg = model, cfg
         self.ensemble = model if isinstance(model, EnsembleRewardModel) else None
         self.members = self.ensemble.members if self.ensemble else [model]
-        self.batchers = [Batcher(m, max_batch_texts=cfg.max_batch_texts, max_wait_ms=cfg.max_wait_ms)
-                         for m in self.members]
+        precision = resolve_precision(cfg.precision, self.members[0].device, announce=False)
+        self.batchers = [Batcher(m, max_batch_texts=cfg.max_batch_texts, max_wait_ms=cfg.max_wait_ms,
+                                 precision=precision) for m in self.members]
         self.batcher = self.batchers[0]
 
     def _member_rewards(self, ids_of) -> list[list[float]]:
@@ -174,8 +179,6 @@ class RewardService:
         if self.ensemble is None:
             return {"rewards": raw[0]}
         import numpy as np
-
-        from .reward_ensemble import aggregate
 
         r = np.asarray(raw, dtype=np.float64)
         if self.ensemble.normalize == "zscore":
@@ -415,9 +418,8 @@ class RewardServer:
 
 
 def load_model_for_serving(cfg: ServeConfig):
-    from .reward_ensemble import load_reward_model
-
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
+    resolve_precision(cfg.precision, device)  # says which precision the server runs in
     model = load_reward_model(cfg.model) if cfg.max_length is None else \
         RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     return model.to(device).eval()
@@ -427,7 +429,7 @@ def serve(cfg: ServeConfig) -> None:
     """``rmkit serve``: load the model and serve until interrupted."""
     if not cfg.model:
         raise ValueError("rmkit serve needs a reward model (a saved folder, hub id, or alias)")
-    cfg.check()  # before the model loads
+    validate(cfg)  # before any model loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = RewardServer(load_model_for_serving(cfg), cfg)
     print(f"serving {cfg.model} at {server.url} (POST /get_reward, /score, /score_pairs; GET /health)", flush=True)
@@ -452,8 +454,6 @@ class RewardFunction:
                  timeout: float = 120.0, api_key_env: str | None = None):
         """``model``: a `RewardModel`, an `EnsembleRewardModel`, or a path `load_reward_model` reads (one RM's
         folder, an ensemble folder, or comma-separated members)."""
-        from .reward_ensemble import load_reward_model
-
         if (model is None) == (url is None):
             raise ValueError("RewardFunction needs exactly one of a model and a server url")
         self.model = load_reward_model(model) if isinstance(model, str) else model

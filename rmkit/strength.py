@@ -25,10 +25,11 @@ Categories (`CategoryRules`, all thresholds settable), under one of two rule set
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
+from .calibration import crossfit_calibration
 from .config import setting
 
 CATEGORIES = ("likely_mislabeled", "ambiguous", "consistent", "strong")
@@ -85,8 +86,9 @@ class CategoryRules:
     mislabeled_below: float = setting(0.0, "likely mislabeled: mean strength below this")
     ambiguous_z: float = setting(1.0, "ambiguous: mean below this many of the pair's own stds (and not mislabeled)")
     strong_quantile: float = setting(0.9, "strong: mean at or above this quantile of all means")
-    rule_set: str = setting("paper", "likely mislabeled by: calibrated (p_label_wrong >= min_confidence) or paper "
-                                     "(mean < mislabeled_below)")
+    rule_set: Literal["calibrated", "paper"] = setting(
+        "paper", "likely mislabeled by: calibrated (p_label_wrong >= min_confidence) or paper "
+        "(mean < mislabeled_below)")
     min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong a flag needs")
 
     def check(self) -> None:
@@ -153,8 +155,6 @@ def find_label_issues_calibrated(diffs: np.ndarray, *, fold: np.ndarray | None =
     ``p_label_wrong`` is fitted on the data's own ``labels`` and cross-fitted over ``fold (N,)`` (default:
     two folds by position parity). With ``return_probabilities`` also returns ``p_label_wrong (N,)``.
     """
-    from .calibration import crossfit_calibration
-
     diffs = _check_members_first(diffs)
     mean, _ = preference_strength(diffs)
     fold = np.arange(len(mean)) % 2 if fold is None else np.asarray(fold)

@@ -2,7 +2,8 @@
 
 The loop reads top to bottom: data, model, optimizer, resume, then the steps. The per-pair objective
 is a function ``objective(chosen_rewards, rejected_rewards, batch) -> loss`` chosen by name from
-`OBJECTIVES`; `compute_loss` is the single step function that MetaRM and ensembles reuse.
+`rmkit.objectives.OBJECTIVES`; `rmkit.objectives.compute_loss` is the single step function that MetaRM
+and ensembles reuse.
 
 Logged metrics (``metrics.jsonl``, one JSON object per line):
 
@@ -22,17 +23,19 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .config import save_config, setting
-from .data import DataSource, PreferencePair, get_splits
-from .files import atomic_write_text
+from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
+                     validate)
+from .files import atomic_path, atomic_write_text
+from .data import DataSource, PreferencePair, check_split_fractions, get_splits
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
-from .policy import read_meta_set
-from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
+from .metaset import read_meta_set
+from .batching import length_grouped_batches
+from .objectives import ContrastiveTerm, compute_loss, get_objective, make_batch
 from .models import RewardModel, set_dropout, set_trainable
 from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
 
@@ -49,8 +52,9 @@ class TrainConfig(DataSource):
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
     max_length: int = setting(256, "tokens per text; longer texts lose their beginning, never the response")
     train_layers: str = setting("all", "what trains: all, head, or top:N (top N blocks + head)")
-    objective: str = setting("bt", "per-pair loss: bt (Bradley-Terry, Eq. 1), margin (BT minus the pair's margin, Eq. 6), "
-                                   "or soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one)")
+    objective: Literal["bt", "margin", "soft"] = setting(
+        "bt", "per-pair loss: bt (Bradley-Terry, Eq. 1), margin (BT minus the pair's margin, Eq. 6), "
+        "or soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one)")
     epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
     batch_size: int = setting(16, "pairs per micro-batch (each pair is two texts)")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -58,19 +62,23 @@ class TrainConfig(DataSource):
     head_lr: float | None = setting(None, "learning rate of the scalar head (default: lr)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.05, "share of the steps spent warming up linearly")
-    lr_schedule: str = setting("linear", "after warmup: linear, cosine, or constant")
+    lr_schedule: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup: linear, cosine, or constant")
     max_grad_norm: float = setting(1.0, "global gradient-norm clip (0 disables)")
     seed: int = setting(0, "seed for the head's init, batch order and dropout")
     eval_every: int = setting(100, "evaluate on the validation pairs every N optimizer steps (0: only at the end)")
     save_every: int = setting(100, "write a resumable checkpoint every N optimizer steps (0: never)")
     eval_batch_size: int = setting(64, "texts per forward pass when scoring")
-    max_train_pairs: int | None = setting(None, "use only the first N training pairs (quick runs, tests)")
-    max_eval_pairs: int | None = setting(None, "use only the first N validation pairs")
+    max_pairs: int | None = setting(None, "use only the first N pairs of each split: training, validation and test "
+                                          "(quick runs, tests)")
+    max_steps: int | None = setting(None, "stop after N optimizer steps (overrides epochs)")
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
     eval_test: bool = setting(True, "after training, score the test split (overall and per subset)")
-    mixed_precision: str = setting("no", "accelerate's mixed precision: no, fp16 or bf16")
-    contrastive: str = setting("none", "contrastive term added to the RM loss (Section 3): none, or a preset: "
-                                       "simcse, simcse-diff (beta 1), swav (K 50, beta 0.1), swav-diff (K 20, beta 0.5)")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = setting(
+        "auto", "accelerate's mixed precision: auto (bf16 on a GPU that supports it; none on CPUs, where training "
+        "stays fp32), no, fp16 or bf16")
+    contrastive: Literal["none", "simcse", "simcse-diff", "swav", "swav-diff"] = setting(
+        "none", "contrastive term added to the RM loss (Section 3): none, or a preset: "
+        "simcse, simcse-diff (beta 1), swav (K 50, beta 0.1), swav-diff (K 20, beta 0.5)")
     contrastive_beta: float | None = setting(None, "weight beta of the contrastive term (default: the preset's)")
     contrastive_temperature: float | None = setting(None, "temperature (default: 0.05 SimCSE, 0.1 SwAV)")
     contrastive_dropout: float = setting(0.05, "dropout that makes the two views, set on every dropout layer (or "
@@ -85,138 +93,14 @@ class TrainConfig(DataSource):
     judge_labels: str | None = setting(None, "table (parquet/CSV/JSONL) with columns id, judge_label (1 chosen, "
                                             "0 rejected, 0.5 tie): adds the judge and agreement views to every evaluation")
 
+    def check(self) -> None:
+        check_layers_spec("train_layers", self.train_layers)
+        check_positive(self, "epochs", "batch_size", "grad_accum", "lr", "max_length", "eval_batch_size", "meta_prompts",
+                       "max_pairs", "max_steps", "head_lr", "swav_prototypes")
+        check_positive(self, "eval_every", "save_every", "warmup_ratio", "weight_decay", "max_grad_norm",
+                       "meta_inner_lr", allow_zero=True)
+        check_split_fractions(self.split_fractions)
 
-# ------------------------------------------------------------------------------------------
-# Objectives and the step function
-
-
-def _bt(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    return bradley_terry_loss(chosen, rejected, weights=batch.get("weight"))
-
-
-def _bt_margin(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    if batch.get("margin") is None:
-        raise ValueError("objective 'margin' needs a margin for every training pair (a `margin` column)")
-    return bradley_terry_loss(chosen, rejected, margin=batch["margin"], weights=batch.get("weight"))
-
-
-def _soft(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-    return soft_label_loss(chosen, rejected, labels=batch["label"], margin=batch.get("margin"),
-                           weights=batch.get("weight"))
-
-
-Objective = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
-OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin, "soft": _soft}
-
-
-def get_objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
-    return OBJECTIVES[name]
-
-
-def compute_loss(model, batch: dict[str, Any], objective: Objective,
-                 contrastive: "ContrastiveTerm | None" = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass over chosen and rejected texts together; returns the loss and its parts.
-
-    ``batch`` holds ``input_ids``/``attention_mask`` of shape (2B, T) (chosen rows first), and
-    optional per-pair tensors (``margin``, ``weight``, ``label``) of shape (B,).
-
-    With a contrastive term the batch goes through the model twice in one pass, stacked (4B, T): each
-    row draws its own dropout mask, so the copies are the two views (as two passes would give, but
-    one graph, which DDP needs). The RM loss reads the first copy's rewards; the total is
-    ``L_rm + beta * L_cl``.
-    """
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    b = ids.shape[0] // 2
-    if contrastive is not None:
-        ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
-    out = model(input_ids=ids, attention_mask=mask)
-    chosen, rejected = out.rewards[:b], out.rewards[b: 2 * b]  # (B,), (B,)
-    loss = objective(chosen, rejected, batch)
-    parts = {"chosen": chosen, "rejected": rejected, "features": out.features[: 2 * b], "rm_loss": loss.detach()}
-    if contrastive is not None:
-        f = out.features
-        cl = contrastive(f[:b], f[b: 2 * b], f[2 * b: 3 * b], f[3 * b:])
-        parts["contrastive_loss"] = cl.detach()
-        loss = loss + contrastive.beta * cl
-    return loss, parts
-
-
-CONTRASTIVE_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's settings (Section 3); SimCSE's temperature and SwAV's tau/Sinkhorn are the methods' own.
-    "simcse": {"method": "simcse", "on": "pairs", "beta": 1.0, "temperature": 0.05},
-    "simcse-diff": {"method": "simcse", "on": "diff", "beta": 1.0, "temperature": 0.05},
-    "swav": {"method": "swav", "on": "pairs", "beta": 0.1, "temperature": 0.1, "prototypes": 50},
-    "swav-diff": {"method": "swav", "on": "diff", "beta": 0.5, "temperature": 0.1, "prototypes": 20},
-}
-
-
-class ContrastiveTerm(torch.nn.Module):
-    """The contrastive loss on two views of a batch's features; holds SwAV's learnable prototypes."""
-
-    def __init__(self, method: str, on: str, hidden: int, *, beta: float, temperature: float,
-                 prototypes: int = 0, epsilon: float = 0.05, sinkhorn_iters: int = 3):
-        super().__init__()
-        if method not in ("simcse", "swav"):
-            raise ValueError(f"contrastive method must be simcse or swav, got {method!r}")
-        self.method, self.on, self.beta, self.temperature = method, on, float(beta), float(temperature)
-        self.epsilon, self.sinkhorn_iters = epsilon, sinkhorn_iters
-        self.prototypes = torch.nn.Parameter(torch.randn(prototypes, hidden) / hidden ** 0.5) if method == "swav" else None
-
-    @classmethod
-    def from_config(cls, cfg: "TrainConfig", hidden: int) -> "ContrastiveTerm | None":
-        if cfg.contrastive == "none":
-            return None
-        if cfg.contrastive not in CONTRASTIVE_PRESETS:
-            raise ValueError(f"contrastive must be none or one of {sorted(CONTRASTIVE_PRESETS)}, got {cfg.contrastive!r}")
-        p = dict(CONTRASTIVE_PRESETS[cfg.contrastive])
-        for key, value in (("beta", cfg.contrastive_beta), ("temperature", cfg.contrastive_temperature),
-                           ("prototypes", cfg.swav_prototypes)):
-            if value is not None:
-                p[key] = value
-        return cls(p["method"], p["on"], hidden, beta=p["beta"], temperature=p["temperature"],
-                   prototypes=p.get("prototypes", 0))
-
-    def forward(self, chosen1: torch.Tensor, rejected1: torch.Tensor, chosen2: torch.Tensor,
-                rejected2: torch.Tensor) -> torch.Tensor:
-        v1 = contrastive_instances(chosen1, rejected1, self.on)
-        v2 = contrastive_instances(chosen2, rejected2, self.on)
-        if self.method == "simcse":
-            return simcse_loss(v1, v2, temperature=self.temperature)
-        return swav_loss(v1, v2, self.prototypes, temperature=self.temperature, epsilon=self.epsilon,
-                         sinkhorn_iters=self.sinkhorn_iters)
-
-
-def make_batch(model: RewardModel, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
-               idx: Sequence[int], device) -> dict[str, Any]:
-    """Collate pairs ``idx`` into one padded (2B, T) batch plus per-pair fields."""
-    batch: dict[str, Any] = model.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], device)
-    for key in ("margin", "weight"):
-        vals = [getattr(pairs[i], key) for i in idx]
-        if all(v is not None for v in vals):
-            batch[key] = torch.tensor(vals, dtype=torch.float32, device=device)
-        elif any(v is not None for v in vals):
-            raise ValueError(f"some training pairs have a {key} and some do not; fill it for all or none")
-    batch["label"] = torch.tensor([pairs[i].label for i in idx], dtype=torch.float32, device=device)
-    return batch
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, mega: int = 50) -> list[list[int]]:
-    """Shuffle, then sort by length inside chunks of ``mega`` batches, then shuffle the batches.
-
-    Batches hold texts of similar length (little padding) while the order stays random (TRL's
-    ``group_by_length``). Deterministic for a given seed.
-    """
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(lengths), generator=g).tolist()
-    batches: list[list[int]] = []
-    step = batch_size * mega
-    for s in range(0, len(perm), step):
-        chunk = sorted(perm[s: s + step], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[k: k + batch_size] for k in range(0, len(chunk), batch_size)]
-    order = torch.randperm(len(batches), generator=g).tolist()
-    return [batches[i] for i in order]
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -244,8 +128,6 @@ _RESUMABLE_CHANGES = {"resume", "eval_every", "save_every", "eval_batch_size", "
 
 
 def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
-    from .config import to_dict
-
     return {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
 
 
@@ -254,20 +136,17 @@ def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step:
                      timing: dict[str, float] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "trainable.safetensors"))
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                "extra": extra.state_dict() if extra is not None else {}}, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity,
-                                                   "timing": timing or {}}))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a kill mid-write leaves the previous checkpoint intact
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the previous checkpoint intact
+        tmp.mkdir(parents=True)
+        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                    "extra": extra.state_dict() if extra is not None else {}}, tmp / "state.pt")
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "log_buffer": log_buffer, "config": identity,
+                                                       "timing": timing or {}}))
 
 
 def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, identity: dict[str, Any],
@@ -275,10 +154,9 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, ident
     from safetensors.torch import load_file
 
     progress = json.loads((path / "progress.json").read_text())
-    changed = sorted(k for k in identity if progress.get("config", {}).get(k, identity[k]) != identity[k])
-    if changed:
-        raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); resuming would mix "
-                         "two runs: restore those settings, or set resume=false to start over")
+    saved = progress.get("config", {})
+    require_same_settings({k: saved.get(k, v) for k, v in identity.items()}, identity, path,
+                          "resuming would mix two runs: restore those settings, or set resume=false to start over")
 
     weights = load_file(str(path / "trainable.safetensors"))
     missing = model.load_state_dict(weights, strict=False)
@@ -372,6 +250,114 @@ def _logged_step(line: str) -> float:
         return float("inf")  # a line cut by the kill: dropped
 
 
+def _mixed_precision(spec: str) -> str:
+    """accelerate's setting for ``spec``: ``auto`` is bf16 on a GPU with bfloat16, else no mixed precision."""
+    if spec != "auto":
+        return spec
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _finished_run(cfg: TrainConfig, out: Path) -> "TrainResult | None":
+    """A finished run of the same settings in ``out``, loaded (a rerun does not train again); other settings
+    are refused, naming them."""
+    if not ((out / "results.json").exists() and (out / "model").exists() and cfg.resume):
+        return None
+    saved = json.loads((out / "results.json").read_text())
+    now = _run_identity(cfg)
+    require_same_settings({k: v for k, v in saved.get("run_config", now).items() if k in now}, now, out,
+                          "choose another output_dir, or set resume=false to overwrite it",
+                          what="holds a finished run with")
+    return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
+
+
+def _split_pairs(cfg: TrainConfig, out: Path, *, write: bool
+                 ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
+    """Train, validation and test pairs of ``cfg.data`` by its saved split (created, and written by the main
+    process only, when missing: splits are deterministic, so every process computes the same ones)."""
+    ds = cfg.read(cfg.data)
+    splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
+    splits = get_splits(ds, splits_path if write or splits_path.exists() else None,
+                        fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
+    by_id = {p.id: p for p in ds.pairs}
+    return ([by_id[i] for i in splits["train"]], [by_id[i] for i in splits["validation"]],
+            [by_id[i] for i in splits["test"]] if cfg.eval_test else [])
+
+
+def _batch_plan(lengths: Sequence[int], cfg: TrainConfig, world: int, rank: int) -> tuple[list[list[int]], int]:
+    """This process's micro-batches for the whole run (every epoch's length-grouped batches, fixed by the seed,
+    sharded over processes) and the number of batches per epoch."""
+    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    n_micro = max(cfg.grad_accum, int(round(per_epoch * cfg.epochs)))
+    if cfg.max_steps:
+        n_micro = cfg.max_steps * cfg.grad_accum * world
+    plan: list[list[int]] = []
+    epoch = 0
+    while len(plan) < n_micro:
+        plan += length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        epoch += 1
+    return plan[:n_micro][rank::world][: n_micro // world], per_epoch
+
+
+def _optimizer(model: RewardModel, contrastive: ContrastiveTerm | None, cfg: TrainConfig, total_steps: int):
+    """AdamW over what trains (the head, and SwAV's prototypes, at ``head_lr``), warmup then ``lr_schedule``."""
+    head_ids = {id(p) for p in model.head.parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
+    if body:
+        groups.append({"params": body, "lr": cfg.lr})
+    if contrastive is not None and contrastive.prototypes is not None:
+        groups.append({"params": [contrastive.prototypes], "lr": cfg.head_lr or cfg.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total_steps), total_steps))
+    return optimizer, scheduler
+
+
+def _trim_log(metrics_path: Path, step: int) -> None:
+    """A fresh run starts a fresh log; a resumed one drops the lines logged after its checkpoint (before the
+    kill), which it logs again."""
+    if not metrics_path.exists():
+        return
+    if step == 0:
+        metrics_path.unlink()
+        return
+    kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and _logged_step(x) <= step]
+    atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+
+
+def _average_grads_outside_ddp(accelerator, meta_model: RewardModel | None, contrastive: ContrastiveTerm | None):
+    """Gradients DDP does not see, averaged over processes by hand: MetaRM's (computed on the unwrapped model
+    with torch.func) and SwAV's prototypes (they live outside the wrapped model)."""
+    if meta_model is not None:
+        for p in meta_model.parameters():
+            if p.grad is not None:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+    if contrastive is not None and contrastive.prototypes is not None:
+        contrastive.prototypes.grad = accelerator.reduce(contrastive.prototypes.grad, reduction="mean")
+
+
+def _train_record(accelerator, log_buffer: list, *, step: int, epoch: float, lr: float, contrastive: bool,
+                  meta: bool) -> dict[str, Any]:
+    """A log line's training part: means over the steps since the last line, and over processes."""
+    local = torch.tensor(log_buffer, dtype=torch.float64).mean(0).to(accelerator.device)
+    loss, acc, cl, j = accelerator.reduce(local, reduction="mean").tolist()
+    record = {"step": step, "epoch": epoch, "train/loss": loss, "train/accuracy": acc, "train/lr": lr}
+    if contrastive:
+        record["train/contrastive_loss"] = cl
+    if meta:
+        record["train/meta_J"] = j
+    return record
+
+
+def _save_final(model: RewardModel, cfg: TrainConfig, results: dict[str, Any], out: Path) -> None:
+    """The model (safetensors) with its card, results.json; the checkpoint is no longer needed."""
+    model.save_pretrained(out / "model")
+    write_model_card(out / "model", cfg, results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+
+
 @dataclass
 class TrainResult:
     model: RewardModel
@@ -395,21 +381,17 @@ def train_reward_model(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    validate(cfg)  # before any model loads
     objective = get_objective(cfg.objective)
     # On a CPU-only machine launched with several processes (torchrun), accelerate sets up gloo only
     # when told it runs on the CPU.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_cpu)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     out = Path(cfg.output_dir)
-    if (out / "results.json").exists() and (out / "model").exists() and cfg.resume:
-        saved = json.loads((out / "results.json").read_text())
-        before = saved.get("run_config", _run_identity(cfg))
-        changed = sorted(k for k in before if before[k] != _run_identity(cfg).get(k))
-        if changed:
-            raise ValueError(f"{out} holds a finished run with other settings ({', '.join(changed)}): "
-                             "choose another output_dir, or set resume=false to overwrite it")
+    finished = _finished_run(cfg, out)
+    if finished is not None:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
-        return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
+        return finished
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -417,17 +399,9 @@ def train_reward_model(
     # ---- data: the saved split of cfg.data, unless pairs were given
     test_pairs: list[PreferencePair] = []
     if train_pairs is None:
-        ds = cfg.read(cfg.data)
-        splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
-        # Splits are deterministic: every process computes the same ones, only the main one writes them.
-        splits = get_splits(ds, splits_path if accelerator.is_main_process or splits_path.exists() else None,
-                            fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
-        by_id = {p.id: p for p in ds.pairs}
-        train_pairs = [by_id[i] for i in splits["train"]]
-        eval_pairs = [by_id[i] for i in splits["validation"]] if eval_pairs is None else eval_pairs
-        test_pairs = [by_id[i] for i in splits["test"]] if cfg.eval_test else []
-    train_pairs = list(train_pairs)[: cfg.max_train_pairs]
-    eval_pairs = list(eval_pairs or [])[: cfg.max_eval_pairs]
+        train_pairs, split_eval, test_pairs = _split_pairs(cfg, out, write=accelerator.is_main_process)
+        eval_pairs = split_eval if eval_pairs is None else eval_pairs
+    train_pairs, eval_pairs, test_pairs = (list(x or [])[: cfg.max_pairs] for x in (train_pairs, eval_pairs, test_pairs))
     if not train_pairs:
         raise ValueError("no training pairs")
 
@@ -452,31 +426,12 @@ def train_reward_model(
     meta_ids = tokenize_meta_items(model, meta_items) if meta_items else None  # once, like the pairs
 
     # ---- batch plan: every epoch's length-grouped batches, fixed by the seed; each process its shard
-    per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
-    n_micro = max(cfg.grad_accum, int(round(per_epoch * cfg.epochs)))
-    plan: list[list[int]] = []
-    epoch = 0
-    while len(plan) < n_micro:
-        plan += length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
-        epoch += 1
-    plan = plan[:n_micro]
     world, rank = accelerator.num_processes, accelerator.process_index
-    plan = plan[rank::world][: n_micro // world]
+    plan, per_epoch = _batch_plan(lengths, cfg, world, rank)
     total_steps = len(plan) // cfg.grad_accum
 
     # ---- optimizer and schedule
-    head_ids = {id(p) for p in model.head.parameters()}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
-    groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
-    if body:
-        groups.append({"params": body, "lr": cfg.lr})
-    if contrastive is not None and contrastive.prototypes is not None:
-        groups.append({"params": [contrastive.prototypes], "lr": cfg.head_lr or cfg.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total_steps), total_steps)
-    )
+    optimizer, scheduler = _optimizer(model, contrastive, cfg, total_steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     # ---- resume
@@ -486,12 +441,8 @@ def train_reward_model(
         step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg), contrastive)
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
-    if step == 0 and accelerator.is_main_process and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
-    elif accelerator.is_main_process and metrics_path.exists():
-        # Lines logged after the checkpoint (before the kill) are logged again by the resumed run: drop them now.
-        kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and _logged_step(x) <= step]
-        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+    if accelerator.is_main_process:
+        _trim_log(metrics_path, step)
 
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
@@ -542,14 +493,8 @@ def train_reward_model(
             step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
             step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0
             seen_pairs += len(idx)
-        if meta_items is not None and world > 1:
-            # MetaRM computes gradients on the unwrapped model (torch.func), outside DDP: average them here.
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
-        if contrastive is not None and contrastive.prototypes is not None and world > 1:
-            # The prototypes live outside the DDP-wrapped model: average their gradient by hand.
-            contrastive.prototypes.grad = accelerator.reduce(contrastive.prototypes.grad, reduction="mean")
+        if world > 1:
+            _average_grads_outside_ddp(accelerator, model if meta_items is not None else None, contrastive)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
         optimizer.step()
@@ -564,16 +509,9 @@ def train_reward_model(
 
         is_last = step == total_steps
         if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
-            # Average over the steps since the last line, and over processes.
-            local = torch.tensor(log_buffer, dtype=torch.float64).mean(0).to(accelerator.device)
-            train_loss, train_acc, train_cl, train_j = accelerator.reduce(local, reduction="mean").tolist()
-            record = {"step": step, "epoch": step * cfg.grad_accum * world / per_epoch,
-                      "train/loss": train_loss, "train/accuracy": train_acc,
-                      "train/lr": scheduler.get_last_lr()[-1]}
-            if contrastive is not None:
-                record["train/contrastive_loss"] = train_cl
-            if meta_items is not None:
-                record["train/meta_J"] = train_j
+            record = _train_record(accelerator, log_buffer, step=step, epoch=step * cfg.grad_accum * world / per_epoch,
+                                   lr=scheduler.get_last_lr()[-1], contrastive=contrastive is not None,
+                                   meta=meta_items is not None)
             last_eval = evaluate()
             record.update(last_eval)
             log(record)
@@ -604,8 +542,5 @@ def train_reward_model(
         results.update(evaluate_pairs(wrapped, test_pairs, prefix="test", batch_size=cfg.eval_batch_size,
                                       accelerator=accelerator))
     if accelerator.is_main_process:
-        model.save_pretrained(out / "model")
-        write_model_card(out / "model", cfg, results)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        shutil.rmtree(ckpt, ignore_errors=True)
+        _save_final(model, cfg, results, out)
     return TrainResult(model, out, results)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
-from .config import save_config, setting
-from .data import DataSource, PreferencePair, get_splits
+from .config import check_positive, save_config, setting, validate
+from .data import DataSource, PreferencePair, get_splits, load_splits
 from .models import RewardModel
 
 
@@ -33,12 +33,19 @@ class TsneConfig(DataSource):
     data: str = setting("", "preference data (held-out pairs are drawn from its test split)")
     models: list[str] = setting([], "one or more reward models (comma-separated on the command line)")
     output_dir: str = setting("runs/tsne", "where tsne.png and separation.json go")
-    split: str = setting("test", "which split of the seeded 70/10/20 split to draw pairs from (or 'all')")
+    split: Literal["train", "validation", "test", "all"] = setting(
+        "test", "which split to draw pairs from (or 'all')")
+    splits_file: str | None = setting(None, "the splits JSON of the run whose models are shown (rmkit train writes "
+                                            "OUTPUT_DIR/splits.json), so its held-out pairs are the ones drawn; "
+                                            "default: the seeded 70/10/20 split rmkit train makes by default")
     max_pairs: int = setting(500, "pairs drawn (seeded) from that split")
     max_length: int | None = setting(None, "tokens per text (default: each model's own)")
     perplexity: float = setting(30.0, "t-SNE perplexity")
     knn_k: int = setting(10, "neighbours of the k-NN separation score")
     seed: int = setting(0, "seed of the pair sample, t-SNE and folds")
+
+    def check(self) -> None:
+        check_positive(self, "max_pairs", "max_length", "perplexity", "knn_k")
 
 
 def model_features(model: RewardModel, pairs: Sequence[PreferencePair], *, batch_size: int = 32):
@@ -50,10 +57,8 @@ def model_features(model: RewardModel, pairs: Sequence[PreferencePair], *, batch
         for ids in (ids_c, ids_r):
             f = np.zeros((len(ids), model.model.config.hidden_size), np.float32)
             r = np.zeros(len(ids), np.float32)
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            for s in range(0, len(order), batch_size):
-                idx = order[s: s + batch_size]
-                out = model(**model.collate([ids[i] for i in idx], model.device))
+            for idx, batch in model.batches(ids, batch_size):
+                out = model(**batch)
                 f[idx] = out.features.float().cpu().numpy()
                 r[idx] = out.rewards.float().cpu().numpy()
             feats.append(f)
@@ -81,26 +86,28 @@ def feature_separation(fc: np.ndarray, fr: np.ndarray, *, k: int = 10, folds: in
 
 def run_tsne(cfg: TsneConfig) -> dict:
     """Features of held-out pairs for each model: t-SNE side by side, and the separation numbers."""
+    validate(cfg)
+    if not cfg.data or not cfg.models:
+        raise ValueError("rmkit tsne needs data and --models (one or more reward models)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    if not cfg.data or not cfg.models:
-        raise ValueError("rmkit tsne needs data and at least one model")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     ds = cfg.read(cfg.data)
     pairs = ds.pairs
     if cfg.split != "all":
-        keep = set(get_splits(ds, None, seed=0)[cfg.split])
+        splits = load_splits(cfg.splits_file) if cfg.splits_file else get_splits(ds, None, seed=0)
+        keep = set(splits[cfg.split])
         pairs = [p for p in pairs if p.id in keep]
     rng = np.random.default_rng(cfg.seed)
     pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(cfg.max_pairs, len(pairs)), replace=False))]
     fig, axes = plt.subplots(1, len(cfg.models), figsize=(5 * len(cfg.models), 4.6), squeeze=False)
-    results = {"pairs": len(pairs), "split": cfg.split, "models": {}}
+    results = {"pairs": len(pairs), "split": cfg.split, "splits_file": cfg.splits_file, "models": {}}
     for ax, name in zip(axes[0], cfg.models):
         model = RewardModel.from_pretrained(name, max_length=cfg.max_length)
         fc, fr, rc, rr = model_features(model, pairs)

@@ -1,6 +1,7 @@
 """The audit end to end: planted flips found, every row kept, outputs written, caches reused."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,9 @@ def separable(shared_data, tmp_path_factory):
     """Real hh-rlhf prompts and chosen answers against a fixed off-topic rejection, with 10% planted
     flips: a pairing any sentence encoder tells apart, so the audit must find the flips."""
     real = load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=160).pairs
-    recs = [{"id": p.id, "prompt": p.prompt, "chosen": p.chosen,
+    # ids as this fixture has always had them (a single file's subset was named "test" before it took its
+    # folder's name): folds hash the ids, so the same ids keep the same numbers.
+    recs = [{"id": p.id.replace("helpful-base-", "test-"), "prompt": p.prompt, "chosen": p.chosen,
              "rejected": [{"role": "assistant", "content": "Bananas are yellow. I like trains."}]} for p in real]
     pairs = load_preferences(recs).pairs
     noisy, flipped = inject_label_flips(pairs, 0.1, seed=1)
@@ -148,7 +151,7 @@ def test_seeds_mode_scores_in_sample(separable, tmp_path):
     cfg = EnsembleConfig(mode="seeds", members=3, max_length=48, cache_dir=str(tmp_path / "cache"))
     diffs, info = ensemble_diffs(cfg, pairs, work_dir=tmp_path / "w", progress=False)
     assert diffs.shape == (3, len(pairs)) and np.isfinite(diffs).all()
-    assert info["mode"] == "seeds"
+    assert info.mode == "seeds"
     with pytest.raises(ValueError, match="mode must be"):
         ensemble_diffs(EnsembleConfig(mode="kfold"), pairs, work_dir=tmp_path / "w")
 
@@ -261,3 +264,20 @@ def test_audit_with_your_own_reward_models(tiny_bert, tiny_llama, separable, tmp
     page = (tmp_path / "a" / "report.html").read_text()
     assert "2 given reward models" in page and "in-sample" in page
     assert result.summary["ensemble"]["member_models"] == [tiny_bert, tiny_llama]
+
+
+def test_members_over_two_backbones(separable, tiny_bert, tiny_llama, tmp_path):
+    """``more_models``: members alternate between backbones so every fold holds both; each backbone's features
+    are cached and read by its own heads; every pair is still scored by the members that never saw it."""
+    path, _, _ = separable
+    pairs = load_preferences(path).pairs[:60]
+    cfg = EnsembleConfig(model=tiny_bert, more_models=[tiny_llama], members=4, max_length=48,
+                         cache_dir=str(tmp_path / "cache"))
+    diffs, info = ensemble_diffs(cfg, pairs, work_dir=tmp_path / "w", progress=False)
+    assert info.member_backbones == [tiny_bert, tiny_bert, tiny_llama, tiny_llama]
+    assert diffs.shape == (4, 60) and (np.isfinite(diffs).sum(0) == 2).all()  # one member of each backbone
+    fold = fold_of([p.id for p in pairs], 2, seed=0)
+    assert np.isfinite(diffs[0][fold == 0]).all() and np.isfinite(diffs[2][fold == 0]).all()
+    assert (tmp_path / "w" / "heads_1.npy").exists() and len(list((tmp_path / "cache").iterdir())) == 2
+    with pytest.raises(ValueError, match="need members >= 4"):
+        ensemble_diffs(replace(cfg, members=2), pairs, work_dir=tmp_path / "w")

@@ -36,7 +36,7 @@ def small_hh(shared_data, tmp_path_factory):
 def test_help():
     assert "train" in run("--help").stdout
     text = run("train", "--help").stdout
-    assert "--max_length" in text and "tokens per text" in text
+    assert "--max-length" in text and "tokens per text" in text
 
 
 def test_data_command_reports_and_writes_splits(shared_data, tmp_path):
@@ -150,3 +150,56 @@ def test_unknown_model_fails_at_once_naming_the_aliases(tiny_bert, small_hh, mon
     check_model_source(tiny_bert)  # a local folder passes
     proc = run("score", small_hh, "someone/not-a-model", ok=False)
     assert proc.returncode == 2 and "minilm, smollm2, mpnet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_each_option_listed_once_and_the_command_list_needs_no_torch(capsys):
+    """``--max-length`` is listed, ``--max_length`` still works but is not listed again; ``rmkit --help`` lists the
+    commands without importing any command's module (so it does not wait for torch)."""
+    from rmkit.cli import COMMANDS, build_parser
+
+    for name in ("train", "audit", "ppo"):
+        parser = build_parser(only=name)
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        text = capsys.readouterr().out
+        assert "--output-dir" in text and "--output_dir" not in text, name
+        assert parser.parse_args([name, "--output_dir", "x"]).output_dir == "x"
+    code = ("import sys; from rmkit.cli import build_parser; build_parser(only='');"
+            "print(sorted(m for m in ('torch', 'transformers', 'rmkit.training') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "[]" and {"audit", "lab", "bon"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "D", "--objective", "hinge"], "objective must be one of bt, margin, soft"),
+    (["train", "D", "--lr-schedule", "cosin"], "lr_schedule must be one of"),
+    (["train", "D", "--train-layers", "top:x"], "train_layers"),
+    (["train", "D", "--contrastive", "simcse2"], "contrastive must be one of"),
+    (["audit", "D", "--strong-quantile", "1.5"], "strong_quantile"),
+    (["audit", "D", "--rules", "papers"], "rules must be one of"),
+    (["score", "D", "M", "--split", "tests"], "split must be one of train, validation, test"),
+    (["ppo", "D", "--reward-model", "R", "--critic-init", "critic"], "critic_init must be one of"),
+    (["judge", "D", "--task", "pair"], "task must be one of pairs, compare"),
+    (["denoise", "S", "--preset", "flips"], "preset must be one of"),
+    (["rlhf", "D", "--reward-model", "R", "--ppo", "{stepz: 2}"], "ppo: unknown setting"),
+    (["rlhf", "D", "--reward-model", "R", "--rm-train", "{objective: hinge}"], "objective must be one of"),
+    (["lab", "D", "--proxy", "{memberz: 2}"], "proxy: unknown setting"),
+    (["data", "D", "--split-fractions", "0.5,0.5,0.5"], "split_fractions"),
+    (["train", "D", "--columns", "{q: question}"], "columns"),
+])
+def test_a_typo_fails_before_any_model_or_data_loads(argv, message, monkeypatch, capsys):
+    """Every setting is checked at the door: nothing loads (no model, no data, no policy) before the error."""
+    import rmkit.data
+    import rmkit.models
+    import rmkit.policy
+
+    def refuse(*a, **k):
+        raise AssertionError("loaded something before validating the settings")
+
+    monkeypatch.setattr(rmkit.models.RewardModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr(rmkit.policy, "load_policy", refuse)
+    monkeypatch.setattr(rmkit.data, "load_preferences", refuse)
+    from rmkit.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -282,3 +282,23 @@ def test_real_llmeval2_pairwise(shared_data):
     assert report["rows"] == 2553 and report["statuses"]["tie"] >= 470
     assert report["formats"] == {"pairwise": report["usable"]}
     assert len(report["per_subset"]) == 15
+
+
+def test_columns_mapping_typos_and_single_file_subset(shared_data, tmp_path, capsys):
+    """A columns= key that no row has is an error naming it; a target rmkit does not read too. A single file
+    named after a split takes its folder's name as subset (helpful-base, not test); report() prints and
+    returns the counts, summary() only returns them."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"question": "q?", "good": "yes", "bad": "no"}) + "\n")
+    ds = load_preferences(path, columns={"question": "prompt", "good": "chosen", "bad": "rejected"})
+    assert len(ds.pairs) == 1 and ds.pairs[0].subset == "pairs"
+    with pytest.raises(DataError, match=r"columns maps \['questoin'\], but no row has such a column"):
+        load_preferences(path, columns={"questoin": "prompt", "good": "chosen", "bad": "rejected"})
+    with pytest.raises(DataError, match=r"\['promt'\] are not fields rmkit reads"):
+        load_preferences(path, columns={"question": "promt"})
+    one = load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=3)
+    assert {p.subset for p in one.pairs} == {"helpful-base"} and one.pairs[0].id == "helpful-base-000000"
+    summary = one.summary()
+    assert capsys.readouterr().out == ""
+    assert one.report() == summary and summary["rows"] == 3
+    assert "3 rows, 3 usable pairs: 3 ok" in capsys.readouterr().out

@@ -197,7 +197,7 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "judge"
     rc = main(["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
-               "--model", "smollm2", "--limit", "3", "--max-tokens", "16", "--max-chars", "300",
+               "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
                "--output-dir", str(out)])
     assert rc == 0
     labels = __import__("pandas").read_parquet(out / "judge_labels.parquet")

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from rmkit.data import load_preferences
-from rmkit.metarm import difference_loss, encode_meta_batch, metarm_backward
+from rmkit.losses import difference_loss
+from rmkit.metarm import encode_meta_batch, metarm_backward
 from rmkit.models import RewardModel
-from rmkit.policy import read_meta_set, write_meta_set
-from rmkit.training import TrainConfig, get_objective, make_batch, train_reward_model
+from rmkit.metaset import read_meta_set, write_meta_set
+from rmkit.objectives import get_objective, make_batch
+from rmkit.training import TrainConfig, train_reward_model
 
 
 def test_difference_loss_by_hand():
@@ -98,15 +100,15 @@ def test_sample_meta_set_and_metarm_from_the_cli(tiny_llama, tiny_bert, shared_d
 
     data = shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
     meta = tmp_path / "meta.jsonl"
-    args = ["sample", str(data), "--policy", tiny_llama, "--k", "2", "--limit", "3", "--batch-size", "2",
+    args = ["sample", str(data), "--policy", tiny_llama, "--k", "2", "--max-prompts", "3", "--batch-size", "2",
             "--max-new-tokens", "6", "--output", str(meta)]
     assert main(args) == 0
     items = read_meta_set(meta)
     assert len(items) == 3 and all(len(it["responses"]) == 2 for it in items)
     assert main(args) == 0 and len(read_meta_set(meta)) == 3  # a rerun finds every prompt done
     assert main(["metarm", str(data), "--model", tiny_bert, "--output-dir", str(tmp_path / "rm")]) == 2  # no meta set
-    assert main(["metarm", str(data), "--model", tiny_bert, "--meta-data", str(meta), "--max-train-pairs", "8",
-                 "--max-eval-pairs", "4", "--batch-size", "4", "--max-length", "32", "--meta-prompts", "2",
+    assert main(["metarm", str(data), "--model", tiny_bert, "--meta-data", str(meta), "--max-pairs", "8",
+                 "--batch-size", "4", "--max-length", "32", "--meta-prompts", "2",
                  "--eval-test", "false", "--output-dir", str(tmp_path / "rm")]) == 0
     logged = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert "train/meta_J" in logged[-1]

@@ -114,7 +114,7 @@ def test_rmkit_bon_picks_the_argmax_and_resumes(tiny_policy, tiny_bert, tiny_lla
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p[0]["content"]}) + "\n" for i, p in enumerate(P)))
     cfg = BonConfig(data=str(prompts), policy=tiny_policy, reward_model=f"{tiny_bert},{tiny_llama}", n=4,
-                    max_new_tokens=5, output_dir=str(tmp_path / "bon"), aggregation="min", limit=3)
+                    max_new_tokens=5, output_dir=str(tmp_path / "bon"), aggregation="min", max_prompts=3)
     summary = run_bon(cfg, progress=False)
     scores = pd.read_parquet(tmp_path / "bon" / "scores.parquet")
     assert len(scores) == 12 and {"member_0", "member_1"} <= set(scores.columns)

@@ -102,7 +102,7 @@ def test_packed_logprobs_and_values_equal_unpadded_ones(policy, tiny_llama):
 def _cfg(tmp_path, tiny_policy, rm, shared_data, **kw):
     base = dict(policy=tiny_policy, reward_model=rm, output_dir=str(tmp_path / "ppo"), steps=3, batch_size=4,
                 minibatch_size=2, max_new_tokens=6, max_prompt_tokens=96, eval_prompts=4, save_every=1,
-                data=str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"), limit=40)
+                data=str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"), max_prompts=40)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -169,7 +169,7 @@ def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path
     data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
     assert main(["ppo", data, "--policy", tiny_policy]) == 2  # no reward model: a clear error
     common = ["--policy", tiny_policy, "--max-new-tokens", "4", "--eval-prompts", "2", "--batch-size", "2",
-              "--minibatch-size", "2", "--limit", "12", "--max-prompt-tokens", "96"]
+              "--minibatch-size", "2", "--max-prompts", "12", "--max-prompt-tokens", "96"]
     assert main(["ppo", data, "--reward-model", tiny_bert, "--steps", "2", "--output-dir", str(tmp_path / "ppo")]
                 + common) == 0
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
@@ -178,8 +178,8 @@ def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path
     args = ["rlhf", data, "--policy", tiny_policy, "--reward-model", tiny_bert, "--prompts", data,
             "--output-dir", str(tmp_path / "rlhf"), "--rounds", "2", "--meta-prompts", "3", "--meta-k", "2",
             "--eval-prompts", "2",
-            "--rm-train", "{max_length: 32, batch_size: 4, max_train_pairs: 8, max_eval_pairs: 8, eval_test: false}",
-            "--ppo", "{steps: 1, batch_size: 2, minibatch_size: 2, max_new_tokens: 4, eval_prompts: 2, limit: 12, "
+            "--rm-train", "{max_length: 32, batch_size: 4, max_pairs: 8, eval_test: false}",
+            "--ppo", "{steps: 1, batch_size: 2, minibatch_size: 2, max_new_tokens: 4, eval_prompts: 2, max_prompts: 12, "
                      "max_prompt_tokens: 96}"]
     assert main(args) == 0
     rounds = [json.loads(x) for x in (tmp_path / "rlhf" / "rounds.jsonl").read_text().splitlines()]
@@ -210,10 +210,10 @@ def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, 
     try:
         cfg = RLHFConfig(data=data, prompts=data, policy=tiny_policy, reward_model=tiny_bert,
                          output_dir=str(tmp_path / "rlhf"), rounds=1, meta_prompts=2, meta_k=2, eval_prompts=3,
-                         rm_train={"max_length": 32, "batch_size": 4, "max_train_pairs": 4, "max_eval_pairs": 4,
+                         rm_train={"max_length": 32, "batch_size": 4, "max_pairs": 4,
                                    "eval_test": False},
                          ppo={"steps": 1, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 4, "eval_prompts": 2,
-                              "limit": 12, "max_prompt_tokens": 96},
+                              "max_prompts": 12, "max_prompt_tokens": 96},
                          judge={"model": "fake", "base_url": server.url, "cache_dir": str(tmp_path / "cache")})
         (r,) = run_rlhf(cfg)
     finally:

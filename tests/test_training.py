@@ -9,7 +9,8 @@ import torch
 from rmkit.data import load_preferences
 from rmkit.models import RewardModel
 from rmkit.scoring import pair_metrics, score_pairs
-from rmkit.training import TrainConfig, length_grouped_batches, train_reward_model
+from rmkit.batching import length_grouped_batches
+from rmkit.training import TrainConfig, train_reward_model
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_contrastive_training_logs_its_term_and_resumes_exactly(preset, tiny_ber
 
 
 def test_contrastive_term_is_added_with_its_beta(tiny_bert, hh_pairs):
-    from rmkit.training import ContrastiveTerm, compute_loss, get_objective, make_batch
+    from rmkit.objectives import ContrastiveTerm, compute_loss, get_objective, make_batch
 
     rm = RewardModel.from_pretrained(tiny_bert, max_length=32)
     rm.eval()  # no dropout: both views equal, so SimCSE's loss is known from the features alone
@@ -220,3 +221,12 @@ def test_label_views_by_hand(tmp_path):
     # agreement view: a and d (judge agrees with the label) -> (1 + 0.5) / 2
     assert out["agree/pairs"] == 2 and out["agree/accuracy"] == pytest.approx(0.75)
     assert out["judge/agreement_with_labels"] == pytest.approx(0.5)
+
+
+def test_budget_in_pairs_and_steps(tiny_bert, hh_pairs, tmp_path):
+    """``max_pairs`` caps every split the run reads (training, validation, test); ``max_steps`` ends training
+    after that many optimizer steps whatever ``epochs`` says, going round the data again if it must."""
+    cfg = TrainConfig(model=tiny_bert, max_length=32, batch_size=4, epochs=1, eval_every=0, save_every=0,
+                      max_pairs=8, max_steps=5, output_dir=str(tmp_path / "rm"))
+    res = train_reward_model(cfg, train_pairs=hh_pairs[:40], eval_pairs=hh_pairs[40:60]).metrics
+    assert res["train_pairs"] == 8 and res["eval_pairs"] == 8 and res["steps"] == 5  # 8 pairs: 2 steps an epoch

@@ -1,0 +1,167 @@
+"""Speed and quality side by side, in one run, on this machine (issue: every forward pass at the hardware's rate).
+
+- ``vs_naive``: what a user writes without rmkit (transformers' ``AutoModelForSequenceClassification``, texts in
+  their given order in batches of 32 padded to the longest, under ``torch.no_grad``) against rmkit's scoring
+  (length-sorted batches, dynamic padding, ``inference_mode``) of the same hh-rlhf pairs; MiniLM; the rewards
+  must agree.
+- ``precision``: rmkit's MiniLM scoring and the audit's encoding in fp32 and in bf16 autocast: texts/s and
+  how far the outputs move (max |reward difference|, min cosine of the features).
+- ``prefix``: SmolLM2-135M as a decoder RM (a sequence-classification head on it), plain scoring against
+  shared-prefix scoring (each pair's prompt once, both responses on its KV cache): pairs/s, max |reward diff|.
+- ``audit``: the cold audit of every hh-rlhf pair (encoding included, nothing cached) in fp32 and in the fast
+  setting; wall time, ratio, and Spearman of the two strength rankings.
+
+    .venv/bin/python benchmarks/speed.py [--pairs 512] [--skip-audit]
+
+Writes benchmarks/results/speed.json. Wall-clock numbers: run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rmkit.audit import AuditConfig, run_audit
+from rmkit.calibration import spearman
+from rmkit.data import load_preferences
+from rmkit.ensemble import encode_features
+from rmkit.hardware import cpu_has_bf16
+from rmkit.models import RewardModel
+from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
+from rmkit.scoring import score_token_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def naive_scores(rm: RewardModel, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """The loop of transformers' docs: tokenize a batch in the given order, pad to its longest, no_grad."""
+    tok, model = rm.tokenizer, rm.model
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch_size):
+            enc = tok(texts[s: s + batch_size], padding=True, truncation=True, max_length=rm.max_length,
+                      return_tensors="pt")
+            out.append(model(**enc).logits[:, 0].float().numpy())
+    return np.concatenate(out)
+
+
+def vs_naive(pairs, max_length: int) -> dict:
+    rm = RewardModel.from_pretrained("minilm", max_length=max_length).eval()
+    texts = [rm.render(p.prompt, side) for p in pairs for side in (p.chosen, p.rejected)]
+    naive, t_naive = timed(lambda: naive_scores(rm, texts))
+    c, r = rm.encode_pairs(pairs)
+    (rc, rr), t_rmkit = timed(lambda: score_token_pairs(rm, c, r, batch_size=64))
+    ours = np.stack([rc, rr], 1).reshape(-1)
+    return {"model": "minilm", "max_length": max_length, "texts": len(texts),
+            "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
+            "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max())}
+
+
+def precision_block(pairs, max_length: int) -> dict:
+    rm = RewardModel.from_pretrained("minilm", max_length=max_length).eval()
+    c, r = rm.encode_pairs(pairs)
+    out: dict = {"model": "minilm", "max_length": max_length, "texts": 2 * len(pairs), "cpu_has_bf16": cpu_has_bf16()}
+    scores, feats = {}, {}
+    for prec in ("fp32", "bf16"):
+        (rc, rr), t = timed(lambda prec=prec: score_token_pairs(rm, c, r, batch_size=64, precision=prec))
+        scores[prec] = np.concatenate([rc, rr])
+        out[f"score_{prec}_texts_per_s"] = 2 * len(pairs) / t
+        with tempfile.TemporaryDirectory() as tmp:
+            def encode(prec=prec, tmp=tmp):
+                return encode_features(rm, pairs, cache_dir=tmp, model_id="minilm", pooling="mean",
+                                       layers=[1, 2, 4, 5, 6], batch_size=64, progress=False, precision=prec)
+
+            (fc, fr), t = timed(encode)
+            feats[prec] = np.concatenate([np.asarray(fc), np.asarray(fr)]).reshape(-1, 384)
+        out[f"encode_{prec}_texts_per_s"] = 2 * len(pairs) / t
+    a, b = feats["fp32"], feats["bf16"]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).clip(1e-12)
+    out.update(bf16_score_speedup=out["score_bf16_texts_per_s"] / out["score_fp32_texts_per_s"],
+               bf16_encode_speedup=out["encode_bf16_texts_per_s"] / out["encode_fp32_texts_per_s"],
+               bf16_max_abs_reward_diff=float(np.abs(scores["fp32"] - scores["bf16"]).max()),
+               bf16_min_feature_cosine=float(cos.min()))
+    return out
+
+
+def prefix_block(pairs, max_length: int) -> dict:
+    rm = RewardModel.from_pretrained("smollm2", max_length=max_length).eval()
+    c, r = rm.encode_pairs(pairs)
+    shared = np.array([common_prefix_length(a, b) for a, b in zip(c, r)])
+    total = np.array([len(a) + len(b) for a, b in zip(c, r)])
+    (pc, pr), t_plain = timed(lambda: score_token_pairs(rm, c, r, batch_size=16))
+    (sc, sr), t_prefix = timed(lambda: score_pairs_shared_prefix(rm, c, r, batch_size=16))
+    return {"model": "smollm2 (135M, a sequence-classification head)", "max_length": max_length, "pairs": len(pairs),
+            "tokens_per_pair": float(total.mean()), "shared_prefix_share": float((2 * shared).sum() / total.sum()),
+            "plain_pairs_per_s": len(pairs) / t_plain, "prefix_pairs_per_s": len(pairs) / t_prefix,
+            "prefix_speedup": t_plain / t_prefix,
+            "prefix_max_abs_diff": float(max(np.abs(pc - sc).max(), np.abs(pr - sr).max()))}
+
+
+def audit_block(fast: dict) -> dict:
+    out: dict = {"pairs_source": "all of hh-rlhf's test split", "fast_settings": fast}
+    strength = {}
+    for name, extra in (("fp32", {"precision": "fp32"}), ("fast", fast)):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = replace(AuditConfig(data=str(DATA / "hh-rlhf"), output_dir=f"{tmp}/audit", cache_dir=f"{tmp}/cache",
+                                      report_pairs=5), **extra)
+            result, t = timed(lambda cfg=cfg: run_audit(cfg, progress=False))
+            table = result.table
+            strength[name] = table.set_index("id")["mean"]
+            out[f"{name}_seconds"] = t
+            out[f"{name}_timings"] = result.summary["timings"]
+    out["audit_ratio"] = out["fast_seconds"] / out["fp32_seconds"]
+    both = strength["fp32"].dropna().index.intersection(strength["fast"].dropna().index)
+    out["strength_spearman"] = spearman(strength["fp32"][both].to_numpy(), strength["fast"][both].to_numpy())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=512, help="hh-rlhf pairs for the scoring measurements")
+    parser.add_argument("--prefix-pairs", type=int, default=128)
+    parser.add_argument("--skip-audit", action="store_true")
+    parser.add_argument("--fast", default='{"precision": "bf16"}', help="audit settings of the fast run (JSON)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ds = load_preferences(DATA / "hh-rlhf")
+    rng = np.random.default_rng(0)
+    pairs = [ds.pairs[i] for i in sorted(rng.choice(len(ds.pairs), args.pairs, replace=False))]
+    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                                "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__}}
+    path = Path(args.out)
+
+    def save():
+        path.write_text(json.dumps(result, indent=1, default=float))
+
+    result["vs_naive"] = vs_naive(pairs, 256)
+    save()
+    result["precision"] = precision_block(pairs, 128)
+    save()
+    result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024)
+    save()
+    if not args.skip_audit:
+        result["audit"] = audit_block(json.loads(args.fast))
+        save()
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

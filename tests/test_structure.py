@@ -1,0 +1,64 @@
+"""The library's shape: imports flow one way (no cycle among rmkit's modules, counting imports inside
+functions too, which would otherwise hide one) and no function grows past what a reader can hold."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "rmkit"
+
+
+def _imports(path: Path) -> set[str]:
+    """rmkit modules a module imports, anywhere in its body (``from .x import``, ``from rmkit.x import``,
+    ``from . import x``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                out.add(node.module.split(".")[0])
+            elif node.level == 1:
+                out.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
+            elif node.module and node.module.startswith("rmkit."):
+                out.add(node.module.split(".")[1])
+    return out - {path.stem, "__init__"}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_in_rmkit():
+    graph = {p.stem: _imports(p) for p in PKG.glob("*.py")}
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_no_function_over_180_lines():
+    long = []
+    for p in PKG.glob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 180:
+                long.append(f"{p.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -9,9 +9,12 @@ n, the gold reward of the sample each variant picks (single, mean, min, uwo), ag
 
     .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 64]
 
-Writes benchmarks/results/bon.json, benchmarks/results/bon_curve.png, the "bon" block of
-benchmarks/results/lab.json, and benchmarks/lab/bon_scores.parquet (prompt id, sample index, gold and
-proxy rewards; no text). Samples are cached in runs/lab/bon_samples.jsonl (a rerun resumes).
+The same samples give the distribution-shift study (`rmkit.lab.study_shift`): half of the prompts' samples are
+MetaRM's meta set, the other half's sample pairs are graded against the gold, vanilla proxy against MetaRM.
+
+Writes benchmarks/results/bon.json, benchmarks/results/bon_curve.png, benchmarks/results/shift.json, the
+"bon" and "shift" blocks of benchmarks/results/lab.json, and benchmarks/lab/bon_scores.parquet (prompt id,
+sample index, gold and proxy rewards; no text). Samples are cached in runs/lab/bon_samples.jsonl (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pandas as pd
 
 from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import GoldRM, proxy_features, proxy_heads, sample_labels, study_bon
+from rmkit.lab import GoldRM, orient, proxy_features, proxy_heads, sample_labels, study_bon, study_shift
 from rmkit.models import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +137,13 @@ def main() -> None:
     single = (feats[:, layers_all.index(s_layer)] @ Ws[0]).reshape(len(pid), args.n)
     ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
     result = study_bon(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+    # Distribution shift (the paper's Sec. 4): the first half of the prompts' samples are MetaRM's meta set
+    # (8 each, no labels), the other half's sample pairs are graded against the gold.
+    v = proxy.views.index(s_layer)
+    c, r = orient(proxy.fc[:, v], proxy.fr[:, v], y)
+    by_prompt = feats[:, layers_all.index(s_layer)].reshape(len(pid), args.n, -1)
+    half = len(pid) // 2
+    shift = study_shift(c, r, train, by_prompt[:half, :8], by_prompt[half:], gold[half:], seed=args.seed)
     result.update({"policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp)", "temperature": args.temperature,
                    "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": got["tokens_per_s"],
                    "gold_scoring_seconds": gold_s, "proxies": {"single": f"head on block {s_layer}",
@@ -146,9 +156,14 @@ def main() -> None:
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
     rows.to_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet", index=False)
     (ROOT / "benchmarks" / "results" / "bon.json").write_text(json.dumps(result, indent=1))
+    (ROOT / "benchmarks" / "results" / "shift.json").write_text(json.dumps(shift, indent=1))
     if lab_path.exists():  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
+        best = max(shift["metarm"], key=lambda eta: shift["metarm"][eta]["accuracy"])
+        lab["shift"] = {"vanilla": shift["vanilla"]["accuracy"], "metarm": shift["metarm"]["0.05"]["accuracy"],
+                        "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
+                        "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         lab_path.write_text(json.dumps(lab, indent=1))
     _figure(result, ROOT / "benchmarks" / "results" / "bon_curve.png")
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))

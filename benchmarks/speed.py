@@ -61,6 +61,18 @@ def naive_scores(rm: RewardModel, texts: list[str], batch_size: int = 32) -> np.
     return np.concatenate(out)
 
 
+def matmul_gflops() -> dict:
+    """What the CPU's matmul does in fp32 and in bf16 (the ceiling of any autocast gain)."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(2048, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        _, t = timed(lambda a=a, b=b: [a @ b for _ in range(50)])
+        out[name] = 50 * 2 * 2048 * 384 * 1536 / t / 1e9
+    return out
+
+
 def vs_naive(pairs, max_length: int) -> dict:
     rm = RewardModel.from_pretrained("minilm", max_length=max_length).eval()
     texts = [rm.render(p.prompt, side) for p in pairs for side in (p.chosen, p.rejected)]
@@ -105,11 +117,13 @@ def prefix_block(pairs, max_length: int) -> dict:
     shared = np.array([common_prefix_length(a, b) for a, b in zip(c, r)])
     total = np.array([len(a) + len(b) for a, b in zip(c, r)])
     (pc, pr), t_plain = timed(lambda: score_token_pairs(rm, c, r, batch_size=16))
+    _, t_plain_1 = timed(lambda: score_token_pairs(rm, c, r, batch_size=2))  # the plain path's best batch on a CPU
     (sc, sr), t_prefix = timed(lambda: score_pairs_shared_prefix(rm, c, r, batch_size=16))
     return {"model": "smollm2 (135M, a sequence-classification head)", "max_length": max_length, "pairs": len(pairs),
             "tokens_per_pair": float(total.mean()), "shared_prefix_share": float((2 * shared).sum() / total.sum()),
-            "plain_pairs_per_s": len(pairs) / t_plain, "prefix_pairs_per_s": len(pairs) / t_prefix,
-            "prefix_speedup": t_plain / t_prefix,
+            "plain_pairs_per_s": len(pairs) / t_plain, "plain_one_pair_per_batch_pairs_per_s": len(pairs) / t_plain_1,
+            "prefix_pairs_per_s": len(pairs) / t_prefix, "prefix_speedup": t_plain / t_prefix,
+            "prefix_speedup_vs_best_plain_batch": min(t_plain, t_plain_1) / t_prefix,
             "prefix_max_abs_diff": float(max(np.abs(pc - sc).max(), np.abs(pr - sr).max()))}
 
 
@@ -151,6 +165,7 @@ def main() -> None:
     def save():
         path.write_text(json.dumps(result, indent=1, default=float))
 
+    result["matmul_gflops"] = matmul_gflops()
     result["vs_naive"] = vs_naive(pairs, 256)
     save()
     result["precision"] = precision_block(pairs, 128)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
-                          length_effect, reliability_table, spearman, symmetric_points)
+                          flip_posterior, length_effect, reliability_table, spearman, symmetric_points)
 from .config import save_config, setting, to_dict, validate
 from .data import DataSource, PreferenceDataset, text_lengths, transcript
 from .hardware import resolve_device, resolve_precision
@@ -57,7 +57,11 @@ class AuditConfig(EnsembleConfig, DataSource):
         "calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
         "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
         "mislabeled_below, the paper's rule, for reproducing its analyses)")
-    min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong a flag needs")
+    min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong (or p_flipped) a flag needs")
+    noise_rate: float | None = setting(
+        None, "the share of labels you know are flipped, e.g. the share a reviewer flips in a random sample of "
+              "100 pairs; calibrated rules then flag by p_flipped = P(this label was flipped | the ensemble's view), "
+              "which, unlike p_label_wrong, does not count the ensemble's own errors (calibration.flip_posterior)")
     calibration: Literal["temperature", "isotonic"] = setting(
         "temperature", "map from mean strength to p_label_wrong, cross-fitted on the data's "
         "own labels: temperature (Platt) or isotonic")
@@ -85,6 +89,8 @@ class AuditConfig(EnsembleConfig, DataSource):
     def check(self) -> None:
         super().check()
         self.category_rules.check()
+        if self.noise_rate is not None and not 0.0 <= self.noise_rate < 0.5:
+            raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate}")
         if self.calibration not in METHODS:
             raise ValueError(f"calibration must be one of {METHODS}, got {self.calibration!r}")
 
@@ -186,11 +192,16 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     overall = agreement(mean, labels)
     unjudged = [s for s, a in per_subset.items() if not a["judged"]]
     judged = np.ones(len(pairs), bool) if cfg.flag_unjudged else ~np.isin(subsets, unjudged)
+    # The score flags read: p_label_wrong, or with a known flip rate the posterior that the label was flipped.
+    p_flag = p_wrong if cfg.noise_rate is None else flip_posterior(p_right, cfg.noise_rate)
     strength = strength_table(diffs, ids=ids, rules=cfg.category_rules,
-                              p_label_wrong=p_wrong if cfg.rules == "calibrated" else None,
+                              p_label_wrong=p_flag if cfg.rules == "calibrated" else None,
                               judged=judged if cfg.rules == "calibrated" else None)
     if cfg.rules != "calibrated":
         strength.insert(5, "p_label_wrong", p_wrong)
+    elif cfg.noise_rate is not None:
+        strength["p_label_wrong"] = p_wrong
+        strength.insert(6, "p_flipped", p_flag)
     strength["length_diff"] = length_diff
     strength["label"] = labels
     table = ds.status_table().merge(strength, on="id", how="left")
@@ -224,6 +235,8 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "flagged_share": float(flagged.mean()),
         "flagged_share_paper_rule": float((mean < cfg.mislabeled_below).mean()),
         "max_p_label_wrong": float(np.nanmax(p_wrong)) if np.isfinite(p_wrong).any() else None,
+        "noise_rate": cfg.noise_rate,
+        "flagged_by": "p_label_wrong" if cfg.noise_rate is None else f"p_flipped (noise_rate {cfg.noise_rate})",
         "length_bias": length_bias,
         "members_per_pair": int(np.median(members_per_pair)) if len(members_per_pair) else 0,
     }
@@ -324,9 +337,11 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
                      "z": r.z, "length_diff": r.length_diff,
                      "member_diffs": json.dumps([round(d, 4) for d in r.member_diffs if np.isfinite(d)]),
                      "prompt": transcript(p.prompt), "chosen": transcript(p.chosen),
-                     "rejected": transcript(p.rejected), "review": ""})
-    export = pd.DataFrame(rows, columns=["id", "subset", "flagged", "category", "p_label_wrong", "mean", "std", "z",
-                                         "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"])
+                     "rejected": transcript(p.rejected), "review": "",
+                     **({"p_flipped": r.p_flipped} if hasattr(r, "p_flipped") else {})})
+    columns = ["id", "subset", "flagged", "category", "p_label_wrong", *(["p_flipped"] if "p_flipped" in picked else []),
+               "mean", "std", "z", "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"]
+    export = pd.DataFrame(rows, columns=columns)
     export.to_csv(out / "flagged.csv", index=False)
     export.to_json(out / "flagged.jsonl", orient="records", lines=True, force_ascii=False)
     return export

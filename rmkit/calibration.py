@@ -105,6 +105,24 @@ def crossfit_calibration(scores: np.ndarray, fold: np.ndarray, labels: np.ndarra
     return out
 
 
+def flip_posterior(p_right: np.ndarray, noise_rate: float) -> np.ndarray:
+    """P(the label was flipped | the ensemble's view), for labels flipped at random at ``noise_rate`` on top of
+    whatever disagreement the data has anyway: the truth planted-flip studies grade against.
+
+    ``p_right (N,)``: calibrated P(label right) (`crossfit_calibration`). With clean labels agreeing at
+    ``rho``, the observed ones agree at ``q = (1 - pi) rho + pi (1 - rho)``; so ``rho = (q - pi) / (1 - 2 pi)``
+    (clipped to [0, 1]) and, by Bayes, ``P(flipped | observed) = pi (1 - rho) / q``. ``p_label_wrong`` (1 - q)
+    counts every reason a label can disagree (the ensemble's own errors, close calls); this counts only
+    flips. ``noise_rate`` must come from outside the ensemble, e.g. the share of a random sample of pairs a
+    reviewer flips (the ensemble cannot tell its own errors from flips).
+    """
+    if not 0.0 <= noise_rate < 0.5:
+        raise ValueError(f"noise_rate must be in [0, 0.5), got {noise_rate}")
+    q = np.clip(np.asarray(p_right, np.float64), 1e-9, 1.0)
+    rho = np.clip((q - noise_rate) / (1.0 - 2.0 * noise_rate), 0.0, 1.0)
+    return np.clip(noise_rate * (1.0 - rho) / q, 0.0, 1.0)
+
+
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10) -> float:
     """ECE: the share-weighted mean over equal-width bins of |mean predicted - observed frequency|."""
     table = reliability_table(p, y, n_bins=n_bins)

@@ -30,16 +30,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .audit import response_length_diff
 from .bon import bon_curve, kl_bon
-from .calibration import crossfit_calibration, expected_calibration_error, spearman
+from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .heads import fold_of, select_l2, train_bt_heads
-from .models import RewardModel
+from .losses import difference_loss
+from .metarm import metarm_backward
+from .models import RewardModel, RewardOutput
+from .objectives import compute_loss, get_objective
 from .reward_ensemble import aggregate
 from .strength import pair_quality_scores
 
@@ -351,6 +355,18 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
                     **{f"precision_at_{c}": float(flipped[p_wrong >= c].mean()) if (p_wrong >= c).any() else float("nan")
                        for c in (0.6, 0.7, 0.9)},
                     **{f"share_at_{c}": float((p_wrong >= c).mean()) for c in (0.6, 0.7, 0.9)}})
+            # P(flipped | view) with the flip rate known, and estimated from 100 reviewed random pairs
+            p_right = crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+            reviewed = np.random.default_rng(base_seed + s + 202).choice(len(flipped), 100, replace=False)
+            for name, rate in (("flip_posterior_known_rate", level), ("flip_posterior_reviewed_100",
+                                                                      float(flipped[reviewed].mean()))):
+                p_flip = flip_posterior(p_right, min(rate, 0.49))
+                flags = p_flip >= min_confidence
+                runs.setdefault(name, []).append({
+                    "noise_rate_used": rate, "ece_vs_flipped": expected_calibration_error(p_flip, flipped),
+                    "flagged_share": float(flags.mean()),
+                    "precision_flagged": float(flipped[flags].mean()) if flags.any() else float("nan"),
+                    "recall_flagged": float(flags[flipped].mean()) if flipped.any() else float("nan")})
         out[str(level)] = {k: _mean_std(v) for k, v in runs.items()}
     return out
 
@@ -551,3 +567,80 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
             (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))  # as it goes
     (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))
     return result
+
+
+class _HeadOnFeatures(torch.nn.Module):
+    """A linear reward head over cached features, shaped like a `RewardModel` for the trainer's step function:
+    ``forward(input_ids=features (B, H))`` gives ``RewardOutput(rewards (B,), features)``. It lets MetaRM's
+    own gradient (`rmkit.metarm.metarm_backward`) run on a head in the lab, where fine-tuning is too slow."""
+
+    def __init__(self, w: np.ndarray):
+        super().__init__()
+        self.head = torch.nn.Linear(len(w), 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RewardOutput:
+        return RewardOutput(rewards=self.head(input_ids).squeeze(-1), features=input_ids)
+
+
+def study_shift(fc: np.ndarray, fr: np.ndarray, train: np.ndarray, meta_samples: np.ndarray, eval_samples: np.ndarray,
+                eval_gold: np.ndarray, *, steps: int = 300, batch_pairs: int = 64, meta_prompts: int = 4,
+                lr: float = 1e-3, inner_lrs: Sequence[float] = (0.05, 0.5), seed: int = 0) -> dict:
+    """The paper's Sec. 4 claim in the lab: on pairs of a policy's own samples (a distribution the proxy never
+    trained on), is a MetaRM proxy closer to the gold than a vanilla one?
+
+    ``fc, fr (N, H)``: features of the lab's training pairs, sides as labelled; ``train (N,)`` the pairs
+    it may use. ``meta_samples (P_m, k, H)``: features of k policy samples for each meta prompt (no labels);
+    ``eval_samples (P_e, n, H)`` and ``eval_gold (P_e, n)``: samples of other prompts and their gold
+    rewards. Vanilla: a BT head on the training pairs (L2 by cross-fitted log-loss). MetaRM: from the
+    vanilla head, ``steps`` of Algorithm 1 (`metarm.metarm_backward`: ascent on J over ``meta_prompts`` meta
+    prompts, BT at the adapted head, AdamW) for each inner step size; a control runs the same steps without
+    the meta term. Graded on every pair of samples of an eval prompt: accuracy against the gold's sign
+    (all pairs, and the half with the larger gold gap), and J on the eval samples.
+    """
+    idx = np.flatnonzero(train)
+    fold = np.where(train, np.arange(len(train)) % 2, -1)
+    l2 = select_l2(fc, fr, fold)[0]
+    (w0,) = train_bt_heads(fc, fr, train[None].astype(np.float32), l2=l2)
+    i, j = np.triu_indices(eval_samples.shape[1], 1)
+    gap = eval_gold[:, i] - eval_gold[:, j]  # (P_e, pairs)
+    big = np.abs(gap) >= np.median(np.abs(gap))
+
+    def grade(w: np.ndarray) -> dict:
+        r = eval_samples @ w  # (P_e, n)
+        d = r[:, i] - r[:, j]
+        with torch.no_grad():
+            J = difference_loss(torch.as_tensor(r)).item()
+        right = (d > 0) == (gap > 0)
+        return {"accuracy": float(np.mean(right)), "accuracy_large_gap": float(np.mean(right[big])), "J": J}
+
+    def run(inner_lr: float | None) -> np.ndarray:
+        model = _HeadOnFeatures(w0)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng(seed)
+        c, r = torch.as_tensor(fc, dtype=torch.float32), torch.as_tensor(fr, dtype=torch.float32)
+        meta = torch.as_tensor(meta_samples, dtype=torch.float32)
+        objective = get_objective("bt")
+        for _ in range(steps):
+            pick = rng.choice(idx, batch_pairs, replace=False)
+            batch = {"input_ids": torch.cat([c[pick], r[pick]]), "attention_mask": None,
+                     "label": torch.ones(batch_pairs)}
+            opt.zero_grad()
+            if inner_lr is None:
+                loss, _ = compute_loss(model, batch, objective)
+                (loss + l2 * (model.head.weight ** 2).sum()).backward()
+            else:
+                items = rng.choice(len(meta), meta_prompts, replace=False)
+                meta_batch = {"input_ids": meta[items].reshape(-1, meta.shape[-1]), "attention_mask": None,
+                              "k": meta.shape[1]}
+                metarm_backward(model, batch, meta_batch, objective, inner_lr=inner_lr)
+                (l2 * (model.head.weight ** 2).sum()).backward()  # the same penalty as the vanilla head
+            opt.step()
+        return model.head.weight.detach().numpy()[0]
+
+    out = {"pairs_per_prompt": int(len(i)), "eval_prompts": int(eval_samples.shape[0]),
+           "meta_prompts": int(meta_samples.shape[0]), "head_l2": l2, "steps": steps,
+           "vanilla": grade(w0), "vanilla_more_steps": grade(run(None))}
+    out["metarm"] = {str(eta): grade(run(eta)) for eta in inner_lrs}
+    return out

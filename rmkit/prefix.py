@@ -29,7 +29,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .batching import length_sorted_batches
 from .models import RewardModel
 
 
@@ -86,6 +85,25 @@ def _score_batch(rm: RewardModel, chosen: Sequence[Sequence[int]], rejected: Seq
     return rm.head(feats).float().view(-1, 2)
 
 
+def _batches(cut: Sequence[int], suffix: Sequence[int], max_pairs: int, min_fill: float = 0.85) -> list[list[int]]:
+    """Pairs in order of prefix length, grouped while the padded batch stays at least ``min_fill`` real tokens:
+    a pair's padding is in two places (prefix and suffixes), so a fixed batch size pads far more here than on the
+    plain path (55% real tokens at 8 pairs on hh-rlhf, measured); on a CPU one pair per pass is often best."""
+    order = sorted(range(len(cut)), key=lambda i: (cut[i], suffix[i]))
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        if cur is not None and len(cur) < max_pairs:
+            group = cur + [i]
+            real = sum(cut[j] + 2 * suffix[j] for j in group)
+            padded = len(group) * (max(cut[j] for j in group) + 2 * max(suffix[j] for j in group))
+            if real >= min_fill * padded:
+                cur.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 def score_pairs_shared_prefix(rm: RewardModel, chosen_ids: Sequence[Sequence[int]],
                               rejected_ids: Sequence[Sequence[int]], *, batch_size: int = 64,
                               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +117,9 @@ def score_pairs_shared_prefix(rm: RewardModel, chosen_ids: Sequence[Sequence[int
     chosen, rejected = np.full(n, np.nan), np.full(n, np.nan)
     was_training = rm.training
     rm.eval()
-    lengths = [len(c) + len(r) - common_prefix_length(c, r) for c, r in zip(chosen_ids, rejected_ids)]
-    for idx in tqdm(length_sorted_batches(lengths, max(1, batch_size // 2)), desc="scoring", disable=not progress):
+    cut = [common_prefix_length(c, r) for c, r in zip(chosen_ids, rejected_ids)]
+    suffix = [max(len(c), len(r)) - k for c, r, k in zip(chosen_ids, rejected_ids, cut)]
+    for idx in tqdm(_batches(cut, suffix, max(1, batch_size // 2)), desc="scoring", disable=not progress):
         rewards = _score_batch(rm, [chosen_ids[i] for i in idx], [rejected_ids[i] for i in idx]).cpu().numpy()
         chosen[idx], rejected[idx] = rewards[:, 0], rewards[:, 1]
     rm.train(was_training)

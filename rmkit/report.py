@@ -150,7 +150,10 @@ def _trust_html(s: dict) -> str:
     lb = t["length_bias"]
     unjudged = ", ".join(html.escape(x) for x in t["unjudged_subsets"])
     if settings.get("rules") == "calibrated":
-        rule = (f"A pair is flagged <i>likely mislabeled</i> only when its calibrated probability of a wrong label "
+        what = ("calibrated probability of a wrong label" if settings.get("noise_rate") is None else
+                f"probability of having been flipped (<code>p_flipped</code>, for the {_pct(settings['noise_rate'])} "
+                "of flipped labels you gave as <code>noise_rate</code>)")
+        rule = (f"A pair is flagged <i>likely mislabeled</i> only when its {what} "
                 f"reaches {settings['min_confidence']:.2f}"
                 + ("" if settings.get("flag_unjudged") else ", and only in subsets the audit can judge") + ". ")
     else:
@@ -226,7 +229,9 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
             diffs = ", ".join(f"{d:+.3f}" for d in r.member_diffs if np.isfinite(d))
             parts.append(
                 f"<div class='pair'><div class='meta'><b>{html.escape(str(r.id))}</b> ({html.escape(str(r.subset))})"
-                f" &mdash; <b>p_label_wrong {r.p_label_wrong:.2f}</b>, mean {_num(r.mean)}, std {_num(r.std)}, "
+                f" &mdash; <b>p_label_wrong {r.p_label_wrong:.2f}</b>"
+                + (f", p_flipped {r.p_flipped:.2f}" if hasattr(r, "p_flipped") else "")
+                + f", mean {_num(r.mean)}, std {_num(r.std)}, "
                 f"z {r.z:+.2f}, category {html.escape(r.category)}, rank {r.rank}, length difference "
                 f"{r.length_diff:+.0f}<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
         return "".join(parts)

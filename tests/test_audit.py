@@ -281,3 +281,22 @@ def test_members_over_two_backbones(separable, tiny_bert, tiny_llama, tmp_path):
     assert (tmp_path / "w" / "heads_1.npy").exists() and len(list((tmp_path / "cache").iterdir())) == 2
     with pytest.raises(ValueError, match="need members >= 4"):
         ensemble_diffs(replace(cfg, members=2), pairs, work_dir=tmp_path / "w")
+
+
+def test_known_noise_rate_flags_by_the_flip_posterior(separable, tmp_path):
+    """With ``noise_rate`` (the 10% planted here), flags read p_flipped, which is at most p_label_wrong's
+    reach, is recorded beside it in the table and the review export, and the report says which score flags."""
+    path, ids, flipped = separable
+    cfg = AuditConfig(data=str(path), output_dir=str(tmp_path / "audit"), max_length=64, members=6,
+                      cache_dir=str(tmp_path / "cache"), noise_rate=0.1)
+    result = run_audit(cfg, progress=False)
+    scored = result.table[result.table["category"] != "unscored"]
+    assert {"p_label_wrong", "p_flipped"} <= set(scored.columns)
+    flags = scored[scored["category"] == "likely_mislabeled"]
+    assert len(flags) and (flags["p_flipped"] >= 0.8).all()
+    assert flags["id"].isin([i for i, f in zip(ids, flipped) if f]).mean() >= 0.8
+    assert result.summary["trust"]["flagged_by"] == "p_flipped (noise_rate 0.1)"
+    assert "p_flipped" in pd.read_csv(tmp_path / "audit" / "flagged.csv").columns
+    assert "probability of having been flipped" in (tmp_path / "audit" / "report.html").read_text()
+    with pytest.raises(ValueError, match="noise_rate"):
+        run_audit(replace(cfg, noise_rate=0.6), progress=False)

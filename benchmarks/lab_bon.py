@@ -39,25 +39,27 @@ DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
 def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
-                    threads: int = 2) -> dict:
+                    threads: int = 2, parallel: int = 16) -> dict:
     """N samples per prompt from SmolLM2 through llama.cpp's server, appended per prompt to ``out``."""
     from openai import OpenAI
 
     from rmkit.judge import LocalServer
 
-    done = {}
+    # Sample j of a prompt has its own seed, so a cache of n' < n samples is extended, never redrawn, and one
+    # of more samples is cut to the first n; a later line for the same prompt supersedes an earlier one.
+    have = {}
     if out.exists():
         for line in out.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if len(rec["responses"]) == n:
-                done[rec["id"]] = rec["responses"]
+            have[rec["id"]] = rec["responses"]
+    done = {i: have[i][:n] for i in ids if len(have.get(i, ())) >= n}
     todo = [k for k, i in enumerate(ids) if i not in done]
     t0, tokens = time.time(), 0
     if todo:
-        with LocalServer("smollm2", n_ctx=4096, threads=threads, parallel=4) as server:
+        with LocalServer("smollm2", n_ctx=256 * parallel, threads=threads, parallel=parallel) as server:
             client = OpenAI(base_url=server.url, api_key="EMPTY", timeout=600)
 
             def one(k: int, j: int):
@@ -66,13 +68,15 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
                                                    temperature=temperature, top_p=1.0, seed=seed)
                 return r.choices[0].message.content or "", r.usage.completion_tokens if r.usage else 0
 
-            with ThreadPoolExecutor(4) as pool:
+            with ThreadPoolExecutor(parallel) as pool:
                 for c, k in enumerate(todo):
-                    got = list(pool.map(one, [k] * n, range(n)))
+                    first = have.get(ids[k], [])
+                    got = list(pool.map(one, [k] * (n - len(first)), range(len(first), n)))
                     tokens += sum(t for _, t in got)
+                    responses = first + [g for g, _ in got]
                     with out.open("a") as f:
-                        f.write(json.dumps({"id": ids[k], "responses": [g for g, _ in got]}) + "\n")
-                    done[ids[k]] = [g for g, _ in got]
+                        f.write(json.dumps({"id": ids[k], "responses": responses}) + "\n")
+                    done[ids[k]] = responses
                     if c % 5 == 0:
                         print(f"sampled {c + 1}/{len(todo)} prompts, {tokens / (time.time() - t0):.0f} tokens/s",
                               flush=True)
@@ -87,8 +91,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-pairs", type=lambda s: s.split(","), default=["all", "1000", "250"],
+                        help="proxy training sizes, comma-separated ('all' = the whole training split; the headline)")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--parallel", type=int, default=16, help="llama.cpp slots (samples decoded together)")
     args = parser.parse_args()
     work = ROOT / "runs" / "lab"
     work.mkdir(parents=True, exist_ok=True)
@@ -104,7 +111,8 @@ def main() -> None:
     pid = [p.id for p in picked]
     t0 = time.time()
     got = sample_llamacpp([list(p.prompt) for p in picked], args.n, max_tokens=args.max_tokens,
-                          temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid, threads=args.threads)
+                          temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid, threads=args.threads,
+                          parallel=args.parallel)
     sample_s = time.time() - t0
     if args.sample_only:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": got["tokens_per_s"]}))
@@ -118,25 +126,54 @@ def main() -> None:
     y = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)["label"].to_numpy().astype(bool)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
-    # The gold scores every sample.
-    t0 = time.time()
-    gold_rm = GoldRM(RewardModel.from_pretrained(gold_info["model"], max_length=gold_info["max_length"]),
-                     np.load(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy"), gold_info["layer"], gold_info["model"])
-    gold = gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
-    gold_s = time.time() - t0
-    # Proxies trained on the lab's labels of the training split.
     proxy = proxy_features(EnsembleConfig(), pairs)
-    heads = proxy_heads(proxy, y, train, seed=args.seed)
-    rm = RewardModel.from_pretrained("minilm", max_length=128)
-    layers_all = sorted(set(heads["ensemble"][0]) | set(heads["single"][0]))
-    feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
-    e_layers, W = heads["ensemble"]
-    members = np.stack([feats[:, layers_all.index(layer)] @ W[m] for m, layer in enumerate(e_layers)])
-    members = members.reshape(len(e_layers), len(pid), args.n)
-    (s_layer,), Ws = heads["single"]
-    single = (feats[:, layers_all.index(s_layer)] @ Ws[0]).reshape(len(pid), args.n)
+    layers_all = list(range(1, proxy.num_layers + 1))
+    # Encoding the samples (gold: MPNet, proxies: MiniLM) is the cost; cached by the samples' text.
+    texts = [got["samples"][i] for i in pid]
+    key = hashlib.sha256(json.dumps([pid, texts, gold_info, layers_all]).encode()).hexdigest()[:16]
+    cache = work / f"bon_encoded_{key}.npz"
+    t0 = time.time()
+    if cache.exists():
+        with np.load(cache) as z:
+            gold, feats = z["gold"], z["feats"]
+    else:
+        gold_rm = GoldRM(RewardModel.from_pretrained(gold_info["model"], max_length=gold_info["max_length"]),
+                         np.load(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy"), gold_info["layer"],
+                         gold_info["model"])
+        gold = gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+        rm = RewardModel.from_pretrained("minilm", max_length=128)
+        feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
+        np.savez(cache, gold=gold, feats=feats)
+    encode_s = time.time() - t0
     ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
-    result = study_bon(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+
+    def scores(heads: dict) -> tuple[np.ndarray, np.ndarray]:
+        e_layers, W = heads["ensemble"]
+        members = np.stack([feats[:, layers_all.index(layer)] @ W[m] for m, layer in enumerate(e_layers)])
+        (s_layer,), Ws = heads["single"]
+        return ((feats[:, layers_all.index(s_layer)] @ Ws[0]).reshape(len(pid), args.n),
+                members.reshape(len(e_layers), len(pid), args.n))
+
+    # Proxies trained on the lab's labels of the training split: all of it (the headline), and fewer pairs, as
+    # Gao et al. found overoptimization grows as the proxy's data shrinks.
+    by_size = {}
+    args.train_pairs = ["all"] + [k for k in args.train_pairs if k != "all"]
+    order = np.random.default_rng(args.seed + 1).permutation(len(ids))
+    for size in args.train_pairs:
+        sub = train.copy()
+        if size != "all":
+            sub[:] = False
+            sub[order[np.isin(order, np.flatnonzero(train))][: int(size)]] = True
+        heads = proxy_heads(proxy, y, sub, seed=args.seed)
+        single, members = scores(heads)
+        by_size[size] = study_bon(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+        by_size[size]["proxy_gold_correlation_within_prompt"] = {
+            k: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
+            for k, v in (("single", single), ("mean", members.mean(0)))}
+        if size == "all":
+            full_heads, single_all, members_all = heads, single, members
+    result = dict(by_size["all"])
+    e_layers, s_layer = full_heads["ensemble"][0], full_heads["single"][0][0]
     # Distribution shift (the paper's Sec. 4): the first half of the prompts' samples are MetaRM's meta set
     # (8 each, no labels), the other half's sample pairs are graded against the gold.
     v = proxy.views.index(s_layer)
@@ -146,11 +183,12 @@ def main() -> None:
     shift = study_shift(c, r, train, by_prompt[:half, :8], by_prompt[half:], gold[half:], seed=args.seed)
     result.update({"policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp)", "temperature": args.temperature,
                    "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": got["tokens_per_s"],
-                   "gold_scoring_seconds": gold_s, "proxies": {"single": f"head on block {s_layer}",
-                                                                "ensemble": f"{len(e_layers)} heads on blocks {e_layers}"},
-                   "proxy_gold_agreement_on_samples": {
-                       k: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
-                       for k, v in (("single", single), ("mean", members.mean(0)))}})
+                   "encoding_seconds": encode_s, "proxies": {"single": f"head on block {s_layer}",
+                                                             "ensemble": f"{len(e_layers)} heads on blocks {e_layers}"},
+                   "train_pairs": int(train.sum()),
+                   "by_train_pairs": {k: {kk: v[kk] for kk in BY_SIZE_KEYS} for k, v in by_size.items()}})
+    single, members = single_all, members_all
+    result = _json_safe(result)
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
@@ -169,18 +207,36 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
 
 
+BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "best_conservative", "conservative_recovery",
+                "oracle_gain_share", "proxy_gold_correlation_within_prompt")
+
+
+def _json_safe(x):
+    """NaN (an undefined recovery: no drop to recover) as JSON null, not the non-standard NaN token."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
 def _figure(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style in (("single", "o-"), ("mean", "s-"), ("min", "^-"), ("uwo", "v-"), ("oracle_gold", "k--")):
-        ax.plot(result["kl_bon"], result["gold_reward"][name], style, label=name, ms=4)
-    ax.set(xlabel="KL_bon = log n - (n-1)/n (nats)", ylabel="gold reward of the pick",
-           title=f"Best-of-n in the lab ({result['prompts']} prompts, n up to {result['n'][-1]})")
-    ax.legend(fontsize=8)
+    sizes = list(result["by_train_pairs"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        curves = result["by_train_pairs"][size]["gold_reward"]
+        for name, style in (("single", "o-"), ("mean", "s-"), ("min", "^-"), ("uwo", "v-"), ("oracle_gold", "k--")):
+            ax.plot(result["kl_bon"], curves[name], style, label=name, ms=4)
+        n_train = result["train_pairs"] if size == "all" else int(size)
+        ax.set(xlabel="KL_bon = log n - (n-1)/n (nats)", title=f"proxies trained on {n_train} pairs")
+    axes[0][0].set_ylabel("gold reward of the pick")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Best-of-n in the lab: {result['prompts']} held-out prompts, n up to {result['n'][-1]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

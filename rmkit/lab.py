@@ -481,7 +481,8 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
     reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
     ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
-    n) that the best conservative aggregation (min or uwo) recovers.
+    n) that the best conservative aggregation (min or uwo) recovers. ``oracle_gain_share``: per variant, its gain
+    in gold reward from n = 1 to the largest n over the gold's own (the oracle picking by the gold).
     """
     z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
     flat = z.reshape(z.shape[0], -1)
@@ -494,10 +495,13 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     drop = peak - single_curve[-1]
     best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
     recovery = (curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 else float("nan")
+    # Where nothing drops, how much of the gold's own gain from n = 1 to the largest n each pick gets.
+    oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
+    gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}
     return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
             "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
             "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
-            "best_conservative": best_cons, "conservative_recovery": recovery}
+            "best_conservative": best_cons, "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from .config import check_positive, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, load_splits, read_table
+from .batching import length_sorted_batches
 from .files import atomic_path
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel
@@ -36,7 +37,8 @@ def score_token_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rewards of pre-tokenized pairs: returns ``(chosen_rewards (N,), rejected_rewards (N,))``.
 
-    ``batch_size`` counts texts; each batch holds whole pairs (both sides in one forward pass).
+    ``batch_size`` counts texts. Texts are batched by their own length, not as pairs: a pair's two sides can
+    differ by hundreds of tokens, and padding the shorter side to the longer was most of this path's waste.
     With an ``accelerator`` on several processes, each scores a shard and the results are gathered.
     ``precision``: ``fp32`` or ``bf16`` (autocast). ``shared_prefix``: a decoder RM runs each pair's prompt once
     (`rmkit.prefix`); ignored for encoders and under several processes.
@@ -48,29 +50,26 @@ def score_token_pairs(
         with autocast(core.device, precision):
             return score_pairs_shared_prefix(core, chosen_ids, rejected_ids, batch_size=batch_size, progress=progress)
     n = len(chosen_ids)
-    order = sorted(range(n), key=lambda i: max(len(chosen_ids[i]), len(rejected_ids[i])))
-    per_batch = max(1, batch_size // 2)
-    batches = [order[s: s + per_batch] for s in range(0, n, per_batch)]
+    texts = list(chosen_ids) + list(rejected_ids)
+    batches = length_sorted_batches([len(t) for t in texts], max(1, batch_size))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = batches[rank::world]
-    results: list[tuple[int, float, float]] = []
+    results: list[tuple[int, float]] = []
     was_training = core.training
     core.eval()
     with torch.inference_mode(), autocast(core.device, precision):
         for idx in tqdm(mine, desc="scoring", disable=not progress or rank != 0, unit="batch"):
-            batch = core.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], core.device)
-            rewards = core(**batch).rewards.float().cpu().numpy()
-            k = len(idx)
-            results += [(i, float(c), float(r)) for i, c, r in zip(idx, rewards[:k], rewards[k:])]
+            rewards = core(**core.collate([texts[i] for i in idx], core.device)).rewards.float().cpu().numpy()
+            results += [(i, float(v)) for i, v in zip(idx, rewards)]
     core.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object
 
         results = gather_object(results)
-    chosen = np.full(n, np.nan)
-    rejected = np.full(n, np.nan)
-    for i, c, r in results:
-        chosen[i], rejected[i] = c, r
+    out = np.full(2 * n, np.nan)
+    for i, v in results:
+        out[i] = v
+    chosen, rejected = out[:n], out[n:]
     return chosen, rejected
 
 

@@ -123,6 +123,8 @@ def test_study_bon_on_a_hacked_proxy():
     assert out["gold_reward"]["min"][-1] == 3.0 and out["gold_reward"]["oracle_gold"][-1] == 3.0
     assert out["single_peak_n"] == 1 and out["conservative_recovery"] == pytest.approx(3.0 / 1.5)
     assert out["kl_bon"][0] == 0.0
+    # gains from n = 1 (1.5 for every pick) to n = 4, over the oracle's 3.0 - 1.5
+    assert out["oracle_gain_share"]["single"] == pytest.approx(-1.0) and out["oracle_gain_share"]["min"] == 1.0
 
 
 def test_study_shift_grades_against_the_gold_on_sample_pairs():

@@ -31,7 +31,8 @@ import pandas as pd
 
 from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import GoldRM, orient, proxy_features, proxy_heads, sample_labels, study_bon, study_shift
+from rmkit.lab import (GoldRM, head_rewards, orient, proxy_features, proxy_heads, read_gold_scores, sample_labels,
+                       study_bon, study_shift)
 from rmkit.models import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +120,8 @@ def main() -> None:
         return
     lab_path = ROOT / "benchmarks" / "results" / "lab.json"
     lab = json.loads((lab_path if lab_path.exists() else work / "lab.json").read_text())
-    gold_table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
     gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
-    by_id = dict(zip(gold_table["id"], gold_table["gold_diff"]))
-    gdiff = np.array([by_id[i] for i in ids])
+    gdiff = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
     y = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)["label"].to_numpy().astype(bool)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
@@ -148,11 +147,9 @@ def main() -> None:
     ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
 
     def scores(heads: dict) -> tuple[np.ndarray, np.ndarray]:
-        e_layers, W = heads["ensemble"]
-        members = np.stack([feats[:, layers_all.index(layer)] @ W[m] for m, layer in enumerate(e_layers)])
-        (s_layer,), Ws = heads["single"]
-        return ((feats[:, layers_all.index(s_layer)] @ Ws[0]).reshape(len(pid), args.n),
-                members.reshape(len(e_layers), len(pid), args.n))
+        members = head_rewards(feats, layers_all, heads["ensemble"])
+        return (head_rewards(feats, layers_all, heads["single"])[0].reshape(len(pid), args.n),
+                members.reshape(len(members), len(pid), args.n))
 
     # Proxies trained on the lab's labels of the training split: all of it (the headline), and fewer pairs, as
     # Gao et al. found overoptimization grows as the proxy's data shrinks.

@@ -21,12 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
 from rmkit.config import load_config, to_dict
 from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import lab_pairs, proxy_features, proxy_heads, sample_labels
+from rmkit.lab import head_rewards, lab_pairs, proxy_features, proxy_heads, read_gold_scores, sample_labels
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -45,9 +43,7 @@ def main() -> None:
     pairs = ds.pairs
     ids = [p.id for p in pairs]
     lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-    table = pd.read_parquet(ROOT / "benchmarks" / "lab" / "gold_hh.parquet")
-    by_id = dict(zip(table["id"], table["gold_diff"]))
-    gold = np.array([by_id[i] for i in ids])
+    gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
     labels = sample_labels(ids, gold, lab["temperature"], seed=args.seed)
     y = labels["label"].to_numpy().astype(bool)
     splits = split_ids(ds, seed=args.seed)
@@ -72,9 +68,8 @@ def main() -> None:
     train = np.isin(ids, splits["train"])
     heads = proxy_heads(proxy, y, train, seed=args.seed)
     frozen = {}
-    for name, (layers, W) in heads.items():
-        d = np.mean([(proxy.fc[test_idx, proxy.views.index(layer)] - proxy.fr[test_idx, proxy.views.index(layer)])
-                     @ W[m] for m, layer in enumerate(layers)], axis=0)
+    for name, h in heads.items():
+        d = head_rewards(proxy.fc[test_idx] - proxy.fr[test_idx], proxy.views, h).mean(axis=0)
         frozen[name] = float(np.mean((d > 0) == (gold[test_idx] > 0)))
     out = {
         "what": "accuracy against the gold's sign on the seeded test split, proxies trained on the lab's sampled "

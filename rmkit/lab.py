@@ -190,6 +190,19 @@ def sample_labels(ids: Sequence[str], gold_diff: np.ndarray, temperature: float,
                          "against_gold": (label != (g > 0)) & (g != 0)})
 
 
+def read_gold_scores(path: str | Path, ids: Sequence[str]) -> np.ndarray:
+    """The gold differences ``(N,)`` of a gold.parquet (id, gold_diff) for ``ids``, in their order; an id
+    without a gold score is an error naming the file."""
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    by_id = dict(zip(table["id"], table["gold_diff"]))
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} pairs have no gold score (first: {missing[0]})")
+    return np.array([by_id[i] for i in ids])
+
+
 def lab_pairs(pairs: Sequence[PreferencePair], labels) -> list[PreferencePair]:
     """The pairs written as the lab's labels say: chosen and rejected swapped where ``label`` is 0."""
     by_id = dict(zip(labels["id"], labels["label"]))
@@ -472,6 +485,14 @@ def proxy_heads(proxy: ProxyFeatures, label: np.ndarray, train: np.ndarray, *, s
     return out
 
 
+def head_rewards(feats: np.ndarray, views: Sequence[int], heads: tuple[list[int], np.ndarray]) -> np.ndarray:
+    """Rewards ``(M, N)`` of the heads `proxy_heads` returns (``(layers, W (M, H))``, head m reading block
+    ``layers[m]``) on features ``(N, V, H)`` of the blocks ``views``. Heads are linear, so features of chosen
+    minus rejected give reward differences."""
+    layers, W = heads
+    return np.stack([feats[:, list(views).index(layer)] @ W[m] for m, layer in enumerate(layers)])
+
+
 def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
               uwo_lambda: float = 0.5) -> dict:
     """The overoptimization curve of best-of-n (Gao et al. 2022, Fig. 1) for each proxy variant.
@@ -523,12 +544,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     ids = [p.id for p in pairs]
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
     if cfg.gold_scores:
-        table = pd.read_parquet(cfg.gold_scores)
-        by_id = dict(zip(table["id"], table["gold_diff"]))
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise ValueError(f"{cfg.gold_scores}: {len(missing)} pairs have no gold score (first: {missing[0]})")
-        gold_diff = np.array([by_id[i] for i in ids])
+        gold_diff = read_gold_scores(cfg.gold_scores, ids)
         gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
             if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
     else:

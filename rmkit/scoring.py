@@ -15,9 +15,9 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from .batching import length_sorted_batches
 from .config import check_positive, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, load_splits, read_table
-from .batching import length_sorted_batches
 from .files import atomic_path
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel

@@ -84,6 +84,11 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
     return {"samples": done, "tokens_per_s": tokens / max(time.time() - t0, 1e-9) if todo else None}
 
 
+def measured_seconds(path: Path, key: str = "seconds") -> float | None:
+    """A timing recorded when the cached work was done (None if the cache predates the record)."""
+    return json.loads(path.read_text()).get(key) if path.exists() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=100)
@@ -114,9 +119,13 @@ def main() -> None:
     got = sample_llamacpp([list(p.prompt) for p in picked], args.n, max_tokens=args.max_tokens,
                           temperature=args.temperature, out=work / "bon_samples.jsonl", ids=pid, threads=args.threads,
                           parallel=args.parallel)
-    sample_s = time.time() - t0
+    # Timings of work found in the cache are those of the run that did it (kept beside the cache), not ~0 s.
+    timing = work / "bon_samples.timing.json"
+    if got["tokens_per_s"] is not None:
+        timing.write_text(json.dumps({"seconds": time.time() - t0, "tokens_per_s": got["tokens_per_s"]}))
+    sample_s, sample_tps = measured_seconds(timing), measured_seconds(timing, "tokens_per_s")
     if args.sample_only:
-        print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": got["tokens_per_s"]}))
+        print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": sample_tps}))
         return
     lab_path = ROOT / "benchmarks" / "results" / "lab.json"
     lab = json.loads((lab_path if lab_path.exists() else work / "lab.json").read_text())
@@ -135,6 +144,7 @@ def main() -> None:
     if cache.exists():
         with np.load(cache) as z:
             gold, feats = z["gold"], z["feats"]
+        encode_s = measured_seconds(cache.with_suffix(".json"))
     else:
         gold_rm = GoldRM(RewardModel.from_pretrained(gold_info["model"], max_length=gold_info["max_length"]),
                          np.load(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy"), gold_info["layer"],
@@ -143,7 +153,8 @@ def main() -> None:
         rm = RewardModel.from_pretrained("minilm", max_length=128)
         feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
         np.savez(cache, gold=gold, feats=feats)
-    encode_s = time.time() - t0
+        encode_s = time.time() - t0
+        cache.with_suffix(".json").write_text(json.dumps({"seconds": encode_s}))
     ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
 
     def scores(heads: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +190,7 @@ def main() -> None:
     half = len(pid) // 2
     shift = study_shift(c, r, train, by_prompt[:half, :8], by_prompt[half:], gold[half:], seed=args.seed)
     result.update({"policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp)", "temperature": args.temperature,
-                   "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": got["tokens_per_s"],
+                   "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": sample_tps,
                    "encoding_seconds": encode_s, "proxies": {"single": f"head on block {s_layer}",
                                                              "ensemble": f"{len(e_layers)} heads on blocks {e_layers}"},
                    "train_pairs": int(train.sum()),
@@ -196,7 +207,9 @@ def main() -> None:
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
         best = max(shift["metarm"], key=lambda eta: shift["metarm"][eta]["accuracy"])
-        lab["shift"] = {"vanilla": shift["vanilla"]["accuracy"], "metarm": shift["metarm"]["0.05"]["accuracy"],
+        # (lab_metarm.py adds the fine-tuned RM's block, "finetuned", to the same entry: kept)
+        lab["shift"] = {**lab.get("shift", {}), "vanilla": shift["vanilla"]["accuracy"],
+                        "metarm": shift["metarm"]["0.05"]["accuracy"],
                         "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         lab_path.write_text(json.dumps(lab, indent=1))
@@ -224,14 +237,20 @@ def _figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = list(result["by_train_pairs"])
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
+    cols = min(3, len(sizes))
+    rows = -(-len(sizes) // cols)
+    # One y scale for every panel: the proxy sizes are compared by height, against the same oracle curve.
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(sizes):]:
+        ax.set_visible(False)
+    for ax, size in zip(axes.flat, sizes):
         curves = result["by_train_pairs"][size]["gold_reward"]
         for name, style in (("single", "o-"), ("mean", "s-"), ("min", "^-"), ("uwo", "v-"), ("oracle_gold", "k--")):
             ax.plot(result["kl_bon"], curves[name], style, label=name, ms=4)
         n_train = result["train_pairs"] if size == "all" else int(size)
         ax.set(xlabel="KL_bon = log n - (n-1)/n (nats)", title=f"proxies trained on {n_train} pairs")
-    axes[0][0].set_ylabel("gold reward of the pick")
+    for row in axes:
+        row[0].set_ylabel("gold reward of the pick")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Best-of-n in the lab: {result['prompts']} held-out prompts, n up to {result['n'][-1]}")
     fig.tight_layout()

@@ -1,16 +1,19 @@
 """Members that differ in pretraining against members that differ only in the layer they read (issue: ensembles
 beyond the audit, part 3; Eisenstein et al. 2023 find the former disagree more usefully).
 
-On LLMEval²'s decided pairs (ties left out), 20% planted flips over 3 seeds: the audit's default ensemble
-(10 cross-fitted heads) on MiniLM alone, on MPNet alone, and mixed (5 members on each, `more_models`), each
-scored by how well its pair quality separates the planted flips (AUROC, top-5% precision), with what it costs
-(encoding once per backbone, cached; the heads).
+20% planted flips over 3 seeds: the audit's default ensemble (10 cross-fitted heads) on one backbone alone, on
+another alone, and mixed (5 members on each, `more_models`), each scored by how well its pair quality separates
+the planted flips (AUROC, top-5% precision), with what it costs (encoding once per backbone, cached; the heads).
 
-    .venv/bin/python benchmarks/mixed_backbones.py [--seeds 3]
+- ``--data llmeval2``: LLMEval²'s decided pairs (ties left out), human labels, MiniLM and MPNet members.
+- ``--data lab``: the gold-standard lab (hh-rlhf, labels sampled from the gold as `benchmarks/lab.py` does, then
+  flipped). Its gold reads MPNet features, so MPNet members would share the gold's view: the second backbone
+  is SmolLM2-135M (a decoder, other pretraining data), about 40 minutes to encode hh-rlhf once on 2 cores. Here
+  the ensembles are also graded against the gold's sign (accuracy of the members' mean).
 
-Writes benchmarks/results/mixed_backbones.json. Not run in the gold-standard lab: its gold reads MPNet features,
-so MPNet members would share the gold's view, and a third backbone (SmolLM2, ~7 texts/s here) would take 40
-minutes to encode hh-rlhf on 2 cores.
+    .venv/bin/python benchmarks/mixed_backbones.py [--data llmeval2|lab] [--seeds 3]
+
+Writes benchmarks/results/mixed_backbones.json (llmeval2) or mixed_backbones_lab.json (lab).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 from rmkit.data import load_preferences
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
-from rmkit.lab import detection_metrics, orient
+from rmkit.lab import detection_metrics, orient, read_gold_scores, sample_labels
 from rmkit.models import RewardModel
 from rmkit.strength import pair_quality_scores
 
@@ -49,40 +52,70 @@ def ensemble(cfg: EnsembleConfig, fc, fr, views: list[int], ids, num_layers: int
     return heads_on_features(cfg, fc[:, pick], fr[:, pick], ids, layers)[0]
 
 
+def labelling(data: str, pairs, flips: float):
+    """``label(seed) -> (y, flipped)``: the labels the ensembles train on (True: the source's chosen side) and
+    which of them were planted flips; and the gold differences of the source pairs (lab) or None."""
+    ids = [p.id for p in pairs]
+    if data == "lab":
+        lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+        gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
+
+        def label(seed: int):
+            got = sample_labels(ids, gold, lab["temperature"], flips=flips, seed=seed)
+            return got["label"].to_numpy().astype(bool), got["flipped"].to_numpy()
+        return label, gold
+
+    def label(seed: int):  # human labels are the source's sides; flips planted on them
+        rng = np.random.default_rng(seed)
+        flipped = np.zeros(len(pairs), bool)
+        flipped[rng.choice(len(pairs), int(round(flips * len(pairs))), replace=False)] = True
+        return ~flipped, flipped
+    return label, None
+
+
+SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", 6), ("mpnet", 12))),
+            "lab": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the gold)",
+                    (("minilm", 6), ("smollm2", 30)))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(SETTINGS), default="llmeval2")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flips", type=float, default=0.2)
     args = parser.parse_args()
-    pairs = load_preferences(DATA / "llmeval2").pairs  # decided pairs: ties get their own status
+    folder, what, backbones = SETTINGS[args.data]
+    pairs = load_preferences(DATA / folder).pairs  # LLMEval²: decided pairs (ties get their own status)
     ids = [p.id for p in pairs]
+    label, gold = labelling(args.data, pairs, args.flips)
     feats, encode_seconds = {}, {}
-    for name, n_layers in (("minilm", 6), ("mpnet", 12)):
+    for name, n_layers in backbones:
         fc, fr, views, seconds = features(name, pairs, 10)
         feats[name] = (fc, fr, views, n_layers)
         encode_seconds[name] = seconds
         print(name, "encoded", fc.shape, f"{seconds:.0f} s", flush=True)
-    out: dict = {"data": "LLMEval² decided pairs", "pairs": len(pairs), "flips": args.flips, "seeds": args.seeds,
-                 "members": 10, "runs": {}}
+    out: dict = {"data": what, "pairs": len(pairs), "flips": args.flips, "seeds": args.seeds, "members": 10,
+                 "runs": {}}
     costs: dict = {}
     for seed in range(args.seeds):
-        rng = np.random.default_rng(seed)
-        flipped = np.zeros(len(pairs), bool)
-        flipped[rng.choice(len(pairs), int(round(args.flips * len(pairs))), replace=False)] = True
+        y, flipped = label(seed)
         diffs = {}
         for name, (fc, fr, views, n_layers) in feats.items():
-            c, r = orient(fc, fr, ~flipped)
+            c, r = orient(fc, fr, y)
             t0 = time.time()
             diffs[name] = ensemble(EnsembleConfig(model=name, seed=seed), c, r, views, ids, n_layers)
             costs.setdefault(f"{name}_heads_seconds", []).append(time.time() - t0)
             # the mixed ensemble: 5 members on each backbone (what `more_models` builds), folds shared by id
             diffs[f"{name}_half"] = ensemble(EnsembleConfig(model=name, seed=seed, members=5), c, r, views, ids,
                                              n_layers)
-        diffs["mixed"] = np.concatenate([diffs.pop("minilm_half"), diffs.pop("mpnet_half")])
+        diffs["mixed"] = np.concatenate([diffs.pop(f"{name}_half") for name, _ in backbones])
         for name, d in diffs.items():
             m = detection_metrics(1 - pair_quality_scores(d), flipped)
+            mean = np.nanmean(d, axis=0)  # cross-fitted: each pair scored by heads that never trained on it
             m["mean_member_std"] = float(np.nanmean(np.nanstd(d, axis=0)))
-            m["agreement_with_labels"] = float(np.mean(np.nanmean(d, axis=0)[~flipped] > 0))
+            m["agreement_with_labels"] = float(np.mean(mean[~flipped] > 0))
+            if gold is not None:  # the source's chosen side wins by the members iff (mean > 0) == y
+                m["accuracy_vs_gold"] = float(np.mean(((mean > 0) == y) == (gold > 0)))
             out["runs"].setdefault(name, []).append(m)
         print(seed, {k: round(v[-1]["auroc"], 4) for k, v in out["runs"].items()}, flush=True)
     summary = {}
@@ -93,10 +126,9 @@ def main() -> None:
     out["costs"] = {"encode_seconds (this run; near 0 when the cache held them)": encode_seconds,
                     "texts": 2 * len(pairs),
                     **{k: float(np.mean(v)) for k, v in costs.items()}}
-    out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary["minilm"]["auroc"],
-                                                                            summary["mpnet"]["auroc"])
-    path = ROOT / "benchmarks" / "results" / "mixed_backbones.json"
-    path.write_text(json.dumps(out, indent=1))
+    out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, _ in backbones)
+    name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{args.data}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -9,9 +9,10 @@
 - ``prefix``: SmolLM2-135M as a decoder RM (a sequence-classification head on it), plain scoring against
   shared-prefix scoring (each pair's prompt once, both responses on its KV cache): pairs/s, max |reward diff|.
 - ``audit``: the cold audit of every hh-rlhf pair (encoding included, nothing cached) in fp32 and in the fast
-  setting; wall time, ratio, and Spearman of the two strength rankings.
+  setting; wall time, ratio, and Spearman of the two strength rankings; and how close the fp32 encoding came to
+  the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token counts).
 
-    .venv/bin/python benchmarks/speed.py [--pairs 512] [--skip-audit]
+    .venv/bin/python benchmarks/speed.py [--pairs 512] [--skip-audit | --audit-only]
 
 Writes benchmarks/results/speed.json. Wall-clock numbers: run it alone on the machine.
 """
@@ -127,8 +128,36 @@ def prefix_block(pairs, max_length: int) -> dict:
             "prefix_max_abs_diff": float(max(np.abs(pc - sc).max(), np.abs(pr - sr).max()))}
 
 
+def encoder_flops(config, batches: list[list[int]], lengths: list[int]) -> float:
+    """Floating-point operations of a BERT-style encoder over padded length-sorted batches (multiply-add = 2):
+    per layer and token the four attention projections (4 H^2) and the feed-forward pair (2 H I), and per layer
+    and batch the two attention products (2 B T^2 H); embeddings, norms and softmax are left out (small)."""
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    total = 0.0
+    for b in batches:
+        t = max(lengths[k] for k in b)
+        total += n * 2 * (len(b) * t * (4 * h * h + 2 * h * i) + 2 * len(b) * t * t * h)
+    return total
+
+
+def encode_rate(cfg: AuditConfig, fp32_encode_seconds: float, gflops_fp32: float) -> dict:
+    """How close the fp32 audit's encoding came to this CPU's fp32 matmul rate: the work it did (estimated from
+    its texts' token counts and batches) over the time it took."""
+    from rmkit.batching import length_sorted_batches
+
+    rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    c, r = rm.encode_pairs(load_preferences(DATA / "hh-rlhf").pairs)
+    lengths = [len(x) for x in c + r]
+    flops = encoder_flops(rm.model.config, length_sorted_batches(lengths, cfg.batch_size), lengths)
+    achieved = flops / fp32_encode_seconds / 1e9
+    return {"texts": len(lengths), "mean_tokens": float(np.mean(lengths)), "encode_tflop": flops / 1e12,
+            "encode_gflops_fp32": achieved, "matmul_gflops_fp32_same_run": gflops_fp32,
+            "share_of_matmul_rate": achieved / gflops_fp32}
+
+
 def audit_block(fast: dict) -> dict:
     out: dict = {"pairs_source": "all of hh-rlhf's test split", "fast_settings": fast}
+    out["matmul_gflops_before"] = matmul_gflops()  # the machine's speed at the time (it varies between runs)
     strength = {}
     for name, extra in (("fp32", {"precision": "fp32"}), ("fast", fast)):
         with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +171,8 @@ def audit_block(fast: dict) -> dict:
     out["audit_ratio"] = out["fast_seconds"] / out["fp32_seconds"]
     both = strength["fp32"].dropna().index.intersection(strength["fast"].dropna().index)
     out["strength_spearman"] = spearman(strength["fp32"][both].to_numpy(), strength["fast"][both].to_numpy())
+    out["fp32_encoding_rate"] = encode_rate(AuditConfig(), out["fp32_timings"]["encode_seconds"],
+                                            out["matmul_gflops_before"]["fp32"])
     return out
 
 
@@ -150,6 +181,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512, help="hh-rlhf pairs for the scoring measurements")
     parser.add_argument("--prefix-pairs", type=int, default=128)
     parser.add_argument("--skip-audit", action="store_true")
+    parser.add_argument("--audit-only", action="store_true",
+                        help="run the audit block alone and put it into the existing result file beside its other blocks")
     parser.add_argument("--fast", default='{"precision": "bf16"}', help="audit settings of the fast run (JSON)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
@@ -164,6 +197,14 @@ def main() -> None:
 
     def save():
         path.write_text(json.dumps(result, indent=1, default=float))
+
+    if args.audit_only:
+        result = {**(json.loads(path.read_text()) if path.exists() else {}), **result}
+        result["audit"] = audit_block(json.loads(args.fast))
+        result["audit"]["date"] = time.strftime("%Y-%m-%d")
+        save()
+        print(json.dumps(result["audit"], indent=1, default=float))
+        return
 
     result["matmul_gflops"] = matmul_gflops()
     result["vs_naive"] = vs_naive(pairs, 256)

@@ -604,6 +604,19 @@ class _HeadOnFeatures(torch.nn.Module):
         return RewardOutput(rewards=self.head(input_ids).squeeze(-1), features=input_ids)
 
 
+def grade_sample_pairs(rewards: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """How well a proxy orders a policy's samples, against the gold: ``rewards, gold (P, n)`` for n samples of
+    each of P prompts. Over every pair of samples of a prompt (P * n(n-1)/2): accuracy against the sign of the
+    gold's difference, the same on the half of pairs with the larger gold gap, and the proxy's J (Eq. 11)."""
+    i, j = np.triu_indices(gold.shape[1], 1)
+    gap = gold[:, i] - gold[:, j]  # (P, pairs)
+    big = np.abs(gap) >= np.median(np.abs(gap))
+    right = (rewards[:, i] - rewards[:, j] > 0) == (gap > 0)
+    with torch.no_grad():
+        J = difference_loss(torch.as_tensor(rewards)).item()
+    return {"accuracy": float(np.mean(right)), "accuracy_large_gap": float(np.mean(right[big])), "J": J}
+
+
 def study_shift(fc: np.ndarray, fr: np.ndarray, train: np.ndarray, meta_samples: np.ndarray, eval_samples: np.ndarray,
                 eval_gold: np.ndarray, *, steps: int = 300, batch_pairs: int = 64, meta_prompts: int = 4,
                 lr: float = 1e-3, inner_lrs: Sequence[float] = (0.05, 0.5), seed: int = 0) -> dict:
@@ -623,17 +636,9 @@ def study_shift(fc: np.ndarray, fr: np.ndarray, train: np.ndarray, meta_samples:
     fold = np.where(train, np.arange(len(train)) % 2, -1)
     l2 = select_l2(fc, fr, fold)[0]
     (w0,) = train_bt_heads(fc, fr, train[None].astype(np.float32), l2=l2)
-    i, j = np.triu_indices(eval_samples.shape[1], 1)
-    gap = eval_gold[:, i] - eval_gold[:, j]  # (P_e, pairs)
-    big = np.abs(gap) >= np.median(np.abs(gap))
 
     def grade(w: np.ndarray) -> dict:
-        r = eval_samples @ w  # (P_e, n)
-        d = r[:, i] - r[:, j]
-        with torch.no_grad():
-            J = difference_loss(torch.as_tensor(r)).item()
-        right = (d > 0) == (gap > 0)
-        return {"accuracy": float(np.mean(right)), "accuracy_large_gap": float(np.mean(right[big])), "J": J}
+        return grade_sample_pairs(eval_samples @ w, eval_gold)
 
     def run(inner_lr: float | None) -> np.ndarray:
         model = _HeadOnFeatures(w0)
@@ -659,7 +664,8 @@ def study_shift(fc: np.ndarray, fr: np.ndarray, train: np.ndarray, meta_samples:
             opt.step()
         return model.head.weight.detach().numpy()[0]
 
-    out = {"pairs_per_prompt": int(len(i)), "eval_prompts": int(eval_samples.shape[0]),
+    n = eval_samples.shape[1]
+    out = {"pairs_per_prompt": n * (n - 1) // 2, "eval_prompts": int(eval_samples.shape[0]),
            "meta_prompts": int(meta_samples.shape[0]), "head_l2": l2, "steps": steps,
            "vanilla": grade(w0), "vanilla_more_steps": grade(run(None))}
     out["metarm"] = {str(eta): grade(run(eta)) for eta in inner_lrs}

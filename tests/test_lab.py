@@ -144,3 +144,17 @@ def test_study_shift_grades_against_the_gold_on_sample_pairs():
     assert out["pairs_per_prompt"] == 10 and set(out["metarm"]) == {"0.1"}
     # by hand: the vanilla head ranks the samples as w does, so every pair with a gold gap is right
     assert out["vanilla"]["accuracy"] > 0.9 and out["metarm"]["0.1"]["J"] > 0
+
+
+def test_grade_sample_pairs_by_hand():
+    """One prompt, 3 samples: pairs (0,1), (0,2), (1,2); the proxy orders only (0,1) as the gold does."""
+    from rmkit.lab import grade_sample_pairs
+
+    gold = np.array([[3.0, 1.0, 0.0]])  # gaps 2, 3, 1: the larger-gap half (>= median 2) is (0,1) and (0,2)
+    proxy = np.array([[0.5, 0.0, 0.9]])  # (0,1) right; (0,2) and (1,2) reversed
+    got = grade_sample_pairs(proxy, gold)
+    assert got["accuracy"] == pytest.approx(1 / 3)  # only (0,1) is ordered as the gold orders it
+    assert got["accuracy_large_gap"] == pytest.approx(1 / 2)
+    # J (Eq. 11) by hand: (2/k^2) * sum over pairs of sigmoid(|r_i - r_j|), k = 3
+    sig = 1 / (1 + np.exp(-np.array([0.5, 0.9, 0.4])))  # |r_0 - r_1|, |r_0 - r_2|, |r_1 - r_2|
+    assert got["J"] == pytest.approx(2 / 9 * sig.sum(), rel=1e-6)

@@ -1,0 +1,137 @@
+"""MetaRM on a fine-tuned RM in the lab: the paper's Sec. 4 claim with the RM it was made for.
+
+The lab's shift study (`rmkit.lab.study_shift`, results/shift.json) runs MetaRM on a linear head over frozen
+MiniLM features and finds no effect (vanilla 0.6920, MetaRM 0.6924 against the gold on pairs of policy samples).
+A head on fixed features can only re-weight what the features already separate; MetaRM's inner step was
+made for a fine-tuned RM, whose features move. This starts from the fine-tuned MiniLM RM of
+`lab_finetune.py` (runs/lab/finetune/model: 1 epoch on the lab's sampled labels of the train split) and runs
+the same number of further `rmkit train` steps on the same labelled pairs twice:
+
+- control: plain BT steps;
+- MetaRM: the same steps with the meta set (`TrainConfig.meta_data`): the first 8 SmolLM2 samples of each of
+  the first 50 best-of-n prompts of `lab_bon.py`, no labels.
+
+All three RMs (vanilla, control, MetaRM) then score the 128 samples of each of the other 50 prompts, graded on
+every pair of samples of a prompt against the gold's sign (`rmkit.lab.grade_sample_pairs`), as the shift study
+grades the heads.
+
+    .venv/bin/python benchmarks/lab_metarm.py [--steps 100] [--inner-lr 0.05,0.5]
+
+Needs runs/lab/finetune/model (`benchmarks/lab_finetune.py`) and runs/lab/bon_samples.jsonl with
+benchmarks/lab/bon_scores.parquet (`benchmarks/lab_bon.py`). Writes benchmarks/results/lab_metarm.json and the
+"finetuned" entry of lab.json's "shift" block; the trainings checkpoint under runs/lab/metarm and a killed run
+resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from rmkit.config import load_config, to_dict
+from rmkit.data import load_preferences, split_ids
+from rmkit.lab import grade_sample_pairs, lab_pairs, read_gold_scores, sample_labels
+from rmkit.metaset import write_meta_set
+from rmkit.models import RewardModel
+from rmkit.training import TrainConfig, train_reward_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
+
+
+def read_samples(path: Path) -> dict[str, list[str]]:
+    """The best-of-n sample cache: the last line of each prompt id wins (lab_bon.py extends by appending)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["id"]] = rec["responses"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100, help="further training steps of control and MetaRM")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--inner-lr", default="0.05,0.5", help="MetaRM's inner ascent steps (TrainConfig.meta_inner_lr), "
+                                                                "comma-separated: one MetaRM run each")
+    parser.add_argument("--meta-k", type=int, default=8, help="samples per meta prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vanilla", default=str(ROOT / "runs" / "lab" / "finetune" / "model"))
+    parser.add_argument("--work", default=str(ROOT / "runs" / "lab" / "metarm"))
+    parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_metarm.json"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    # The lab's labelled train pairs, exactly as lab_finetune.py trained the vanilla RM on them.
+    ds = load_preferences(DATA)
+    pairs = ds.pairs
+    ids = [p.id for p in pairs]
+    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    gold_hh = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
+    labelled = lab_pairs(pairs, sample_labels(ids, gold_hh, lab["temperature"], seed=args.seed))
+    where = {i: k for k, i in enumerate(ids)}
+    splits = split_ids(ds, seed=args.seed)
+    train_pairs = [labelled[where[i]] for i in splits["train"]]
+
+    # Policy samples: prompts in lab_bon.py's order; the first half is the meta set, the second half is graded.
+    scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
+    pid = list(dict.fromkeys(scores["id"]))
+    n = int(scores["k"].max()) + 1
+    gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
+    samples = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+    half = len(pid) // 2
+    meta_path = work / "meta_set.jsonl"
+    write_meta_set(meta_path, pid[:half], [pairs[where[i]].prompt for i in pid[:half]],
+                   [samples[i][: args.meta_k] for i in pid[:half]])
+
+    cfg = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
+    cfg = replace(cfg, data=str(DATA), model=args.vanilla, seed=args.seed, lr=args.lr, max_steps=args.steps,
+                  eval_test=False, warmup_ratio=0.0, lr_schedule="constant")
+    inner_lrs = [float(x) for x in args.inner_lr.split(",")]
+    runs = {"control": replace(cfg, output_dir=str(work / "control"))}
+    for eta in inner_lrs:
+        runs[f"metarm_{eta:g}"] = replace(cfg, output_dir=str(work / f"metarm_{eta:g}"), meta_data=str(meta_path),
+                                          meta_inner_lr=eta)
+    seconds = {}
+    for name, c in runs.items():  # a finished run is loaded, not retrained; its results keep the training time
+        seconds[name] = train_reward_model(c, train_pairs=train_pairs).metrics["train_seconds"]
+
+    # Grade: every RM scores the eval prompts' samples; pairs of samples against the gold's sign.
+    eval_ids = pid[half:]
+    prompts = [pairs[where[i]].prompt for i in eval_ids for _ in range(n)]
+    responses = [[{"role": "assistant", "content": t}] for i in eval_ids for t in samples[i][:n]]
+    graded = {}
+    for name, path in {"vanilla": args.vanilla, **{k: str(work / k / "model") for k in runs}}.items():
+        t0 = time.time()
+        rm = RewardModel.from_pretrained(path)
+        r = rm.score(prompts, responses, batch_size=64).numpy().reshape(len(eval_ids), n)
+        graded[name] = {**grade_sample_pairs(r, gold[half:]), "score_seconds": time.time() - t0}
+    best = max(graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs)
+    out = {
+        "what": "gold accuracy on every pair of 128 SmolLM2 samples of each of 50 held-out prompts: the fine-tuned "
+                "MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
+        "eval_prompts": len(eval_ids), "samples_per_prompt": n, "meta_prompts": half, "meta_k": args.meta_k,
+        "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
+        "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"] for eta in inner_lrs},
+        "metarm_best_minus_vanilla": best - graded["vanilla"]["accuracy"],
+        "metarm_best_minus_control": best - graded["control"]["accuracy"],
+        "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
+    }
+    Path(args.result).write_text(json.dumps(out, indent=1))
+    lab_path = ROOT / "benchmarks" / "results" / "lab.json"
+    lab = json.loads(lab_path.read_text())  # the shift entry's frozen-head numbers come from lab_bon.py; this adds
+    lab.setdefault("shift", {})["finetuned"] = {  # the fine-tuned RM's beside them
+        "vanilla": graded["vanilla"]["accuracy"], "control": graded["control"]["accuracy"],
+        "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs}, "steps": args.steps}
+    lab_path.write_text(json.dumps(lab, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

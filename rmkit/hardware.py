@@ -6,9 +6,9 @@ start of a job and said in one line, so a user sees which was chosen and why.
     with autocast(device, precision): ...           # matmuls in bfloat16, weights and outputs stay fp32
 
 ``auto`` picks bf16 on a GPU that supports it, and fp32 on CPUs: on this project's CPU (AVX-512 BF16 and
-VNNI, no AMX; 2 cores; torch 2.13) bfloat16 matmuls ran at 70 GFLOPS against 98 in fp32, and autocast made
-MiniLM's encoding 0.80x and its scoring 0.92x as fast (`benchmarks/results/speed.json`). ``precision: bf16``
-still runs it where a CPU does better (AMX).
+VNNI, no AMX; 2 cores; torch 2.13) bfloat16 matmuls run at 0.7-0.9x the fp32 rate, and autocast made the cold
+audit 1.35x as slow (`benchmarks/results/speed.json`). ``precision: bf16`` still runs it where a CPU does
+better (AMX).
 """
 
 from __future__ import annotations

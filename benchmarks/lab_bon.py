@@ -39,6 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
+def read_sample_cache(path: Path) -> dict[str, list[str]]:
+    """The sample cache, prompt id -> responses: a later line for the same prompt supersedes an earlier one (a
+    run extends the cache by appending), and a line cut short by a kill is skipped."""
+    have: dict[str, list[str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            have[rec["id"]] = rec["responses"]
+    return have
+
+
 def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
                     threads: int = 2, parallel: int = 16) -> dict:
     """N samples per prompt from SmolLM2 through llama.cpp's server, appended per prompt to ``out``."""
@@ -47,15 +61,8 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
     from rmkit.judge import LocalServer
 
     # Sample j of a prompt has its own seed, so a cache of n' < n samples is extended, never redrawn, and one
-    # of more samples is cut to the first n; a later line for the same prompt supersedes an earlier one.
-    have = {}
-    if out.exists():
-        for line in out.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            have[rec["id"]] = rec["responses"]
+    # of more samples is cut to the first n.
+    have = read_sample_cache(out)
     done = {i: have[i][:n] for i in ids if len(have.get(i, ())) >= n}
     todo = [k for k, i in enumerate(ids) if i not in done]
     t0, tokens = time.time(), 0

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from lab_bon import read_sample_cache  # the sibling script's cache reader (benchmarks/ is on sys.path when run)
 
 from rmkit.config import load_config, to_dict
 from rmkit.data import load_preferences, split_ids
@@ -42,15 +43,6 @@ from rmkit.training import TrainConfig, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
-
-
-def read_samples(path: Path) -> dict[str, list[str]]:
-    """The best-of-n sample cache: the last line of each prompt id wins (lab_bon.py extends by appending)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["id"]] = rec["responses"]
-    return out
 
 
 def main() -> None:
@@ -84,7 +76,7 @@ def main() -> None:
     pid = list(dict.fromkeys(scores["id"]))
     n = int(scores["k"].max()) + 1
     gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
-    samples = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+    samples = read_sample_cache(ROOT / "runs" / "lab" / "bon_samples.jsonl")
     half = len(pid) // 2
     meta_path = work / "meta_set.jsonl"
     write_meta_set(meta_path, pid[:half], [pairs[where[i]].prompt for i in pid[:half]],

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rmkit.bon import read_samples
 from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
 from rmkit.lab import (GoldRM, head_rewards, orient, proxy_features, proxy_heads, read_gold_scores, sample_labels,
@@ -37,20 +38,6 @@ from rmkit.models import RewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
-
-
-def read_sample_cache(path: Path) -> dict[str, list[str]]:
-    """The sample cache, prompt id -> responses: a later line for the same prompt supersedes an earlier one (a
-    run extends the cache by appending), and a line cut short by a kill is skipped."""
-    have: dict[str, list[str]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            have[rec["id"]] = rec["responses"]
-    return have
 
 
 def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
@@ -62,7 +49,7 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
 
     # Sample j of a prompt has its own seed, so a cache of n' < n samples is extended, never redrawn, and one
     # of more samples is cut to the first n.
-    have = read_sample_cache(out)
+    have = read_samples(out)
     done = {i: have[i][:n] for i in ids if len(have.get(i, ())) >= n}
     todo = [k for k, i in enumerate(ids) if i not in done]
     t0, tokens = time.time(), 0

@@ -32,8 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from lab_bon import read_sample_cache  # the sibling script's cache reader (benchmarks/ is on sys.path when run)
 
+from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.data import load_preferences, split_ids
 from rmkit.lab import grade_sample_pairs, lab_pairs, read_gold_scores, sample_labels
@@ -76,7 +76,7 @@ def main() -> None:
     pid = list(dict.fromkeys(scores["id"]))
     n = int(scores["k"].max()) + 1
     gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
-    samples = read_sample_cache(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+    samples = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
     half = len(pid) // 2
     meta_path = work / "meta_set.jsonl"
     write_meta_set(meta_path, pid[:half], [pairs[where[i]].prompt for i in pid[:half]],

@@ -98,6 +98,21 @@ def _score_samples(rm, table, prompts, responses, batch_size: int) -> None:
         table["reward"] = rm.score(prompts, responses, batch_size=batch_size).float().numpy()
 
 
+def read_samples(path: str | Path) -> dict[str, list[str]]:
+    """Responses by prompt id from a samples JSONL (``{"id", "responses", ...}`` per line), as a resumed run reads
+    what it wrote: a later line for the same id supersedes an earlier one, and a line cut short by a kill is
+    skipped (that prompt is sampled again). A missing file reads as empty."""
+    have: dict[str, list[str]] = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            have[rec["id"]] = rec.get("responses", [])
+    return have
+
+
 def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     """Sample, score and pick (see the module docstring); a rerun resumes after the prompts already sampled."""
     import pandas as pd
@@ -113,15 +128,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     samples_path = out / "samples.jsonl"
-    done: dict[str, list[str]] = {}
-    if samples_path.exists():
-        for line in samples_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that prompt is sampled again
-            if len(rec.get("responses", [])) == cfg.n:
-                done[rec["id"]] = rec["responses"]
+    done = {i: r for i, r in read_samples(samples_path).items() if len(r) == cfg.n}
     todo = [k for k, i in enumerate(ids) if i not in done]
     if todo:
         model, tok = load_policy(cfg.policy)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 from rmkit.config import load_config
+from rmkit.files import json_safe
 from rmkit.lab import LabConfig, run_lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,8 @@ def main() -> None:
     shutil.copy(Path(cfg.output_dir) / "gold.json", gold.with_suffix(".json"))
     if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
         shutil.copy(Path(cfg.output_dir) / "gold_head.npy", gold.with_name("gold_hh_head.npy"))
-    Path(args.results).write_text(json.dumps(result, indent=1, default=float))
+    result["data"] = os.path.relpath(cfg.data, ROOT)  # the committed file names no machine's path
+    Path(args.results).write_text(json.dumps(json_safe(result), indent=1, default=float))
     print(json.dumps({k: v for k, v in result.items() if k not in ("flips", "denoise")}, indent=1, default=float))
 
 

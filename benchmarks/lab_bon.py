@@ -29,15 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hh_lab import ROOT, load_hh_lab
 from rmkit.bon import read_samples
-from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import (GoldRM, head_rewards, orient, proxy_features, proxy_heads, read_gold_scores, sample_labels,
-                       study_bon, study_shift)
+from rmkit.files import json_safe
+from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_bon, study_shift
 from rmkit.models import RewardModel
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
 def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
@@ -99,11 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / "runs" / "lab"
     work.mkdir(parents=True, exist_ok=True)
-    ds = load_preferences(DATA)
-    pairs = ds.pairs
-    ids = [p.id for p in pairs]
-    splits = split_ids(ds, seed=args.seed)
-    train = np.isin(ids, splits["train"])
+    hl = load_hh_lab(seed=args.seed)
+    pairs, ids, splits = hl.ds.pairs, hl.ids, hl.splits
+    train = hl.mask("train")
     # Held-out prompts: single-turn ones of the test split, shortest first is not fair; a seeded order instead.
     test = [p for p in pairs if p.id in set(splits["test"]) and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
     rng = np.random.default_rng(args.seed)
@@ -122,10 +117,8 @@ def main() -> None:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": sample_tps}))
         return
     lab_path = ROOT / "benchmarks" / "results" / "lab.json"
-    lab = json.loads((lab_path if lab_path.exists() else work / "lab.json").read_text())
     gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
-    gdiff = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
-    y = sample_labels(ids, gdiff, lab["temperature"], seed=args.seed)["label"].to_numpy().astype(bool)
+    y = hl.label(args.seed)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
     proxy = proxy_features(EnsembleConfig(), pairs)
@@ -140,9 +133,8 @@ def main() -> None:
             gold, feats = z["gold"], z["feats"]
         encode_s = measured_seconds(cache.with_suffix(".json"))
     else:
-        gold_rm = GoldRM(RewardModel.from_pretrained(gold_info["model"], max_length=gold_info["max_length"]),
-                         np.load(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy"), gold_info["layer"],
-                         gold_info["model"])
+        gold_rm = load_gold(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy", gold_info["model"],
+                            layer=gold_info["layer"], max_length=gold_info["max_length"])
         gold = gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
         rm = RewardModel.from_pretrained("minilm", max_length=128)
         feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
@@ -190,7 +182,7 @@ def main() -> None:
                    "train_pairs": int(train.sum()),
                    "by_train_pairs": {k: {kk: v[kk] for kk in BY_SIZE_KEYS} for k, v in by_size.items()}})
     single, members = single_all, members_all
-    result = _json_safe(result)
+    result = json_safe(result)
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
@@ -213,15 +205,6 @@ def main() -> None:
 
 BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "best_conservative", "conservative_recovery",
                 "oracle_gain_share", "proxy_gold_correlation_within_prompt")
-
-
-def _json_safe(x):
-    """NaN (an undefined recovery: no drop to recover) as JSON null, not the non-standard NaN token."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
 
 
 def _figure(result: dict, path: Path) -> None:

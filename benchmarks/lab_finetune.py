@@ -21,15 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from hh_lab import DATA, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
-from rmkit.data import load_preferences, split_ids
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import head_rewards, lab_pairs, proxy_features, proxy_heads, read_gold_scores, sample_labels
+from rmkit.lab import head_rewards, proxy_features, proxy_heads
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
 def main() -> None:
@@ -39,18 +36,13 @@ def main() -> None:
     parser.add_argument("--output-dir", default=str(ROOT / "runs" / "lab" / "finetune"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_finetune.json"))
     args = parser.parse_args()
-    ds = load_preferences(DATA)
-    pairs = ds.pairs
-    ids = [p.id for p in pairs]
-    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-    gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
-    labels = sample_labels(ids, gold, lab["temperature"], seed=args.seed)
+    hl = load_hh_lab(seed=args.seed)
+    pairs, ids, gold = hl.ds.pairs, hl.ids, hl.gold
+    labels = hl.labels(args.seed)
     y = labels["label"].to_numpy().astype(bool)
-    splits = split_ids(ds, seed=args.seed)
+    part = {name: hl.labelled(name, args.seed) for name in ("train", "validation", "test")}
     where = {i: k for k, i in enumerate(ids)}
-    labelled = lab_pairs(pairs, labels)
-    part = {name: [labelled[where[i]] for i in splits[name]] for name in ("train", "validation", "test")}
-    test_idx = np.array([where[i] for i in splits["test"]])
+    test_idx = np.array([where[i] for i in hl.splits["test"]])
 
     cfg = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
     cfg = replace(cfg, data=str(DATA), output_dir=args.output_dir, seed=args.seed,
@@ -65,7 +57,7 @@ def main() -> None:
 
     # The frozen-feature proxies (the lab's learnability study), trained on the same train pairs.
     proxy = proxy_features(EnsembleConfig(), pairs)
-    train = np.isin(ids, splits["train"])
+    train = hl.mask("train")
     heads = proxy_heads(proxy, y, train, seed=args.seed)
     frozen = {}
     for name, h in heads.items():

@@ -14,28 +14,21 @@ that `benchmarks/lab.py` fills (minutes to fill once, seconds after).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-from rmkit.data import load_preferences, split_ids
+from hh_lab import ROOT, load_hh_lab
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import head_rewards, proxy_features, proxy_heads, read_gold_scores, sample_labels
+from rmkit.lab import head_rewards, proxy_features, proxy_heads, sample_labels
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 SIZES = (375, 750, 1500, 3000, None)  # None: the whole train split
 
 
 def main() -> None:
-    ds = load_preferences(DATA)
-    ids = [p.id for p in ds.pairs]
-    temperature = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())["temperature"]
-    gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
-    splits = split_ids(ds, seed=0)
-    train = np.flatnonzero(np.isin(ids, splits["train"]))
-    test = np.flatnonzero(np.isin(ids, splits["test"]))
-    proxy = proxy_features(EnsembleConfig(), ds.pairs, progress=False)
+    hl = load_hh_lab()
+    ids, gold, temperature = hl.ids, hl.gold, hl.temperature
+    train, test = np.flatnonzero(hl.mask("train")), np.flatnonzero(hl.mask("test"))
+    proxy = proxy_features(EnsembleConfig(), hl.ds.pairs, progress=False)
     runs: dict[str, list[float]] = {}
     for labels, t in (("sampled", temperature), ("noise_free", temperature / 1000)):
         for seed in range(3):

@@ -33,16 +33,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from hh_lab import DATA, ROOT, load_hh_lab
 from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
-from rmkit.data import load_preferences, split_ids
-from rmkit.lab import grade_sample_pairs, lab_pairs, read_gold_scores, sample_labels
+from rmkit.lab import grade_sample_pairs
 from rmkit.metaset import write_meta_set
 from rmkit.models import RewardModel
 from rmkit.training import TrainConfig, train_reward_model
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 
 def main() -> None:
@@ -61,15 +58,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     # The lab's labelled train pairs, exactly as lab_finetune.py trained the vanilla RM on them.
-    ds = load_preferences(DATA)
-    pairs = ds.pairs
-    ids = [p.id for p in pairs]
-    lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-    gold_hh = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
-    labelled = lab_pairs(pairs, sample_labels(ids, gold_hh, lab["temperature"], seed=args.seed))
-    where = {i: k for k, i in enumerate(ids)}
-    splits = split_ids(ds, seed=args.seed)
-    train_pairs = [labelled[where[i]] for i in splits["train"]]
+    hl = load_hh_lab(seed=args.seed)
+    pairs, where = hl.ds.pairs, {i: k for k, i in enumerate(hl.ids)}
+    train_pairs = hl.labelled("train", args.seed)
 
     # Policy samples: prompts in lab_bon.py's order; the first half is the meta set, the second half is graded.
     scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")

@@ -3,7 +3,8 @@
 - ``vs_naive``: what a user writes without rmkit (transformers' ``AutoModelForSequenceClassification``, texts in
   their given order in batches of 32 padded to the longest, under ``torch.no_grad``) against rmkit's scoring
   (length-sorted batches, dynamic padding, ``inference_mode``) of the same hh-rlhf pairs; MiniLM; the rewards
-  must agree.
+  must agree. At 128, 256 and 512 tokens (the headline: 512, MiniLM's context), with the work each path's
+  batches hold (``work_ratio``: what padding alone can buy) and the FLOP rate each path ran at.
 - ``precision``: rmkit's MiniLM scoring and the audit's encoding in fp32 and in bf16 autocast: texts/s and
   how far the outputs move (max |reward difference|, min cosine of the features).
 - ``prefix``: SmolLM2-135M as a decoder RM (a sequence-classification head on it), plain scoring against
@@ -12,7 +13,7 @@
   setting; wall time, ratio, and Spearman of the two strength rankings; and how close the fp32 encoding came to
   the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token counts).
 
-    .venv/bin/python benchmarks/speed.py [--pairs 512] [--skip-audit | --audit-only]
+    .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,audit]
 
 Writes benchmarks/results/speed.json. Wall-clock numbers: run it alone on the machine.
 """
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from rmkit.audit import AuditConfig, run_audit
+from rmkit.batching import length_sorted_batches
 from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
@@ -62,10 +64,22 @@ def naive_scores(rm: RewardModel, texts: list[str], batch_size: int = 32) -> np.
     return np.concatenate(out)
 
 
+def cpu_model() -> str:
+    """The CPU's name (/proc/cpuinfo), so a result file says which machine it measured."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def matmul_gflops() -> dict:
-    """What the CPU's matmul does in fp32 and in bf16 (the ceiling of any autocast gain)."""
+    """What the CPU's matmul does in fp32 and in bf16 (the ceiling of any autocast gain; bf16 only where the CPU
+    has bf16 instructions: elsewhere torch emulates it at ~2 GFLOPS and nothing of rmkit's would use it)."""
     out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if cpu_has_bf16() else 1]:
         a, b = torch.randn(2048, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
         for _ in range(3):
             a @ b
@@ -81,9 +95,21 @@ def vs_naive(pairs, max_length: int) -> dict:
     c, r = rm.encode_pairs(pairs)
     (rc, rr), t_rmkit = timed(lambda: score_token_pairs(rm, c, r, batch_size=64))
     ours = np.stack([rc, rr], 1).reshape(-1)
+    # What padding alone can buy: the work of each path's batches (the naive loop's in the given order, rmkit's
+    # length-sorted), so vs_naive splits into the work saved and the rate at which each path does its work.
+    lengths = [len(x) for pair in zip(c, r) for x in pair]  # the naive loop's order: chosen, rejected, ...
+    naive_batches = [list(range(s, min(s + 32, len(lengths)))) for s in range(0, len(lengths), 32)]
+    work = {name: encoder_flops(rm.model.config, b, lengths)
+            for name, b in (("naive", naive_batches), ("rmkit", length_sorted_batches(lengths, 64)))}
     return {"model": "minilm", "max_length": max_length, "texts": len(texts),
             "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
-            "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max())}
+            "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max()),
+            "mean_tokens": float(np.mean(lengths)), "share_at_max_length": float(np.mean(np.array(lengths) >= max_length)),
+            "padded_tokens": {"naive": sum(len(b) * max(lengths[k] for k in b) for b in naive_batches),
+                              "rmkit": sum(len(b) * max(lengths[k] for k in b)
+                                           for b in length_sorted_batches(lengths, 64)), "real": int(sum(lengths))},
+            "work_ratio": work["naive"] / work["rmkit"],
+            "gflops": {"naive": work["naive"] / t_naive / 1e9, "rmkit": work["rmkit"] / t_rmkit / 1e9}}
 
 
 def precision_block(pairs, max_length: int) -> dict:
@@ -91,7 +117,9 @@ def precision_block(pairs, max_length: int) -> dict:
     c, r = rm.encode_pairs(pairs)
     out: dict = {"model": "minilm", "max_length": max_length, "texts": 2 * len(pairs), "cpu_has_bf16": cpu_has_bf16()}
     scores, feats = {}, {}
-    for prec in ("fp32", "bf16"):
+    if not cpu_has_bf16():  # rmkit's precision "auto" keeps fp32 here; emulated bf16 would take an hour
+        out["bf16"] = "skipped: no bf16 instructions on this CPU"
+    for prec in ("fp32", "bf16")[: 2 if cpu_has_bf16() else 1]:
         (rc, rr), t = timed(lambda prec=prec: score_token_pairs(rm, c, r, batch_size=64, precision=prec))
         scores[prec] = np.concatenate([rc, rr])
         out[f"score_{prec}_texts_per_s"] = 2 * len(pairs) / t
@@ -103,6 +131,8 @@ def precision_block(pairs, max_length: int) -> dict:
             (fc, fr), t = timed(encode)
             feats[prec] = np.concatenate([np.asarray(fc), np.asarray(fr)]).reshape(-1, 384)
         out[f"encode_{prec}_texts_per_s"] = 2 * len(pairs) / t
+    if "bf16" not in feats:
+        return out
     a, b = feats["fp32"], feats["bf16"]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).clip(1e-12)
     out.update(bf16_score_speedup=out["score_bf16_texts_per_s"] / out["score_fp32_texts_per_s"],
@@ -129,7 +159,7 @@ def prefix_block(pairs, max_length: int) -> dict:
 
 
 def encoder_flops(config, batches: list[list[int]], lengths: list[int]) -> float:
-    """Floating-point operations of a BERT-style encoder over padded length-sorted batches (multiply-add = 2):
+    """Floating-point operations of a BERT-style encoder over padded batches (multiply-add = 2):
     per layer and token the four attention projections (4 H^2) and the feed-forward pair (2 H I), and per layer
     and batch the two attention products (2 B T^2 H); embeddings, norms and softmax are left out (small)."""
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -143,8 +173,6 @@ def encoder_flops(config, batches: list[list[int]], lengths: list[int]) -> float
 def encode_rate(cfg: AuditConfig, fp32_encode_seconds: float, gflops_fp32: float) -> dict:
     """How close the fp32 audit's encoding came to this CPU's fp32 matmul rate: the work it did (estimated from
     its texts' token counts and batches) over the time it took."""
-    from rmkit.batching import length_sorted_batches
-
     rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     c, r = rm.encode_pairs(load_preferences(DATA / "hh-rlhf").pairs)
     lengths = [len(x) for x in c + r]
@@ -180,9 +208,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=512, help="hh-rlhf pairs for the scoring measurements")
     parser.add_argument("--prefix-pairs", type=int, default=128)
-    parser.add_argument("--skip-audit", action="store_true")
-    parser.add_argument("--audit-only", action="store_true",
-                        help="run the audit block alone and put it into the existing result file beside its other blocks")
+    parser.add_argument("--blocks", default="vs_naive,precision,prefix,audit",
+                        help="blocks to run, comma-separated; the others keep their last measurement in the file")
+    parser.add_argument("--skip-audit", action="store_true", help="= --blocks vs_naive,precision,prefix")
+    parser.add_argument("--audit-only", action="store_true", help="= --blocks audit")
     parser.add_argument("--fast", default='{"precision": "bf16"}', help="audit settings of the fast run (JSON)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
@@ -190,7 +219,7 @@ def main() -> None:
     ds = load_preferences(DATA / "hh-rlhf")
     rng = np.random.default_rng(0)
     pairs = [ds.pairs[i] for i in sorted(rng.choice(len(ds.pairs), args.pairs, replace=False))]
-    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    result: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                 "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
                                 "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__}}
     path = Path(args.out)
@@ -198,26 +227,30 @@ def main() -> None:
     def save():
         path.write_text(json.dumps(result, indent=1, default=float))
 
-    if args.audit_only:
-        result = {**(json.loads(path.read_text()) if path.exists() else {}), **result}
+    blocks = ["audit"] if args.audit_only else args.blocks.split(",")
+    if args.skip_audit:
+        blocks = [b for b in blocks if b != "audit"]
+    # Blocks not run this time keep their last measurement in the file.
+    result = {**(json.loads(path.read_text()) if path.exists() else {}), **result}
+    if set(blocks) - {"audit"}:
+        result["matmul_gflops"] = matmul_gflops()
+    if "vs_naive" in blocks:
+        # The headline is at MiniLM's whole context (512 tokens), what transformers' `truncation=True` gives a
+        # naive loop; shorter caps leave less padding to save (work_ratio), so the gain shrinks with them.
+        result["vs_naive_by_max_length"] = {str(n): vs_naive(pairs, n) for n in (128, 256, 512)}
+        result["vs_naive"] = result["vs_naive_by_max_length"]["512"]
+        save()
+    if "precision" in blocks:
+        result["precision"] = precision_block(pairs, 128)
+        save()
+    if "prefix" in blocks:
+        result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024)
+        save()
+    if "audit" in blocks:
         result["audit"] = audit_block(json.loads(args.fast))
         result["audit"]["date"] = time.strftime("%Y-%m-%d")
         save()
-        print(json.dumps(result["audit"], indent=1, default=float))
-        return
-
-    result["matmul_gflops"] = matmul_gflops()
-    result["vs_naive"] = vs_naive(pairs, 256)
-    save()
-    result["precision"] = precision_block(pairs, 128)
-    save()
-    result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024)
-    save()
-    if not args.skip_audit:
-        result["audit"] = audit_block(json.loads(args.fast))
-        save()
-    print(json.dumps(result, indent=1, default=float))
-
+    print(json.dumps({k: result[k] for k in blocks if k in result}, indent=1, default=float))
 
 if __name__ == "__main__":
     main()

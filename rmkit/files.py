@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import threading
@@ -40,3 +41,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.rename(path)
     else:
         os.replace(tmp, path)
+
+
+def json_safe(x):
+    """``x`` (dicts, lists, numbers) with every NaN (an undefined metric: no drop to recover, nothing flagged) as
+    None, so the JSON written from it is standard: null, not the NaN token strict parsers reject."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return None if isinstance(x, numbers.Real) and x != x else x

@@ -39,6 +39,7 @@ from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
+from .files import json_safe
 from .heads import fold_of, select_l2, train_bt_heads
 from .losses import difference_loss
 from .metarm import metarm_backward
@@ -61,6 +62,8 @@ class LabConfig(DataSource):
     gold_max_length: int = setting(128, "tokens per text for the gold (left-truncated)")
     gold_head_l2: float | None = setting(None, "L2 of the gold's head (default: picked by cross-fitted log-loss)")
     gold_scores: str | None = setting(None, "a gold.parquet (id, gold_diff) written before: reuse it, encode nothing")
+    gold_head: str | None = setting(None, "a gold head (.npy) saved by an earlier run, e.g. on other data: that gold "
+                                          "labels this data (a second domain) on gold_model's features; fit nothing")
     against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
                                          "temperature; the paper reports 20-25% on hh-rlhf)")
     temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
@@ -82,6 +85,12 @@ class LabConfig(DataSource):
             raise ValueError(f"against_gold must be in (0, 0.5), got {self.against_gold}")
         if any(not 0.0 <= f < 0.5 for f in self.flip_levels) or not 0.0 <= self.denoise_noise < 0.5:
             raise ValueError("flip shares must be in [0, 0.5)")
+        if self.gold_head and self.gold_scores:
+            raise ValueError("set gold_scores (reuse scores of this data) or gold_head (score it with a saved "
+                             "gold), not both")
+        for name in ("gold_head", "gold_scores"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: {getattr(self, name)} is not a file")
         self.proxy_config().check()
 
     def proxy_config(self) -> EnsembleConfig:
@@ -141,6 +150,21 @@ def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | Non
                  "pairs": len(pairs), "heldout_agreement_with_human_labels":
                  float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
     return gold
+
+
+def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128) -> GoldRM:
+    """A gold saved by an earlier run: its head ``(H,)`` (a .npy, e.g. `fit_gold`'s weights) on ``model_id``'s
+    frozen features of ``layer`` (default: the last). The same gold can then label another dataset, as the same
+    human would label a second domain."""
+    weights = np.load(head, allow_pickle=False)
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length)
+    hidden = int(backbone.model.config.hidden_size)
+    if weights.shape != (hidden,):
+        raise ValueError(f"{head}: a gold head of shape {weights.shape}, but {model_id} has "
+                         f"{hidden} features (is gold_model the backbone the head was fitted on?)")
+    layer = backbone.num_layers if layer is None else layer
+    return GoldRM(backbone, weights, layer, model_id,
+                  {"model": model_id, "layer": layer, "max_length": max_length, "head": str(head)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,8 +469,9 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
            for k, v in summary["accuracy"][str(noise)].items() if k != "baseline"}
     summary["lost"] = lost
     summary["recovered_share"] = rec
-    summary["best_preset"] = max(rec, key=lambda k: rec[k]) if rec else None
-    summary["recovered_share_best"] = rec[summary["best_preset"]] if rec else None
+    finite = {k: v for k, v in rec.items() if np.isfinite(v)}  # none when the flips cost nothing to recover
+    summary["best_preset"] = max(finite, key=lambda k: finite[k]) if finite else None
+    summary["recovered_share_best"] = finite[summary["best_preset"]] if finite else None
     spread = summary["accuracy"]["0.0"]["baseline"]["std"]
     summary["below_baseline_at_0"] = [k for k, v in summary["accuracy"]["0.0"].items()
                                       if k != "baseline" and v["mean"] < clean - max(spread, 0.002)]
@@ -548,9 +573,12 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
             if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
     else:
-        gold = fit_gold(cfg.gold_model, pairs, layer=cfg.gold_layer, max_length=cfg.gold_max_length,
-                        head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
-        gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=False)
+        if cfg.gold_head:
+            gold = load_gold(cfg.gold_head, cfg.gold_model, layer=cfg.gold_layer, max_length=cfg.gold_max_length)
+        else:
+            gold = fit_gold(cfg.gold_model, pairs, layer=cfg.gold_layer, max_length=cfg.gold_max_length,
+                            head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
+        gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=progress)
         gold_info = gold.info
         np.save(out / "gold_head.npy", gold.weights)
 
@@ -584,8 +612,8 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
             elif name == "denoise":
                 result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise, **kw)
             result["timings"][f"{name}_seconds"] = time.time() - t1
-            (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))  # as it goes
-    (out / "lab.json").write_text(json.dumps(result, indent=1, default=float))
+            (out / "lab.json").write_text(json.dumps(json_safe(result), indent=1, default=float))  # as it goes
+    (out / "lab.json").write_text(json.dumps(json_safe(result), indent=1, default=float))
     return result
 
 

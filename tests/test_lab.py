@@ -8,7 +8,8 @@ import pytest
 
 from rmkit.data import load_preferences
 from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, fit_gold,
-                       lab_pairs, orient, run_lab, sample_labels, study_denoise, study_flips, study_learnability)
+                       lab_pairs, load_gold, orient, read_gold_scores, run_lab, sample_labels, study_denoise,
+                       study_flips, study_learnability)
 from rmkit.ensemble import EnsembleConfig
 
 
@@ -101,12 +102,27 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     assert len(labels) == len(pairs) and set(labels["id"]) == {p.id for p in pairs}
     assert out["against_gold"] == pytest.approx(labels["against_gold"].mean())
     assert 0 <= out["proxy_gold_accuracy"] <= 1 and "strength_spearman" in out
-    saved = json.loads((tmp_path / "lab" / "lab.json").read_text())
+    # Standard JSON: an undefined metric (e.g. precision with nothing flagged) is null, never the NaN token.
+    saved = json.loads((tmp_path / "lab" / "lab.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["temperature"] == pytest.approx(out["temperature"])
     # Reusing the saved gold scores encodes nothing with the gold and gives the same labels.
     again = run_lab(LabConfig(**{**cfg_small.__dict__, "gold_scores": str(tmp_path / "lab" / "gold.parquet"),
                                  "output_dir": str(tmp_path / "lab2"), "studies": []}), progress=False)
     assert again["temperature"] == pytest.approx(out["temperature"])
+    # The saved head is the same gold: loaded for a second domain, here the same pairs, it encodes them again
+    # and gives the same differences; a head of another backbone's width is refused, naming its file.
+    head = tmp_path / "lab" / "gold_head.npy"
+    third = run_lab(LabConfig(**{**cfg_small.__dict__, "gold_head": str(head), "output_dir": str(tmp_path / "lab3"),
+                                 "studies": []}), progress=False)
+    ids = [p.id for p in pairs]
+    np.testing.assert_allclose(read_gold_scores(tmp_path / "lab3" / "gold.parquet", ids),
+                               read_gold_scores(tmp_path / "lab" / "gold.parquet", ids), rtol=1e-5, atol=1e-7)
+    assert third["temperature"] == pytest.approx(out["temperature"], rel=1e-4) and third["gold"]["head"] == str(head)
+    np.save(tmp_path / "wide.npy", np.zeros(7))
+    with pytest.raises(ValueError, match="wide.npy"):
+        load_gold(tmp_path / "wide.npy", tiny_bert)
+    with pytest.raises(ValueError, match="not both"):
+        LabConfig(data="x", gold_head=str(head), gold_scores=str(head)).check()
     with pytest.raises(ValueError, match="unknown studies"):
         LabConfig(data="x", studies=["bon-typo"]).check()
 
@@ -158,3 +174,10 @@ def test_grade_sample_pairs_by_hand():
     # J (Eq. 11) by hand: (2/k^2) * sum over pairs of sigmoid(|r_i - r_j|), k = 3
     sig = 1 / (1 + np.exp(-np.array([0.5, 0.9, 0.4])))  # |r_0 - r_1|, |r_0 - r_2|, |r_1 - r_2|
     assert got["J"] == pytest.approx(2 / 9 * sig.sum(), rel=1e-6)
+
+
+def test_json_safe_turns_undefined_metrics_into_null():
+    from rmkit.files import json_safe
+
+    x = {"a": float("nan"), "b": [1.0, np.float32("nan"), {"c": np.float64(2.0)}], "d": (float("nan"), "s"), "e": None}
+    assert json_safe(x) == {"a": None, "b": [1.0, None, {"c": 2.0}], "d": [None, "s"], "e": None}

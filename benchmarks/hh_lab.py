@@ -1,0 +1,53 @@
+"""The lab's hh-rlhf as every lab benchmark reads it: the pairs, the committed gold and temperature (from
+`lab.py`'s run), the lab's sampled labels and the seeded train/validation/test split. One definition, so the
+fine-tuned RM, MetaRM, the learning curve, best-of-n and the second domain all train on the same labels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
+from rmkit.lab import lab_pairs, read_gold_scores, sample_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
+
+
+@dataclass
+class HHLab:
+    ds: PreferenceDataset
+    ids: list[str]
+    gold: np.ndarray  # (N,) gold r(chosen) - r(rejected), source sides
+    temperature: float
+    splits: dict[str, list[str]]
+
+    def labels(self, seed: int = 0) -> pd.DataFrame:
+        """The lab's sampled labels (no planted flips): id, label, against_gold, ..."""
+        return sample_labels(self.ids, self.gold, self.temperature, seed=seed)
+
+    def label(self, seed: int = 0) -> np.ndarray:
+        """``(N,)`` True where the lab keeps the source's sides."""
+        return self.labels(seed)["label"].to_numpy().astype(bool)
+
+    def mask(self, split: str) -> np.ndarray:
+        """``(N,)`` True for the pairs of ``split`` (train, validation or test)."""
+        return np.isin(self.ids, self.splits[split])
+
+    def labelled(self, split: str, seed: int = 0) -> list[PreferencePair]:
+        """The pairs of ``split``, in the split's order, with the lab's labels as their sides."""
+        where = {i: k for k, i in enumerate(self.ids)}
+        labelled = lab_pairs(self.ds.pairs, self.labels(seed))
+        return [labelled[where[i]] for i in self.splits[split]]
+
+
+def load_hh_lab(seed: int = 0) -> HHLab:
+    ds = load_preferences(DATA)
+    ids = [p.id for p in ds.pairs]
+    temperature = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())["temperature"]
+    gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
+    return HHLab(ds, ids, gold, temperature, split_ids(ds, seed=seed))

@@ -1,0 +1,170 @@
+"""The lab's second domain: the hh-rlhf gold labels LLMEval², as the same human would label other data.
+
+1. `rmkit.lab.run_lab` on LLMEval² (all 2,536 usable comparisons, human ties kept as pairs: the gold decides
+   them) with the hh-rlhf gold (`benchmarks/lab/gold_hh_head.npy`, `gold_head`): the same four studies as
+   on hh-rlhf (learnability, strength, flips, denoise), proxies trained and graded within LLMEval².
+2. How the gold sees LLMEval²'s humans: agreement with their decided labels, and whether the pairs humans
+   called a tie are the ones the gold finds close (AUROC of -|gold difference| for a human tie).
+3. Across domains: proxies (the audit's 5-head ensemble and a single head) trained on the lab's labels of all
+   hh-rlhf pairs, graded against the gold's sign on every LLMEval² pair, and the reverse; beside the
+   in-domain (cross-fitted) accuracy of step 1.
+4. MetaRM out of distribution, with a gold (the paper's Sec. 4.3 claim; `benchmarks/metarm_ood.py` could only
+   grade against LLMEval²'s humans, where every RM here is near chance): `rmkit.lab.study_shift` with the
+   hh-rlhf head as vanilla, half of LLMEval²'s queries (both responses, no labels) as the meta set, the other
+   half's pairs graded against the gold.
+
+    .venv/bin/python benchmarks/lab_domains.py      # ~15 minutes on 2 cores the first time (the gold encodes LLMEval²)
+
+Writes benchmarks/results/lab_llmeval2.json and benchmarks/lab/gold_llmeval2.parquet (gold difference per pair
+id; no text), which later runs reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hh_lab import ROOT, load_hh_lab
+from rmkit.config import load_config
+from rmkit.data import load_preferences
+from rmkit.files import json_safe
+from rmkit.lab import (LabConfig, ProxyFeatures, detection_metrics, head_rewards, orient, proxy_features, proxy_heads,
+                       read_gold_scores, run_lab, sample_labels, study_shift)
+
+DATA = ROOT.parent / "shared" / "data"
+LAB = ROOT / "benchmarks" / "lab"
+
+
+def accuracy(diff: np.ndarray, gold: np.ndarray) -> float:
+    """Share of pairs (source sides) whose predicted difference has the gold difference's sign."""
+    return float(np.mean((diff > 0) == (gold > 0)))
+
+
+def across(src, src_gold, temperature: float, dst, dst_gold, seeds: int) -> dict:
+    """Proxies trained on the lab's sampled labels of every ``src`` pair, graded on every ``dst`` pair."""
+    rows = []
+    for s in range(seeds):
+        y = sample_labels(src.ids, src_gold, temperature, seed=s)["label"].to_numpy().astype(bool)
+        heads = proxy_heads(src, y, np.ones(len(src.ids), bool), seed=s)
+        d = dst.fc - dst.fr  # linear heads: a difference of features gives a difference of rewards
+        rows.append({"ensemble": accuracy(head_rewards(d, dst.views, heads["ensemble"]).mean(0), dst_gold),
+                     "single_rm": accuracy(head_rewards(d, dst.views, heads["single"])[0], dst_gold)})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | \
+           {f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "lab_cpu.yaml"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lab_llmeval2.json"))
+    args = parser.parse_args()
+    t0 = time.time()
+
+    # 1. The hh-rlhf gold on LLMEval², and the lab's studies there.
+    cfg: LabConfig = load_config(LabConfig, args.config)
+    cfg.data, cfg.allow_ties, cfg.output_dir = str(DATA / "llmeval2"), True, str(ROOT / "runs" / "lab_llmeval2")
+    cached = LAB / "gold_llmeval2.parquet"
+    if cached.exists():
+        cfg.gold_scores = str(cached)
+    else:
+        cfg.gold_head = str(LAB / "gold_hh_head.npy")
+    lab = run_lab(cfg)
+    if not cached.exists():
+        shutil.copy(Path(cfg.output_dir) / "gold.parquet", cached)
+        info = json.loads((Path(cfg.output_dir) / "gold.json").read_text())
+        info["head"] = str(Path(info["head"]).relative_to(ROOT))  # the committed file names no machine's path
+        cached.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    lab["data"] = os.path.relpath(cfg.data, ROOT)  # the committed file names no machine's path
+    lab["gold"] = json.loads(cached.with_suffix(".json").read_text()) | {
+        k: lab["gold"][k] for k in ("length_spearman", "length_unit", "abs_diff_median")}
+
+    # 2. The gold against LLMEval²'s humans.
+    ll = load_preferences(DATA / "llmeval2", allow_ties=True).pairs
+    ll_ids = [p.id for p in ll]
+    ll_gold = read_gold_scores(cached, ll_ids)
+    human = np.array([p.label for p in ll])
+    tie = human == 0.5
+    humans = {"decided_pairs": int((~tie).sum()), "human_ties": int(tie.sum()),
+              "agreement_on_decided": accuracy(ll_gold[~tie], np.ones((~tie).sum())),
+              "tie_auroc_of_small_gold_gap": detection_metrics(-np.abs(ll_gold), tie)["auroc"],
+              "abs_gold_diff_median": {"human_ties": float(np.median(np.abs(ll_gold[tie]))),
+                                       "decided": float(np.median(np.abs(ll_gold[~tie])))}}
+
+    # 3. Across domains, both ways, beside the in-domain accuracy.
+    hl = load_hh_lab()
+    hh_ids, hh_gold, hh_temperature = hl.ids, hl.gold, hl.temperature
+    proxy_cfg = cfg.proxy_config()
+    hh = proxy_features(proxy_cfg, hl.ds.pairs)
+    llf = proxy_features(proxy_cfg, ll)
+    cross = {"hh_rlhf_to_llmeval2": across(hh, hh_gold, hh_temperature, llf, ll_gold, args.seeds),
+             "llmeval2_to_hh_rlhf": across(llf, ll_gold, lab["temperature"], hh, hh_gold, args.seeds),
+             "llmeval2_in_domain": {k: lab["learnability"][k] for k in ("ensemble", "single_rm")},
+             "hh_rlhf_in_domain": {k: v for k, v in json.loads(
+                 (ROOT / "benchmarks" / "results" / "lab.json").read_text())["learnability"].items()
+                 if k in ("ensemble", "single_rm")}}
+
+    # 3b. Does the second domain's labelled data lift the first's learnability (the gate is short of pairs)? hh-rlhf
+    # test split, proxies on its train split alone or with every LLMEval² pair added.
+    test = hl.mask("test")
+    pooled = ProxyFeatures(np.concatenate([hh.fc, llf.fc]), np.concatenate([hh.fr, llf.fr]), hh.views, hh.cfg,
+                           hh_ids + ll_ids, hh.num_layers)
+    rows = {"hh_rlhf_train": [], "hh_rlhf_train_plus_llmeval2": []}
+    for s in range(args.seeds):
+        y = np.concatenate([hl.label(s),
+                            sample_labels(ll_ids, ll_gold, lab["temperature"], seed=s)["label"].to_numpy()]).astype(bool)
+        g = np.where(y[: len(hh_ids)], hh_gold, -hh_gold)[test]  # gold difference, sides as labelled
+        hh_train = np.concatenate([hl.mask("train"), np.zeros(len(ll_ids), bool)])
+        for name, train in (("hh_rlhf_train", hh_train),
+                            ("hh_rlhf_train_plus_llmeval2", hh_train | np.r_[np.zeros(len(hh_ids), bool),
+                                                                             np.ones(len(ll_ids), bool)])):
+            heads = proxy_heads(pooled, y, train, seed=s)
+            c, r = orient(hh.fc[test], hh.fr[test], y[: len(hh_ids)][test])
+            rows[name].append({"ensemble": accuracy(head_rewards(c - r, hh.views, heads["ensemble"]).mean(0), g),
+                               "single_rm": accuracy(head_rewards(c - r, hh.views, heads["single"])[0], g)})
+    pooling = {"test_pairs": int(test.sum()), "train_pairs": {"hh_rlhf": int(hh_train.sum()), "llmeval2": len(ll_ids)}} | {
+        name: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} | {
+            f"{k}_std": float(np.std([r[k] for r in rs])) for k in rs[0]} for name, rs in rows.items()}
+
+    # 4. MetaRM adapting the hh-rlhf head to LLMEval²'s responses (no labels), graded against the gold there.
+    # Queries, not pairs, are split, so no meta query is graded; an empty query (mt-bench) is its own group.
+    groups = [p.prompt[-1]["content"].strip() if p.prompt and p.prompt[-1]["content"].strip() else p.id for p in ll]
+    names = sorted(set(groups))
+    meta_names = set(np.random.default_rng(0).permutation(names)[: len(names) // 2])
+    meta = np.array([g in meta_names for g in groups])
+    v = hh.views.index(hh.num_layers)
+    both = np.stack([llf.fc[:, llf.views.index(llf.num_layers)], llf.fr[:, llf.views.index(llf.num_layers)]], 1)
+    # With two samples a prompt, grading needs only their gold difference: (gold_diff, 0) stands for the two rewards.
+    eval_gold = np.stack([ll_gold[~meta], np.zeros((~meta).sum())], 1)
+    shifts = []
+    for s in range(args.seeds):
+        y = hl.label(s)
+        c, r = orient(hh.fc[:, v], hh.fr[:, v], y)
+        shifts.append(study_shift(c, r, np.ones(len(hh_ids), bool), both[meta], both[~meta], eval_gold,
+                                  meta_prompts=32, seed=s))
+    runs = {"vanilla": [x["vanilla"] for x in shifts], "control": [x["vanilla_more_steps"] for x in shifts]} | {
+        f"metarm_{eta}": [x["metarm"][eta] for x in shifts] for eta in shifts[0]["metarm"]}
+    shift = {"meta_pairs": int(meta.sum()), "eval_pairs": int((~meta).sum()), "steps": shifts[0]["steps"],
+             "meta_prompts_per_step": 32} | {
+        k: {m: float(np.mean([x[m] for x in rs])) for m in rs[0]} | {"accuracy_std": float(np.std([x["accuracy"]
+                                                                                                 for x in rs]))}
+        for k, rs in runs.items()}
+
+    out = {"what": "the hh-rlhf gold (MPNet, head on hh-rlhf's human labels) labels LLMEval²; proxies on MiniLM",
+           "lab": lab, "gold_vs_llmeval2_humans": humans, "across_domains": cross, "pooled_training": pooling,
+           "metarm_ood": shift,
+           "seconds": time.time() - t0}
+    Path(args.results).write_text(json.dumps(json_safe(out), indent=1, default=float))
+    print(json.dumps({k: out[k] for k in ("gold_vs_llmeval2_humans", "across_domains", "pooled_training",
+                                          "metarm_ood")}, indent=1,
+                     default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 from .config import add_arguments, config_from_args
 from .data import DataError
+from .files import json_safe
 
 
 def _print(obj) -> None:
     if _is_main():
-        print(json.dumps(obj, indent=1, default=str))
+        print(json.dumps(json_safe(obj), indent=1, default=str))  # NaN (an undefined metric) prints as null
 
 
 def _is_main() -> bool:

@@ -1,5 +1,6 @@
 """The library's shape: imports flow one way (no cycle among rmkit's modules, counting imports inside
-functions too, which would otherwise hide one) and no function grows past what a reader can hold."""
+functions too, which would otherwise hide one), no function grows past what a reader can hold, and committed
+results are standard JSON."""
 
 import ast
 from pathlib import Path
@@ -62,3 +63,17 @@ def test_no_function_over_180_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 180:
                 long.append(f"{p.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_committed_results_are_standard_json():
+    """Benchmark results are read by other tools (jq, JavaScript, pandas): an undefined metric is null, never the
+    NaN or Infinity token that strict parsers reject."""
+    import json
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    results = sorted((PKG.parent / "benchmarks" / "results").glob("*.json"))
+    assert results
+    for path in results:
+        json.loads(path.read_text(), parse_constant=refuse)

@@ -46,6 +46,12 @@ def accuracy(diff: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean((diff > 0) == (gold > 0)))
 
 
+def _summary(rows: list[dict]) -> dict:
+    """Mean and std over seeds of each metric."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | \
+           {f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]}
+
+
 def across(src, src_gold, temperature: float, dst, dst_gold, seeds: int) -> dict:
     """Proxies trained on the lab's sampled labels of every ``src`` pair, graded on every ``dst`` pair."""
     rows = []
@@ -55,8 +61,70 @@ def across(src, src_gold, temperature: float, dst, dst_gold, seeds: int) -> dict
         d = dst.fc - dst.fr  # linear heads: a difference of features gives a difference of rewards
         rows.append({"ensemble": accuracy(head_rewards(d, dst.views, heads["ensemble"]).mean(0), dst_gold),
                      "single_rm": accuracy(head_rewards(d, dst.views, heads["single"])[0], dst_gold)})
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | \
-           {f"{k}_std": float(np.std([r[k] for r in rows])) for k in rows[0]}
+    return _summary(rows)
+
+
+def gold_vs_humans(pairs, gold: np.ndarray) -> dict:
+    """How the gold sees a domain's human labels: agreement on the decided ones, and whether the pairs humans
+    called a tie are those with a small gold gap (AUROC of -|gold difference|)."""
+    tie = np.array([p.label for p in pairs]) == 0.5
+    return {"decided_pairs": int((~tie).sum()), "human_ties": int(tie.sum()),
+            "agreement_on_decided": accuracy(gold[~tie], np.ones((~tie).sum())),
+            "tie_auroc_of_small_gold_gap": detection_metrics(-np.abs(gold), tie)["auroc"],
+            "abs_gold_diff_median": {"human_ties": float(np.median(np.abs(gold[tie]))),
+                                     "decided": float(np.median(np.abs(gold[~tie])))}}
+
+
+def pooled_training(hl, hh, other, other_gold: np.ndarray, other_temperature: float, seeds: int) -> dict:
+    """Does a second domain's labelled data lift the first's learnability (its gate is short of pairs)? On
+    hh-rlhf's test split: proxies trained on its train split alone, and with every pair of ``other`` added."""
+    test, n = hl.mask("test"), len(hl.ids)
+    pooled = ProxyFeatures(np.concatenate([hh.fc, other.fc]), np.concatenate([hh.fr, other.fr]), hh.views, hh.cfg,
+                           hl.ids + other.ids, hh.num_layers)
+    hh_train = np.r_[hl.mask("train"), np.zeros(len(other.ids), bool)]
+    trains = {"hh_rlhf_train": hh_train, "hh_rlhf_train_plus_llmeval2": hh_train | (np.arange(len(pooled.ids)) >= n)}
+    rows: dict[str, list] = {name: [] for name in trains}
+    for s in range(seeds):
+        y = np.r_[hl.label(s), sample_labels(other.ids, other_gold, other_temperature, seed=s)["label"].to_numpy()
+                  .astype(bool)]
+        g = np.where(y[:n], hl.gold, -hl.gold)[test]  # gold difference, sides as labelled
+        c, r = orient(hh.fc[test], hh.fr[test], y[:n][test])
+        for name, train in trains.items():
+            heads = proxy_heads(pooled, y, train, seed=s)
+            rows[name].append({"ensemble": accuracy(head_rewards(c - r, hh.views, heads["ensemble"]).mean(0), g),
+                               "single_rm": accuracy(head_rewards(c - r, hh.views, heads["single"])[0], g)})
+    return {"test_pairs": int(test.sum()), "train_pairs": {"hh_rlhf": int(hh_train.sum()),
+                                                           "llmeval2": len(other.ids)}} | \
+        {name: _summary(rs) for name, rs in rows.items()}
+
+
+def metarm_ood(hl, hh, pairs, feats, gold: np.ndarray, seeds: int, meta_prompts: int = 32) -> dict:
+    """MetaRM adapting the hh-rlhf head (`rmkit.lab.study_shift`) to another domain's responses (no labels),
+    graded against the gold there. Queries, not pairs, are split, so no meta query is graded; an empty query
+    (mt-bench) is its own group."""
+    groups = [p.prompt[-1]["content"].strip() if p.prompt and p.prompt[-1]["content"].strip() else p.id
+              for p in pairs]
+    names = sorted(set(groups))
+    meta_names = set(np.random.default_rng(0).permutation(names)[: len(names) // 2])
+    meta = np.array([g in meta_names for g in groups])
+    last = feats.views.index(feats.num_layers)
+    both = np.stack([feats.fc[:, last], feats.fr[:, last]], 1)  # (N, 2 responses, H)
+    # With two samples a prompt, grading needs only their gold difference: (gold_diff, 0) stands for the two rewards.
+    eval_gold = np.stack([gold[~meta], np.zeros((~meta).sum())], 1)
+    v = hh.views.index(hh.num_layers)
+    shifts = []
+    for s in range(seeds):
+        c, r = orient(hh.fc[:, v], hh.fr[:, v], hl.label(s))
+        shifts.append(study_shift(c, r, np.ones(len(hl.ids), bool), both[meta], both[~meta], eval_gold,
+                                  meta_prompts=meta_prompts, seed=s))
+    runs = {"vanilla": [x["vanilla"] for x in shifts], "control": [x["vanilla_more_steps"] for x in shifts]} | {
+        f"metarm_{eta}": [x["metarm"][eta] for x in shifts] for eta in shifts[0]["metarm"]}
+    out = {"meta_pairs": int(meta.sum()), "eval_pairs": int((~meta).sum()), "steps": shifts[0]["steps"],
+           "meta_prompts_per_step": meta_prompts}
+    for k, rs in runs.items():
+        out[k] = {m: float(np.mean([x[m] for x in rs])) for m in rs[0]} | {
+            "accuracy_std": float(np.std([x["accuracy"] for x in rs]))}
+    return out
 
 
 def main() -> None:
@@ -87,83 +155,29 @@ def main() -> None:
 
     # 2. The gold against LLMEval²'s humans.
     ll = load_preferences(DATA / "llmeval2", allow_ties=True).pairs
-    ll_ids = [p.id for p in ll]
-    ll_gold = read_gold_scores(cached, ll_ids)
-    human = np.array([p.label for p in ll])
-    tie = human == 0.5
-    humans = {"decided_pairs": int((~tie).sum()), "human_ties": int(tie.sum()),
-              "agreement_on_decided": accuracy(ll_gold[~tie], np.ones((~tie).sum())),
-              "tie_auroc_of_small_gold_gap": detection_metrics(-np.abs(ll_gold), tie)["auroc"],
-              "abs_gold_diff_median": {"human_ties": float(np.median(np.abs(ll_gold[tie]))),
-                                       "decided": float(np.median(np.abs(ll_gold[~tie])))}}
+    ll_gold = read_gold_scores(cached, [p.id for p in ll])
+    humans = gold_vs_humans(ll, ll_gold)
 
-    # 3. Across domains, both ways, beside the in-domain accuracy.
+    # 3. Across domains, both ways, beside the in-domain accuracy; then both domains' pairs pooled.
     hl = load_hh_lab()
-    hh_ids, hh_gold, hh_temperature = hl.ids, hl.gold, hl.temperature
-    proxy_cfg = cfg.proxy_config()
-    hh = proxy_features(proxy_cfg, hl.ds.pairs)
-    llf = proxy_features(proxy_cfg, ll)
-    cross = {"hh_rlhf_to_llmeval2": across(hh, hh_gold, hh_temperature, llf, ll_gold, args.seeds),
-             "llmeval2_to_hh_rlhf": across(llf, ll_gold, lab["temperature"], hh, hh_gold, args.seeds),
+    hh = proxy_features(cfg.proxy_config(), hl.ds.pairs)
+    llf = proxy_features(cfg.proxy_config(), ll)
+    hh_lab_result = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
+    cross = {"hh_rlhf_to_llmeval2": across(hh, hl.gold, hl.temperature, llf, ll_gold, args.seeds),
+             "llmeval2_to_hh_rlhf": across(llf, ll_gold, lab["temperature"], hh, hl.gold, args.seeds),
              "llmeval2_in_domain": {k: lab["learnability"][k] for k in ("ensemble", "single_rm")},
-             "hh_rlhf_in_domain": {k: v for k, v in json.loads(
-                 (ROOT / "benchmarks" / "results" / "lab.json").read_text())["learnability"].items()
-                 if k in ("ensemble", "single_rm")}}
+             "hh_rlhf_in_domain": {k: hh_lab_result["learnability"][k] for k in ("ensemble", "single_rm")}}
+    pooling = pooled_training(hl, hh, llf, ll_gold, lab["temperature"], args.seeds)
 
-    # 3b. Does the second domain's labelled data lift the first's learnability (the gate is short of pairs)? hh-rlhf
-    # test split, proxies on its train split alone or with every LLMEval² pair added.
-    test = hl.mask("test")
-    pooled = ProxyFeatures(np.concatenate([hh.fc, llf.fc]), np.concatenate([hh.fr, llf.fr]), hh.views, hh.cfg,
-                           hh_ids + ll_ids, hh.num_layers)
-    rows = {"hh_rlhf_train": [], "hh_rlhf_train_plus_llmeval2": []}
-    for s in range(args.seeds):
-        y = np.concatenate([hl.label(s),
-                            sample_labels(ll_ids, ll_gold, lab["temperature"], seed=s)["label"].to_numpy()]).astype(bool)
-        g = np.where(y[: len(hh_ids)], hh_gold, -hh_gold)[test]  # gold difference, sides as labelled
-        hh_train = np.concatenate([hl.mask("train"), np.zeros(len(ll_ids), bool)])
-        for name, train in (("hh_rlhf_train", hh_train),
-                            ("hh_rlhf_train_plus_llmeval2", hh_train | np.r_[np.zeros(len(hh_ids), bool),
-                                                                             np.ones(len(ll_ids), bool)])):
-            heads = proxy_heads(pooled, y, train, seed=s)
-            c, r = orient(hh.fc[test], hh.fr[test], y[: len(hh_ids)][test])
-            rows[name].append({"ensemble": accuracy(head_rewards(c - r, hh.views, heads["ensemble"]).mean(0), g),
-                               "single_rm": accuracy(head_rewards(c - r, hh.views, heads["single"])[0], g)})
-    pooling = {"test_pairs": int(test.sum()), "train_pairs": {"hh_rlhf": int(hh_train.sum()), "llmeval2": len(ll_ids)}} | {
-        name: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} | {
-            f"{k}_std": float(np.std([r[k] for r in rs])) for k in rs[0]} for name, rs in rows.items()}
-
-    # 4. MetaRM adapting the hh-rlhf head to LLMEval²'s responses (no labels), graded against the gold there.
-    # Queries, not pairs, are split, so no meta query is graded; an empty query (mt-bench) is its own group.
-    groups = [p.prompt[-1]["content"].strip() if p.prompt and p.prompt[-1]["content"].strip() else p.id for p in ll]
-    names = sorted(set(groups))
-    meta_names = set(np.random.default_rng(0).permutation(names)[: len(names) // 2])
-    meta = np.array([g in meta_names for g in groups])
-    v = hh.views.index(hh.num_layers)
-    both = np.stack([llf.fc[:, llf.views.index(llf.num_layers)], llf.fr[:, llf.views.index(llf.num_layers)]], 1)
-    # With two samples a prompt, grading needs only their gold difference: (gold_diff, 0) stands for the two rewards.
-    eval_gold = np.stack([ll_gold[~meta], np.zeros((~meta).sum())], 1)
-    shifts = []
-    for s in range(args.seeds):
-        y = hl.label(s)
-        c, r = orient(hh.fc[:, v], hh.fr[:, v], y)
-        shifts.append(study_shift(c, r, np.ones(len(hh_ids), bool), both[meta], both[~meta], eval_gold,
-                                  meta_prompts=32, seed=s))
-    runs = {"vanilla": [x["vanilla"] for x in shifts], "control": [x["vanilla_more_steps"] for x in shifts]} | {
-        f"metarm_{eta}": [x["metarm"][eta] for x in shifts] for eta in shifts[0]["metarm"]}
-    shift = {"meta_pairs": int(meta.sum()), "eval_pairs": int((~meta).sum()), "steps": shifts[0]["steps"],
-             "meta_prompts_per_step": 32} | {
-        k: {m: float(np.mean([x[m] for x in rs])) for m in rs[0]} | {"accuracy_std": float(np.std([x["accuracy"]
-                                                                                                 for x in rs]))}
-        for k, rs in runs.items()}
+    # 4. MetaRM out of distribution, graded against the gold.
+    shift = metarm_ood(hl, hh, ll, llf, ll_gold, args.seeds)
 
     out = {"what": "the hh-rlhf gold (MPNet, head on hh-rlhf's human labels) labels LLMEval²; proxies on MiniLM",
            "lab": lab, "gold_vs_llmeval2_humans": humans, "across_domains": cross, "pooled_training": pooling,
-           "metarm_ood": shift,
-           "seconds": time.time() - t0}
+           "metarm_ood": shift, "seconds": time.time() - t0}
     Path(args.results).write_text(json.dumps(json_safe(out), indent=1, default=float))
     print(json.dumps({k: out[k] for k in ("gold_vs_llmeval2_humans", "across_domains", "pooled_training",
-                                          "metarm_ood")}, indent=1,
-                     default=float))
+                                          "metarm_ood")}, indent=1, default=float))
 
 
 if __name__ == "__main__":

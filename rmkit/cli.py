@@ -55,6 +55,12 @@ def _show_audit(result) -> None:
         print(f"report: {result.output_dir / 'report.html'}")
 
 
+def _show_lab(result) -> None:
+    if _is_main():
+        _print(importlib.import_module("rmkit.lab").lab_summary(result))
+        print("every study's runs: lab.json in the output directory")
+
+
 def _check_metarm(cfg) -> None:
     if not cfg.meta_data:
         raise ValueError("rmkit metarm needs --meta-data (a meta set written by rmkit sample)")
@@ -113,7 +119,7 @@ COMMANDS: dict[str, Command] = {
     "lab": Command("lab", "LabConfig", "run_lab",
                    "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
                    (("source", "data", "real prompts and responses with human labels (the gold's head learns from "
-                                       "them)"),)),
+                                       "them)"),), show=_show_lab),
 }
 
 

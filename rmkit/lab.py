@@ -617,6 +617,23 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     return result
 
 
+def lab_summary(result: dict) -> dict:
+    """The headline numbers of a `run_lab` result (what ``rmkit lab`` prints; lab.json holds every run): the
+    gold, the labels, and per study its main metric, seed means."""
+    out = {k: result[k] for k in ("data", "pairs", "temperature", "against_gold") if k in result}
+    out["gold"] = {k: result["gold"][k] for k in ("model", "length_spearman") if k in result["gold"]}
+    for k in ("proxy_gold_accuracy", "strength_spearman"):
+        if k in result:
+            out[k] = result[k]
+    if "flips" in result:
+        out["flips_auroc"] = {level: {who: v["auroc"] for who, v in per.items() if isinstance(v, dict) and "auroc" in v}
+                              for level, per in result["flips"].items()}
+    if "denoise" in result:
+        out["denoise"] = {k: result["denoise"][k] for k in ("lost", "best_preset", "recovered_share_best",
+                                                            "below_baseline_at_0")}
+    return out
+
+
 class _HeadOnFeatures(torch.nn.Module):
     """A linear reward head over cached features, shaped like a `RewardModel` for the trainer's step function:
     ``forward(input_ids=features (B, H))`` gives ``RewardOutput(rewards (B,), features)``. It lets MetaRM's

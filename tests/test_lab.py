@@ -8,7 +8,7 @@ import pytest
 
 from rmkit.data import load_preferences
 from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, fit_gold,
-                       lab_pairs, load_gold, orient, read_gold_scores, run_lab, sample_labels, study_denoise,
+                       lab_pairs, lab_summary, load_gold, orient, read_gold_scores, run_lab, sample_labels, study_denoise,
                        study_flips, study_learnability)
 from rmkit.ensemble import EnsembleConfig
 
@@ -102,6 +102,10 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     assert len(labels) == len(pairs) and set(labels["id"]) == {p.id for p in pairs}
     assert out["against_gold"] == pytest.approx(labels["against_gold"].mean())
     assert 0 <= out["proxy_gold_accuracy"] <= 1 and "strength_spearman" in out
+    # What `rmkit lab` prints: the headline of the studies that ran, none of the others.
+    summary = lab_summary(out)
+    assert summary["proxy_gold_accuracy"] == out["proxy_gold_accuracy"] and summary["pairs"] == len(pairs)
+    assert "flips_auroc" not in summary and "denoise" not in summary
     # Standard JSON: an undefined metric (e.g. precision with nothing flagged) is null, never the NaN token.
     saved = json.loads((tmp_path / "lab" / "lab.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["temperature"] == pytest.approx(out["temperature"])

@@ -20,6 +20,9 @@ Writes benchmarks/results/metarm_ood.json:
 ``{"vanilla": {"accuracy", "J", ...}, "metarm": {...}, "start": {...}, "step_time_ratio", ...}``.
 
     .venv/bin/python benchmarks/metarm_ood.py --start-rm runs/rm_default/model [--steps 150]
+
+Every RM here is near chance against LLMEval²'s humans; `lab_domains.py` measures the same claim against the
+lab's gold, where the proxies are not.
 """
 
 from __future__ import annotations

@@ -98,16 +98,15 @@ def vs_naive(pairs, max_length: int) -> dict:
     # What padding alone can buy: the work of each path's batches (the naive loop's in the given order, rmkit's
     # length-sorted), so vs_naive splits into the work saved and the rate at which each path does its work.
     lengths = [len(x) for pair in zip(c, r) for x in pair]  # the naive loop's order: chosen, rejected, ...
-    naive_batches = [list(range(s, min(s + 32, len(lengths)))) for s in range(0, len(lengths), 32)]
-    work = {name: encoder_flops(rm.model.config, b, lengths)
-            for name, b in (("naive", naive_batches), ("rmkit", length_sorted_batches(lengths, 64)))}
+    batches = {"naive": [list(range(s, min(s + 32, len(lengths)))) for s in range(0, len(lengths), 32)],
+               "rmkit": length_sorted_batches(lengths, 64)}
+    work = {name: encoder_flops(rm.model.config, b, lengths) for name, b in batches.items()}
+    padded = {name: sum(len(x) * max(lengths[k] for k in x) for x in b) for name, b in batches.items()}
     return {"model": "minilm", "max_length": max_length, "texts": len(texts),
             "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
             "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max()),
             "mean_tokens": float(np.mean(lengths)), "share_at_max_length": float(np.mean(np.array(lengths) >= max_length)),
-            "padded_tokens": {"naive": sum(len(b) * max(lengths[k] for k in b) for b in naive_batches),
-                              "rmkit": sum(len(b) * max(lengths[k] for k in b)
-                                           for b in length_sorted_batches(lengths, 64)), "real": int(sum(lengths))},
+            "padded_tokens": {**padded, "real": int(sum(lengths))},
             "work_ratio": work["naive"] / work["rmkit"],
             "gflops": {"naive": work["naive"] / t_naive / 1e9, "rmkit": work["rmkit"] / t_rmkit / 1e9}}
 

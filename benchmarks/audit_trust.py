@@ -30,7 +30,7 @@ from rmkit.audit import AuditConfig, audit_diffs, response_length_diff
 from rmkit.calibration import (agreement, crossfit_calibration, expected_calibration_error, symmetric_points)
 from rmkit.data import load_preferences
 from rmkit.ensemble import ensemble_diffs, heads_on_features, member_layers
-from rmkit.files import json_safe
+from rmkit.files import write_json
 from rmkit.heads import fold_of
 from rmkit.lab import proxy_features
 
@@ -142,7 +142,7 @@ def main() -> None:
         out = json.loads(path.read_text())
     if not args.only_lab:
         out["hh"] = hh_block(work)
-        path.write_text(json.dumps(json_safe(out), indent=1))
+        write_json(path, out)
         print(json.dumps(out["hh"], indent=1), flush=True)
         out["llmeval2"], flips_llm = llmeval2_blocks(args.seeds)
         out["flips"] = {"llmeval2": flips_llm}
@@ -158,7 +158,7 @@ def main() -> None:
     out["flips"]["data"] = [k for k in ("lab", "llmeval2") if k in out["flips"]]
     out["flips"]["precision_flagged"] = out["flips"][out["flips"]["data"][0]]["precision_flagged"]
     out["flips"]["ece"] = out["flips"][out["flips"]["data"][0]]["ece"]
-    path.write_text(json.dumps(json_safe(out), indent=1))
+    write_json(path, out)
     print(json.dumps({k: v for k, v in out.items() if k != "hh"}, indent=1))
 
 

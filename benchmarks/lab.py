@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from rmkit.config import load_config
-from rmkit.files import json_safe
+from rmkit.files import write_json
 from rmkit.lab import LabConfig, run_lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def main() -> None:
     if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
         shutil.copy(Path(cfg.output_dir) / "gold_head.npy", gold.with_name("gold_hh_head.npy"))
     result["data"] = os.path.relpath(cfg.data, ROOT)  # the committed file names no machine's path
-    Path(args.results).write_text(json.dumps(json_safe(result), indent=1, default=float))
+    write_json(args.results, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("flips", "denoise")}, indent=1, default=float))
 
 

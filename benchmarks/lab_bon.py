@@ -32,7 +32,7 @@ import pandas as pd
 from hh_lab import ROOT, load_hh_lab
 from rmkit.bon import read_samples
 from rmkit.ensemble import EnsembleConfig
-from rmkit.files import json_safe
+from rmkit.files import write_json
 from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_bon, study_shift
 from rmkit.models import RewardModel
 
@@ -182,13 +182,12 @@ def main() -> None:
                    "train_pairs": int(train.sum()),
                    "by_train_pairs": {k: {kk: v[kk] for kk in BY_SIZE_KEYS} for k, v in by_size.items()}})
     single, members = single_all, members_all
-    result = json_safe(result)
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
     rows.to_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet", index=False)
-    (ROOT / "benchmarks" / "results" / "bon.json").write_text(json.dumps(result, indent=1))
-    (ROOT / "benchmarks" / "results" / "shift.json").write_text(json.dumps(shift, indent=1))
+    write_json(ROOT / "benchmarks" / "results" / "bon.json", result)
+    write_json(ROOT / "benchmarks" / "results" / "shift.json", shift)
     if lab_path.exists():  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
@@ -198,7 +197,7 @@ def main() -> None:
                         "metarm": shift["metarm"]["0.05"]["accuracy"],
                         "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
-        lab_path.write_text(json.dumps(lab, indent=1))
+        write_json(lab_path, lab)
     _figure(result, ROOT / "benchmarks" / "results" / "bon_curve.png")
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
 

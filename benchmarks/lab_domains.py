@@ -33,17 +33,12 @@ import numpy as np
 from hh_lab import ROOT, load_hh_lab
 from rmkit.config import load_config
 from rmkit.data import load_preferences
-from rmkit.files import json_safe
-from rmkit.lab import (LabConfig, ProxyFeatures, detection_metrics, head_rewards, orient, proxy_features, proxy_heads,
-                       read_gold_scores, run_lab, sample_labels, study_shift)
+from rmkit.files import write_json
+from rmkit.lab import (LabConfig, ProxyFeatures, detection_metrics, gold_accuracy, head_rewards, orient, proxy_features,
+                       proxy_heads, read_gold_scores, run_lab, sample_labels, study_shift)
 
 DATA = ROOT.parent / "shared" / "data"
 LAB = ROOT / "benchmarks" / "lab"
-
-
-def accuracy(diff: np.ndarray, gold: np.ndarray) -> float:
-    """Share of pairs (source sides) whose predicted difference has the gold difference's sign."""
-    return float(np.mean((diff > 0) == (gold > 0)))
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -59,8 +54,8 @@ def across(src, src_gold, temperature: float, dst, dst_gold, seeds: int) -> dict
         y = sample_labels(src.ids, src_gold, temperature, seed=s)["label"].to_numpy().astype(bool)
         heads = proxy_heads(src, y, np.ones(len(src.ids), bool), seed=s)
         d = dst.fc - dst.fr  # linear heads: a difference of features gives a difference of rewards
-        rows.append({"ensemble": accuracy(head_rewards(d, dst.views, heads["ensemble"]).mean(0), dst_gold),
-                     "single_rm": accuracy(head_rewards(d, dst.views, heads["single"])[0], dst_gold)})
+        rows.append({"ensemble": gold_accuracy(head_rewards(d, dst.views, heads["ensemble"]).mean(0), dst_gold),
+                     "single_rm": gold_accuracy(head_rewards(d, dst.views, heads["single"])[0], dst_gold)})
     return _summary(rows)
 
 
@@ -69,7 +64,7 @@ def gold_vs_humans(pairs, gold: np.ndarray) -> dict:
     called a tie are those with a small gold gap (AUROC of -|gold difference|)."""
     tie = np.array([p.label for p in pairs]) == 0.5
     return {"decided_pairs": int((~tie).sum()), "human_ties": int(tie.sum()),
-            "agreement_on_decided": accuracy(gold[~tie], np.ones((~tie).sum())),
+            "agreement_on_decided": gold_accuracy(gold[~tie], np.ones((~tie).sum())),
             "tie_auroc_of_small_gold_gap": detection_metrics(-np.abs(gold), tie)["auroc"],
             "abs_gold_diff_median": {"human_ties": float(np.median(np.abs(gold[tie]))),
                                      "decided": float(np.median(np.abs(gold[~tie])))}}
@@ -91,8 +86,8 @@ def pooled_training(hl, hh, other, other_gold: np.ndarray, other_temperature: fl
         c, r = orient(hh.fc[test], hh.fr[test], y[:n][test])
         for name, train in trains.items():
             heads = proxy_heads(pooled, y, train, seed=s)
-            rows[name].append({"ensemble": accuracy(head_rewards(c - r, hh.views, heads["ensemble"]).mean(0), g),
-                               "single_rm": accuracy(head_rewards(c - r, hh.views, heads["single"])[0], g)})
+            rows[name].append({"ensemble": gold_accuracy(head_rewards(c - r, hh.views, heads["ensemble"]).mean(0), g),
+                               "single_rm": gold_accuracy(head_rewards(c - r, hh.views, heads["single"])[0], g)})
     return {"test_pairs": int(test.sum()), "train_pairs": {"hh_rlhf": int(hh_train.sum()),
                                                            "llmeval2": len(other.ids)}} | \
         {name: _summary(rs) for name, rs in rows.items()}
@@ -175,7 +170,7 @@ def main() -> None:
     out = {"what": "the hh-rlhf gold (MPNet, head on hh-rlhf's human labels) labels LLMEval²; proxies on MiniLM",
            "lab": lab, "gold_vs_llmeval2_humans": humans, "across_domains": cross, "pooled_training": pooling,
            "metarm_ood": shift, "seconds": time.time() - t0}
-    Path(args.results).write_text(json.dumps(json_safe(out), indent=1, default=float))
+    write_json(args.results, out)
     print(json.dumps({k: out[k] for k in ("gold_vs_llmeval2_humans", "across_domains", "pooled_training",
                                           "metarm_ood")}, indent=1, default=float))
 

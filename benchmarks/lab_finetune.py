@@ -24,7 +24,7 @@ import numpy as np
 from hh_lab import DATA, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import head_rewards, proxy_features, proxy_heads
+from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -53,7 +53,7 @@ def main() -> None:
     # Graded on the source sides of the test pairs against the gold's sign (never against the lab's labels).
     source_test = [pairs[k] for k in test_idx]
     diff = score_pairs(trained.model, source_test, batch_size=cfg.eval_batch_size)["diff"].to_numpy()
-    finetuned = float(np.mean((diff > 0) == (gold[test_idx] > 0)))
+    finetuned = gold_accuracy(diff, gold[test_idx])
 
     # The frozen-feature proxies (the lab's learnability study), trained on the same train pairs.
     proxy = proxy_features(EnsembleConfig(), pairs)
@@ -62,7 +62,7 @@ def main() -> None:
     frozen = {}
     for name, h in heads.items():
         d = head_rewards(proxy.fc[test_idx] - proxy.fr[test_idx], proxy.views, h).mean(axis=0)
-        frozen[name] = float(np.mean((d > 0) == (gold[test_idx] > 0)))
+        frozen[name] = gold_accuracy(d, gold[test_idx])
     out = {
         "what": "accuracy against the gold's sign on the seeded test split, proxies trained on the lab's sampled "
                 "labels (seed 0) of the train split",

@@ -19,7 +19,7 @@ import numpy as np
 
 from hh_lab import ROOT, load_hh_lab
 from rmkit.ensemble import EnsembleConfig
-from rmkit.lab import head_rewards, proxy_features, proxy_heads, sample_labels
+from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads, sample_labels
 
 SIZES = (375, 750, 1500, 3000, None)  # None: the whole train split
 
@@ -40,7 +40,7 @@ def main() -> None:
                 for name, heads in proxy_heads(proxy, y, sub, seed=seed).items():
                     d = head_rewards(proxy.fc[test] - proxy.fr[test], proxy.views, heads).mean(axis=0)
                     key = f"{labels}/{name}/{size or len(train)}"
-                    runs.setdefault(key, []).append(float(np.mean((d > 0) == (gold[test] > 0))))
+                    runs.setdefault(key, []).append(gold_accuracy(d, gold[test]))
             print(labels, seed, flush=True)
     out = {"what": "accuracy against the gold's sign on the test split by training pairs (labels/proxy/pairs): "
                    "mean and std over 3 seeds", "test_pairs": len(test),

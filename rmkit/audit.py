@@ -37,6 +37,7 @@ from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wro
                           flip_posterior, length_effect, reliability_table, spearman, symmetric_points)
 from .config import save_config, setting, to_dict, validate
 from .data import DataSource, PreferenceDataset, text_lengths, transcript
+from .files import write_json
 from .hardware import resolve_device, resolve_precision
 from .ensemble import EnsembleConfig, EnsembleInfo, ensemble_diffs
 from .heads import fold_of
@@ -311,7 +312,7 @@ def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10
     flat.to_csv(out / "strength.csv", index=False)
     write_review_export(table, ds, out, n=review_pairs)
     figures = write_figures(result, out)
-    (out / "summary.json").write_text(json.dumps(result.summary, indent=1, default=str))
+    write_json(out / "summary.json", result.summary)
     write_html_report(result, ds, figures, out / "report.html", n_pairs=n_pairs)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import save_config, setting, validate
 from .data import DataSource
+from .files import write_json
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
 from .reward_ensemble import AGGREGATIONS, EnsembleRewardModel, aggregate, load_reward_model
@@ -159,5 +160,5 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     if isinstance(rm, EnsembleRewardModel):
         summary.update(aggregation=rm.aggregation, uwo_lambda=rm.uwo_lambda, members=rm.names,
                        normalization=rm.stats)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary

@@ -47,6 +47,7 @@ import numpy as np
 
 from .assets import resolve_model
 from .config import save_config, setting, validate
+from .files import write_json
 from .seeding import id_hash
 
 if TYPE_CHECKING:
@@ -814,7 +815,7 @@ def split_ids(
 
 def save_splits(splits: dict[str, list[str]], path: str | os.PathLike, **meta: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"meta": meta, **splits}, indent=1))
+    write_json(path, {"meta": meta, **splits})
 
 
 def load_splits(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -912,7 +913,7 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
         splits = split_ids(ds, fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
         save_splits(splits, out / "splits.json", seed=cfg.split_seed, fractions=list(cfg.split_fractions))
         report["splits"] = {k: len(v) for k, v in splits.items()}
-        (out / "report.json").write_text(json.dumps(report, indent=1))
+        write_json(out / "report.json", report)
     return report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import numbers
 import os
 import shutil
@@ -9,6 +11,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -44,10 +48,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def json_safe(x):
-    """``x`` (dicts, lists, numbers) with every NaN (an undefined metric: no drop to recover, nothing flagged) as
-    None, so the JSON written from it is standard: null, not the NaN token strict parsers reject."""
+    """``x`` as plain JSON values: numpy scalars and arrays as numbers and lists, paths as strings, and every NaN
+    or infinity (an undefined metric: no drop to recover, nothing flagged) as None, so the JSON written from it
+    is standard: null, not the NaN token strict parsers reject."""
     if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+        return {k.item() if isinstance(k, np.generic) else k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
         return [json_safe(v) for v in x]
-    return None if isinstance(x, numbers.Real) and x != x else x
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
+    """Write a result (summary, metrics, config) as standard JSON, atomically: `json_safe` first, so a NaN
+    metric is null and numpy numbers are plain; objects JSON has no type for are written as their ``str``."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str) + "\n")

@@ -43,7 +43,7 @@ import numpy as np
 from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import save_config, setting, validate
-from .files import atomic_write_text
+from .files import atomic_write_text, write_json
 from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
 from .seeding import id_bucket
 
@@ -561,5 +561,5 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
             server.close()
     summary["seconds"] = time.time() - t0
     summary["model"] = cfg.model
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary

@@ -39,7 +39,7 @@ from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
-from .files import json_safe
+from .files import write_json
 from .heads import fold_of, select_l2, train_bt_heads
 from .losses import difference_loss
 from .metarm import metarm_backward
@@ -243,6 +243,12 @@ def orient(a: np.ndarray, b: np.ndarray, label: np.ndarray) -> tuple[np.ndarray,
 # Scorers on the lab: the audit's ensemble, a single RM, cleanlab
 
 
+def gold_accuracy(diff: np.ndarray, gold_diff: np.ndarray) -> float:
+    """The lab's accuracy: share of pairs on which a proxy's reward difference ``diff (N,)`` has the sign of the
+    gold's ``gold_diff (N,)``, both with the same sides (a tie of the proxy, 0, counts as preferring the second)."""
+    return float(np.mean((np.asarray(diff) > 0) == (np.asarray(gold_diff) > 0)))
+
+
 def detection_metrics(suspicion: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """AUROC, average precision, precision at k (k = number of true issues) and in the 5% most suspect."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -333,7 +339,7 @@ def study_learnability(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature:
         g = np.where(y, gold_diff, -gold_diff)  # gold difference, sides as labelled
         mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
         single = proxy.single(y, seed=base_seed + s)
-        rows.append({"ensemble": float(np.mean((mean > 0) == (g > 0))), "single_rm": float(np.mean((single > 0) == (g > 0))),
+        rows.append({"ensemble": gold_accuracy(mean, g), "single_rm": gold_accuracy(single, g),
                      "labels_with_gold": float(1 - lab["against_gold"].mean())})
     return _mean_std(rows)
 
@@ -456,7 +462,7 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
                 l2 = select_l2(dc, dr, np.where(w_train > 0, fold, -1), labels=labels)[0]
                 (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
                 pred = (fc - fr) @ w  # sides as labelled, before any denoising
-                acc = float(np.mean((pred[test] > 0) == (g[test] > 0)))
+                acc = gold_accuracy(pred[test], g[test])
                 results.setdefault(f"{level}", {}).setdefault(preset, []).append(acc)
     summary: dict = {"noise": noise, "fraction": fraction, "accuracy": {}}
     for level, per in results.items():
@@ -570,7 +576,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
 
     def write() -> None:
-        (out / "lab.json").write_text(json.dumps(json_safe(result), indent=1, default=float))
+        write_json(out / "lab.json", result)
 
     if cfg.gold_scores:
         gold_diff = read_gold_scores(cfg.gold_scores, ids)
@@ -590,7 +596,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     gold_info = {**gold_info, "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,
                  "abs_diff_median": float(np.median(np.abs(gold_diff)))}
     pd.DataFrame({"id": ids, "gold_diff": gold_diff}).to_parquet(out / "gold.parquet", index=False)
-    (out / "gold.json").write_text(json.dumps(gold_info, indent=1))
+    write_json(out / "gold.json", gold_info)
     temperature = cfg.temperature or choose_temperature(gold_diff, cfg.against_gold)
     labels = sample_labels(ids, gold_diff, temperature, seed=cfg.seed)
     labels.to_parquet(out / "labels.parquet", index=False)

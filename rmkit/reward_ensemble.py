@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .data import Message
+from .files import write_json
 from .models import RewardModel
 
 AGGREGATIONS = ("mean", "min", "uwo")
@@ -127,9 +128,9 @@ class EnsembleRewardModel:
         """A folder with ``rmkit_ensemble.json``: member paths (as given), aggregation, lambda, statistics."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        (out / ENSEMBLE_FILE).write_text(json.dumps({
+        write_json(out / ENSEMBLE_FILE, {
             "members": self.names, "aggregation": self.aggregation, "uwo_lambda": self.uwo_lambda,
-            "normalize": self.normalize, "stats": self.stats}, indent=1))
+            "normalize": self.normalize, "stats": self.stats})
 
 
 def load_reward_model(path: str, *, aggregation: str | None = None, uwo_lambda: float | None = None):

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
@@ -429,7 +429,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         texts = _decode(tok, generate(actor, tok, eval_ids, cfg, generator_seed=cfg.seed + 99991))
         rm.fit_normalization(eval_p, [[{"role": "assistant", "content": t}] for t in texts],
                              batch_size=cfg.rm_batch_size)
-        (out / "ensemble_normalization.json").write_text(json.dumps({"members": rm.names, "stats": rm.stats}))
+        write_json(out / "ensemble_normalization.json", {"members": rm.names, "stats": rm.stats})
     ptx = ptx_batches(tok, cfg.ptx_data, cfg.max_prompt_tokens + cfg.max_new_tokens) if cfg.ptx_coef > 0 else []
 
     start = 0
@@ -548,7 +548,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     summary.update({"critic_init": init, "prompts_used": len(keep), "prompts_too_long": sum(
         r["status"] == "too_long" for r in rows), "source_rows_without_prompt": len(skipped),
         "policy_dir": str(out / "policy")})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary
 
 

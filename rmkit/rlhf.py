@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_positive, from_dict, save_config, setting, validate
+from .files import write_json
 from .judge import JudgeConfig, LocalServer, compare_policies
 from .metarm import meta_J
 from .metaset import read_meta_set
@@ -128,7 +129,7 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
                  "rm_val_accuracy": rm_results.get("eval/accuracy"), "rm_test_accuracy": rm_results.get("test/accuracy")}
             if cfg.judge:
                 s["judge_vs_start"] = _judge_against_start(cfg, cfg.policy, new_policy, items, rdir)
-            done.write_text(json.dumps(s, indent=1))
+            write_json(done, s)
         summaries.append(s)
         policy, rm = s["policy"], s["reward_model"]
     (out / "rounds.jsonl").write_text("".join(json.dumps(s) + "\n" for s in summaries))

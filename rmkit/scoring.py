@@ -18,7 +18,7 @@ import torch
 from .batching import length_sorted_batches
 from .config import check_positive, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, load_splits, read_table
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel
 from .prefix import score_pairs_shared_prefix, supports_shared_prefix
@@ -217,7 +217,6 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Score a dataset with a saved reward model; writes the table and metrics into ``output_dir``."""
-    import json
 
     validate(cfg)
     if not cfg.data or not cfg.model:
@@ -240,5 +239,5 @@ def run_score(cfg: ScoreConfig) -> dict:
     metrics["per_subset"] = accuracy_per_subset(rc, rr, labels, ok["subset"].to_numpy())
     metrics["rows"] = len(table)
     metrics["unscored"] = int(table["diff"].isna().sum())
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_json(out / "metrics.json", metrics)
     return metrics

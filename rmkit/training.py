@@ -30,7 +30,7 @@ import torch
 
 from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
                      validate)
-from .files import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text, write_json
 from .data import DataSource, PreferencePair, check_split_fractions, get_splits
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
@@ -354,7 +354,7 @@ def _save_final(model: RewardModel, cfg: TrainConfig, results: dict[str, Any], o
     """The model (safetensors) with its card, results.json; the checkpoint is no longer needed."""
     model.save_pretrained(out / "model")
     write_model_card(out / "model", cfg, results)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "results.json", results)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 

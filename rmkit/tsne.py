@@ -13,7 +13,6 @@ reward model. A picture is not a measurement, so `feature_separation` reports, n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -23,6 +22,7 @@ import torch
 
 from .config import check_positive, save_config, setting, validate
 from .data import DataSource, PreferencePair, get_splits, load_splits
+from .files import write_json
 from .models import RewardModel
 
 
@@ -127,5 +127,5 @@ def run_tsne(cfg: TsneConfig) -> dict:
     fig.tight_layout()
     fig.savefig(out / "tsne.png", dpi=110)
     plt.close(fig)
-    (out / "separation.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "separation.json", results)
     return results

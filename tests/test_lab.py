@@ -180,8 +180,27 @@ def test_grade_sample_pairs_by_hand():
     assert got["J"] == pytest.approx(2 / 9 * sig.sum(), rel=1e-6)
 
 
-def test_json_safe_turns_undefined_metrics_into_null():
-    from rmkit.files import json_safe
+def test_json_safe_turns_undefined_metrics_into_null(tmp_path):
+    import json
+    from pathlib import Path
 
-    x = {"a": float("nan"), "b": [1.0, np.float32("nan"), {"c": np.float64(2.0)}], "d": (float("nan"), "s"), "e": None}
-    assert json_safe(x) == {"a": None, "b": [1.0, None, {"c": 2.0}], "d": [None, "s"], "e": None}
+    from rmkit.files import json_safe, write_json
+
+    x = {"a": float("nan"), "b": [1.0, np.float32("nan"), {"c": np.float64(2.0)}], "d": (float("nan"), "s"), "e": None,
+         "f": np.array([1, 2]), "g": np.int64(3), "h": float("-inf"), "p": Path("x/y"), np.int64(4): True}
+    want = {"a": None, "b": [1.0, None, {"c": 2.0}], "d": [None, "s"], "e": None, "f": [1, 2], "g": 3, "h": None,
+            "p": "x/y", 4: True}
+    assert json_safe(x) == want
+    write_json(tmp_path / "r.json", x)  # strict: a parser that refuses NaN/Infinity tokens reads it back
+
+    def refuse(token):
+        raise ValueError(token)
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {str(k): v for k, v in want.items()}
+
+
+def test_gold_accuracy_counts_sign_agreement():
+    from rmkit.lab import gold_accuracy
+
+    # agree, agree, disagree, and a proxy tie (0) against a positive gold: wrong
+    assert gold_accuracy(np.array([1.0, -2.0, 0.5, 0.0]), np.array([0.3, -0.1, -4.0, 1.0])) == 0.5

@@ -10,12 +10,15 @@
 - ``prefix``: SmolLM2-135M as a decoder RM (a sequence-classification head on it), plain scoring against
   shared-prefix scoring (each pair's prompt once, both responses on its KV cache): pairs/s, max |reward diff|.
 - ``audit``: the cold audit of every hh-rlhf pair (encoding included, nothing cached) in fp32 and in the fast
-  setting; wall time, ratio, and Spearman of the two strength rankings; and how close the fp32 encoding came to
-  the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token counts).
+  setting (default: the audit's defaults, whose precision ``auto`` picks bf16 where this CPU's bf16 matmuls
+  measure >= 1.5x its fp32 ones); wall time, ratio, and Spearman of the two strength rankings; and how close the
+  fp32 encoding came to the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token
+  counts).
 
     .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,audit]
 
-Writes benchmarks/results/speed.json. Wall-clock numbers: run it alone on the machine.
+Writes benchmarks/results/speed.json (``--out`` another file for another kind of machine). Wall-clock numbers: run
+it alone on the machine.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from rmkit.batching import length_sorted_batches
 from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
-from rmkit.hardware import cpu_has_bf16
+from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
 from rmkit.scoring import score_token_pairs
@@ -102,13 +105,22 @@ def vs_naive(pairs, max_length: int) -> dict:
                "rmkit": length_sorted_batches(lengths, 64)}
     work = {name: encoder_flops(rm.model.config, b, lengths) for name, b in batches.items()}
     padded = {name: sum(len(x) * max(lengths[k] for k in x) for x in b) for name, b in batches.items()}
-    return {"model": "minilm", "max_length": max_length, "texts": len(texts),
-            "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
-            "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max()),
-            "mean_tokens": float(np.mean(lengths)), "share_at_max_length": float(np.mean(np.array(lengths) >= max_length)),
-            "padded_tokens": {**padded, "real": int(sum(lengths))},
-            "work_ratio": work["naive"] / work["rmkit"],
-            "gflops": {"naive": work["naive"] / t_naive / 1e9, "rmkit": work["rmkit"] / t_rmkit / 1e9}}
+    out = {"model": "minilm", "max_length": max_length, "texts": len(texts),
+           "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
+           "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max()),
+           "mean_tokens": float(np.mean(lengths)), "share_at_max_length": float(np.mean(np.array(lengths) >= max_length)),
+           "padded_tokens": {**padded, "real": int(sum(lengths))},
+           "work_ratio": work["naive"] / work["rmkit"],
+           "gflops": {"naive": work["naive"] / t_naive / 1e9, "rmkit": work["rmkit"] / t_rmkit / 1e9}}
+    # The above compares fp32 with fp32. rmkit's default precision (auto) is what a user gets; where it picks bf16
+    # (a CPU whose bf16 matmuls measure >= 1.5x), time that too, with how far its rewards move.
+    auto = resolve_precision("auto", torch.device("cpu"), announce=False)
+    out["auto_precision"] = auto
+    if auto != "fp32":
+        (ac, ar), t_auto = timed(lambda: score_token_pairs(rm, c, r, batch_size=64, precision=auto))
+        out.update(vs_naive_at_auto_precision=t_naive / t_auto,
+                   auto_max_abs_reward_diff=float(np.abs(naive - np.stack([ac, ar], 1).reshape(-1)).max()))
+    return out
 
 
 def precision_block(pairs, max_length: int) -> dict:
@@ -195,6 +207,7 @@ def audit_block(fast: dict) -> dict:
             strength[name] = table.set_index("id")["mean"]
             out[f"{name}_seconds"] = t
             out[f"{name}_timings"] = result.summary["timings"]
+            out[f"{name}_precision"] = result.summary["ensemble"].get("precision")  # what auto chose
     out["audit_ratio"] = out["fast_seconds"] / out["fp32_seconds"]
     both = strength["fp32"].dropna().index.intersection(strength["fast"].dropna().index)
     out["strength_spearman"] = spearman(strength["fp32"][both].to_numpy(), strength["fast"][both].to_numpy())
@@ -211,7 +224,8 @@ def main() -> None:
                         help="blocks to run, comma-separated; the others keep their last measurement in the file")
     parser.add_argument("--skip-audit", action="store_true", help="= --blocks vs_naive,precision,prefix")
     parser.add_argument("--audit-only", action="store_true", help="= --blocks audit")
-    parser.add_argument("--fast", default='{"precision": "bf16"}', help="audit settings of the fast run (JSON)")
+    parser.add_argument("--fast", default="{}",
+                        help="audit settings of the fast run (JSON); default {}: the audit's defaults (precision auto)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -220,7 +234,8 @@ def main() -> None:
     pairs = [ds.pairs[i] for i in sorted(rng.choice(len(ds.pairs), args.pairs, replace=False))]
     result: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                 "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-                                "cpu_has_bf16": cpu_has_bf16(), "torch": torch.__version__}}
+                                "cpu_has_bf16": cpu_has_bf16(), "bf16_matmul_speedup": cpu_bf16_speedup(),
+                                "torch": torch.__version__}}
     path = Path(args.out)
 
     def save():

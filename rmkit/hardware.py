@@ -5,10 +5,13 @@ start of a job and said in one line, so a user sees which was chosen and why.
     precision = resolve_precision("auto", device)   # bf16 where the hardware runs it fast, else fp32
     with autocast(device, precision): ...           # matmuls in bfloat16, weights and outputs stay fp32
 
-``auto`` picks bf16 on a GPU that supports it, and fp32 on CPUs: on this project's CPU (AVX-512 BF16 and
-VNNI, no AMX; 2 cores; torch 2.13) bfloat16 matmuls run at 0.7-0.9x the fp32 rate, and autocast made the cold
-audit 1.35x as slow (`benchmarks/results/speed.json`). ``precision: bf16`` still runs it where a CPU does
-better (AMX).
+``auto`` picks bf16 on a GPU that supports it. On a CPU it measures: CPUs that have bfloat16 instructions differ
+in what they get from them. On one 2-core machine of this project (AVX-512 BF16, no AMX, torch 2.13) bfloat16
+matmuls ran at 0.7-0.9x the fp32 rate and autocast made the cold audit 1.35x as slow; on another (an AMD EPYC
+with AVX-512 BF16) they ran at 2.5-3x and autocast encoded MiniLM 1.9x as fast, with features of cosine
+0.99996 to fp32, and the cold audit took 0.53 of its fp32 time (`benchmarks/results/speed.json`,
+`speed_amd_epyc_avx512.json`). So ``auto`` times one transformer-sized matmul in each
+precision (about 0.2 s, once per process) and picks bf16 where it is at least `BF16_MIN_SPEEDUP` times faster.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import contextlib
 import functools
 import re
 import sys
+import time
 
 import torch
 
 DEVICES_HELP = "where models run: auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16")
-PRECISION_HELP = ("auto (bf16 on a GPU that supports it, else fp32), fp32, or bf16 (autocast: matmuls in bfloat16; "
-                  "on a CPU fast only with AVX-512 BF16 or AMX)")
+PRECISION_HELP = ("auto (bf16 on a GPU that supports it, and on a CPU whose bfloat16 matmuls measure >= 1.5x its fp32 "
+                  "ones; else fp32), fp32, or bf16 (autocast: matmuls in bfloat16)")
 
 
 def check_device(spec: str | None) -> None:
@@ -52,6 +56,27 @@ def cpu_has_bf16() -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
+BF16_MIN_SPEEDUP = 1.5  # matmul speedup below which autocast's casts and fp32 ops eat the gain (0.8x: 0.66x slower)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU multiplies bfloat16 matrices than float32 ones: one matmul of MiniLM's
+    feed-forward shape (1024 tokens), best of 5 of each, interleaved so a change in the machine's load hits both
+    alike. Measured once per process; 0.0 where the CPU has no bfloat16 instructions (emulated: never faster)."""
+    if not cpu_has_bf16():
+        return 0.0
+    mats = {dt: (torch.randn(1024, 384).to(dt), torch.randn(384, 1536).to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    best = {dt: float("inf") for dt in mats}
+    with torch.inference_mode():
+        for _ in range(5):
+            for dt, (a, b) in mats.items():
+                t = time.perf_counter()
+                a @ b
+                best[dt] = min(best[dt], time.perf_counter() - t)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
 def resolve_precision(spec: str, device: torch.device, *, announce: bool = True) -> str:
     """``fp32`` or ``bf16`` for ``spec`` on ``device``, with one line on stderr saying which and why."""
     if spec not in PRECISIONS:
@@ -63,8 +88,10 @@ def resolve_precision(spec: str, device: torch.device, *, announce: bool = True)
             chosen, why = "fp32", "the GPU has no bfloat16"
         elif not cpu_has_bf16():
             chosen, why = "fp32", "this CPU has no native bfloat16"
+        elif (gain := cpu_bf16_speedup()) >= BF16_MIN_SPEEDUP:
+            chosen, why = "bf16", f"this CPU's bfloat16 matmuls measured {gain:.1f}x its fp32 ones"
         else:
-            chosen, why = "fp32", "auto keeps fp32 on CPUs: bf16 autocast measured slower there"
+            chosen, why = "fp32", f"this CPU's bfloat16 matmuls measured only {gain:.1f}x its fp32 ones"
     elif spec == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         # Emulated: a bf16 matmul ran at 1.8 GFLOPS against 126 in fp32 on an AVX2-only EPYC (speed.py).
         chosen, why = "bf16", "asked for; this CPU has no native bfloat16: emulated, many times slower than fp32"

@@ -25,7 +25,8 @@ def post(url, body, raw=None):
 @pytest.fixture(scope="module")
 def served(tiny_llama):
     rm = RewardModel.from_pretrained(tiny_llama, max_length=64).eval()
-    with RewardServer(rm, ServeConfig(port=0, max_request_texts=8, max_body_bytes=20_000)) as srv:
+    # fp32, the precision of the in-process scoring the tests compare with (auto is bf16 on a CPU with fast bf16)
+    with RewardServer(rm, ServeConfig(port=0, max_request_texts=8, max_body_bytes=20_000, precision="fp32")) as srv:
         yield rm, srv
 
 

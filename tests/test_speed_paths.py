@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rmkit.data import load_preferences
+from rmkit import hardware
 from rmkit.hardware import autocast, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix, supports_shared_prefix
@@ -46,7 +47,7 @@ def test_encoders_take_the_plain_path(tiny_bert, pairs):
         score_pairs_shared_prefix(rm, c, r)
 
 
-def test_devices_and_precisions_are_resolved_and_said(capsys, tiny_bert, pairs):
+def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_bert, pairs):
     cpu = resolve_device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device must be"):
@@ -54,7 +55,15 @@ def test_devices_and_precisions_are_resolved_and_said(capsys, tiny_bert, pairs):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
-    assert resolve_precision("auto", cpu) == "fp32" and "running on cpu in fp32" in capsys.readouterr().err
+    # auto on a CPU follows the measured bf16 matmul speedup (the machines of this project: 0.8x and 3x)
+    for gain, has_bf16, chosen in ((3.0, True, "bf16"), (0.8, True, "fp32"), (0.0, False, "fp32")):
+        monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda gain=gain: gain)
+        monkeypatch.setattr(hardware, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
+        assert resolve_precision("auto", cpu) == chosen
+        assert f"running on cpu in {chosen}" in capsys.readouterr().err
+    monkeypatch.undo()
+    gain = hardware.cpu_bf16_speedup()  # the real probe: a ratio of two timings, 0 without bf16 instructions
+    assert (gain > 0) == hardware.cpu_has_bf16() and np.isfinite(gain)
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("fp16", cpu)

@@ -204,6 +204,8 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
     settings = s["settings"]
     reads = (f" (hidden layers {', '.join(map(str, sorted(set(ens['member_layers']))))}; head L2 per layer "
              f"{html.escape(json.dumps(ens.get('head_l2')))})" if ens.get("member_layers") else "")
+    if ens.get("precision"):  # bf16 where `auto` measured this machine's bf16 matmuls fast enough
+        reads += f"; features encoded in {ens['precision']}"
     t = result.table
     by_id = {p.id: p for p in ds.pairs}
     imgs = "".join(

@@ -58,6 +58,7 @@ def test_audit_finds_planted_flips_and_keeps_every_row(separable, tmp_path):
     assert page.count("data:image/png;base64,") == 6 and "Bananas are yellow" in page
     assert page.index("How far to trust this audit") < page.index("Categories")  # the page leads with trust
     assert "Each pair shows 3 member values, not 6" in page
+    assert f"features encoded in {summary['ensemble']['precision']}" in page  # what precision auto chose
     assert (tmp_path / "audit" / "config.yaml").exists() and (tmp_path / "audit" / "strength.csv").exists()
     assert "most suspect" in result.report()
     # Calibrated verdicts: the planted flips get the high probabilities, and the flags are mostly flips.

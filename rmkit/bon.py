@@ -156,7 +156,8 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
             f.write(json.dumps({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}) + "\n")
     summary = {"prompts": len(ids), "n": cfg.n, "kl_bon": kl_bon(cfg.n), "best_reward_mean": float(best["reward"].mean()),
                "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo),
-               "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped)}
+               "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped),
+               "device": str(device), "precision": precision}
     if isinstance(rm, EnsembleRewardModel):
         summary.update(aggregation=rm.aggregation, uwo_lambda=rm.uwo_lambda, members=rm.names,
                        normalization=rm.stats)

@@ -239,5 +239,6 @@ def run_score(cfg: ScoreConfig) -> dict:
     metrics["per_subset"] = accuracy_per_subset(rc, rr, labels, ok["subset"].to_numpy())
     metrics["rows"] = len(table)
     metrics["unscored"] = int(table["diff"].isna().sum())
+    metrics.update(device=str(device), precision=precision)  # what auto resolved to: rewards move ~1e-3 in bf16
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -126,6 +126,7 @@ def test_rmkit_bon_picks_the_argmax_and_resumes(tiny_policy, tiny_bert, tiny_lla
         mine = scores[scores["id"] == b["id"]]
         assert b["k"] == int(mine["reward"].idxmax() - mine.index[0]) and b["reward"] == pytest.approx(mine["reward"].max())
     assert summary["prompts"] == 3 and summary["kl_bon"] == pytest.approx(kl_bon(4))
+    assert summary["device"] == "cpu" and summary["precision"] in ("fp32", "bf16")  # what auto resolved to
     # A rerun samples nothing again and gives the same picks.
     again = run_bon(cfg, progress=False)
     assert again["sampled_now"] == 0 and again["best_reward_mean"] == pytest.approx(summary["best_reward_mean"])

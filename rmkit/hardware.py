@@ -66,7 +66,9 @@ def cpu_bf16_speedup() -> float:
     alike. Measured once per process; 0.0 where the CPU has no bfloat16 instructions (emulated: never faster)."""
     if not cpu_has_bf16():
         return 0.0
-    mats = {dt: (torch.randn(1024, 384).to(dt), torch.randn(384, 1536).to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    g = torch.Generator().manual_seed(0)  # its own generator: the probe must not move a job's seeded global RNG
+    mats = {dt: (torch.randn(1024, 384, generator=g).to(dt), torch.randn(384, 1536, generator=g).to(dt))
+            for dt in (torch.float32, torch.bfloat16)}
     best = {dt: float("inf") for dt in mats}
     with torch.inference_mode():
         for _ in range(5):

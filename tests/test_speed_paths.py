@@ -62,8 +62,13 @@ def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_
         assert resolve_precision("auto", cpu) == chosen
         assert f"running on cpu in {chosen}" in capsys.readouterr().err
     monkeypatch.undo()
+    torch.manual_seed(0)
+    hardware.cpu_bf16_speedup.cache_clear()
     gain = hardware.cpu_bf16_speedup()  # the real probe: a ratio of two timings, 0 without bf16 instructions
     assert (gain > 0) == hardware.cpu_has_bf16() and np.isfinite(gain)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))  # the probe leaves a job's seeded random numbers as they were
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("fp16", cpu)

@@ -79,8 +79,9 @@ def cpu_bf16_speedup() -> float:
     return best[torch.float32] / best[torch.bfloat16]
 
 
-def resolve_precision(spec: str, device: torch.device, *, announce: bool = True) -> str:
-    """``fp32`` or ``bf16`` for ``spec`` on ``device``, with one line on stderr saying which and why."""
+def resolve_precision(spec: str, device: torch.device, *, announce: bool = True, training: bool = False) -> str:
+    """``fp32`` or ``bf16`` for ``spec`` on ``device``, with one line on stderr saying which and why.
+    ``training``: a job that updates weights (PPO), whose ``auto`` stays fp32 on CPUs, as training's does."""
     if spec not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
     if spec == "auto":
@@ -88,6 +89,8 @@ def resolve_precision(spec: str, device: torch.device, *, announce: bool = True)
             chosen, why = "bf16", "the GPU supports bfloat16"
         elif device.type == "cuda":
             chosen, why = "fp32", "the GPU has no bfloat16"
+        elif training:
+            chosen, why = "fp32", "auto keeps fp32 for training on CPUs: bf16 updates were not measured there"
         elif not cpu_has_bf16():
             chosen, why = "fp32", "this CPU has no native bfloat16"
         elif (gain := cpu_bf16_speedup()) >= BF16_MIN_SPEEDUP:

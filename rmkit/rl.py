@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 import json
 import math
 import time
@@ -41,6 +40,7 @@ from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
 from .files import atomic_path, write_json
+from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
@@ -95,7 +95,10 @@ class PPOConfig(SamplingConfig, DataSource):
     save_every: int = setting(10, "checkpoint every N steps (0: only at the end)")
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint when it is there")
     rm_batch_size: int = setting(32, "texts per reward-model forward pass")
-    device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N")
+    device: str = setting("auto", DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "autocast of every forward pass (rollouts, reward model, updates; weights and optimizer stay fp32): "
+                "auto (bf16 on a GPU that supports it; fp32 on CPUs, where PPO was not measured in bf16), fp32 or bf16")
     max_prompts: int | None = setting(None, "use the first N usable prompts")
 
     def check(self) -> None:
@@ -106,8 +109,7 @@ class PPOConfig(SamplingConfig, DataSource):
                        "max_new_tokens", "max_prompt_tokens", "rm_batch_size", "max_prompts")
         check_positive(self, "kl_coef", "reward_clip", "clip_range", "value_clip", "max_grad_norm", "eval_prompts",
                        "eval_every", "save_every", "ptx_coef", "uwo_lambda", allow_zero=True)
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"setting 'device': {self.device!r} is not auto, cpu, cuda or cuda:N")
+        check_device(self.device)
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,16 +338,19 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
 # Checkpoints
 
 
-def _identity(cfg: PPOConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to be continued (not the length of the run or where it is saved)."""
+def _identity(cfg: PPOConfig, precision: str) -> dict[str, Any]:
+    """What must match for a checkpoint to be continued (not the length of the run or where it is saved); the
+    precision as resolved (auto differs by device), named only when not fp32 so older checkpoints still match."""
     d = asdict(cfg)
-    for k in ("steps", "save_every", "resume", "output_dir", "eval_every", "device", "rm_batch_size"):
+    for k in ("steps", "save_every", "resume", "output_dir", "eval_every", "device", "rm_batch_size", "precision"):
         d.pop(k)
+    if precision != "fp32":
+        d["precision"] = precision
     return d
 
 
 def _save(path: Path, actor, tokenizer, critic, opt_a, opt_c, moments: RunningMoments, step: int,
-          cfg: PPOConfig) -> None:
+          cfg: PPOConfig, precision: str) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:  # a kill mid-save leaves the previous checkpoint intact
@@ -353,15 +358,15 @@ def _save(path: Path, actor, tokenizer, critic, opt_a, opt_c, moments: RunningMo
         tokenizer.save_pretrained(tmp / "actor")
         save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp / "critic.safetensors"))
         torch.save({"step": step, "actor_opt": opt_a.state_dict(), "critic_opt": opt_c.state_dict(),
-                    "moments": moments.state_dict(), "identity": _identity(cfg)}, tmp / "state.pt")
+                    "moments": moments.state_dict(), "identity": _identity(cfg, precision)}, tmp / "state.pt")
 
 
-def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg: PPOConfig) -> int:
+def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg: PPOConfig, precision: str) -> int:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     state = torch.load(path / "state.pt", weights_only=True)
-    require_same_settings(state["identity"], _identity(cfg), path, "use another output_dir or --resume false")
+    require_same_settings(state["identity"], _identity(cfg, precision), path, "use another output_dir or --resume false")
     actor.load_state_dict(AutoModelForCausalLM.from_pretrained(path / "actor").state_dict())
     critic.load_state_dict(load_file(str(path / "critic.safetensors")))
     opt_a.load_state_dict(state["actor_opt"])
@@ -372,12 +377,6 @@ def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg:
 
 # ------------------------------------------------------------------------------------------
 # The loop
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
@@ -391,7 +390,12 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, training=True)
+
+    def amp():  # forward passes only: backward follows the dtypes autocast chose, the optimizer stays fp32
+        return autocast(device, precision)
+
     torch.manual_seed(cfg.seed)
     ids, prompts, skipped = load_prompts(cfg.data, cfg)  # read (and, if strict, checked) before any model loads
 
@@ -426,9 +430,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     if isinstance(rm, EnsembleRewardModel) and rm.normalize == "zscore" and rm.stats is None:
         # Members of different scales must not dominate min/uwo: z-score each on the starting policy's responses
         # to the held-out prompts (a fixed seed, so a resumed run gets the same statistics).
-        texts = _decode(tok, generate(actor, tok, eval_ids, cfg, generator_seed=cfg.seed + 99991))
-        rm.fit_normalization(eval_p, [[{"role": "assistant", "content": t}] for t in texts],
-                             batch_size=cfg.rm_batch_size)
+        with amp():
+            texts = _decode(tok, generate(actor, tok, eval_ids, cfg, generator_seed=cfg.seed + 99991))
+            rm.fit_normalization(eval_p, [[{"role": "assistant", "content": t}] for t in texts],
+                                 batch_size=cfg.rm_batch_size)
         write_json(out / "ensemble_normalization.json", {"members": rm.names, "stats": rm.stats})
     ptx = ptx_batches(tok, cfg.ptx_data, cfg.max_prompt_tokens + cfg.max_new_tokens) if cfg.ptx_coef > 0 else []
 
@@ -436,7 +441,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     ckpt = out / "checkpoint"
     metrics_path = out / "metrics.jsonl"
     if cfg.resume and (ckpt / "state.pt").exists():
-        start = _load(ckpt, actor, critic, opt_a, opt_c, moments, cfg)
+        start = _load(ckpt, actor, critic, opt_a, opt_c, moments, cfg, precision)
         for path in (metrics_path, out / "eval_scores.jsonl"):  # drop lines logged after the checkpoint
             if path.exists():
                 path.write_text("".join(x + "\n" for x in path.read_text().splitlines()
@@ -454,14 +459,16 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
             f.write(json.dumps(record) + "\n")
 
     if start == 0:
-        log({"step": 0, **evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)})
+        with amp():
+            log({"step": 0, **evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)})
 
     bar = tqdm(range(start, cfg.steps), desc="ppo", initial=start, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         batch_idx = [train_idx[(step * cfg.batch_size + j) % len(train_idx)] for j in range(cfg.batch_size)]
-        r = rollout(actor, ref, critic, rm, tok, [prompts[i] for i in batch_idx], [enc[i] for i in batch_idx], cfg,
-                    seed=cfg.seed * 1_000_003 + step, device=device)
+        with amp():
+            r = rollout(actor, ref, critic, rm, tok, [prompts[i] for i in batch_idx], [enc[i] for i in batch_idx],
+                        cfg, seed=cfg.seed * 1_000_003 + step, device=device)
         seq, mask = r["seq"], r["seq"]["response_mask"]
         t_rollout = time.perf_counter() - t0
 
@@ -490,13 +497,15 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
                 R = mb["response_mask"].shape[1]
                 m = mb["response_mask"]
                 old_logp, mb_adv = r["logp"][rows_mb, :R], adv[rows_mb, :R]
-                logp, entropy = response_logprobs(actor, mb, cfg.temperature, with_entropy=True)
+                with amp():
+                    logp, entropy = response_logprobs(actor, mb, cfg.temperature, with_entropy=True)
+                    if ptx:
+                        pick = rng.choice(len(ptx), cfg.minibatch_size)
+                        lm = ptx_loss(actor, [ptx[i] for i in pick], tok.pad_token_id, device)
                 pg, pg_clip = ppo_policy_loss(logp, old_logp, mb_adv, m, clip=cfg.clip_range)
                 ent = masked_mean(entropy, m)
                 loss = pg - cfg.entropy_coef * ent if cfg.entropy_coef else pg  # no backward through a 0 term
                 if ptx:
-                    pick = rng.choice(len(ptx), cfg.minibatch_size)
-                    lm = ptx_loss(actor, [ptx[i] for i in pick], tok.pad_token_id, device)
                     loss = loss + cfg.ptx_coef * lm
                     stats["ptx"].append(lm.item())
                 opt_a.zero_grad(set_to_none=True)
@@ -504,7 +513,8 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
                 nn.utils.clip_grad_norm_(actor.parameters(), cfg.max_grad_norm)
                 opt_a.step()
 
-                v = response_values(critic, mb)
+                with amp():
+                    v = response_values(critic, mb)
                 vf, vf_clip = ppo_value_loss(v, r["values"][rows_mb, :R], returns[rows_mb, :R], m, clip=cfg.value_clip)
                 opt_c.zero_grad(set_to_none=True)
                 vf.backward()
@@ -532,22 +542,24 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         if stats["ptx"]:
             record["loss/ptx"] = float(np.mean(stats["ptx"]))
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            record.update(evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device))
+            with amp():
+                record.update(evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device))
         log(record)
         bar.set_postfix(score=f"{record['reward/score_mean']:.3f}", kl=f"{record['kl/ref']:.2f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save(ckpt, actor, tok, critic, opt_a, opt_c, moments, step + 1, cfg)
+            _save(ckpt, actor, tok, critic, opt_a, opt_c, moments, step + 1, cfg, precision)
 
     if start < cfg.steps:
-        final = evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)
+        with amp():
+            final = evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)
         log({"step": cfg.steps, **final})
-        _save(ckpt, actor, tok, critic, opt_a, opt_c, moments, cfg.steps, cfg)
+        _save(ckpt, actor, tok, critic, opt_a, opt_c, moments, cfg.steps, cfg, precision)
         actor.save_pretrained(out / "policy", safe_serialization=True)
         tok.save_pretrained(out / "policy")
     summary = summarize_ppo(out, cfg)
     summary.update({"critic_init": init, "prompts_used": len(keep), "prompts_too_long": sum(
         r["status"] == "too_long" for r in rows), "source_rows_without_prompt": len(skipped),
-        "policy_dir": str(out / "policy")})
+        "policy_dir": str(out / "policy"), "device": str(device), "precision": precision})
     write_json(out / "summary.json", summary)
     return summary
 

@@ -142,6 +142,21 @@ def test_ppo_runs_logs_and_resumes_exactly(tiny_policy, tiny_bert, shared_data, 
         train_ppo(_cfg(tmp_path / "b", tiny_policy, tiny_bert, shared_data, steps=4, kl_coef=0.1))
 
 
+def test_ppo_in_bf16_autocast_and_its_resume_refused_in_fp32(tiny_policy, tiny_bert, shared_data, tmp_path):
+    out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=2, precision="bf16"))
+    assert out["precision"] == "bf16" and out["device"] == "cpu"
+    assert math.isfinite(out["reward_end"]) and math.isfinite(out["kl_end"])
+    steps = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "loss/policy" in x]
+    assert steps[0]["kl/ref"] == pytest.approx(0.0, abs=1e-5)  # actor and reference under the same autocast
+    assert all(math.isfinite(r["loss/value"]) and math.isfinite(r["policy/approx_kl"]) for r in steps)
+    with pytest.raises(ValueError, match=r"other settings \(precision\)"):
+        train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=3, precision="fp32"))
+    # auto keeps fp32 for training on CPUs, whatever the CPU's bf16 speed
+    from rmkit.hardware import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu"), training=True) == "fp32"
+
+
 def test_critic_from_a_reward_model_sharing_the_backbone_and_ptx(tiny_policy, tiny_llama, shared_data, tmp_path):
     data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")
     out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_llama, shared_data, steps=1, ptx_coef=0.5, ptx_data=data,

@@ -26,6 +26,7 @@ For clusters, use TRL or OpenRLHF with rmkit's reward model (a sequence-classifi
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import math
@@ -392,10 +393,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, training=True)
-
-    def amp():  # forward passes only: backward follows the dtypes autocast chose, the optimizer stays fp32
-        return autocast(device, precision)
-
+    amp = functools.partial(autocast, device, precision)  # around forward passes only; weights and optimizer fp32
     torch.manual_seed(cfg.seed)
     ids, prompts, skipped = load_prompts(cfg.data, cfg)  # read (and, if strict, checked) before any model loads
 

@@ -40,7 +40,8 @@ DATA = ROOT.parent / "shared" / "data"
 
 def hh_block(work: Path) -> dict:
     ds = load_preferences(DATA / "hh-rlhf")
-    cfg = AuditConfig(data=str(DATA / "hh-rlhf"), output_dir=str(work / "hh"))
+    # fp32 on every machine, so the committed numbers reproduce (auto picks bf16 on CPUs with fast bf16 matmuls)
+    cfg = AuditConfig(data=str(DATA / "hh-rlhf"), output_dir=str(work / "hh"), precision="fp32")
     t0 = time.time()
     diffs, info = ensemble_diffs(cfg, ds.pairs, work_dir=work / "hh" / "work")
     length, unit = response_length_diff(ds.pairs, cfg.model)

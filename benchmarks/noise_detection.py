@@ -79,8 +79,9 @@ def main() -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     ids = [p.id for p in clean]
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    # fp32 on every machine, so the committed numbers reproduce (auto picks bf16 on CPUs with fast bf16 matmuls)
     cfg = EnsembleConfig(model=args.model, members=args.members, max_length=args.max_length, layers=layers,
-                         pooling=args.pooling, head_l2=args.head_l2)
+                         pooling=args.pooling, head_l2=args.head_l2, precision="fp32")
     rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     middle = rm.num_layers // 2  # the single model reads the middle block (hidden layer L // 2)
     single_cfg = replace(cfg, members=2, bootstrap=False, layers=[middle] if cfg.pooling == "mean" else None)

@@ -40,6 +40,7 @@ from rmkit.batching import length_sorted_batches
 from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
+from rmkit.files import write_json
 from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
@@ -239,7 +240,7 @@ def main() -> None:
     path = Path(args.out)
 
     def save():
-        path.write_text(json.dumps(result, indent=1, default=float))
+        write_json(path, result)
 
     blocks = ["audit"] if args.audit_only else args.blocks.split(",")
     if args.skip_audit:
@@ -265,6 +266,7 @@ def main() -> None:
         result["audit"]["date"] = time.strftime("%Y-%m-%d")
         save()
     print(json.dumps({k: result[k] for k in blocks if k in result}, indent=1, default=float))
+
 
 if __name__ == "__main__":
     main()

@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass
 
 from .config import add_arguments, config_from_args
 from .data import DataError
-from .files import json_safe
+from .files import json_text
 
 
 def _print(obj) -> None:
     if _is_main():
-        print(json.dumps(json_safe(obj), indent=1, default=str))  # NaN (an undefined metric) prints as null
+        print(json_text(obj))  # NaN (an undefined metric) prints as null
 
 
 def _is_main() -> bool:

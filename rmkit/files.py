@@ -64,7 +64,12 @@ def json_safe(x):
     return x
 
 
+def json_text(obj, *, indent: int | None = 1) -> str:
+    """``obj`` as standard JSON text: `json_safe` first, so a NaN metric is null and numpy numbers are plain;
+    objects JSON has no type for are written as their ``str``."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str)
+
+
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
-    """Write a result (summary, metrics, config) as standard JSON, atomically: `json_safe` first, so a NaN
-    metric is null and numpy numbers are plain; objects JSON has no type for are written as their ``str``."""
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str) + "\n")
+    """Write a result (summary, metrics, config) as `json_text`, atomically."""
+    atomic_write_text(path, json_text(obj, indent=indent) + "\n")

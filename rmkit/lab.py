@@ -574,10 +574,6 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     pairs = cfg.read(cfg.data).pairs
     ids = [p.id for p in pairs]
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
-
-    def write() -> None:
-        write_json(out / "lab.json", result)
-
     if cfg.gold_scores:
         gold_diff = read_gold_scores(cfg.gold_scores, ids)
         gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
@@ -622,8 +618,8 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
             elif name == "denoise":
                 result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise, **kw)
             result["timings"][f"{name}_seconds"] = time.time() - t1
-            write()  # as it goes
-    write()
+            write_json(out / "lab.json", result)  # as it goes
+    write_json(out / "lab.json", result)
     return result
 
 

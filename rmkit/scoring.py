@@ -217,7 +217,6 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
 
 def run_score(cfg: ScoreConfig) -> dict:
     """Score a dataset with a saved reward model; writes the table and metrics into ``output_dir``."""
-
     validate(cfg)
     if not cfg.data or not cfg.model:
         raise ValueError("rmkit score needs both data and model")

@@ -32,7 +32,6 @@ objective).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 
 from .config import save_config, setting, validate
 from .data import DataError, DataSource, PreferencePair, load_splits, read_table, save_splits, split_ids
+from .files import json_text
 
 PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 REVIEW_DECISIONS = ("keep", "flip", "drop")
@@ -237,7 +237,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
         r["denoise_action"] = action_by_id[r["id"]]
     with (out / "pairs.jsonl").open("w") as f:
         for r in records:
-            f.write(json.dumps(r) + "\n")
+            f.write(json_text(r, indent=None) + "\n")
     pd.DataFrame(records).to_parquet(out / "pairs.parquet", index=False)
     rows = ds.status_table()
     rows["mean"] = rows["id"].map(mean_by_id)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import atomic_path, write_json
+from .files import atomic_path, json_text, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -452,9 +452,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         per_prompt = record.pop("per_prompt", None)
         if per_prompt is not None:  # the held-out prompts' own scores, for paired start/end comparisons
             with (out / "eval_scores.jsonl").open("a") as f:
-                f.write(json.dumps({"step": record["step"], "ids": [ids[i] for i in eval_idx], **per_prompt}) + "\n")
+                f.write(json_text({"step": record["step"], "ids": [ids[i] for i in eval_idx], **per_prompt},
+                                  indent=None) + "\n")
         with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record, indent=None) + "\n")
 
     if start == 0:
         with amp():
@@ -567,7 +568,9 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
     paired bootstrap 95% interval of the score gain over the same prompts), and the mean per-step
     rollout throughput and step time."""
     run_dir = Path(run_dir)
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    # The log writes an undefined number (a NaN loss) as null; read it back as NaN so means stay numbers.
+    recs = [{k: np.nan if v is None else v for k, v in json.loads(x).items()}
+            for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     evals = [x for x in recs if "eval/score" in x]
     steps = [x for x in recs if "time/step_s" in x]
     kl_end = evals[-1]["eval/kl"]

@@ -30,7 +30,8 @@ import torch
 
 from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
                      validate)
-from .files import atomic_path, atomic_write_text, write_json
+from .files import atomic_path, atomic_write_text, json_text, write_json
+from .hardware import resolve_precision
 from .data import DataSource, PreferencePair, check_split_fractions, get_splits
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
@@ -251,10 +252,13 @@ def _logged_step(line: str) -> float:
 
 
 def _mixed_precision(spec: str) -> str:
-    """accelerate's setting for ``spec``: ``auto`` is bf16 on a GPU with bfloat16, else no mixed precision."""
+    """accelerate's setting for ``spec``: ``auto`` is `resolve_precision`'s rule for jobs that update weights
+    (bf16 on a GPU with bfloat16, fp32 elsewhere, as PPO's), in accelerate's words (fp32 is ``no``)."""
     if spec != "auto":
         return spec
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = resolve_precision("auto", device, training=True, announce=int(os.environ.get("RANK", "0")) == 0)
+    return "no" if chosen == "fp32" else chosen
 
 
 def _finished_run(cfg: TrainConfig, out: Path) -> "TrainResult | None":
@@ -447,7 +451,7 @@ def train_reward_model(
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_text(record, indent=None) + "\n")
 
     def evaluate() -> dict[str, float]:
         if not eval_pairs:

@@ -64,6 +64,23 @@ def policy(tiny_policy):
     return model.eval(), tok
 
 
+def test_ppo_summary_reads_an_undefined_metric_as_nan(tmp_path):
+    from rmkit.files import json_text
+    from rmkit.rl import summarize_ppo
+
+    # A diverged step logs a NaN score; the log is strict JSON (null), and the summary still computes.
+    recs = [{"step": 0, "eval/score": 0.5, "eval/kl": 0.0},
+            {"step": 1, "reward/score_mean": float("nan"), "time/rollout_tokens_per_s": 10.0, "time/step_s": 2.0},
+            {"step": 2, "reward/score_mean": 1.0, "time/rollout_tokens_per_s": 30.0, "time/step_s": 4.0},
+            {"step": 2, "eval/score": 0.75, "eval/kl": 0.1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json_text(r, indent=None) + "\n" for r in recs))
+    assert "null" in (tmp_path / "metrics.jsonl").read_text() and "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+    out = summarize_ppo(tmp_path, PPOConfig(kl_budget=0.5))
+    assert math.isnan(out["train_score_first5"])
+    assert out["rollout_tokens_per_s"] == pytest.approx(20.0) and out["s_per_step"] == pytest.approx(3.0)
+    assert (out["reward_start"], out["reward_end"], out["kl_within_budget"], out["steps"]) == (0.5, 0.75, True, 2)
+
+
 def test_packed_logprobs_and_values_equal_unpadded_ones(policy, tiny_llama):
     """Left-padded prompts + right-padded responses in one batch give each row the log-probs it has alone
     (position ids count real tokens, as generation does), and only response positions are read."""

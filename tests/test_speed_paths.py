@@ -11,6 +11,7 @@ from rmkit.hardware import autocast, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix, supports_shared_prefix
 from rmkit.scoring import score_token_pairs
+from rmkit.training import _mixed_precision
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,13 @@ def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_
         monkeypatch.setattr(hardware, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
         assert resolve_precision("auto", cpu) == chosen
         assert f"running on cpu in {chosen}" in capsys.readouterr().err
+        # training's auto (accelerate's names) keeps fp32 ("no") on any CPU, fast bf16 or not, as PPO's does
+        assert _mixed_precision("auto") == "no" and resolve_precision("auto", cpu, training=True) == "fp32"
+    assert _mixed_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert _mixed_precision("auto") == "bf16"
+    capsys.readouterr()
     monkeypatch.undo()
     torch.manual_seed(0)
     hardware.cpu_bf16_speedup.cache_clear()

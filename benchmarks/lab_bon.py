@@ -121,7 +121,7 @@ def main() -> None:
     y = hl.label(args.seed)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
-    proxy = proxy_features(EnsembleConfig(), pairs)
+    proxy = proxy_features(EnsembleConfig(precision="fp32"), pairs)
     layers_all = list(range(1, proxy.num_layers + 1))
     # Encoding the samples (gold: MPNet, proxies: MiniLM) is the cost; cached by the samples' text.
     texts = [got["samples"][i] for i in pid]
@@ -202,8 +202,8 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
 
 
-BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "best_conservative", "conservative_recovery",
-                "oracle_gain_share", "proxy_gold_correlation_within_prompt")
+BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops", "best_conservative",
+                "conservative_recovery", "oracle_gain_share", "proxy_gold_correlation_within_prompt")
 
 
 def _figure(result: dict, path: Path) -> None:

@@ -56,7 +56,7 @@ def main() -> None:
     finetuned = gold_accuracy(diff, gold[test_idx])
 
     # The frozen-feature proxies (the lab's learnability study), trained on the same train pairs.
-    proxy = proxy_features(EnsembleConfig(), pairs)
+    proxy = proxy_features(EnsembleConfig(precision="fp32"), pairs)
     train = hl.mask("train")
     heads = proxy_heads(proxy, y, train, seed=args.seed)
     frozen = {}

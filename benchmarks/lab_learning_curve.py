@@ -28,7 +28,7 @@ def main() -> None:
     hl = load_hh_lab()
     ids, gold, temperature = hl.ids, hl.gold, hl.temperature
     train, test = np.flatnonzero(hl.mask("train")), np.flatnonzero(hl.mask("test"))
-    proxy = proxy_features(EnsembleConfig(), hl.ds.pairs, progress=False)
+    proxy = proxy_features(EnsembleConfig(precision="fp32"), hl.ds.pairs, progress=False)
     runs: dict[str, list[float]] = {}
     for labels, t in (("sampled", temperature), ("noise_free", temperature / 1000)):
         for seed in range(3):

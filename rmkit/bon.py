@@ -51,9 +51,15 @@ def best_of_n_expectation(proxy: np.ndarray, gold: np.ndarray, m: int) -> float:
     return float((gold[order] * weights).sum())
 
 
+def bon_table(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarray:
+    """`best_of_n_expectation` of every prompt at every n: ``(P, len(ns))`` from ``proxy`` and ``gold`` ``(P, N)``
+    (a curve per prompt: intervals over prompts resample its rows)."""
+    return np.array([[best_of_n_expectation(p, g, n) for n in ns] for p, g in zip(proxy, gold)], dtype=np.float64)
+
+
 def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> list[float]:
     """Mean over prompts of `best_of_n_expectation` for each n: ``proxy`` and ``gold`` are ``(P, N)``."""
-    return [float(np.mean([best_of_n_expectation(p, g, n) for p, g in zip(proxy, gold)])) for n in ns]
+    return bon_table(proxy, gold, ns).mean(axis=0).tolist()
 
 
 @dataclass

@@ -27,19 +27,20 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
 from .audit import response_length_diff
-from .bon import bon_curve, kl_bon
+from .bon import bon_table, kl_bon
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
+from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .losses import difference_loss
 from .metarm import metarm_backward
@@ -76,6 +77,10 @@ class LabConfig(DataSource):
     proxy: dict = setting({}, "the proxy ensemble's settings (EnsembleConfig: model, members, layers, max_length, "
                               "...); default: the audit's")
     batch_size: int = setting(32, "texts per forward pass when encoding")
+    device: str = setting("auto", DEVICES_HELP + " (the gold's and the proxies' encoding; a proxy setting of its own "
+                                                 "wins)")
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", PRECISION_HELP + " (encoding the gold's and the proxies' features; a proxy setting of its own wins)")
 
     def check(self) -> None:
         unknown = [s for s in self.studies if s not in STUDIES]
@@ -91,10 +96,11 @@ class LabConfig(DataSource):
         for name in ("gold_head", "gold_scores"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: {getattr(self, name)} is not a file")
+        check_device(self.device)
         self.proxy_config().check()
 
     def proxy_config(self) -> EnsembleConfig:
-        return from_dict(EnsembleConfig, dict(self.proxy), source="proxy")
+        return from_dict(EnsembleConfig, {"device": self.device, "precision": self.precision, **self.proxy}, source="proxy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,12 +116,13 @@ class GoldRM:
     layer: int
     model_id: str
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"  # resolved: fp32 or bf16 (autocast)
 
     def features(self, pairs: Sequence[PreferencePair], *, cache_dir: str | Path | None = None,
                  batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         fc, fr = encode_features(self.backbone, pairs, cache_dir=cache_dir or default_cache_dir(),
                                  model_id=self.model_id, pooling="mean", layers=[self.layer],
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, precision=self.precision)
         return np.asarray(fc[:, 0]), np.asarray(fr[:, 0])
 
     def diffs(self, pairs: Sequence[PreferencePair], **kw) -> np.ndarray:
@@ -125,18 +132,22 @@ class GoldRM:
 
     def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
-        f = self.backbone.embed_texts(prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
+        with autocast(self.backbone.device, self.precision):
+            f = self.backbone.embed_texts(prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
         return f[:, 0] @ self.weights
 
 
 def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
-             head_l2: float | None = None, seed: int = 0, batch_size: int = 32, progress: bool = True) -> GoldRM:
+             head_l2: float | None = None, seed: int = 0, batch_size: int = 32, progress: bool = True,
+             device: str = "auto", precision: str = "fp32") -> GoldRM:
     """A gold RM: ``model_id``'s frozen features (cached), and one BT head trained on *all* of ``pairs``' labels,
     its L2 picked by cross-fitted log-loss over two folds. Records the head's held-out agreement with the
-    labels it learned from (how much of the human signal the gold carries)."""
-    backbone = RewardModel.from_pretrained(model_id, max_length=max_length)
+    labels it learned from (how much of the human signal the gold carries). ``device`` and ``precision``: of the
+    encoding (``auto`` resolved as `rmkit.hardware` does)."""
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
     layer = backbone.num_layers if layer is None else layer
-    gold = GoldRM(backbone, np.zeros(0), layer, model_id)
+    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
+    gold = GoldRM(backbone, np.zeros(0), layer, model_id, precision=precision)
     fc, fr = gold.features(pairs, batch_size=batch_size, progress=progress)
     labels = np.array([p.label for p in pairs], dtype=np.float64)
     fold = fold_of([p.id for p in pairs], 2, seed=seed)
@@ -146,25 +157,27 @@ def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | Non
     held = np.where(fold == 0, (fc - fr) @ W[0], (fc - fr) @ W[1])
     decided = labels != 0.5
     gold.weights = W[2]
-    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "head_l2": l2,
+    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "precision": precision, "head_l2": l2,
                  "pairs": len(pairs), "heldout_agreement_with_human_labels":
                  float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
     return gold
 
 
-def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128) -> GoldRM:
+def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128,
+              device: str = "auto", precision: str = "fp32") -> GoldRM:
     """A gold saved by an earlier run: its head ``(H,)`` (a .npy, e.g. `fit_gold`'s weights) on ``model_id``'s
     frozen features of ``layer`` (default: the last). The same gold can then label another dataset, as the same
     human would label a second domain."""
     weights = np.load(head, allow_pickle=False)
-    backbone = RewardModel.from_pretrained(model_id, max_length=max_length)
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
     hidden = int(backbone.model.config.hidden_size)
     if weights.shape != (hidden,):
         raise ValueError(f"{head}: a gold head of shape {weights.shape}, but {model_id} has "
                          f"{hidden} features (is gold_model the backbone the head was fitted on?)")
     layer = backbone.num_layers if layer is None else layer
-    return GoldRM(backbone, weights, layer, model_id,
-                  {"model": model_id, "layer": layer, "max_length": max_length, "head": str(head)})
+    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
+    return GoldRM(backbone, weights, layer, model_id, {"model": model_id, "layer": layer, "max_length": max_length,
+                                                       "precision": precision, "head": str(head)}, precision)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,13 +317,16 @@ class ProxyFeatures:
 
 def proxy_features(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], *, batch_size: int = 64,
                    progress: bool = True) -> ProxyFeatures:
-    """Encode the source pairs once with the proxy backbone: the blocks the audit's members read, and the last
-    (cached; the same cache entry as `rmkit audit` of the same data with the same settings)."""
-    rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    """Encode the source pairs once with the proxy backbone in ``cfg.precision``: the blocks the audit's members
+    read, and the last (cached; the same cache entry as `rmkit audit` of the same data with the same settings)."""
+    rm = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(resolve_device(cfg.device))
     views = sorted(set(member_layers(cfg, rm.num_layers)) | {rm.num_layers})
+    precision = resolve_precision(cfg.precision, rm.device, announce=cfg.precision == "auto")
     fc, fr = encode_features(rm, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=cfg.model,
-                             pooling="mean", layers=views, batch_size=batch_size, progress=progress)
-    return ProxyFeatures(np.asarray(fc), np.asarray(fr), views, cfg, [p.id for p in pairs], rm.num_layers)
+                             pooling="mean", layers=views, batch_size=batch_size, progress=progress,
+                             precision=precision)
+    return ProxyFeatures(np.asarray(fc), np.asarray(fr), views, replace(cfg, precision=precision),
+                         [p.id for p in pairs], rm.num_layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -524,8 +540,23 @@ def head_rewards(feats: np.ndarray, views: Sequence[int], heads: tuple[list[int]
     return np.stack([feats[:, list(views).index(layer)] @ W[m] for m, layer in enumerate(layers)])
 
 
+def drop_interval(table: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """How far a best-of-n curve falls from its peak to its last n, with a 95% interval over prompts.
+
+    ``table (P, len(ns))``: per-prompt gold rewards (`rmkit.bon.bon_table`). The peak is the mean curve's
+    argmax, held fixed while prompts are resampled, so the interval is of one difference, gold at the peak n
+    minus gold at the largest n: a drop is ``established`` only where the interval's lower end is above 0."""
+    curve = table.mean(axis=0)
+    peak = int(np.argmax(curve))
+    diff = table[:, peak] - table[:, -1]
+    rows = np.random.default_rng(seed).integers(0, len(diff), (bootstrap, len(diff)))
+    lo, hi = np.quantile(diff[rows].mean(axis=1), [0.025, 0.975])
+    return {"drop": float(diff.mean()), "ci95": [float(lo), float(hi)], "peak_index": peak,
+            "established": bool(lo > 0)}
+
+
 def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
-              uwo_lambda: float = 0.5) -> dict:
+              uwo_lambda: float = 0.5, seed: int = 0) -> dict:
     """The overoptimization curve of best-of-n (Gao et al. 2022, Fig. 1) for each proxy variant.
 
     ``gold (P, N)``: gold rewards of N samples for each of P prompts; ``single (P, N)``: one proxy RM;
@@ -533,15 +564,18 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
     reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
     ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
-    n) that the best conservative aggregation (min or uwo) recovers. ``oracle_gain_share``: per variant, its gain
-    in gold reward from n = 1 to the largest n over the gold's own (the oracle picking by the gold).
+    n) that the best conservative aggregation (min or uwo) recovers; read it only where ``drops["single"]`` (the
+    drop with its interval over prompts, `drop_interval`, as for every variant) is ``established``.
+    ``oracle_gain_share``: per variant, its gain in gold reward from n = 1 to the largest n over the gold's own
+    (the oracle picking by the gold).
     """
     z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
     flat = z.reshape(z.shape[0], -1)
     variants = {"single": single, "oracle_gold": gold}
     for how in ("mean", "min", "uwo"):
         variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
-    curves = {k: bon_curve(v, gold, ns) for k, v in variants.items()}
+    tables = {k: bon_table(v, gold, ns) for k, v in variants.items()}
+    curves = {k: t.mean(axis=0).tolist() for k, t in tables.items()}
     single_curve = curves["single"]
     peak = max(single_curve)
     drop = peak - single_curve[-1]
@@ -553,7 +587,9 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
             "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
             "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
-            "best_conservative": best_cons, "conservative_recovery": recovery, "oracle_gain_share": gain_share}
+            "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
+            "best_conservative": best_cons,
+            "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,10 +616,12 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
             if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
     else:
         if cfg.gold_head:
-            gold = load_gold(cfg.gold_head, cfg.gold_model, layer=cfg.gold_layer, max_length=cfg.gold_max_length)
+            gold = load_gold(cfg.gold_head, cfg.gold_model, layer=cfg.gold_layer, max_length=cfg.gold_max_length,
+                             device=cfg.device, precision=cfg.precision)
         else:
             gold = fit_gold(cfg.gold_model, pairs, layer=cfg.gold_layer, max_length=cfg.gold_max_length,
-                            head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
+                            head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress,
+                            device=cfg.device, precision=cfg.precision)
         gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=progress)
         gold_info = gold.info
         np.save(out / "gold_head.npy", gold.weights)
@@ -604,6 +642,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         t1 = time.time()
         proxy = proxy_features(cfg.proxy_config(), pairs, progress=progress)
         result["timings"]["proxy_encoding_seconds"] = time.time() - t1
+        result["proxy_precision"] = proxy.cfg.precision
         kw = dict(seeds=cfg.seeds, base_seed=cfg.seed)
         for name in cfg.studies:
             t1 = time.time()

@@ -89,6 +89,17 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     # The gold scores a policy's response the same way it scores a pair's side.
     r = gold.score([pairs[0].prompt, pairs[0].prompt], [pairs[0].chosen, pairs[0].rejected])
     assert r[0] - r[1] == pytest.approx(g[0], abs=1e-4)
+    # Encoding precision: the gold in bf16 autocast stays close to fp32 and says which it ran in; the proxies
+    # follow the lab's precision unless their own settings name one.
+    g16 = fit_gold(tiny_bert, pairs, max_length=32, progress=False, precision="bf16")
+    assert (gold.info["precision"], g16.info["precision"]) == ("fp32", "bf16")
+    d16 = g16.diffs(pairs, progress=False)
+    assert not np.array_equal(g, d16) and np.corrcoef(g, d16)[0, 1] > 0.99
+    assert LabConfig(precision="fp32").proxy_config().precision == "fp32"
+    assert LabConfig(precision="fp32", proxy={"precision": "bf16"}).proxy_config().precision == "bf16"
+    assert LabConfig(device="cpu").proxy_config().device == "cpu"
+    with pytest.raises(ValueError, match="device must be"):
+        LabConfig(data="x", device="gpu").check()
     cfg = LabConfig(data=str(data), output_dir=str(tmp_path / "lab"), gold_model=tiny_bert, gold_max_length=32,
                     seeds=1, flip_levels=[0.2], studies=["learnability", "strength"],
                     proxy={"model": tiny_bert, "members": 4, "max_length": 32, "cache_dir": str(tmp_path / "c")})
@@ -102,6 +113,7 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     assert len(labels) == len(pairs) and set(labels["id"]) == {p.id for p in pairs}
     assert out["against_gold"] == pytest.approx(labels["against_gold"].mean())
     assert 0 <= out["proxy_gold_accuracy"] <= 1 and "strength_spearman" in out
+    assert out["gold"]["precision"] == out["proxy_precision"] and out["proxy_precision"] in ("fp32", "bf16")
     # What `rmkit lab` prints: the headline of the studies that ran, none of the others.
     summary = lab_summary(out)
     assert summary["proxy_gold_accuracy"] == out["proxy_gold_accuracy"] and summary["pairs"] == len(pairs)
@@ -145,6 +157,21 @@ def test_study_bon_on_a_hacked_proxy():
     assert out["kl_bon"][0] == 0.0
     # gains from n = 1 (1.5 for every pick) to n = 4, over the oracle's 3.0 - 1.5
     assert out["oracle_gain_share"]["single"] == pytest.approx(-1.0) and out["oracle_gain_share"]["min"] == 1.0
+    assert out["drops"]["single"] == {"drop": pytest.approx(1.5), "ci95": [pytest.approx(1.5)] * 2, "peak_index": 0,
+                                  "established": True}
+
+
+def test_drop_interval_says_when_a_drop_is_more_than_one_prompt():
+    from rmkit.lab import drop_interval
+
+    # every prompt falls by 1 after n = 2: an established drop
+    assert drop_interval(np.array([[0.0, 2.0, 1.0]] * 3)) == {"drop": 1.0, "ci95": [1.0, 1.0], "peak_index": 1,
+                                                               "established": True}
+    # one prompt of three makes the whole drop: resamples without it show none, so it is not established
+    one = drop_interval(np.array([[0.0, 4.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), seed=1)
+    assert one["drop"] == pytest.approx(4 / 3) and one["ci95"][0] == 0.0 and not one["established"]
+    # still rising at the largest n: no drop
+    assert drop_interval(np.array([[0.0, 1.0, 2.0], [0.0, 0.5, 1.0]]))["drop"] == 0.0
 
 
 def test_study_shift_grades_against_the_gold_on_sample_pairs():

@@ -1,0 +1,206 @@
+"""Best-of-n in the lab with fine-tuned proxies: Gao et al.'s and Coste et al.'s setting, on a CPU.
+
+`lab_bon.py` found no overoptimization up to n = 128 with linear heads on frozen MiniLM features, at any
+training size down to 50 pairs: a smooth function of nearly the features the gold reads. The proxies of Gao
+et al. 2022 and Coste et al. 2023 are fine-tuned RMs, and Coste et al.'s ensembles are such RMs trained with
+different seeds. This trains them with `rmkit train` (`configs/train_default.yaml`: all of MiniLM, max length
+128, two epochs) on the lab's sampled labels of the first k training pairs (the order lab_bon.py uses), M seeds
+per k, and scores the best-of-n samples of lab_bon.py with each: member 0 is the single RM, all M make the
+ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmkit.lab.study_bon`).
+
+    .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 128 --sample-only   # the samples (cached)
+    .venv/bin/python benchmarks/lab_bon_finetuned.py [--prompts 40] [--sizes 1000,250] [--members 5]
+
+Gold rewards of the samples come from the committed benchmarks/lab/bon_scores.parquet once a few regenerated
+samples are checked to score the same; otherwise the gold scores them all. Writes
+benchmarks/results/bon_finetuned.json and bon_finetuned_curve.png. Every trained member and every score array
+is kept under runs/lab/bon_ft, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hh_lab import DATA, ROOT, load_hh_lab
+from rmkit.bon import bon_table, read_samples
+from rmkit.config import load_config, to_dict
+from rmkit.files import write_json
+from rmkit.hardware import autocast, resolve_precision
+from rmkit.lab import drop_interval, gold_accuracy, load_gold, study_bon
+from rmkit.scoring import score_pairs
+from rmkit.training import TrainConfig, train_reward_model
+
+
+def picked_prompts(hl, prompts: int, seed: int):
+    """The held-out prompts of lab_bon.py, in its seeded order (the first ``prompts`` of them)."""
+    test = set(hl.splits["test"])
+    cand = [p for p in hl.ds.pairs if p.id in test and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
+    return [cand[i] for i in np.random.default_rng(seed).permutation(len(cand))[:prompts]]
+
+
+def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarray, dict]:
+    """Gold rewards ``(P, n)``: the committed ones where a check on regenerated samples agrees, else scored anew."""
+    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
+    table = committed.pivot(index="id", columns="k", values="gold")
+    ids = [p.id for p in picked]
+    info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
+    gold_rm = load_gold(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy", info["model"], layer=info["layer"],
+                        max_length=info["max_length"])
+
+    def score(which: list[int]) -> np.ndarray:
+        flat_p = [list(picked[i].prompt) for i in which for _ in range(n)]
+        flat_r = [[{"role": "assistant", "content": t}] for i in which for t in samples[ids[i]][:n]]
+        return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(which), n)
+
+    check = [0, 1]
+    fresh = score(check)
+    have = all(i in table.index for i in ids) and table.shape[1] >= n
+    diff = float(np.abs(fresh - table.loc[[ids[i] for i in check]].to_numpy()[:, :n]).max()) if have else np.inf
+    if diff < 1e-4:
+        return table.loc[ids].to_numpy()[:, :n], {"gold_source": "committed bon_scores.parquet",
+                                                  "gold_check_max_abs_diff": diff}
+    cache = work / "gold_of_samples.npy"
+    if not cache.exists():
+        np.save(cache, score(list(range(len(picked)))))
+    return np.load(cache), {"gold_source": "scored anew (regenerated samples differ from the committed ones)",
+                            "gold_check_max_abs_diff": diff}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 250],
+                        help="training pairs of each proxy, comma-separated")
+    parser.add_argument("--members", type=int, default=4, help="fine-tuned RMs (seeds) per size")
+    parser.add_argument("--epochs", type=float, default=None, help="default: the config's (2)")
+    parser.add_argument("--grade-pairs", type=int, default=500, help="test pairs each member is graded on")
+    parser.add_argument("--uwo-lambda", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="of the members' scoring (training stays fp32)")
+    args = parser.parse_args()
+    work = ROOT / "runs" / "lab" / "bon_ft"
+    work.mkdir(parents=True, exist_ok=True)
+    hl = load_hh_lab(seed=args.seed)
+    ids = hl.ids
+    picked = picked_prompts(hl, args.prompts, args.seed)
+    pid = [p.id for p in picked]
+    have = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+    missing = [i for i in pid if len(have.get(i, ())) < args.n]
+    if missing:
+        raise SystemExit(f"{len(missing)} prompts lack {args.n} samples: run benchmarks/lab_bon.py --prompts "
+                         f"{args.prompts} --n {args.n} --sample-only first")
+    gold, gold_info = gold_of_samples(picked, have, args.n, work)
+    flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
+    flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in have[i][: args.n]]
+    key = hashlib.sha256(json.dumps([pid, [have[i][: args.n] for i in pid]]).encode()).hexdigest()[:12]
+
+    # The first k training pairs in lab_bon.py's seeded order, with the lab's labels as their sides.
+    train = hl.mask("train")
+    order = np.random.default_rng(args.seed + 1).permutation(len(ids))
+    train_order = order[np.isin(order, np.flatnonzero(train))]
+    labelled = dict(zip(hl.splits["train"], hl.labelled("train", args.seed)))
+    test_idx = np.flatnonzero(hl.mask("test"))[: args.grade_pairs]
+    grade_pairs = [hl.ds.pairs[k] for k in test_idx]  # source sides, graded against the gold's sign
+
+    base = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
+    epochs = base.epochs if args.epochs is None else args.epochs
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision, device)
+    out, ns = {}, [2 ** k for k in range(int(np.log2(args.n)) + 1)]
+    for size in args.sizes:
+        pairs = [labelled[ids[k]] for k in train_order[:size]]
+        rewards, accuracy, seconds = [], [], []
+        for m in range(args.members):
+            run = work / f"k{size}_seed{m}"
+            cfg = replace(base, data=str(DATA), output_dir=str(run), seed=m, epochs=epochs, eval_every=0,
+                          save_every=50)
+            t0 = time.time()
+            model = train_reward_model(cfg, train_pairs=pairs, eval_pairs=[]).model
+            seconds.append(json.loads((run / "results.json").read_text()).get("train_seconds", time.time() - t0))
+            cache = run / f"scores_{key}_{precision}.npz"
+            if not cache.exists():
+                with autocast(device, precision):
+                    r = model.score(flat_p, flat_r, batch_size=64).numpy().reshape(len(pid), args.n)
+                diff = score_pairs(model, grade_pairs, batch_size=64, precision=precision)["diff"].to_numpy()
+                np.savez(cache, rewards=r, accuracy=gold_accuracy(diff, hl.gold[test_idx]))
+            with np.load(cache) as z:
+                rewards.append(z["rewards"])
+                accuracy.append(float(z["accuracy"]))
+            print(f"k={size} seed={m}: accuracy vs gold {accuracy[-1]:.3f}", flush=True)
+        members = np.stack(rewards)
+        res = study_bon(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
+        # Every member as the single RM (member 0 is study_bon's): the single curve without one seed's luck.
+        each = [bon_table(members[m], gold, ns) for m in range(len(members))]
+        res["single_each_member"] = [t.mean(axis=0).tolist() for t in each]
+        avg = np.mean(each, axis=0)
+        res["single_mean_over_members"] = {"gold_reward": avg.mean(axis=0).tolist(),
+                                           "drop": drop_interval(avg, seed=args.seed)}
+        res["proxy_gold_accuracy"] = {"members": accuracy, "mean": float(np.mean(accuracy))}
+        res["proxy_gold_correlation_within_prompt"] = {
+            name: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
+            for name, v in (("single", members[0]),
+                            ("mean", ((members - members.mean((1, 2), keepdims=True))
+                                      / members.std((1, 2), keepdims=True)).mean(0)))}
+        res["train_seconds_per_member"] = float(np.mean(seconds))
+        out[str(size)] = res
+
+    # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison.
+    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet").set_index("id")
+    frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
+    frozen_members = np.stack([np.stack([committed.loc[i, f"member_{m}"].to_numpy()[: args.n] for i in pid])
+                               for m in range(5)])
+    frozen = study_bon(gold, frozen_single, frozen_members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
+    result = {
+        "what": "best-of-n gold reward (x1 of the gold's units) of the sample each proxy picks, exact expectation "
+                "over draws from the samples; proxies fine-tuned with rmkit train on the lab's labels",
+        "policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp), temperature 1.0, 48 tokens (lab_bon.py's samples)",
+        "prompts": len(pid), "samples_per_prompt": args.n, "members": args.members, "epochs": epochs,
+        "scoring_precision": precision, "grade_pairs": len(grade_pairs), **gold_info,
+        "finetuned": out, "frozen_heads_all_pairs_same_prompts": frozen,
+        "train_config": to_dict(replace(base, data=str(DATA), epochs=epochs)),
+    }
+    write_json(ROOT / "benchmarks" / "results" / "bon_finetuned.json", result)
+    _figure(result, ROOT / "benchmarks" / "results" / "bon_finetuned_curve.png")
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("gold_reward", "drops",
+                                                                       "conservative_recovery", "proxy_gold_accuracy")}
+                      for k, v in out.items()}, indent=1))
+
+
+def _figure(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [(f"fine-tuned, {k} pairs", v) for k, v in result["finetuned"].items()]
+    blocks.append(("frozen heads, all pairs", result["frozen_heads_all_pairs_same_prompts"]))
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.6), sharey=True)
+    for ax, (title, res) in zip(np.atleast_1d(axes), blocks):
+        for name, style in (("oracle_gold", ":"), ("single", "-"), ("mean", "-"), ("min", "--"), ("uwo", "--")):
+            ax.plot(res["kl_bon"], res["gold_reward"][name], style, marker="o", ms=3,
+                    label="single (seed 0)" if name == "single" and "single_mean_over_members" in res else name)
+        if "single_mean_over_members" in res:  # the single curve without one seed's luck
+            ax.plot(res["kl_bon"], res["single_mean_over_members"]["gold_reward"], "-", color="tab:orange", alpha=0.35,
+                    lw=3, label="single (mean of seeds)")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("KL_bon (nats)")
+    np.atleast_1d(axes)[0].set_ylabel("gold reward of the pick")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(f"best-of-n, {result['prompts']} held-out prompts x {result['samples_per_prompt']} samples",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,14 @@ per k, and scores the best-of-n samples of lab_bon.py with each: member 0 is the
 ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmkit.lab.study_bon`).
 
     .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 128 --sample-only   # the samples (cached)
-    .venv/bin/python benchmarks/lab_bon_finetuned.py [--prompts 40] [--sizes 1000,250] [--members 5]
+    .venv/bin/python benchmarks/lab_bon_finetuned.py                 # 40 prompts, n 128, 1000/250/100 pairs, 4 seeds
+    .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 256 --sample-only   # extends the cache
+    python benchmarks/lab_bon_finetuned.py --n 256 --sizes 1000,250 --result benchmarks/results/bon_finetuned_n256.json
 
-Gold rewards of the samples come from the committed benchmarks/lab/bon_scores.parquet once a few regenerated
-samples are checked to score the same; otherwise the gold scores them all. Writes
-benchmarks/results/bon_finetuned.json and bon_finetuned_curve.png. Every trained member and every score array
-is kept under runs/lab/bon_ft, so a killed run resumes where it stopped.
+Gold rewards of the first 128 samples come from the committed benchmarks/lab/bon_scores.parquet once two
+regenerated prompts are checked to score the same; the gold scores the rest (n > 128) itself. Writes
+benchmarks/results/bon_finetuned.json (--result) and bon_finetuned_curve.png beside it. Every trained member and
+every score array is kept under runs/lab/bon_ft, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def picked_prompts(hl, prompts: int, seed: int):
     return [cand[i] for i in np.random.default_rng(seed).permutation(len(cand))[:prompts]]
 
 
-def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarray, dict]:
-    """Gold rewards ``(P, n)``: the committed ones where a check on regenerated samples agrees, else scored anew."""
+def gold_of_samples(picked, samples: dict, n: int, work: Path, key: str) -> tuple[np.ndarray, dict]:
+    """Gold rewards ``(P, n)``: the committed ones (lab_bon.py's first 128 samples) where a check on two regenerated
+    prompts agrees, and the gold's own scores for the rest (cached)."""
     committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
     table = committed.pivot(index="id", columns="k", values="gold")
     ids = [p.id for p in picked]
@@ -56,30 +59,31 @@ def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarr
     gold_rm = load_gold(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy", info["model"], layer=info["layer"],
                         max_length=info["max_length"])
 
-    def score(which: list[int]) -> np.ndarray:
-        flat_p = [list(picked[i].prompt) for i in which for _ in range(n)]
-        flat_r = [[{"role": "assistant", "content": t}] for i in which for t in samples[ids[i]][:n]]
-        return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(which), n)
+    def score(which: list[int], lo: int, hi: int) -> np.ndarray:
+        flat_p = [list(picked[i].prompt) for i in which for _ in range(lo, hi)]
+        flat_r = [[{"role": "assistant", "content": t}] for i in which for t in samples[ids[i]][lo:hi]]
+        return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(which), hi - lo)
 
-    check = [0, 1]
-    fresh = score(check)
-    have = all(i in table.index for i in ids) and table.shape[1] >= n
-    diff = float(np.abs(fresh - table.loc[[ids[i] for i in check]].to_numpy()[:, :n]).max()) if have else np.inf
-    if diff < 1e-4:
-        return table.loc[ids].to_numpy()[:, :n], {"gold_source": "committed bon_scores.parquet",
-                                                  "gold_check_max_abs_diff": diff}
-    cache = work / "gold_of_samples.npy"
-    if not cache.exists():
-        np.save(cache, score(list(range(len(picked)))))
-    return np.load(cache), {"gold_source": "scored anew (regenerated samples differ from the committed ones)",
-                            "gold_check_max_abs_diff": diff}
+    k0 = min(n, table.shape[1]) if all(i in table.index for i in ids) else 0
+    diff = float(np.abs(score([0, 1], 0, k0) - table.loc[ids[:2]].to_numpy()[:, :k0]).max()) if k0 else np.inf
+    if diff >= 1e-4:  # regenerated samples differ from the committed ones: the gold scores them all
+        k0 = 0
+    gold = np.zeros((len(ids), n))
+    gold[:, :k0] = table.loc[ids].to_numpy()[:, :k0]
+    if k0 < n:
+        cache = work / f"gold_{key}_{k0}_{n}.npy"
+        if not cache.exists():
+            np.save(cache, score(list(range(len(ids))), k0, n))
+        gold[:, k0:] = np.load(cache)
+    return gold, {"gold_committed_samples_per_prompt": k0, "gold_scored_samples_per_prompt": n - k0,
+                  "gold_check_max_abs_diff": diff}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--n", type=int, default=128)
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 250],
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 250, 100],
                         help="training pairs of each proxy, comma-separated")
     parser.add_argument("--members", type=int, default=4, help="fine-tuned RMs (seeds) per size")
     parser.add_argument("--epochs", type=float, default=None, help="default: the config's (2)")
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="of the members' scoring (training stays fp32)")
+    parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "bon_finetuned.json"),
+                        help="the figure goes beside it (<name>_curve.png)")
     args = parser.parse_args()
     work = ROOT / "runs" / "lab" / "bon_ft"
     work.mkdir(parents=True, exist_ok=True)
@@ -99,10 +105,10 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{len(missing)} prompts lack {args.n} samples: run benchmarks/lab_bon.py --prompts "
                          f"{args.prompts} --n {args.n} --sample-only first")
-    gold, gold_info = gold_of_samples(picked, have, args.n, work)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in have[i][: args.n]]
     key = hashlib.sha256(json.dumps([pid, [have[i][: args.n] for i in pid]]).encode()).hexdigest()[:12]
+    gold, gold_info = gold_of_samples(picked, have, args.n, work, key)
 
     # The first k training pairs in lab_bon.py's seeded order, with the lab's labels as their sides.
     train = hl.mask("train")
@@ -154,12 +160,15 @@ def main() -> None:
         res["train_seconds_per_member"] = float(np.mean(seconds))
         out[str(size)] = res
 
-    # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison.
+    # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its
+    # committed scores cover the samples.
     committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet").set_index("id")
-    frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
-    frozen_members = np.stack([np.stack([committed.loc[i, f"member_{m}"].to_numpy()[: args.n] for i in pid])
-                               for m in range(5)])
-    frozen = study_bon(gold, frozen_single, frozen_members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
+    frozen = None
+    if gold_info["gold_committed_samples_per_prompt"] == args.n:
+        frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
+        frozen_members = np.stack([np.stack([committed.loc[i, f"member_{m}"].to_numpy()[: args.n] for i in pid])
+                                   for m in range(5)])
+        frozen = study_bon(gold, frozen_single, frozen_members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
     result = {
         "what": "best-of-n gold reward (x1 of the gold's units) of the sample each proxy picks, exact expectation "
                 "over draws from the samples; proxies fine-tuned with rmkit train on the lab's labels",
@@ -169,8 +178,8 @@ def main() -> None:
         "finetuned": out, "frozen_heads_all_pairs_same_prompts": frozen,
         "train_config": to_dict(replace(base, data=str(DATA), epochs=epochs)),
     }
-    write_json(ROOT / "benchmarks" / "results" / "bon_finetuned.json", result)
-    _figure(result, ROOT / "benchmarks" / "results" / "bon_finetuned_curve.png")
+    write_json(args.result, result)
+    _figure(result, Path(args.result).with_name(Path(args.result).stem + "_curve.png"))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("gold_reward", "drops",
                                                                        "conservative_recovery", "proxy_gold_accuracy")}
                       for k, v in out.items()}, indent=1))
@@ -182,7 +191,8 @@ def _figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     blocks = [(f"fine-tuned, {k} pairs", v) for k, v in result["finetuned"].items()]
-    blocks.append(("frozen heads, all pairs", result["frozen_heads_all_pairs_same_prompts"]))
+    if result["frozen_heads_all_pairs_same_prompts"] is not None:
+        blocks.append(("frozen heads, all pairs", result["frozen_heads_all_pairs_same_prompts"]))
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.6), sharey=True)
     for ax, (title, res) in zip(np.atleast_1d(axes), blocks):
         for name, style in (("oracle_gold", ":"), ("single", "-"), ("mean", "-"), ("min", "--"), ("uwo", "--")):

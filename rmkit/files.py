@@ -70,6 +70,12 @@ def json_text(obj, *, indent: int | None = 1) -> str:
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str)
 
 
+def append_jsonl(path: str | os.PathLike, record) -> None:
+    """Append ``record`` as one line of `json_text` to a JSONL log (metrics, evaluations, judge records)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json_text(record, indent=None) + "\n")
+
+
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
     """Write a result (summary, metrics, config) as `json_text`, atomically."""
     atomic_write_text(path, json_text(obj, indent=indent) + "\n")

@@ -43,7 +43,7 @@ import numpy as np
 from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import save_config, setting, validate
-from .files import atomic_write_text, json_text, write_json
+from .files import append_jsonl, atomic_write_text, write_json
 from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
 from .seeding import id_bucket
 
@@ -400,8 +400,8 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
                "swapped": swap, "verdicts": texts, "attempts": attempts, "prompt_tokens": pt,
                "completion_tokens": ct, "cached": cached, "error": errors[-1] if errors else None}
         if output is not None:
-            with lock, output.open("a") as f:
-                f.write(json_text(rec, indent=None) + "\n")
+            with lock:
+                append_jsonl(output, rec)
         return rec
 
     if todo:

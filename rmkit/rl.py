@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import atomic_path, json_text, write_json
+from .files import append_jsonl, atomic_path, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -451,11 +451,9 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     def log(record: dict[str, Any]) -> None:
         per_prompt = record.pop("per_prompt", None)
         if per_prompt is not None:  # the held-out prompts' own scores, for paired start/end comparisons
-            with (out / "eval_scores.jsonl").open("a") as f:
-                f.write(json_text({"step": record["step"], "ids": [ids[i] for i in eval_idx], **per_prompt},
-                                  indent=None) + "\n")
-        with metrics_path.open("a") as f:
-            f.write(json_text(record, indent=None) + "\n")
+            append_jsonl(out / "eval_scores.jsonl", {"step": record["step"], "ids": [ids[i] for i in eval_idx],
+                                                     **per_prompt})
+        append_jsonl(metrics_path, record)
 
     if start == 0:
         with amp():

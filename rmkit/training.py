@@ -30,7 +30,7 @@ import torch
 
 from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
                      validate)
-from .files import atomic_path, atomic_write_text, json_text, write_json
+from .files import append_jsonl, atomic_path, atomic_write_text, write_json
 from .hardware import resolve_precision
 from .data import DataSource, PreferencePair, check_split_fractions, get_splits
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
@@ -450,8 +450,7 @@ def train_reward_model(
 
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json_text(record, indent=None) + "\n")
+            append_jsonl(metrics_path, record)
 
     def evaluate() -> dict[str, float]:
         if not eval_pairs:

@@ -11,18 +11,24 @@ matmuls ran at 0.7-0.9x the fp32 rate and autocast made the cold audit 1.35x as 
 with AVX-512 BF16) they ran at 2.5-3x and autocast encoded MiniLM 1.9x as fast, with features of cosine
 0.99996 to fp32, and the cold audit took 0.53 of its fp32 time (`benchmarks/results/speed.json`,
 `speed_amd_epyc_avx512.json`). So ``auto`` times one transformer-sized matmul in each
-precision (about 0.2 s, once per process) and picks bf16 where it is at least `BF16_MIN_SPEEDUP` times faster.
+precision (about 0.2 s, once per machine: kept in ``$RMKIT_CACHE/hardware.json``) and picks bf16 where it is at
+least `BF16_MIN_SPEEDUP` times faster.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+from .assets import cache_dir
+from .files import atomic_write_text
 
 DEVICES_HELP = "where models run: auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -59,11 +65,10 @@ def cpu_has_bf16() -> bool:
 BF16_MIN_SPEEDUP = 1.5  # matmul speedup below which autocast's casts and fp32 ops eat the gain (0.8x: 0.66x slower)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup() -> float:
+def measure_cpu_bf16_speedup() -> float:
     """How many times faster this CPU multiplies bfloat16 matrices than float32 ones: one matmul of MiniLM's
     feed-forward shape (1024 tokens), best of 5 of each, interleaved so a change in the machine's load hits both
-    alike. Measured once per process; 0.0 where the CPU has no bfloat16 instructions (emulated: never faster)."""
+    alike; 0.0 where the CPU has no bfloat16 instructions (emulated: never faster)."""
     if not cpu_has_bf16():
         return 0.0
     g = torch.Generator().manual_seed(0)  # its own generator: the probe must not move a job's seeded global RNG
@@ -77,6 +82,41 @@ def cpu_bf16_speedup() -> float:
                 a @ b
                 best[dt] = min(best[dt], time.perf_counter() - t)
     return best[torch.float32] / best[torch.bfloat16]
+
+
+def probe_file() -> Path:
+    return cache_dir() / "hardware.json"
+
+
+def _machine_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), "unknown cpu")
+    except OSError:
+        model = "unknown cpu"
+    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """`measure_cpu_bf16_speedup`, measured once per machine (CPU model, torch version, threads) and kept in
+    `probe_file` (``$RMKIT_CACHE/hardware.json``): on a loaded machine the ratio sank from 2.9 to 1.5 and ``auto``
+    turned to fp32 mid-project, so a second job, or a resumed one, would have run in another precision (other
+    numbers, another feature-cache entry). Delete the file to measure again."""
+    key, path = _machine_key(), probe_file()
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if isinstance(saved.get(key), (int, float)):
+        return float(saved[key])
+    gain = measure_cpu_bf16_speedup()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**saved, key: gain}, indent=1) + "\n")
+    except OSError:  # a read-only cache still gets this process's measurement
+        pass
+    return gain
 
 
 def resolve_precision(spec: str, device: torch.device, *, announce: bool = True, training: bool = False) -> str:

@@ -1,6 +1,8 @@
 """The fast paths give the plain path's numbers: shared-prefix scoring for decoder RMs, bf16 autocast, devices
 and precisions resolved once with a clear choice, and the training budget in steps."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_encoders_take_the_plain_path(tiny_bert, pairs):
         score_pairs_shared_prefix(rm, c, r)
 
 
-def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_bert, pairs):
+def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_bert, pairs, tmp_path):
     cpu = resolve_device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device must be"):
@@ -71,12 +73,23 @@ def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_
     capsys.readouterr()
     monkeypatch.undo()
     torch.manual_seed(0)
-    hardware.cpu_bf16_speedup.cache_clear()
-    gain = hardware.cpu_bf16_speedup()  # the real probe: a ratio of two timings, 0 without bf16 instructions
+    gain = hardware.measure_cpu_bf16_speedup()  # the real probe: a ratio of two timings, 0 without bf16 instructions
     assert (gain > 0) == hardware.cpu_has_bf16() and np.isfinite(gain)
     after = torch.rand(1)
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(1))  # the probe leaves a job's seeded random numbers as they were
+    # Measured once per machine and kept: a later process reads it back instead of timing a loaded machine again.
+    monkeypatch.setenv("RMKIT_CACHE", str(tmp_path))
+    hardware.cpu_bf16_speedup.cache_clear()
+    first = hardware.cpu_bf16_speedup()
+    kept = json.loads((tmp_path / "hardware.json").read_text())
+    assert list(kept.values()) == [first] and "torch" in next(iter(kept))
+    (tmp_path / "hardware.json").write_text(json.dumps({k: 9.0 for k in kept}))
+    hardware.cpu_bf16_speedup.cache_clear()
+    assert hardware.cpu_bf16_speedup() == 9.0 and resolve_precision("auto", cpu, announce=False) == (
+        "bf16" if hardware.cpu_has_bf16() else "fp32")
+    hardware.cpu_bf16_speedup.cache_clear()
+    monkeypatch.undo()
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("fp16", cpu)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import save_config, setting, validate
 from .data import DataSource
-from .files import json_text, write_json
+from .files import write_json, write_jsonl
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
 from .reward_ensemble import AGGREGATIONS, EnsembleRewardModel, aggregate, load_reward_model
@@ -157,10 +157,8 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
         _score_samples(rm, table, flat_p, flat_r, cfg.rm_batch_size)
     table.to_parquet(out / "scores.parquet", index=False)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
-    with (out / "best.jsonl").open("w") as f:
-        for r in best.itertuples():
-            f.write(json_text({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)},
-                              indent=None) + "\n")
+    write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}
+                                     for r in best.itertuples()))
     summary = {"prompts": len(ids), "n": cfg.n, "kl_bon": kl_bon(cfg.n), "best_reward_mean": float(best["reward"].mean()),
                "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo),
                "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped),

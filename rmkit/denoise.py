@@ -40,7 +40,7 @@ import numpy as np
 
 from .config import save_config, setting, validate
 from .data import DataError, DataSource, PreferencePair, load_splits, read_table, save_splits, split_ids
-from .files import json_text
+from .files import write_jsonl
 
 PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 REVIEW_DECISIONS = ("keep", "flip", "drop")
@@ -235,9 +235,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     action_by_id = dict(zip([p.id for p in pairs], actions))
     for r in records:
         r["denoise_action"] = action_by_id[r["id"]]
-    with (out / "pairs.jsonl").open("w") as f:
-        for r in records:
-            f.write(json_text(r, indent=None) + "\n")
+    write_jsonl(out / "pairs.jsonl", records)
     pd.DataFrame(records).to_parquet(out / "pairs.parquet", index=False)
     rows = ds.status_table()
     rows["mean"] = rows["id"].map(mean_by_id)

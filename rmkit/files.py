@@ -76,6 +76,11 @@ def append_jsonl(path: str | os.PathLike, record) -> None:
         f.write(json_text(record, indent=None) + "\n")
 
 
+def write_jsonl(path: str | os.PathLike, records) -> None:
+    """Write ``records`` as a whole JSONL file, one `json_text` line each, atomically."""
+    atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in records))
+
+
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
     """Write a result (summary, metrics, config) as `json_text`, atomically."""
     atomic_write_text(path, json_text(obj, indent=indent) + "\n")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .assets import cache_dir
-from .files import atomic_write_text
+from .files import write_json
 
 DEVICES_HELP = "where models run: auto (cuda if available, else cpu), cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -113,7 +113,7 @@ def cpu_bf16_speedup() -> float:
     gain = measure_cpu_bf16_speedup()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({**saved, key: gain}, indent=1) + "\n")
+        write_json(path, {**saved, key: gain})
     except OSError:  # a read-only cache still gets this process's measurement
         pass
     return gain

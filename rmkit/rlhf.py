@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_positive, from_dict, save_config, setting, validate
-from .files import json_text, write_json
+from .files import write_json, write_jsonl
 from .judge import JudgeConfig, LocalServer, compare_policies
 from .metarm import meta_J
 from .metaset import read_meta_set
@@ -132,5 +132,5 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
             write_json(done, s)
         summaries.append(s)
         policy, rm = s["policy"], s["reward_model"]
-    (out / "rounds.jsonl").write_text("".join(json_text(s, indent=None) + "\n" for s in summaries))
+    write_jsonl(out / "rounds.jsonl", summaries)
     return summaries

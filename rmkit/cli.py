@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"rmkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    if "torch.distributed" in sys.modules:  # the command ran torch; a multi-process run closes its group
+        importlib.import_module("rmkit.hardware").end_distributed()
     return 0
+
 
 
 if __name__ == "__main__":

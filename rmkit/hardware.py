@@ -154,3 +154,20 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def end_distributed() -> None:
+    """Close the process group of a multi-process run (torchrun, accelerate launch) once its work is done.
+
+    A process that exits with its gloo group alive can abort in the interpreter's shutdown (SIGABRT,
+    "terminate called without an active exception": gloo's worker threads still hold tensors then); CI
+    saw it once in the two-process training test. The barrier comes first so that no rank closes the
+    group while another still writes its outputs. Call it on success only: after a failure the launcher
+    stops the other ranks. Every ``rmkit`` command ends this way; a script of your own that calls rmkit's
+    functions under torchrun should too. Nothing happens in a single process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

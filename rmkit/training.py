@@ -380,7 +380,8 @@ def train_reward_model(
     """Train a reward model; writes ``model/``, ``metrics.jsonl``, ``results.json`` and ``config.yaml``.
 
     Pairs come from ``cfg.data`` and its saved split unless given directly. ``stop_after_steps``
-    ends the run early after writing a checkpoint, as a kill would (used to test resuming).
+    ends the run early after writing a checkpoint, as a kill would (used to test resuming). Under
+    torchrun or ``accelerate launch``, end the script with :func:`rmkit.hardware.end_distributed`.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm

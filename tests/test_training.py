@@ -230,3 +230,17 @@ def test_budget_in_pairs_and_steps(tiny_bert, hh_pairs, tmp_path):
                       max_pairs=8, max_steps=5, output_dir=str(tmp_path / "rm"))
     res = train_reward_model(cfg, train_pairs=hh_pairs[:40], eval_pairs=hh_pairs[40:60]).metrics
     assert res["train_pairs"] == 8 and res["eval_pairs"] == 8 and res["steps"] == 5  # 8 pairs: 2 steps an epoch
+
+
+def test_end_distributed_closes_the_process_group(tmp_path):
+    """Every rmkit command ends a multi-process run by closing its group (a gloo group left open can
+    abort the process at exit); a one-process gloo group stands in for torchrun here."""
+    import torch.distributed as dist
+
+    from rmkit.hardware import end_distributed
+
+    end_distributed()  # nothing to close: a no-op
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_distributed()
+    assert not dist.is_initialized()

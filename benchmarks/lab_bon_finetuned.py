@@ -37,7 +37,7 @@ from rmkit.bon import bon_table, read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.files import write_json
 from rmkit.hardware import autocast, resolve_precision
-from rmkit.lab import drop_interval, gold_accuracy, load_gold, study_bon
+from rmkit.lab import bon_variant_tables, drop_interval, gap_interval, gold_accuracy, load_gold, study_bon
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -149,8 +149,12 @@ def main() -> None:
         each = [bon_table(members[m], gold, ns) for m in range(len(members))]
         res["single_each_member"] = [t.mean(axis=0).tolist() for t in each]
         avg = np.mean(each, axis=0)
-        res["single_mean_over_members"] = {"gold_reward": avg.mean(axis=0).tolist(),
-                                           "drop": drop_interval(avg, seed=args.seed)}
+        tables = bon_variant_tables(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda)
+        res["single_mean_over_members"] = {
+            "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=args.seed),
+            # each aggregation against the seeds' average single RM, not seed 0's alone
+            "aggregations_vs_it_at_largest_n": {k: gap_interval(tables[k], avg, seed=args.seed)
+                                                for k in ("mean", "min", "uwo")}}
         res["proxy_gold_accuracy"] = {"members": accuracy, "mean": float(np.mean(accuracy))}
         res["proxy_gold_correlation_within_prompt"] = {
             name: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))

@@ -549,10 +549,40 @@ def drop_interval(table: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) ->
     curve = table.mean(axis=0)
     peak = int(np.argmax(curve))
     diff = table[:, peak] - table[:, -1]
+    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    return {"drop": float(diff.mean()), "ci95": [lo, hi], "peak_index": peak, "established": bool(lo > 0)}
+
+
+def gap_interval(table: np.ndarray, baseline: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """How much more gold reward one pick gets than another at the largest n, with a 95% interval over prompts.
+
+    ``table``, ``baseline (P, len(ns))``: per-prompt best-of-n curves of two proxies on the same samples (e.g. a
+    conservative ensemble and the single RM). Paired by prompt, so what the prompts share cancels. Unlike
+    ``conservative_recovery``, a ratio over the single RM's drop, it is defined where nothing drops: ``established``
+    where the interval is above 0 (the pick is better), ``worse`` where it is below."""
+    diff = table[:, -1] - baseline[:, -1]
+    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    return {"gap": float(diff.mean()), "ci95": [lo, hi], "established": bool(lo > 0), "worse": bool(hi < 0)}
+
+
+def _prompt_bootstrap(diff: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-prompt values ``diff (P,)``, prompts resampled."""
     rows = np.random.default_rng(seed).integers(0, len(diff), (bootstrap, len(diff)))
     lo, hi = np.quantile(diff[rows].mean(axis=1), [0.025, 0.975])
-    return {"drop": float(diff.mean()), "ci95": [float(lo), float(hi)], "peak_index": peak,
-            "established": bool(lo > 0)}
+    return float(lo), float(hi)
+
+
+def bon_variant_tables(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
+                       uwo_lambda: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-prompt best-of-n curves ``(P, len(ns))`` (`rmkit.bon.bon_table`) of the single RM, the gold itself
+    (``oracle_gold``) and the ensemble's aggregations (mean, min, uwo over members z-scored over all samples).
+    Shapes as in `study_bon`."""
+    z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
+    flat = z.reshape(z.shape[0], -1)
+    variants = {"single": single, "oracle_gold": gold}
+    for how in ("mean", "min", "uwo"):
+        variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
+    return {k: bon_table(v, gold, ns) for k, v in variants.items()}
 
 
 def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
@@ -566,15 +596,12 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
     n) that the best conservative aggregation (min or uwo) recovers; read it only where ``drops["single"]`` (the
     drop with its interval over prompts, `drop_interval`, as for every variant) is ``established``.
+    ``vs_single_at_largest_n``: per aggregation, its gold reward minus the single RM's at the largest n, with an
+    interval over prompts (`gap_interval`): what an ensemble buys where nothing drops.
     ``oracle_gain_share``: per variant, its gain in gold reward from n = 1 to the largest n over the gold's own
     (the oracle picking by the gold).
     """
-    z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
-    flat = z.reshape(z.shape[0], -1)
-    variants = {"single": single, "oracle_gold": gold}
-    for how in ("mean", "min", "uwo"):
-        variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
-    tables = {k: bon_table(v, gold, ns) for k, v in variants.items()}
+    tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
     curves = {k: t.mean(axis=0).tolist() for k, t in tables.items()}
     single_curve = curves["single"]
     peak = max(single_curve)
@@ -588,6 +615,8 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
             "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
             "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
             "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
+            "vs_single_at_largest_n": {k: gap_interval(tables[k], tables["single"], seed=seed)
+                                       for k in ("mean", "min", "uwo")},
             "best_conservative": best_cons,
             "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 

@@ -159,6 +159,22 @@ def test_study_bon_on_a_hacked_proxy():
     assert out["oracle_gain_share"]["single"] == pytest.approx(-1.0) and out["oracle_gain_share"]["min"] == 1.0
     assert out["drops"]["single"] == {"drop": pytest.approx(1.5), "ci95": [pytest.approx(1.5)] * 2, "peak_index": 0,
                                   "established": True}
+    assert out["vs_single_at_largest_n"]["min"] == {"gap": 3.0, "ci95": [3.0, 3.0], "established": True,
+                                                    "worse": False}
+
+
+def test_gap_interval_is_paired_by_prompt():
+    from rmkit.lab import gap_interval
+
+    # prompts differ by 10 in level; the pick is 1 better on each: paired, the interval is exactly [1, 1]
+    base = np.array([[0.0, 0.0], [10.0, 10.0], [-10.0, -10.0]])
+    assert gap_interval(base + [0.0, 1.0], base) == {"gap": 1.0, "ci95": [1.0, 1.0], "established": True,
+                                                      "worse": False}
+    # better on one prompt, worse on another: neither established nor worse
+    mixed = gap_interval(base + [[0.0, 2.0], [0.0, -2.0], [0.0, 0.0]], base, seed=3)
+    assert mixed["gap"] == 0.0 and mixed["ci95"][0] < 0 < mixed["ci95"][1]
+    assert not mixed["established"] and not mixed["worse"]
+    assert gap_interval(base - [0.0, 1.0], base)["worse"]
 
 
 def test_drop_interval_says_when_a_drop_is_more_than_one_prompt():

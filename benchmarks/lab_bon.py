@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from hh_lab import ROOT, load_hh_lab
-from rmkit.bon import read_samples
+from rmkit.bon import read_samples, study_bon
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
-from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_bon, study_shift
+from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_shift
 from rmkit.models import RewardModel
 
 

@@ -6,7 +6,7 @@ et al. 2022 and Coste et al. 2023 are fine-tuned RMs, and Coste et al.'s ensembl
 different seeds. This trains them with `rmkit train` (`configs/train_default.yaml`: all of MiniLM, max length
 128, two epochs) on the lab's sampled labels of the first k training pairs (the order lab_bon.py uses), M seeds
 per k, and scores the best-of-n samples of lab_bon.py with each: member 0 is the single RM, all M make the
-ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmkit.lab.study_bon`).
+ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmkit.bon.study_bon`).
 
     .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 128 --sample-only   # the samples (cached)
     .venv/bin/python benchmarks/lab_bon_finetuned.py                 # 40 prompts, n 128, 1000/250/100 pairs, 4 seeds
@@ -33,11 +33,11 @@ import pandas as pd
 import torch
 
 from hh_lab import DATA, ROOT, load_hh_lab
-from rmkit.bon import bon_table, read_samples
+from rmkit.bon import bon_table, bon_variant_tables, drop_interval, gap_interval, read_samples, study_bon
 from rmkit.config import load_config, to_dict
 from rmkit.files import write_json
 from rmkit.hardware import autocast, resolve_precision
-from rmkit.lab import bon_variant_tables, drop_interval, gap_interval, gold_accuracy, load_gold, study_bon
+from rmkit.lab import gold_accuracy, load_gold
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
 

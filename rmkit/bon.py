@@ -6,12 +6,18 @@ the pick. Outputs in ``output_dir``:
 
 - ``samples.jsonl``: one line per prompt as it is sampled (``id``, ``prompt``, ``responses``); a killed run
   resumes after the prompts it holds;
-- ``scores.parquet``: every sample (``id``, ``k``, ``response``, ``reward``, and ``member_<m>`` for ensembles);
+- ``scores.parquet``: every sample (``id``, ``k``, ``response``, ``reward``, and ``member_<m>`` for ensembles;
+  ``gold`` with a gold);
 - ``best.jsonl``: the pick per prompt with its reward;
-- ``summary.json``: mean reward of the picks and of all samples, KL_bon = log n - (n - 1) / n.
+- ``summary.json``: mean reward of the picks and of all samples, KL_bon = log n - (n - 1) / n; with a gold, the
+  overoptimization curve (`gold_study`) too, drawn in ``bon_curve.png``.
 
 `best_of_n_expectation` is the unbiased estimate (Nakano et al. 2021; Gao et al. 2022) of the reward
-of the best-of-m pick for every m <= n from one set of n samples: the overoptimization curve.
+of the best-of-m pick for every m <= n from one set of n samples. Graded by a **gold** RM (``--gold``: the lab's
+gold, `rmkit.gold`, or any RM that plays the human), it is the overoptimization curve of Gao et al. 2022,
+Fig. 1: `study_bon` draws it for a single RM and an ensemble's mean, min (worst case) and uwo (mean - lambda var,
+Coste et al. 2023) picks, each with its peak-to-last drop (`drop_interval`) and its gap to the single RM at the
+largest n (`gap_interval`), 95% intervals over prompts.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 from .config import save_config, setting, validate
 from .data import DataSource
 from .files import write_json, write_jsonl
+from .gold import gold_scorer
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
 from .reward_ensemble import AGGREGATIONS, EnsembleRewardModel, aggregate, load_reward_model
@@ -62,6 +69,87 @@ def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> list[fl
     return bon_table(proxy, gold, ns).mean(axis=0).tolist()
 
 
+def drop_interval(table: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """How far a best-of-n curve falls from its peak to its last n, with a 95% interval over prompts.
+
+    ``table (P, len(ns))``: per-prompt gold rewards (`rmkit.bon.bon_table`). The peak is the mean curve's
+    argmax, held fixed while prompts are resampled, so the interval is of one difference, gold at the peak n
+    minus gold at the largest n: a drop is ``established`` only where the interval's lower end is above 0."""
+    curve = table.mean(axis=0)
+    peak = int(np.argmax(curve))
+    diff = table[:, peak] - table[:, -1]
+    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    return {"drop": float(diff.mean()), "ci95": [lo, hi], "peak_index": peak, "established": bool(lo > 0)}
+
+
+def gap_interval(table: np.ndarray, baseline: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """How much more gold reward one pick gets than another at the largest n, with a 95% interval over prompts.
+
+    ``table``, ``baseline (P, len(ns))``: per-prompt best-of-n curves of two proxies on the same samples (e.g. a
+    conservative ensemble and the single RM). Paired by prompt, so what the prompts share cancels. Unlike
+    ``conservative_recovery``, a ratio over the single RM's drop, it is defined where nothing drops: ``established``
+    where the interval is above 0 (the pick is better), ``worse`` where it is below."""
+    diff = table[:, -1] - baseline[:, -1]
+    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    return {"gap": float(diff.mean()), "ci95": [lo, hi], "established": bool(lo > 0), "worse": bool(hi < 0)}
+
+
+def _prompt_bootstrap(diff: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-prompt values ``diff (P,)``, prompts resampled."""
+    rows = np.random.default_rng(seed).integers(0, len(diff), (bootstrap, len(diff)))
+    lo, hi = np.quantile(diff[rows].mean(axis=1), [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def bon_variant_tables(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
+                       uwo_lambda: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-prompt best-of-n curves ``(P, len(ns))`` (`rmkit.bon.bon_table`) of the single RM, the gold itself
+    (``oracle_gold``) and the ensemble's aggregations (mean, min, uwo over members z-scored over all samples).
+    Shapes as in `study_bon`."""
+    z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
+    flat = z.reshape(z.shape[0], -1)
+    variants = {"single": single, "oracle_gold": gold}
+    for how in ("mean", "min", "uwo"):
+        variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
+    return {k: bon_table(v, gold, ns) for k, v in variants.items()}
+
+
+def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
+              uwo_lambda: float = 0.5, seed: int = 0) -> dict:
+    """The overoptimization curve of best-of-n (Gao et al. 2022, Fig. 1) for each proxy variant.
+
+    ``gold (P, N)``: gold rewards of N samples for each of P prompts; ``single (P, N)``: one proxy RM;
+    ``members (M, P, N)``: an ensemble's member rewards (z-scored per member over all samples, so
+    members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
+    reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
+    ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
+    n) that the best conservative aggregation (min or uwo) recovers; read it only where ``drops["single"]`` (the
+    drop with its interval over prompts, `drop_interval`, as for every variant) is ``established``.
+    ``vs_single_at_largest_n``: per aggregation, its gold reward minus the single RM's at the largest n, with an
+    interval over prompts (`gap_interval`): what an ensemble buys where nothing drops.
+    ``oracle_gain_share``: per variant, its gain in gold reward from n = 1 to the largest n over the gold's own
+    (the oracle picking by the gold).
+    """
+    tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
+    curves = {k: t.mean(axis=0).tolist() for k, t in tables.items()}
+    single_curve = curves["single"]
+    peak = max(single_curve)
+    drop = peak - single_curve[-1]
+    best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
+    recovery = (curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 else float("nan")
+    # Where nothing drops, how much of the gold's own gain from n = 1 to the largest n each pick gets.
+    oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
+    gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}
+    return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
+            "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
+            "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
+            "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
+            "vs_single_at_largest_n": {k: gap_interval(tables[k], tables["single"], seed=seed)
+                                       for k in ("mean", "min", "uwo")},
+            "best_conservative": best_cons,
+            "conservative_recovery": recovery, "oracle_gain_share": gain_share}
+
+
 @dataclass
 class BonConfig(SamplingConfig, DataSource):
     """Settings of ``rmkit bon``."""
@@ -75,6 +163,10 @@ class BonConfig(SamplingConfig, DataSource):
     uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo = mean - lambda * var (Coste et al.: 0.5 for "
                                              "best-of-n)")
     n: int = setting(16, "samples per prompt")
+    gold: str | None = setting(None, "a gold RM that grades every sample: an `rmkit lab` output folder or a saved "
+                                     "gold's JSON (e.g. benchmarks/lab/gold_hh.json), or any RM folder, hub id or "
+                                     "ensemble; adds the overoptimization curve (gold reward of the pick at every n) "
+                                     "to summary.json, and bon_curve.png")
     output_dir: str = setting("runs/bon", "where samples.jsonl, scores.parquet, best.jsonl and summary.json go")
     max_prompts: int | None = setting(None, "use N prompts (after the first `offset`)")
     offset: int = setting(0, "skip the first N prompts")
@@ -155,6 +247,11 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
                           "response": [r[0]["content"] for r in flat_r]})
     with autocast(device, precision):
         _score_samples(rm, table, flat_p, flat_r, cfg.rm_batch_size)
+    gold_info = None
+    if cfg.gold:
+        gold_rm = gold_scorer(cfg.gold, device=cfg.device, precision=precision)
+        table["gold"] = gold_rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size, progress=progress)
+        gold_info = gold_rm.info
     table.to_parquet(out / "scores.parquet", index=False)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
     write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}
@@ -166,5 +263,66 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     if isinstance(rm, EnsembleRewardModel):
         summary.update(aggregation=rm.aggregation, uwo_lambda=rm.uwo_lambda, members=rm.names,
                        normalization=rm.stats)
+    if gold_info is not None:
+        ensemble = isinstance(rm, EnsembleRewardModel)
+        summary["gold"] = {**gold_info, "best_gold_mean": float(best["gold"].mean()),
+                           "sample_gold_mean": float(table["gold"].mean())}
+        summary["overoptimization"] = gold_study(table, uwo_lambda=rm.uwo_lambda if ensemble else 0.5, seed=cfg.seed)
+        plot_bon_curves(summary["overoptimization"], out / "bon_curve.png",
+                        title=f"best-of-n: {len(ids)} prompts x {cfg.n} samples\ngold: {Path(cfg.gold).name}")
     write_json(out / "summary.json", summary)
     return summary
+
+
+def bon_ns(n: int) -> list[int]:
+    """The n of a best-of-n curve from ``n`` samples: 1, 2, 4, ... and ``n`` itself."""
+    ns = [2 ** k for k in range(int(math.log2(n)) + 1)]
+    return ns if ns[-1] == n else ns + [n]
+
+
+def gold_study(table, *, uwo_lambda: float = 0.5, seed: int = 0) -> dict:
+    """The overoptimization curve of a `run_bon` scores table with a ``gold`` column (one row per sample: ``id``,
+    ``k``, ``reward``, ``gold``, and ``member_<m>`` for an ensemble; every prompt with the same number of samples).
+
+    ``this_rm``: the pick of the run's own reward (its aggregation and normalisation). For an ensemble also
+    `study_bon`'s variants (member 0 as the single RM; mean, min, uwo over z-scored members) with their drops
+    and their gap to the single RM at the largest n. ``oracle_gold``: the gold picking for itself."""
+    order = list(dict.fromkeys(table["id"]))
+    wide = {c: table.pivot(index="id", columns="k", values=c).loc[order].to_numpy(np.float64)
+            for c in table.columns if c in ("reward", "gold") or c.startswith("member_")}
+    gold, reward = wide["gold"], wide["reward"]
+    ns = bon_ns(gold.shape[1])
+    mine = bon_table(reward, gold, ns)
+    members = sorted((c for c in wide if c.startswith("member_")), key=lambda c: int(c.split("_")[1]))
+    if len(members) > 1:
+        stack = np.stack([wide[c] for c in members])
+        out = study_bon(gold, stack[0], stack, ns, uwo_lambda=uwo_lambda, seed=seed)
+    else:
+        oracle = bon_table(gold, gold, ns)
+        out = {"n": ns, "kl_bon": [kl_bon(m) for m in ns], "gold_reward": {"oracle_gold": oracle.mean(axis=0).tolist()},
+               "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]), "drops": {}}
+    out["gold_reward"]["this_rm"] = mine.mean(axis=0).tolist()
+    out["drops"]["this_rm"] = drop_interval(mine, seed=seed)
+    return out
+
+
+def plot_bon_curves(result: dict, path: str | Path, *, title: str = "best-of-n") -> None:
+    """Gold reward of each pick against KL_bon (Gao et al. 2022, Fig. 1), one line per variant of `gold_study`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"oracle_gold": ":", "this_rm": "-", "single": "-", "mean": "-", "min": "--", "uwo": "--"}
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for name, curve in result["gold_reward"].items():
+        ax.plot(result["kl_bon"], curve, styles.get(name, "-"), marker="o", ms=3,
+                label={"this_rm": "this run's RM", "single": "single (member 0)"}.get(name, name),
+                lw=3 if name == "this_rm" else 1.5, alpha=0.5 if name == "this_rm" else 1.0)
+    ax.set_xlabel("KL_bon = log n - (n - 1) / n  (nats)")
+    ax.set_ylabel("gold reward of the pick (mean over prompts)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

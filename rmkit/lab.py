@@ -7,7 +7,7 @@ sets how often a label goes against the gold (noise as humans make it: mostly on
 optional planted flips on top (noise as a pipeline makes it: anywhere). **Proxy** RMs learn from those
 labels, and every study grades them against the gold, never against labels a proxy produced.
 
-    gold = gold_rm(cfg)                                   # GoldRM: frozen backbone + a BT head on real labels
+    gold = fit_gold("mpnet", pairs)                       # rmkit.gold.GoldRM: frozen backbone + a BT head on real labels
     g = gold.diffs(pairs)                                 # (N,) gold r(chosen) - r(rejected)
     T = choose_temperature(g, against=0.225)              # ~22.5% of sampled labels against the gold
     labels = sample_labels(ids, g, T, flips=0.2, seed=0)  # DataFrame: id, gold_diff, sampled, flipped, ...
@@ -17,7 +17,8 @@ Every pair keeps its id, its gold difference, its sampled label and whether it w
 "ambiguous" (a small gold difference) and "mislabeled" (flipped; or, more broadly, against the gold).
 
 Studies (functions over cached proxy features ``(N, V, H)``; `run_lab` runs them and writes lab.json):
-`study_learnability`, `study_strength`, `study_flips`, `study_denoise`.
+`study_learnability`, `study_strength`, `study_flips`, `study_denoise`; `study_shift` on policy samples. The
+best-of-n study (`rmkit.bon.study_bon`, the overoptimization curve) runs where the samples are: ``rmkit bon --gold``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -33,20 +34,19 @@ import numpy as np
 import torch
 
 from .audit import response_length_diff
-from .bon import bon_table, kl_bon
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
-from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
+from .gold import fit_gold, load_gold
+from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .losses import difference_loss
 from .metarm import metarm_backward
 from .models import RewardModel, RewardOutput
 from .objectives import compute_loss, get_objective
-from .reward_ensemble import aggregate
 from .strength import pair_quality_scores
 
 STUDIES = ("learnability", "strength", "flips", "denoise")
@@ -101,83 +101,6 @@ class LabConfig(DataSource):
 
     def proxy_config(self) -> EnsembleConfig:
         return from_dict(EnsembleConfig, {"device": self.device, "precision": self.precision, **self.proxy}, source="proxy")
-
-
-# ----------------------------------------------------------------------------------------------
-# The gold
-
-
-@dataclass
-class GoldRM:
-    """A frozen backbone's token-mean features of one hidden layer, and a linear head: ``r = w · f``."""
-
-    backbone: RewardModel
-    weights: np.ndarray  # (H,)
-    layer: int
-    model_id: str
-    info: dict = field(default_factory=dict)
-    precision: str = "fp32"  # resolved: fp32 or bf16 (autocast)
-
-    def features(self, pairs: Sequence[PreferencePair], *, cache_dir: str | Path | None = None,
-                 batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        fc, fr = encode_features(self.backbone, pairs, cache_dir=cache_dir or default_cache_dir(),
-                                 model_id=self.model_id, pooling="mean", layers=[self.layer],
-                                 batch_size=batch_size, progress=progress, precision=self.precision)
-        return np.asarray(fc[:, 0]), np.asarray(fr[:, 0])
-
-    def diffs(self, pairs: Sequence[PreferencePair], **kw) -> np.ndarray:
-        """Gold ``r(chosen) - r(rejected)`` of every pair ``(N,)``."""
-        fc, fr = self.features(pairs, **kw)
-        return (fc - fr) @ self.weights
-
-    def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
-        with autocast(self.backbone.device, self.precision):
-            f = self.backbone.embed_texts(prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
-        return f[:, 0] @ self.weights
-
-
-def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
-             head_l2: float | None = None, seed: int = 0, batch_size: int = 32, progress: bool = True,
-             device: str = "auto", precision: str = "fp32") -> GoldRM:
-    """A gold RM: ``model_id``'s frozen features (cached), and one BT head trained on *all* of ``pairs``' labels,
-    its L2 picked by cross-fitted log-loss over two folds. Records the head's held-out agreement with the
-    labels it learned from (how much of the human signal the gold carries). ``device`` and ``precision``: of the
-    encoding (``auto`` resolved as `rmkit.hardware` does)."""
-    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
-    layer = backbone.num_layers if layer is None else layer
-    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
-    gold = GoldRM(backbone, np.zeros(0), layer, model_id, precision=precision)
-    fc, fr = gold.features(pairs, batch_size=batch_size, progress=progress)
-    labels = np.array([p.label for p in pairs], dtype=np.float64)
-    fold = fold_of([p.id for p in pairs], 2, seed=seed)
-    l2, losses = (head_l2, {}) if head_l2 is not None else select_l2(fc, fr, fold, labels=labels)
-    W = train_bt_heads(fc, fr, np.stack([fold != 0, fold != 1, np.ones(len(pairs), bool)]).astype(np.float32),
-                       l2=l2, labels=labels)
-    held = np.where(fold == 0, (fc - fr) @ W[0], (fc - fr) @ W[1])
-    decided = labels != 0.5
-    gold.weights = W[2]
-    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "precision": precision, "head_l2": l2,
-                 "pairs": len(pairs), "heldout_agreement_with_human_labels":
-                 float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
-    return gold
-
-
-def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128,
-              device: str = "auto", precision: str = "fp32") -> GoldRM:
-    """A gold saved by an earlier run: its head ``(H,)`` (a .npy, e.g. `fit_gold`'s weights) on ``model_id``'s
-    frozen features of ``layer`` (default: the last). The same gold can then label another dataset, as the same
-    human would label a second domain."""
-    weights = np.load(head, allow_pickle=False)
-    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
-    hidden = int(backbone.model.config.hidden_size)
-    if weights.shape != (hidden,):
-        raise ValueError(f"{head}: a gold head of shape {weights.shape}, but {model_id} has "
-                         f"{hidden} features (is gold_model the backbone the head was fitted on?)")
-    layer = backbone.num_layers if layer is None else layer
-    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
-    return GoldRM(backbone, weights, layer, model_id, {"model": model_id, "layer": layer, "max_length": max_length,
-                                                       "precision": precision, "head": str(head)}, precision)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,87 +461,6 @@ def head_rewards(feats: np.ndarray, views: Sequence[int], heads: tuple[list[int]
     minus rejected give reward differences."""
     layers, W = heads
     return np.stack([feats[:, list(views).index(layer)] @ W[m] for m, layer in enumerate(layers)])
-
-
-def drop_interval(table: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
-    """How far a best-of-n curve falls from its peak to its last n, with a 95% interval over prompts.
-
-    ``table (P, len(ns))``: per-prompt gold rewards (`rmkit.bon.bon_table`). The peak is the mean curve's
-    argmax, held fixed while prompts are resampled, so the interval is of one difference, gold at the peak n
-    minus gold at the largest n: a drop is ``established`` only where the interval's lower end is above 0."""
-    curve = table.mean(axis=0)
-    peak = int(np.argmax(curve))
-    diff = table[:, peak] - table[:, -1]
-    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
-    return {"drop": float(diff.mean()), "ci95": [lo, hi], "peak_index": peak, "established": bool(lo > 0)}
-
-
-def gap_interval(table: np.ndarray, baseline: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) -> dict:
-    """How much more gold reward one pick gets than another at the largest n, with a 95% interval over prompts.
-
-    ``table``, ``baseline (P, len(ns))``: per-prompt best-of-n curves of two proxies on the same samples (e.g. a
-    conservative ensemble and the single RM). Paired by prompt, so what the prompts share cancels. Unlike
-    ``conservative_recovery``, a ratio over the single RM's drop, it is defined where nothing drops: ``established``
-    where the interval is above 0 (the pick is better), ``worse`` where it is below."""
-    diff = table[:, -1] - baseline[:, -1]
-    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
-    return {"gap": float(diff.mean()), "ci95": [lo, hi], "established": bool(lo > 0), "worse": bool(hi < 0)}
-
-
-def _prompt_bootstrap(diff: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-prompt values ``diff (P,)``, prompts resampled."""
-    rows = np.random.default_rng(seed).integers(0, len(diff), (bootstrap, len(diff)))
-    lo, hi = np.quantile(diff[rows].mean(axis=1), [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def bon_variant_tables(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
-                       uwo_lambda: float = 0.5) -> dict[str, np.ndarray]:
-    """Per-prompt best-of-n curves ``(P, len(ns))`` (`rmkit.bon.bon_table`) of the single RM, the gold itself
-    (``oracle_gold``) and the ensemble's aggregations (mean, min, uwo over members z-scored over all samples).
-    Shapes as in `study_bon`."""
-    z = (members - members.mean(axis=(1, 2), keepdims=True)) / members.std(axis=(1, 2), keepdims=True)
-    flat = z.reshape(z.shape[0], -1)
-    variants = {"single": single, "oracle_gold": gold}
-    for how in ("mean", "min", "uwo"):
-        variants[how] = aggregate(flat, how, uwo_lambda=uwo_lambda).reshape(gold.shape)
-    return {k: bon_table(v, gold, ns) for k, v in variants.items()}
-
-
-def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
-              uwo_lambda: float = 0.5, seed: int = 0) -> dict:
-    """The overoptimization curve of best-of-n (Gao et al. 2022, Fig. 1) for each proxy variant.
-
-    ``gold (P, N)``: gold rewards of N samples for each of P prompts; ``single (P, N)``: one proxy RM;
-    ``members (M, P, N)``: an ensemble's member rewards (z-scored per member over all samples, so
-    members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
-    reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
-    ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
-    n) that the best conservative aggregation (min or uwo) recovers; read it only where ``drops["single"]`` (the
-    drop with its interval over prompts, `drop_interval`, as for every variant) is ``established``.
-    ``vs_single_at_largest_n``: per aggregation, its gold reward minus the single RM's at the largest n, with an
-    interval over prompts (`gap_interval`): what an ensemble buys where nothing drops.
-    ``oracle_gain_share``: per variant, its gain in gold reward from n = 1 to the largest n over the gold's own
-    (the oracle picking by the gold).
-    """
-    tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
-    curves = {k: t.mean(axis=0).tolist() for k, t in tables.items()}
-    single_curve = curves["single"]
-    peak = max(single_curve)
-    drop = peak - single_curve[-1]
-    best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
-    recovery = (curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 else float("nan")
-    # Where nothing drops, how much of the gold's own gain from n = 1 to the largest n each pick gets.
-    oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
-    gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}
-    return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
-            "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
-            "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
-            "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
-            "vs_single_at_largest_n": {k: gap_interval(tables[k], tables["single"], seed=seed)
-                                       for k in ("mean", "min", "uwo")},
-            "best_conservative": best_cons,
-            "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 
 
 # ----------------------------------------------------------------------------------------------

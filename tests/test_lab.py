@@ -134,6 +134,13 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     np.testing.assert_allclose(read_gold_scores(tmp_path / "lab3" / "gold.parquet", ids),
                                read_gold_scores(tmp_path / "lab" / "gold.parquet", ids), rtol=1e-5, atol=1e-7)
     assert third["temperature"] == pytest.approx(out["temperature"], rel=1e-4) and third["gold"]["head"] == str(head)
+    # The lab's output folder is a gold for policy samples (`rmkit bon --gold runs/lab`): it rebuilds the same
+    # gold from gold.json and gold_head.npy, and scores a pair's sides to the difference gold.parquet holds.
+    from rmkit.gold import gold_scorer
+
+    lab_gold = gold_scorer(str(tmp_path / "lab"), precision=out["gold"]["precision"])
+    r = lab_gold.score([p.prompt for p in pairs[:3]] * 2, [p.chosen for p in pairs[:3]] + [p.rejected for p in pairs[:3]])
+    np.testing.assert_allclose(r[:3] - r[3:], read_gold_scores(tmp_path / "lab" / "gold.parquet", ids)[:3], atol=1e-4)
     np.save(tmp_path / "wide.npy", np.zeros(7))
     with pytest.raises(ValueError, match="wide.npy"):
         load_gold(tmp_path / "wide.npy", tiny_bert)
@@ -145,7 +152,7 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
 
 def test_study_bon_on_a_hacked_proxy():
     """One sample games the single proxy (and one member); the min of the ensemble does not pick it."""
-    from rmkit.lab import study_bon
+    from rmkit.bon import study_bon
 
     gold = np.array([[0.0, 1.0, 2.0, 3.0]])
     single = np.array([[10.0, 1.0, 2.0, 3.0]])
@@ -164,7 +171,7 @@ def test_study_bon_on_a_hacked_proxy():
 
 
 def test_gap_interval_is_paired_by_prompt():
-    from rmkit.lab import gap_interval
+    from rmkit.bon import gap_interval
 
     # prompts differ by 10 in level; the pick is 1 better on each: paired, the interval is exactly [1, 1]
     base = np.array([[0.0, 0.0], [10.0, 10.0], [-10.0, -10.0]])
@@ -178,7 +185,7 @@ def test_gap_interval_is_paired_by_prompt():
 
 
 def test_drop_interval_says_when_a_drop_is_more_than_one_prompt():
-    from rmkit.lab import drop_interval
+    from rmkit.bon import drop_interval
 
     # every prompt falls by 1 after n = 2: an established drop
     assert drop_interval(np.array([[0.0, 2.0, 1.0]] * 3)) == {"drop": 1.0, "ci95": [1.0, 1.0], "peak_index": 1,

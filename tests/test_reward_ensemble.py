@@ -130,3 +130,35 @@ def test_rmkit_bon_picks_the_argmax_and_resumes(tiny_policy, tiny_bert, tiny_lla
     # A rerun samples nothing again and gives the same picks.
     again = run_bon(cfg, progress=False)
     assert again["sampled_now"] == 0 and again["best_reward_mean"] == pytest.approx(summary["best_reward_mean"])
+
+
+def test_rmkit_bon_with_a_gold_draws_the_overoptimization_curve(tiny_policy, tiny_bert, tiny_llama, tmp_path):
+    """``--gold``: every sample gets a gold reward, and the summary the gold reward of each variant's pick at every
+    n. The gold here is member 0's model, so the single RM (member 0) picks as the oracle does."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p[0]["content"]}) + "\n" for i, p in enumerate(P)))
+    cfg = BonConfig(data=str(prompts), policy=tiny_policy, reward_model=f"{tiny_bert},{tiny_llama}", n=4,
+                    max_new_tokens=5, output_dir=str(tmp_path / "bon"), aggregation="min", gold=tiny_bert,
+                    precision="fp32")
+    summary = run_bon(cfg, progress=False)
+    scores = pd.read_parquet(tmp_path / "bon" / "scores.parquet")
+    assert np.corrcoef(scores["gold"], scores["member_0"])[0, 1] > 0.99999  # member columns are z-scored
+    curve = summary["overoptimization"]
+    assert curve["n"] == [1, 2, 4] and curve["kl_bon"][-1] == pytest.approx(kl_bon(4))
+    gold = scores.pivot(index="id", columns="k", values="gold").to_numpy()
+    # n = 1: any pick is a random sample; n = 4: the oracle takes each prompt's best sample
+    for name in ("oracle_gold", "single", "mean", "min", "uwo", "this_rm"):
+        assert curve["gold_reward"][name][0] == pytest.approx(gold.mean())
+    assert curve["gold_reward"]["oracle_gold"][-1] == pytest.approx(gold.max(axis=1).mean())
+    np.testing.assert_allclose(curve["gold_reward"]["single"], curve["gold_reward"]["oracle_gold"], atol=1e-6)
+    # the run's own pick (min over the members, normalised) at n = 4 is best.jsonl's
+    best = [json.loads(x) for x in (tmp_path / "bon" / "best.jsonl").read_text().splitlines()]
+    picked = [scores[(scores["id"] == b["id"]) & (scores["k"] == b["k"])]["gold"].item() for b in best]
+    assert curve["gold_reward"]["this_rm"][-1] == pytest.approx(np.mean(picked))
+    assert summary["gold"]["best_gold_mean"] == pytest.approx(np.mean(picked))
+    assert {"mean", "min", "uwo"} == set(curve["vs_single_at_largest_n"]) and "this_rm" in curve["drops"]
+    assert (tmp_path / "bon" / "bon_curve.png").stat().st_size > 10_000
+    # One RM (no ensemble): its curve and the oracle's
+    one = run_bon(BonConfig(**{**cfg.__dict__, "reward_model": tiny_llama, "aggregation": None,
+                               "output_dir": str(tmp_path / "one")}), progress=False)["overoptimization"]
+    assert set(one["gold_reward"]) == {"oracle_gold", "this_rm"} and one["n"] == [1, 2, 4]

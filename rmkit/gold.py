@@ -1,0 +1,148 @@
+"""The gold reward model of the lab (`rmkit.lab`): a fixed RM that plays the human.
+
+On a CPU the gold is a frozen backbone's token-mean features of one layer and a linear Bradley-Terry head fitted
+on every real human label (`fit_gold`), saved as a head (``gold_head.npy``) beside ``gold.json`` (its backbone,
+layer, length), and loaded again with `load_gold` or, from a lab's output folder, `load_gold_saved`. Any other
+reward model (a hub id or a folder, e.g. a large RM on a GPU) can be the gold too: `gold_scorer` takes either and
+scores policy samples, as ``rmkit bon --gold`` does to draw the overoptimization curve.
+
+    gold = fit_gold("mpnet", pairs)               # GoldRM: frozen backbone + a BT head on the human labels
+    g = gold.diffs(pairs)                         # (N,) gold r(chosen) - r(rejected)
+    r = gold_scorer("runs/lab").score(prompts, responses)   # (B,) gold reward of samples
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .data import PreferencePair
+from .ensemble import default_cache_dir, encode_features
+from .hardware import autocast, resolve_device, resolve_precision
+from .heads import fold_of, select_l2, train_bt_heads
+from .models import RewardModel
+from .reward_ensemble import load_reward_model
+
+
+@dataclass
+class GoldRM:
+    """A frozen backbone's token-mean features of one hidden layer, and a linear head: ``r = w · f``."""
+
+    backbone: RewardModel
+    weights: np.ndarray  # (H,)
+    layer: int
+    model_id: str
+    info: dict = field(default_factory=dict)
+    precision: str = "fp32"  # resolved: fp32 or bf16 (autocast)
+
+    def features(self, pairs: Sequence[PreferencePair], *, cache_dir: str | Path | None = None,
+                 batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        fc, fr = encode_features(self.backbone, pairs, cache_dir=cache_dir or default_cache_dir(),
+                                 model_id=self.model_id, pooling="mean", layers=[self.layer],
+                                 batch_size=batch_size, progress=progress, precision=self.precision)
+        return np.asarray(fc[:, 0]), np.asarray(fr[:, 0])
+
+    def diffs(self, pairs: Sequence[PreferencePair], **kw) -> np.ndarray:
+        """Gold ``r(chosen) - r(rejected)`` of every pair ``(N,)``."""
+        fc, fr = self.features(pairs, **kw)
+        return (fc - fr) @ self.weights
+
+    def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Gold reward of each (prompt, response) ``(B,)``: for policy samples (best-of-n, shift)."""
+        with autocast(self.backbone.device, self.precision):
+            f = self.backbone.embed_texts(prompts, responses, [self.layer], batch_size=batch_size, progress=progress)
+        return f[:, 0] @ self.weights
+
+
+def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | None = None, max_length: int = 128,
+             head_l2: float | None = None, seed: int = 0, batch_size: int = 32, progress: bool = True,
+             device: str = "auto", precision: str = "fp32") -> GoldRM:
+    """A gold RM: ``model_id``'s frozen features (cached), and one BT head trained on *all* of ``pairs``' labels,
+    its L2 picked by cross-fitted log-loss over two folds. Records the head's held-out agreement with the
+    labels it learned from (how much of the human signal the gold carries). ``device`` and ``precision``: of the
+    encoding (``auto`` resolved as `rmkit.hardware` does)."""
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
+    layer = backbone.num_layers if layer is None else layer
+    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
+    gold = GoldRM(backbone, np.zeros(0), layer, model_id, precision=precision)
+    fc, fr = gold.features(pairs, batch_size=batch_size, progress=progress)
+    labels = np.array([p.label for p in pairs], dtype=np.float64)
+    fold = fold_of([p.id for p in pairs], 2, seed=seed)
+    l2, losses = (head_l2, {}) if head_l2 is not None else select_l2(fc, fr, fold, labels=labels)
+    W = train_bt_heads(fc, fr, np.stack([fold != 0, fold != 1, np.ones(len(pairs), bool)]).astype(np.float32),
+                       l2=l2, labels=labels)
+    held = np.where(fold == 0, (fc - fr) @ W[0], (fc - fr) @ W[1])
+    decided = labels != 0.5
+    gold.weights = W[2]
+    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "precision": precision, "head_l2": l2,
+                 "pairs": len(pairs), "heldout_agreement_with_human_labels":
+                 float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
+    return gold
+
+
+def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128,
+              device: str = "auto", precision: str = "fp32") -> GoldRM:
+    """A gold saved by an earlier run: its head ``(H,)`` (a .npy, e.g. `fit_gold`'s weights) on ``model_id``'s
+    frozen features of ``layer`` (default: the last). The same gold can then label another dataset, as the same
+    human would label a second domain."""
+    weights = np.load(head, allow_pickle=False)
+    backbone = RewardModel.from_pretrained(model_id, max_length=max_length).to(resolve_device(device))
+    hidden = int(backbone.model.config.hidden_size)
+    if weights.shape != (hidden,):
+        raise ValueError(f"{head}: a gold head of shape {weights.shape}, but {model_id} has "
+                         f"{hidden} features (is gold_model the backbone the head was fitted on?)")
+    layer = backbone.num_layers if layer is None else layer
+    precision = resolve_precision(precision, backbone.device, announce=precision == "auto")
+    return GoldRM(backbone, weights, layer, model_id, {"model": model_id, "layer": layer, "max_length": max_length,
+                                                       "precision": precision, "head": str(head)}, precision)
+
+
+def gold_files(spec: str | Path) -> tuple[Path, Path] | None:
+    """``(gold.json, head.npy)`` of a saved lab gold: an ``rmkit lab`` output folder (``gold.json``,
+    ``gold_head.npy``) or a ``NAME.json`` with ``NAME_head.npy`` beside it; None where ``spec`` is neither."""
+    p = Path(spec)
+    info = p / "gold.json" if p.is_dir() else p
+    head = info.with_name(info.stem + "_head.npy")
+    return (info, head) if info.suffix == ".json" and info.is_file() and head.is_file() else None
+
+
+def load_gold_saved(spec: str | Path, *, device: str = "auto", precision: str = "fp32") -> GoldRM:
+    """A lab gold saved as `gold_files` finds it: the head on the backbone, layer and length its JSON names."""
+    found = gold_files(spec)
+    if found is None:
+        raise ValueError(f"{spec}: no saved gold (a folder with gold.json and gold_head.npy, or NAME.json beside "
+                         f"NAME_head.npy)")
+    info = json.loads(found[0].read_text())
+    missing = [k for k in ("model", "layer", "max_length") if k not in info]
+    if missing:
+        raise ValueError(f"{found[0]}: no {', '.join(missing)} (needed to rebuild the gold)")
+    return load_gold(found[1], info["model"], layer=info["layer"], max_length=info["max_length"],
+                     device=device, precision=precision)
+
+
+class _RewardModelGold:
+    """Any reward model (or ensemble) as the gold: `score` returns numpy rewards, as `GoldRM.score` does."""
+
+    def __init__(self, rm, spec: str, device, precision: str):
+        self.rm, self.device, self.precision = rm, device, precision
+        self.info = {"model": spec, "precision": precision}
+
+    def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        with autocast(self.device, self.precision):
+            return self.rm.score(prompts, responses, batch_size=batch_size).float().numpy()
+
+
+def gold_scorer(spec: str, *, device: str = "auto", precision: str = "fp32"):
+    """A gold for policy samples from ``spec``: a saved lab gold (an ``rmkit lab`` output folder, or
+    ``NAME.json`` beside ``NAME_head.npy`` as in benchmarks/lab), or any reward model that
+    `rmkit.reward_ensemble.load_reward_model` reads (a folder, a hub id, an ensemble). Its
+    ``score(prompts, responses, batch_size=)`` gives ``(B,)`` numpy rewards; ``info`` says what it is."""
+    if gold_files(spec) is not None:
+        return load_gold_saved(spec, device=device, precision=precision)
+    dev = resolve_device(device)
+    return _RewardModelGold(load_reward_model(spec).to(dev), spec, dev,
+                            resolve_precision(precision, dev, announce=precision == "auto"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -251,7 +252,12 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     if cfg.gold:
         gold_rm = gold_scorer(cfg.gold, device=cfg.device, precision=precision)
         table["gold"] = gold_rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size, progress=progress)
-        gold_info = gold_rm.info
+        # A gold that is also a member grades the RM against itself: the curve would say nothing, so say so.
+        same = [m for m in cfg.reward_model.split(",") if Path(m).resolve() == Path(cfg.gold).resolve()]
+        gold_info = {**gold_rm.info, "is_a_member": bool(same)}
+        if same:
+            print(f"rmkit bon: warning: the gold {cfg.gold} is also a reward model of this run: its curve grades "
+                  "that RM against itself", file=sys.stderr)
     table.to_parquet(out / "scores.parquet", index=False)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
     write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}

@@ -156,9 +156,12 @@ def test_rmkit_bon_with_a_gold_draws_the_overoptimization_curve(tiny_policy, tin
     picked = [scores[(scores["id"] == b["id"]) & (scores["k"] == b["k"])]["gold"].item() for b in best]
     assert curve["gold_reward"]["this_rm"][-1] == pytest.approx(np.mean(picked))
     assert summary["gold"]["best_gold_mean"] == pytest.approx(np.mean(picked))
+    assert summary["gold"]["is_a_member"]  # and said so: graded against itself
     assert {"mean", "min", "uwo"} == set(curve["vs_single_at_largest_n"]) and "this_rm" in curve["drops"]
     assert (tmp_path / "bon" / "bon_curve.png").stat().st_size > 10_000
     # One RM (no ensemble): its curve and the oracle's
     one = run_bon(BonConfig(**{**cfg.__dict__, "reward_model": tiny_llama, "aggregation": None,
-                               "output_dir": str(tmp_path / "one")}), progress=False)["overoptimization"]
-    assert set(one["gold_reward"]) == {"oracle_gold", "this_rm"} and one["n"] == [1, 2, 4]
+                               "output_dir": str(tmp_path / "one")}), progress=False)
+    assert not one["gold"]["is_a_member"]
+    assert set(one["overoptimization"]["gold_reward"]) == {"oracle_gold", "this_rm"}
+    assert one["overoptimization"]["n"] == [1, 2, 4]

@@ -49,7 +49,12 @@ def picked_prompts(hl, prompts: int, seed: int):
     return [cand[i] for i in np.random.default_rng(seed).permutation(len(cand))[:prompts]]
 
 
-def gold_of_samples(picked, samples: dict, n: int, work: Path, key: str) -> tuple[np.ndarray, dict]:
+def samples_key(ids: list[str], samples: dict, n: int) -> str:
+    """A short hash of the first ``n`` samples of each prompt: what a cache of their scores is valid for."""
+    return hashlib.sha256(json.dumps([ids, [samples[i][:n] for i in ids]]).encode()).hexdigest()[:12]
+
+
+def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarray, dict]:
     """Gold rewards ``(P, n)``: the committed ones (lab_bon.py's first 128 samples) where a check on two regenerated
     prompts agrees, and the gold's own scores for the rest (cached)."""
     committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
@@ -70,11 +75,16 @@ def gold_of_samples(picked, samples: dict, n: int, work: Path, key: str) -> tupl
         k0 = 0
     gold = np.zeros((len(ids), n))
     gold[:, :k0] = table.loc[ids].to_numpy()[:, :k0]
-    if k0 < n:
-        cache = work / f"gold_{key}_{k0}_{n}.npy"
+    # Scored in doubling segments (128-256, 256-512, ...), each cached under the samples up to its end, so extending
+    # the samples scores only the new ones.
+    lo = k0
+    while lo < n:
+        hi = min(n, 2 * lo) if lo else n
+        cache = work / f"gold_{samples_key(ids, samples, hi)}_{lo}_{hi}.npy"
         if not cache.exists():
-            np.save(cache, score(list(range(len(ids))), k0, n))
-        gold[:, k0:] = np.load(cache)
+            np.save(cache, score(list(range(len(ids))), lo, hi))
+        gold[:, lo:hi] = np.load(cache)
+        lo = hi
     return gold, {"gold_committed_samples_per_prompt": k0, "gold_scored_samples_per_prompt": n - k0,
                   "gold_check_max_abs_diff": diff}
 
@@ -105,10 +115,8 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{len(missing)} prompts lack {args.n} samples: run benchmarks/lab_bon.py --prompts "
                          f"{args.prompts} --n {args.n} --sample-only first")
-    flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
-    flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in have[i][: args.n]]
-    key = hashlib.sha256(json.dumps([pid, [have[i][: args.n] for i in pid]]).encode()).hexdigest()[:12]
-    gold, gold_info = gold_of_samples(picked, have, args.n, work, key)
+    key = samples_key(pid, have, args.n)
+    gold, gold_info = gold_of_samples(picked, have, args.n, work)
 
     # The first k training pairs in lab_bon.py's seeded order, with the lab's labels as their sides.
     train = hl.mask("train")
@@ -135,10 +143,24 @@ def main() -> None:
             seconds.append(json.loads((run / "results.json").read_text()).get("train_seconds", time.time() - t0))
             cache = run / f"scores_{key}_{precision}.npz"
             if not cache.exists():
+                # Scores of fewer samples (an earlier n) are kept: only the new samples are scored.
+                r, acc = np.zeros((len(pid), args.n), np.float32), None
+                for fewer in (args.n >> j for j in range(1, 8)):
+                    earlier = run / f"scores_{samples_key(pid, have, fewer)}_{precision}.npz"
+                    if fewer and earlier.exists():
+                        with np.load(earlier) as z:
+                            r[:, :fewer], acc = z["rewards"], float(z["accuracy"])
+                        break
+                else:
+                    fewer = 0
+                sub_p = [list(p.prompt) for p in picked for _ in range(fewer, args.n)]
+                sub_r = [[{"role": "assistant", "content": t}] for i in pid for t in have[i][fewer: args.n]]
                 with autocast(device, precision):
-                    r = model.score(flat_p, flat_r, batch_size=64).numpy().reshape(len(pid), args.n)
-                diff = score_pairs(model, grade_pairs, batch_size=64, precision=precision)["diff"].to_numpy()
-                np.savez(cache, rewards=r, accuracy=gold_accuracy(diff, hl.gold[test_idx]))
+                    r[:, fewer:] = model.score(sub_p, sub_r, batch_size=64).numpy().reshape(len(pid), args.n - fewer)
+                if acc is None:
+                    diff = score_pairs(model, grade_pairs, batch_size=64, precision=precision)["diff"].to_numpy()
+                    acc = gold_accuracy(diff, hl.gold[test_idx])
+                np.savez(cache, rewards=r, accuracy=acc)
             with np.load(cache) as z:
                 rewards.append(z["rewards"])
                 accuracy.append(float(z["accuracy"]))

@@ -34,10 +34,10 @@ import numpy as np
 from .config import save_config, setting, validate
 from .data import DataSource
 from .files import write_json, write_jsonl
-from .gold import gold_scorer
+from .gold import gold_files, gold_scorer
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
-from .reward_ensemble import AGGREGATIONS, EnsembleRewardModel, aggregate, load_reward_model
+from .reward_ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleRewardModel, aggregate, load_reward_model
 
 
 def kl_bon(n: int) -> float:
@@ -183,6 +183,13 @@ class BonConfig(SamplingConfig, DataSource):
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.gold and gold_files(self.gold) is None:
+            g = Path(self.gold)
+            if g.suffix == ".json":
+                raise ValueError(f"gold: {g} is not a saved gold (a JSON with {g.stem}_head.npy beside it)")
+            if g.is_dir() and not any((g / f).is_file() for f in ("config.json", ENSEMBLE_FILE)):
+                raise ValueError(f"gold: {g} holds neither a saved lab gold (gold.json, gold_head.npy) nor a "
+                                 "reward model (config.json)")
 
 
 def _score_samples(rm, table, prompts, responses, batch_size: int) -> None:

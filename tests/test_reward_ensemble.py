@@ -159,6 +159,11 @@ def test_rmkit_bon_with_a_gold_draws_the_overoptimization_curve(tiny_policy, tin
     assert summary["gold"]["is_a_member"]  # and said so: graded against itself
     assert {"mean", "min", "uwo"} == set(curve["vs_single_at_largest_n"]) and "this_rm" in curve["drops"]
     assert (tmp_path / "bon" / "bon_curve.png").stat().st_size > 10_000
+    # A gold that cannot be one is refused before anything loads, naming it.
+    with pytest.raises(ValueError, match="not a saved gold"):
+        BonConfig(data="x", reward_model=tiny_bert, gold=str(tmp_path / "gold.json")).check()
+    with pytest.raises(ValueError, match="neither a saved lab gold"):
+        BonConfig(data="x", reward_model=tiny_bert, gold=str(tmp_path)).check()
     # One RM (no ensemble): its curve and the oracle's
     one = run_bon(BonConfig(**{**cfg.__dict__, "reward_model": tiny_llama, "aggregation": None,
                                "output_dir": str(tmp_path / "one")}), progress=False)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from hh_lab import ROOT, load_hh_lab
-from rmkit.bon import read_samples, study_bon
+from rmkit.bon import bon_ns, read_samples, study_bon
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
 from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_shift
@@ -141,7 +141,7 @@ def main() -> None:
         np.savez(cache, gold=gold, feats=feats)
         encode_s = time.time() - t0
         cache.with_suffix(".json").write_text(json.dumps({"seconds": encode_s}))
-    ns = [2 ** k for k in range(int(np.log2(args.n)) + 1)]
+    ns = bon_ns(args.n)
 
     def scores(heads: dict) -> tuple[np.ndarray, np.ndarray]:
         members = head_rewards(feats, layers_all, heads["ensemble"])

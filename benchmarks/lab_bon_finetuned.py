@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 
 from hh_lab import DATA, ROOT, load_hh_lab
-from rmkit.bon import bon_table, bon_variant_tables, drop_interval, gap_interval, read_samples, study_bon
+from rmkit.bon import (bon_ns, bon_table, bon_variant_tables, drop_interval, gap_interval, read_samples, study_bon,
+                       summarize_bon)
 from rmkit.config import load_config, to_dict
 from rmkit.files import write_json
 from rmkit.hardware import autocast, resolve_precision
@@ -130,7 +131,7 @@ def main() -> None:
     epochs = base.epochs if args.epochs is None else args.epochs
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
-    out, ns = {}, [2 ** k for k in range(int(np.log2(args.n)) + 1)]
+    out, ns = {}, bon_ns(args.n)
     for size in args.sizes:
         pairs = [labelled[ids[k]] for k in train_order[:size]]
         rewards, accuracy, seconds = [], [], []
@@ -166,12 +167,12 @@ def main() -> None:
                 accuracy.append(float(z["accuracy"]))
             print(f"k={size} seed={m}: accuracy vs gold {accuracy[-1]:.3f}", flush=True)
         members = np.stack(rewards)
-        res = study_bon(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
+        tables = bon_variant_tables(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda)
+        res = summarize_bon(tables, ns, samples_per_prompt=args.n, uwo_lambda=args.uwo_lambda, seed=args.seed)
         # Every member as the single RM (member 0 is study_bon's): the single curve without one seed's luck.
-        each = [bon_table(members[m], gold, ns) for m in range(len(members))]
+        each = [tables["single"]] + [bon_table(members[m], gold, ns) for m in range(1, len(members))]
         res["single_each_member"] = [t.mean(axis=0).tolist() for t in each]
         avg = np.mean(each, axis=0)
-        tables = bon_variant_tables(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda)
         res["single_mean_over_members"] = {
             "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=args.seed),
             # each aggregation against the seeds' average single RM, not seed 0's alone

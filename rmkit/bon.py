@@ -22,6 +22,7 @@ largest n (`gap_interval`), 95% intervals over prompts.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -54,9 +55,16 @@ def best_of_n_expectation(proxy: np.ndarray, gold: np.ndarray, m: int) -> float:
     if not 1 <= m <= n:
         raise ValueError(f"m must be in [1, {n}], got {m}")
     order = np.argsort(-proxy, kind="stable")
-    i = np.arange(1, n + 1)
-    weights = np.array([math.comb(n - k, m - 1) for k in i], dtype=np.float64) / math.comb(n, m)
-    return float((gold[order] * weights).sum())
+    return float((gold[order] * _rank_weights(n, m)).sum())
+
+
+@functools.lru_cache(maxsize=256)
+def _rank_weights(n: int, m: int) -> np.ndarray:
+    """``C(n - i, m - 1) / C(n, m)`` for ranks i = 1..n: the same for every prompt with n samples, so a table of
+    many prompts computes these big-integer ratios once per (n, m)."""
+    w = np.array([math.comb(n - k, m - 1) for k in range(1, n + 1)], dtype=np.float64) / math.comb(n, m)
+    w.flags.writeable = False
+    return w
 
 
 def bon_table(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarray:
@@ -132,6 +140,12 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     (the oracle picking by the gold).
     """
     tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
+    return summarize_bon(tables, ns, samples_per_prompt=int(gold.shape[1]), uwo_lambda=uwo_lambda, seed=seed)
+
+
+def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_per_prompt: int,
+                  uwo_lambda: float = 0.5, seed: int = 0) -> dict:
+    """`study_bon`'s result from per-prompt curves already computed (`bon_variant_tables`)."""
     curves = {k: t.mean(axis=0).tolist() for k, t in tables.items()}
     single_curve = curves["single"]
     peak = max(single_curve)
@@ -142,7 +156,7 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
     gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}
     return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
-            "prompts": int(gold.shape[0]), "samples_per_prompt": int(gold.shape[1]),
+            "prompts": int(tables["single"].shape[0]), "samples_per_prompt": samples_per_prompt,
             "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
             "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
             "vs_single_at_largest_n": {k: gap_interval(tables[k], tables["single"], seed=seed)
@@ -277,10 +291,9 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
         summary.update(aggregation=rm.aggregation, uwo_lambda=rm.uwo_lambda, members=rm.names,
                        normalization=rm.stats)
     if gold_info is not None:
-        ensemble = isinstance(rm, EnsembleRewardModel)
         summary["gold"] = {**gold_info, "best_gold_mean": float(best["gold"].mean()),
                            "sample_gold_mean": float(table["gold"].mean())}
-        summary["overoptimization"] = gold_study(table, uwo_lambda=rm.uwo_lambda if ensemble else 0.5, seed=cfg.seed)
+        summary["overoptimization"] = gold_study(table, uwo_lambda=summary.get("uwo_lambda", 0.5), seed=cfg.seed)
         plot_bon_curves(summary["overoptimization"], out / "bon_curve.png",
                         title=f"best-of-n: {len(ids)} prompts x {cfg.n} samples\ngold: {Path(cfg.gold).name}")
     write_json(out / "summary.json", summary)

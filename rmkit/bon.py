@@ -5,7 +5,11 @@ every response is scored (each member's reward too, for an ensemble), and the hi
 the pick. Outputs in ``output_dir``:
 
 - ``samples.jsonl``: one line per prompt as it is sampled (``id``, ``prompt``, ``responses``); a killed run
-  resumes after the prompts it holds;
+  resumes after the prompts it holds, and refuses, naming them, sampling settings or prompt texts that differ from
+  those it holds;
+- ``raw_scores.parquet``: every sample's raw rewards (each member's, the gold's), written a block of prompts at a
+  time, so a killed or extended run scores only what it lacks (rescored whole when the models, precision or batch
+  size change; ``raw_scores.json`` says which);
 - ``scores.parquet``: every sample (``id``, ``k``, ``response``, ``reward``, and ``member_<m>`` for ensembles;
   ``gold`` with a gold);
 - ``best.jsonl``: the pick per prompt with its reward;
@@ -32,9 +36,9 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .config import save_config, setting, validate
+from .config import require_same_settings, save_config, setting, validate
 from .data import DataSource
-from .files import write_json, write_jsonl
+from .files import atomic_path, model_identity, write_json, write_jsonl
 from .gold import gold_files, gold_scorer
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
@@ -206,37 +210,110 @@ class BonConfig(SamplingConfig, DataSource):
                                  "reward model (config.json)")
 
 
-def _score_samples(rm, table, prompts, responses, batch_size: int) -> None:
-    """``reward`` (and, for an ensemble, ``member_m``) columns of ``table``, one row per sample."""
-    if isinstance(rm, EnsembleRewardModel):
-        if rm.normalize == "zscore" and rm.stats is None:
-            rm.fit_normalization(prompts, responses, batch_size=batch_size)  # reference: these samples
-        members = rm.member_scores(prompts, responses, batch_size=batch_size)
-        for m, r in enumerate(members):
-            table[f"member_{m}"] = r
-        table["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
-    else:
-        table["reward"] = rm.score(prompts, responses, batch_size=batch_size).float().numpy()
+SAMPLING_SETTINGS = ("policy", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "max_prompt_tokens",
+                     "seed")  # what the samples of a prompt depend on (n too: a prompt with another n is sampled again)
 
 
-def read_samples(path: str | Path) -> dict[str, list[str]]:
-    """Responses by prompt id from a samples JSONL (``{"id", "responses", ...}`` per line), as a resumed run reads
-    what it wrote: a later line for the same id supersedes an earlier one, and a line cut short by a kill is
-    skipped (that prompt is sampled again). A missing file reads as empty."""
-    have: dict[str, list[str]] = {}
+def _check_resume(out: Path, cfg: BonConfig, ids: Sequence[str], prompts: Sequence) -> None:
+    """Refuse to add samples to ``out`` drawn with other sampling settings, or for prompts whose text changed
+    under the same id: a resumed run must hold what an uninterrupted one would."""
+    import yaml
+
+    if not (out / "samples.jsonl").exists():
+        return
+    if (out / "config.yaml").exists():
+        before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        require_same_settings({k: before.get(k, getattr(cfg, k)) for k in SAMPLING_SETTINGS},
+                              {k: getattr(cfg, k) for k in SAMPLING_SETTINGS}, out / "samples.jsonl",
+                              "use another output_dir, or delete samples.jsonl to sample again")
+    held = _sample_records(out / "samples.jsonl")
+    changed = [i for i, p in zip(ids, prompts) if i in held and held[i].get("prompt", list(p)) != list(p)]
+    if changed:
+        raise ValueError(f"{out / 'samples.jsonl'} holds samples of other prompts under the ids "
+                         f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} ({len(changed)} in all); use "
+                         "another output_dir, or delete samples.jsonl to sample again")
+
+
+def _raw_scores(cfg: BonConfig, rm, gold_rm, ids: Sequence[str], prompts: Sequence, done: dict, out: Path,
+                identity: dict, progress: bool) -> tuple:
+    """Every sample's raw rewards, one row per (id, k) in run order: ``raw_<m>`` per member of an ensemble (``raw``
+    for one RM) and ``gold``. Scored a block of prompts at a time into raw_scores.parquet, so a killed or extended
+    run scores only the blocks it lacks; a block's samples are scored together (the same batches whenever it is
+    scored), and the file is valid only for the same models, precision and batch size (``identity``), else
+    scored afresh. Returns the table and the number of samples scored now."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    path, meta = out / "raw_scores.parquet", out / "raw_scores.json"
+    kept = pd.DataFrame()
+    if path.exists() and meta.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(identity)):
+        kept = pd.read_parquet(path)
+    write_json(meta, identity)
+    valid = {(r.id, r.k, r.response) for r in kept[["id", "k", "response"]].itertuples()} if len(kept) else set()
+    per_block = max(1, 1024 // cfg.n)
+    blocks = [ids[b: b + per_block] for b in range(0, len(ids), per_block)]
+    todo = [blk for blk in blocks if any((i, k, t) not in valid for i in blk for k, t in enumerate(done[i]))]
+    where = {i: k for k, i in enumerate(ids)}
+    total = sum(len(done[i]) for blk in todo for i in blk)
+    bar = tqdm(total=total, desc="scoring", unit="sample", disable=not progress or not todo)
+    for blk in todo:
+        flat_p = [prompts[where[i]] for i in blk for _ in done[i]]
+        flat_r = [[{"role": "assistant", "content": t}] for i in blk for t in done[i]]
+        part = pd.DataFrame({"id": [i for i in blk for _ in done[i]], "k": [k for i in blk for k in range(len(done[i]))],
+                             "response": [r[0]["content"] for r in flat_r]})
+        if isinstance(rm, EnsembleRewardModel):
+            for m, r in enumerate(rm.raw_member_scores(flat_p, flat_r, batch_size=cfg.rm_batch_size)):
+                part[f"raw_{m}"] = r
+        else:
+            part["raw"] = rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size).float().numpy()
+        if gold_rm is not None:
+            part["gold"] = gold_rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size)
+        kept = pd.concat([kept[~kept["id"].isin(blk)], part], ignore_index=True) if len(kept) else part
+        with atomic_path(path) as tmp:
+            kept.to_parquet(tmp, index=False)
+        bar.update(len(part))
+    bar.close()
+    order = pd.DataFrame({"id": [i for i in ids for _ in done[i]], "k": [k for i in ids for k in range(len(done[i]))]})
+    return order.merge(kept, on=["id", "k"], how="left", validate="one_to_one"), total
+
+
+def _rewards(rm, raw) -> None:
+    """``reward`` of every row of ``raw`` (and, for an ensemble, normalised ``member_<m>`` columns; the z-score
+    reference is these samples where the ensemble carries no statistics of its own)."""
+    if not isinstance(rm, EnsembleRewardModel):
+        raw["reward"] = raw["raw"]
+        return
+    scores = np.stack([raw[f"raw_{m}"].to_numpy() for m in range(len(rm.members))])
+    if rm.normalize == "zscore" and rm.stats is None:
+        rm.fit_normalization_raw(scores)
+    members = rm.normalized(scores)
+    for m, r in enumerate(members):
+        raw[f"member_{m}"] = r
+    raw["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
+
+
+def _sample_records(path: str | Path) -> dict[str, dict]:
+    """The records of a samples JSONL by prompt id (see `read_samples`)."""
+    have: dict[str, dict] = {}
     if Path(path).exists():
         for line in Path(path).read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            have[rec["id"]] = rec.get("responses", [])
+            have[rec["id"]] = rec
     return have
+
+
+def read_samples(path: str | Path) -> dict[str, list[str]]:
+    """Responses by prompt id from a samples JSONL (``{"id", "responses", ...}`` per line), as a resumed run reads
+    what it wrote: a later line for the same id supersedes an earlier one, and a line cut short by a kill is
+    skipped (that prompt is sampled again). A missing file reads as empty."""
+    return {i: rec.get("responses", []) for i, rec in _sample_records(path).items()}
 
 
 def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     """Sample, score and pick (see the module docstring); a rerun resumes after the prompts already sampled."""
-    import pandas as pd
     from tqdm.auto import tqdm
 
     validate(cfg)
@@ -247,6 +324,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg, ids, prompts)
     save_config(cfg, out / "config.yaml")
     samples_path = out / "samples.jsonl"
     done = {i: r for i, r in read_samples(samples_path).items() if len(r) == cfg.n}
@@ -263,28 +341,28 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
             done[ids[k]] = resp
         del model
     rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda).to(device)
-    flat_p = [prompts[k] for k in range(len(ids)) for _ in range(cfg.n)]
-    flat_r = [[{"role": "assistant", "content": t}] for i in ids for t in done[i]]
-    table = pd.DataFrame({"id": [i for i in ids for _ in range(cfg.n)], "k": [k for _ in ids for k in range(cfg.n)],
-                          "response": [r[0]["content"] for r in flat_r]})
+    gold_rm = gold_scorer(cfg.gold, device=cfg.device, precision=precision) if cfg.gold else None
+    identity = {"reward_model": model_identity(cfg.reward_model), "gold": model_identity(cfg.gold or ""),
+                "device": device.type, "precision": precision, "rm_batch_size": cfg.rm_batch_size}
     with autocast(device, precision):
-        _score_samples(rm, table, flat_p, flat_r, cfg.rm_batch_size)
+        table, scored = _raw_scores(cfg, rm, gold_rm, ids, prompts, done, out, identity, progress)
+    _rewards(rm, table)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("raw")])
     gold_info = None
-    if cfg.gold:
-        gold_rm = gold_scorer(cfg.gold, device=cfg.device, precision=precision)
-        table["gold"] = gold_rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size, progress=progress)
+    if gold_rm is not None:
         # A gold that is also a member grades the RM against itself: the curve would say nothing, so say so.
         same = [m for m in cfg.reward_model.split(",") if Path(m).resolve() == Path(cfg.gold).resolve()]
         gold_info = {**gold_rm.info, "is_a_member": bool(same)}
         if same:
             print(f"rmkit bon: warning: the gold {cfg.gold} is also a reward model of this run: its curve grades "
                   "that RM against itself", file=sys.stderr)
+    table = table[[c for c in table.columns if c != "gold"] + (["gold"] if "gold" in table else [])]
     table.to_parquet(out / "scores.parquet", index=False)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
     write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}
                                      for r in best.itertuples()))
     summary = {"prompts": len(ids), "n": cfg.n, "kl_bon": kl_bon(cfg.n), "best_reward_mean": float(best["reward"].mean()),
-               "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo),
+               "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo), "scored_now": scored,
                "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped),
                "device": str(device), "precision": precision}
     if isinstance(rm, EnsembleRewardModel):

@@ -38,7 +38,7 @@ from .assets import cache_dir, resolve_model
 from .config import from_dict, setting, validate
 from .data import PreferencePair
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
-from .files import atomic_path, atomic_write_bytes
+from .files import atomic_path, atomic_write_bytes, model_identity
 from .batching import length_sorted_batches
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
@@ -128,14 +128,7 @@ def member_layers(cfg: EnsembleConfig, num_layers: int) -> list[int]:
 
 def _fingerprint(model_id: str, pairs: Sequence[PreferencePair], extra: dict) -> str:
     h = hashlib.sha256()
-    path = Path(model_id)
-    if path.exists():  # a local model: its weights' identity, not just its path
-        h.update(str(path.resolve()).encode())
-        for f in sorted(path.glob("*.safetensors")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        h.update(model_id.encode())
+    h.update(model_identity(model_id).encode())  # a local model: its weights' identity, not just its path
     h.update(json.dumps(extra, sort_keys=True).encode())
     for p in pairs:
         h.update(json.dumps([p.id, p.prompt, p.chosen, p.rejected]).encode())

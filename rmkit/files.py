@@ -84,3 +84,21 @@ def write_jsonl(path: str | os.PathLike, records) -> None:
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
     """Write a result (summary, metrics, config) as `json_text`, atomically."""
     atomic_write_text(path, json_text(obj, indent=indent) + "\n")
+
+
+def model_identity(spec: str) -> str:
+    """What a cache of a model's outputs is valid for: for a local path, the path and every weight file's name,
+    size and modification time (a model retrained in place is another model); otherwise the id itself (a hub id
+    or an alias). Comma-separated lists (an ensemble's members) are taken one by one."""
+    parts = []
+    for one in str(spec).split(","):
+        path = Path(one)
+        if not path.exists():
+            parts.append(one)
+            continue
+        parts.append(str(path.resolve()))
+        files = [path] if path.is_file() else sorted([*path.glob("*.safetensors"), *path.glob("*.npy")])
+        if path.is_file() and path.suffix == ".json":  # a saved lab gold: its head beside it
+            files += sorted(path.parent.glob(path.stem + "_head.npy"))
+        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return "".join(parts)  # no separator: the feature caches keyed on it before it was shared stay valid

@@ -98,13 +98,19 @@ class EnsembleRewardModel:
 
     def fit_normalization(self, prompts, responses, *, batch_size: int = 32) -> list[tuple[float, float]]:
         """Each member's mean and std of reward on a reference set (the z-score statistics)."""
-        raw = self.raw_member_scores(prompts, responses, batch_size=batch_size)
+        return self.fit_normalization_raw(self.raw_member_scores(prompts, responses, batch_size=batch_size))
+
+    def fit_normalization_raw(self, raw: np.ndarray) -> list[tuple[float, float]]:
+        """`fit_normalization` from raw member rewards ``(M, B)`` already computed (`raw_member_scores`)."""
         self.stats = [(float(r.mean()), float(r.std()) or 1.0) for r in raw]
         return self.stats
 
     def member_scores(self, prompts, responses, *, batch_size: int = 32) -> np.ndarray:
         """Normalised member rewards ``(M, B)``."""
-        raw = self.raw_member_scores(prompts, responses, batch_size=batch_size)
+        return self.normalized(self.raw_member_scores(prompts, responses, batch_size=batch_size))
+
+    def normalized(self, raw: np.ndarray) -> np.ndarray:
+        """Raw member rewards ``(M, B)`` in the ensemble's normalisation."""
         if self.normalize == "none":
             return raw
         if self.stats is None:

@@ -127,9 +127,21 @@ def test_rmkit_bon_picks_the_argmax_and_resumes(tiny_policy, tiny_bert, tiny_lla
         assert b["k"] == int(mine["reward"].idxmax() - mine.index[0]) and b["reward"] == pytest.approx(mine["reward"].max())
     assert summary["prompts"] == 3 and summary["kl_bon"] == pytest.approx(kl_bon(4))
     assert summary["device"] == "cpu" and summary["precision"] in ("fp32", "bf16")  # what auto resolved to
-    # A rerun samples nothing again and gives the same picks.
+    # A rerun samples and scores nothing again and gives the same numbers.
+    assert summary["scored_now"] == 12
     again = run_bon(cfg, progress=False)
-    assert again["sampled_now"] == 0 and again["best_reward_mean"] == pytest.approx(summary["best_reward_mean"])
+    assert again["sampled_now"] == 0 and again["scored_now"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "bon" / "scores.parquet"), scores)
+    # Other scoring settings: the kept raw scores are not theirs, so everything is scored again (same picks).
+    rescored = run_bon(BonConfig(**{**cfg.__dict__, "rm_batch_size": 3}), progress=False)
+    assert rescored["scored_now"] == 12 and rescored["best_reward_mean"] == pytest.approx(summary["best_reward_mean"],
+                                                                                         abs=1e-4)
+    # Samples drawn otherwise, or another prompt under a held id, would mix with the held ones: refused, named.
+    with pytest.raises(ValueError, match="temperature"):
+        run_bon(BonConfig(**{**cfg.__dict__, "temperature": 0.5}), progress=False)
+    prompts.write_text(prompts.read_text().replace(P[1][0]["content"], "Something else entirely?"))
+    with pytest.raises(ValueError, match="other prompts under the ids q1"):
+        run_bon(cfg, progress=False)
 
 
 def test_rmkit_bon_with_a_gold_draws_the_overoptimization_curve(tiny_policy, tiny_bert, tiny_llama, tmp_path):

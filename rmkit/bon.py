@@ -5,8 +5,9 @@ every response is scored (each member's reward too, for an ensemble), and the hi
 the pick. Outputs in ``output_dir``:
 
 - ``samples.jsonl``: one line per prompt as it is sampled (``id``, ``prompt``, ``responses``); a killed run
-  resumes after the prompts it holds, and refuses, naming them, sampling settings or prompt texts that differ from
-  those it holds;
+  resumes after the prompts it holds, a run with a larger n draws only the samples it lacks (a prompt's samples
+  for n begin with its samples for any smaller n), and sampling settings or prompt texts other than those held are
+  refused, named;
 - ``raw_scores.parquet``: every sample's raw rewards (each member's, the gold's), written a block of prompts at a
   time, so a killed or extended run scores only what it lacks (rescored whole when the models, precision or batch
   size change; ``raw_scores.json`` says which);
@@ -182,6 +183,9 @@ class BonConfig(SamplingConfig, DataSource):
     uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo = mean - lambda * var (Coste et al.: 0.5 for "
                                              "best-of-n)")
     n: int = setting(16, "samples per prompt")
+    batch_size: int = setting(8, "samples drawn together (one generate call, seeded by its place): a prompt's samples "
+                                 "come in whole batches, so up to batch_size - 1 more than n are drawn and kept for a "
+                                 "larger n")
     gold: str | None = setting(None, "a gold RM that grades every sample: an `rmkit lab` output folder or a saved "
                                      "gold's JSON (e.g. benchmarks/lab/gold_hh.json), or any RM folder, hub id or "
                                      "ensemble; adds the overoptimization curve (gold reward of the pick at every n) "
@@ -211,7 +215,7 @@ class BonConfig(SamplingConfig, DataSource):
 
 
 SAMPLING_SETTINGS = ("policy", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "max_prompt_tokens",
-                     "seed")  # what the samples of a prompt depend on (n too: a prompt with another n is sampled again)
+                     "seed", "batch_size")  # what a prompt's samples depend on (not n: a larger n extends them)
 
 
 def _check_resume(out: Path, cfg: BonConfig, ids: Sequence[str], prompts: Sequence) -> None:
@@ -327,19 +331,26 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     _check_resume(out, cfg, ids, prompts)
     save_config(cfg, out / "config.yaml")
     samples_path = out / "samples.jsonl"
-    done = {i: r for i, r in read_samples(samples_path).items() if len(r) == cfg.n}
-    todo = [k for k, i in enumerate(ids) if i not in done]
+    # Samples come in whole batches of batch_size, each drawn with its own seed (`sample_responses`), so a
+    # prompt's samples for a larger n begin with those for a smaller one: extending n draws only the new batches.
+    bs = cfg.batch_size
+    held = {i: r[: len(r) - len(r) % bs] for i, r in read_samples(samples_path).items()}
+    todo = [k for k, i in enumerate(ids) if len(held.get(i, ())) < cfg.n]
+    drawn = 0
     if todo:
         model, tok = load_policy(cfg.policy)
         model.to(device)
         part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
         for k in tqdm(todo, desc="best-of-n", unit="prompt", disable=not progress):
             part.seed = cfg.seed * 1_000_003 + cfg.offset + k  # per prompt: the same samples resumed or not
-            (resp,) = sample_responses(model, tok, [prompts[k]], part, k=cfg.n)
+            have = held.get(ids[k], [])
+            more = -(-cfg.n // bs) * bs - len(have)
+            (new,) = sample_responses(model, tok, [prompts[k]], part, k=more, first_batch=len(have) // bs)
+            held[ids[k]], drawn = have + new, drawn + len(new)
             with samples_path.open("a") as f:
-                f.write(json.dumps({"id": ids[k], "prompt": list(prompts[k]), "responses": resp}) + "\n")
-            done[ids[k]] = resp
+                f.write(json.dumps({"id": ids[k], "prompt": list(prompts[k]), "responses": held[ids[k]]}) + "\n")
         del model
+    done = {i: held[i][: cfg.n] for i in ids}
     rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda).to(device)
     gold_rm = gold_scorer(cfg.gold, device=cfg.device, precision=precision) if cfg.gold else None
     identity = {"reward_model": model_identity(cfg.reward_model), "gold": model_identity(cfg.gold or ""),
@@ -362,7 +373,8 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}
                                      for r in best.itertuples()))
     summary = {"prompts": len(ids), "n": cfg.n, "kl_bon": kl_bon(cfg.n), "best_reward_mean": float(best["reward"].mean()),
-               "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo), "scored_now": scored,
+               "sample_reward_mean": float(table["reward"].mean()), "sampled_now": len(todo), "drawn_now": drawn,
+               "scored_now": scored,
                "reward_model": cfg.reward_model, "source_rows_without_prompt": len(skipped),
                "device": str(device), "precision": precision}
     if isinstance(rm, EnsembleRewardModel):

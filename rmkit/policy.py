@@ -93,8 +93,10 @@ def generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], cfg: Samplin
 
 
 def sample_responses(model, tokenizer, prompts: Sequence[Sequence[Message]], cfg: SamplingConfig, *,
-                     k: int = 1, progress: bool = False) -> list[list[str]]:
-    """``k`` sampled responses (text) for each prompt, batched, reproducible for a seed."""
+                     k: int = 1, progress: bool = False, first_batch: int = 0) -> list[list[str]]:
+    """``k`` sampled responses (text) for each prompt, batched, reproducible for a seed. Batch ``b`` draws with
+    the seed's ``first_batch + b``-th generator, so for one prompt, a call with ``first_batch = j`` continues a
+    call whose ``k`` was ``j * cfg.batch_size`` (how best-of-n extends n without drawing the first again)."""
     from tqdm.auto import tqdm
 
     ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
@@ -102,7 +104,8 @@ def sample_responses(model, tokenizer, prompts: Sequence[Sequence[Message]], cfg
     texts: list[str] = [""] * len(flat)
     batches = length_sorted_batches([len(ids[i]) for i in flat], cfg.batch_size)  # similar lengths share a batch
     for b, idx in enumerate(tqdm(batches, desc="sampling", disable=not progress)):
-        resp = generate(model, tokenizer, [ids[flat[j]] for j in idx], cfg, generator_seed=cfg.seed * 100003 + b)
+        resp = generate(model, tokenizer, [ids[flat[j]] for j in idx], cfg,
+                        generator_seed=cfg.seed * 100003 + first_batch + b)
         for j, r in zip(idx, resp):
             texts[j] = tokenizer.decode(r, skip_special_tokens=True).strip()
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]

@@ -139,6 +139,14 @@ def test_rmkit_bon_picks_the_argmax_and_resumes(tiny_policy, tiny_bert, tiny_lla
     # Samples drawn otherwise, or another prompt under a held id, would mix with the held ones: refused, named.
     with pytest.raises(ValueError, match="temperature"):
         run_bon(BonConfig(**{**cfg.__dict__, "temperature": 0.5}), progress=False)
+    # A larger n draws only the samples it lacks, and they are what a fresh run with that n draws.
+    small = BonConfig(**{**cfg.__dict__, "batch_size": 2, "n": 2, "output_dir": str(tmp_path / "grow")})
+    run_bon(small, progress=False)
+    grown = run_bon(BonConfig(**{**small.__dict__, "n": 4}), progress=False)
+    fresh = run_bon(BonConfig(**{**small.__dict__, "n": 4, "output_dir": str(tmp_path / "fresh")}), progress=False)
+    assert grown["sampled_now"] == fresh["sampled_now"] == 3 and (grown["drawn_now"], fresh["drawn_now"]) == (6, 12)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "grow" / "scores.parquet"),
+                                  pd.read_parquet(tmp_path / "fresh" / "scores.parquet"))
     prompts.write_text(prompts.read_text().replace(P[1][0]["content"], "Something else entirely?"))
     with pytest.raises(ValueError, match="other prompts under the ids q1"):
         run_bon(cfg, progress=False)

@@ -37,12 +37,13 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .config import require_same_settings, save_config, setting, validate
+from .config import save_config, setting, validate
 from .data import DataSource
 from .files import atomic_path, model_identity, write_json, write_jsonl
 from .gold import gold_files, gold_scorer
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
-from .policy import SamplingConfig, load_policy, load_prompts, sample_responses
+from .metaset import read_sample_records
+from .policy import SamplingConfig, check_resume, load_policy, load_prompts, sample_responses
 from .reward_ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleRewardModel, aggregate, load_reward_model
 
 
@@ -214,30 +215,6 @@ class BonConfig(SamplingConfig, DataSource):
                                  "reward model (config.json)")
 
 
-SAMPLING_SETTINGS = ("policy", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "max_prompt_tokens",
-                     "seed", "batch_size")  # what a prompt's samples depend on (not n: a larger n extends them)
-
-
-def _check_resume(out: Path, cfg: BonConfig, ids: Sequence[str], prompts: Sequence) -> None:
-    """Refuse to add samples to ``out`` drawn with other sampling settings, or for prompts whose text changed
-    under the same id: a resumed run must hold what an uninterrupted one would."""
-    import yaml
-
-    if not (out / "samples.jsonl").exists():
-        return
-    if (out / "config.yaml").exists():
-        before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        require_same_settings({k: before.get(k, getattr(cfg, k)) for k in SAMPLING_SETTINGS},
-                              {k: getattr(cfg, k) for k in SAMPLING_SETTINGS}, out / "samples.jsonl",
-                              "use another output_dir, or delete samples.jsonl to sample again")
-    held = _sample_records(out / "samples.jsonl")
-    changed = [i for i, p in zip(ids, prompts) if i in held and held[i].get("prompt", list(p)) != list(p)]
-    if changed:
-        raise ValueError(f"{out / 'samples.jsonl'} holds samples of other prompts under the ids "
-                         f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} ({len(changed)} in all); use "
-                         "another output_dir, or delete samples.jsonl to sample again")
-
-
 def _raw_scores(cfg: BonConfig, rm, gold_rm, ids: Sequence[str], prompts: Sequence, done: dict, out: Path,
                 identity: dict, progress: bool) -> tuple:
     """Every sample's raw rewards, one row per (id, k) in run order: ``raw_<m>`` per member of an ensemble (``raw``
@@ -296,24 +273,10 @@ def _rewards(rm, raw) -> None:
     raw["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
 
 
-def _sample_records(path: str | Path) -> dict[str, dict]:
-    """The records of a samples JSONL by prompt id (see `read_samples`)."""
-    have: dict[str, dict] = {}
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            have[rec["id"]] = rec
-    return have
-
-
 def read_samples(path: str | Path) -> dict[str, list[str]]:
-    """Responses by prompt id from a samples JSONL (``{"id", "responses", ...}`` per line), as a resumed run reads
-    what it wrote: a later line for the same id supersedes an earlier one, and a line cut short by a kill is
-    skipped (that prompt is sampled again). A missing file reads as empty."""
-    return {i: rec.get("responses", []) for i, rec in _sample_records(path).items()}
+    """Responses by prompt id from a samples JSONL, as a resumed run reads it (`rmkit.metaset.read_sample_records`:
+    a later line for an id supersedes an earlier one, a line cut short by a kill is skipped)."""
+    return {i: rec.get("responses", []) for i, rec in read_sample_records(path).items()}
 
 
 def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
@@ -328,9 +291,9 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, ids, prompts)
-    save_config(cfg, out / "config.yaml")
     samples_path = out / "samples.jsonl"
+    check_resume(samples_path, out / "config.yaml", cfg, ids, prompts)  # not n: a larger n extends the samples
+    save_config(cfg, out / "config.yaml")
     # Samples come in whole batches of batch_size, each drawn with its own seed (`sample_responses`), so a
     # prompt's samples for a larger n begin with those for a smaller one: extending n draws only the new batches.
     bs = cfg.batch_size

@@ -76,6 +76,17 @@ def append_jsonl(path: str | os.PathLike, record) -> None:
         f.write(json_text(record, indent=None) + "\n")
 
 
+def trim_cut_line(path: str | os.PathLike) -> None:
+    """Remove a last line that a kill cut short (no newline at the end) from a JSONL written line by line, so
+    lines appended by a resumed run start on their own line. A missing file is left missing."""
+    p = Path(path)
+    if not p.exists():
+        return
+    data = p.read_bytes()
+    if data and not data.endswith(b"\n"):
+        atomic_write_bytes(p, data[: data.rfind(b"\n") + 1])
+
+
 def write_jsonl(path: str | os.PathLike, records) -> None:
     """Write ``records`` as a whole JSONL file, one `json_text` line each, atomically."""
     atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in records))

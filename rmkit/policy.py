@@ -6,7 +6,6 @@ Used for MetaRM's meta set (k responses per prompt from the current policy) and 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ import torch
 
 from .assets import resolve_model
 from .batching import length_sorted_batches
-from .config import save_config, setting, validate
+from .config import require_same_settings, save_config, setting, validate
 from .data import DataSource, Message, as_messages, read_table
-from .metaset import write_meta_set
+from .files import trim_cut_line
+from .metaset import read_sample_records, write_meta_set
 
 
 @dataclass
@@ -36,9 +36,14 @@ class SamplingConfig:
 
 def load_policy(name_or_path: str = "smollm2", *, dtype: torch.dtype = torch.float32):
     """A causal LM and its tokenizer (left padding for generation; pad = EOS when the model has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name_or_path)
+    arch = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    if arch and all(a.endswith("ForSequenceClassification") for a in arch):
+        # transformers would load it with a freshly initialised language-model head: a random policy, silently
+        raise ValueError(f"policy {name_or_path}: a reward model ({', '.join(arch)}), not a causal LM; pass the "
+                         "policy (e.g. the SFT model) instead")
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -147,6 +152,34 @@ def load_prompts(source: str, reader: DataSource | None = None
     return [p.id for p in pairs], [p.prompt for p in pairs], skipped
 
 
+SAMPLING_SETTINGS = ("policy", "temperature", "top_p", "repetition_penalty", "max_new_tokens", "max_prompt_tokens",
+                     "seed", "batch_size")  # what a prompt's samples depend on
+
+
+def check_resume(samples: Path, saved_config: Path, cfg, ids: Sequence[str], prompts: Sequence,
+                 settings: Sequence[str] = SAMPLING_SETTINGS) -> dict[str, dict]:
+    """The records ``samples`` holds by id (`read_sample_records`), for a run that resumes adding to it; refused,
+    naming them, where ``settings`` differ from those in ``saved_config`` (the config the samples were drawn
+    with) or a held id now has another prompt: a resumed run must hold what an uninterrupted one would. A last
+    line cut short by a kill is removed first."""
+    import yaml
+
+    if not samples.exists():
+        return {}
+    hint = f"use another output, or delete {samples.name} to sample again"
+    if saved_config.exists():
+        before = yaml.safe_load(saved_config.read_text()) or {}
+        require_same_settings({k: before.get(k, getattr(cfg, k)) for k in settings},
+                              {k: getattr(cfg, k) for k in settings}, samples, hint)
+    trim_cut_line(samples)
+    held = read_sample_records(samples)
+    changed = [i for i, p in zip(ids, prompts) if i in held and held[i].get("prompt", list(p)) != list(p)]
+    if changed:
+        raise ValueError(f"{samples} holds samples of other prompts under the ids {', '.join(changed[:5])}"
+                         f"{' ...' if len(changed) > 5 else ''} ({len(changed)} in all); {hint}")
+    return held
+
+
 def run_sample(cfg: SampleConfig) -> dict:
     """Sample ``k`` responses per prompt and append them to the meta set, ``batch_size`` prompts at a time."""
     validate(cfg)
@@ -155,15 +188,21 @@ def run_sample(cfg: SampleConfig) -> dict:
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = check_resume(out, out.with_suffix(".config.yaml"), cfg, ids, prompts, (*SAMPLING_SETTINGS, "k"))
     save_config(cfg, out.with_suffix(".config.yaml"))
-    done = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
-    model, tok = load_policy(cfg.policy)
     todo = [i for i, x in enumerate(ids) if x not in done]
-    for s in range(0, len(todo), cfg.batch_size):
-        chunk = todo[s: s + cfg.batch_size]
+    model, tok = load_policy(cfg.policy) if todo else (None, None)
+    # Chunks of batch_size prompts by place, each with its own seed: a chunk a kill left half written is drawn
+    # again whole (the same responses) and only its missing prompts are added.
+    for s in range(0, len(ids), cfg.batch_size):
+        chunk = list(range(s, min(s + cfg.batch_size, len(ids))))
+        if all(ids[i] in done for i in chunk):
+            continue
         part = SamplingConfig(**{f: getattr(cfg, f) for f in SamplingConfig.__dataclass_fields__})
-        part.seed = cfg.seed * 1_000_003 + chunk[0]  # per-chunk seed: the same responses whether resumed or not
+        part.seed = cfg.seed * 1_000_003 + s
         resp = sample_responses(model, tok, [prompts[i] for i in chunk], part, k=cfg.k)
-        write_meta_set(out, [ids[i] for i in chunk], [prompts[i] for i in chunk], resp, append=True)
+        new = [j for j, i in enumerate(chunk) if ids[i] not in done]
+        write_meta_set(out, [ids[chunk[j]] for j in new], [prompts[chunk[j]] for j in new], [resp[j] for j in new],
+                       append=True)
     return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out),
             "source_rows_without_prompt": dict(Counter(r["status"] for r in skipped))}

@@ -95,17 +95,27 @@ def test_meta_set_errors_name_the_line(tmp_path):
         read_meta_set(tmp_path / "bad.jsonl")
 
 
-def test_sample_meta_set_and_metarm_from_the_cli(tiny_llama, tiny_bert, shared_data, tmp_path):
+def test_sample_meta_set_and_metarm_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path):
     from rmkit.cli import main
 
     data = shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
     meta = tmp_path / "meta.jsonl"
-    args = ["sample", str(data), "--policy", tiny_llama, "--k", "2", "--max-prompts", "3", "--batch-size", "2",
+    args = ["sample", str(data), "--policy", tiny_policy, "--k", "2", "--max-prompts", "3", "--batch-size", "2",
             "--max-new-tokens", "6", "--output", str(meta)]
     assert main(args) == 0
     items = read_meta_set(meta)
     assert len(items) == 3 and all(len(it["responses"]) == 2 for it in items)
     assert main(args) == 0 and len(read_meta_set(meta)) == 3  # a rerun finds every prompt done
+    # Killed in the second chunk's write (its one line cut short): the rerun draws that chunk again, the same.
+    whole = meta.read_text()
+    meta.write_text(whole[: whole.rfind("\n", 0, len(whole) - 1) + 20])
+    assert main(args) == 0 and meta.read_text() == whole
+    # Killed halfway through the first chunk's write: only the missing prompt is added, with the same responses.
+    lines = whole.splitlines(keepends=True)
+    meta.write_text(lines[0] + lines[2])
+    assert main(args) == 0
+    assert sorted(meta.read_text().splitlines()) == sorted(whole.splitlines())
+    assert main([*args, "--temperature", "0.5"]) == 2  # other draws would mix with the held ones: refused
     assert main(["metarm", str(data), "--model", tiny_bert, "--output-dir", str(tmp_path / "rm")]) == 2  # no meta set
     assert main(["metarm", str(data), "--model", tiny_bert, "--meta-data", str(meta), "--max-pairs", "8",
                  "--batch-size", "4", "--max-length", "32", "--meta-prompts", "2",

@@ -64,6 +64,12 @@ def policy(tiny_policy):
     return model.eval(), tok
 
 
+def test_a_reward_model_is_refused_as_a_policy(tiny_llama):
+    """Loaded as a causal LM, a sequence-classification checkpoint gets a random language-model head."""
+    with pytest.raises(ValueError, match="a reward model .*LlamaForSequenceClassification.*not a causal LM"):
+        load_policy(tiny_llama)
+
+
 def test_ppo_summary_reads_an_undefined_metric_as_nan(tmp_path):
     from rmkit.files import json_text
     from rmkit.rl import summarize_ppo

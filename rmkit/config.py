@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
@@ -110,6 +110,17 @@ def require_same_settings(before: dict[str, Any], now: dict[str, Any], where: st
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         raise ValueError(f"{where} {what} other settings ({', '.join(changed)}); {hint}")
+
+
+def require_saved_settings(saved_config: str | Path, cfg: Any, names: Sequence[str], where: str | Path,
+                           hint: str) -> None:
+    """`require_same_settings` against the config a job saved beside its output (``saved_config``, YAML), for
+    the settings ``names`` its results depend on; nothing to compare where no config was saved."""
+    if not Path(saved_config).exists():
+        return
+    before = yaml.safe_load(Path(saved_config).read_text()) or {}
+    require_same_settings({k: before.get(k, getattr(cfg, k)) for k in names}, {k: getattr(cfg, k) for k in names},
+                          where, hint)
 
 
 def validate(cfg: T) -> T:

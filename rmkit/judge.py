@@ -42,8 +42,8 @@ import numpy as np
 
 from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
-from .config import save_config, setting, validate
-from .files import append_jsonl, atomic_write_text, write_json
+from .config import require_saved_settings, save_config, setting, validate
+from .files import append_jsonl, atomic_write_text, trim_cut_line, write_json
 from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
 from .seeding import id_bucket
 
@@ -374,6 +374,8 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
                 continue
             if rec["status"] in ("ok", "unparseable", "truncated"):  # failed items are tried again
                 done[rec["id"]] = rec
+    if output is not None:
+        trim_cut_line(output)  # the results appended next start on a line of their own
     todo = [it for it in items if it["id"] not in done]
     lock = threading.Lock()
     client = JudgeClient(cfg, base_url=base_url) if todo else None
@@ -510,6 +512,10 @@ class JudgeRunConfig(JudgeConfig, DataSource):
     max_pairs: int | None = setting(None, "judge only the first N items (pairs, or rows of a compare table)")
 
 
+VERDICT_SETTINGS = ("task", "model", "base_url", "local_model", "temperature", "max_tokens", "max_chars", "seed",
+                    "both_orders")  # what a held verdict depends on
+
+
 def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     """The ``rmkit judge`` command: results written as they arrive; a rerun resumes and hits the cache."""
     import pandas as pd
@@ -517,6 +523,9 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "judgments.jsonl").exists():  # verdicts of another judge or prompt must not mix with the held ones
+        require_saved_settings(out / "config.yaml", cfg, VERDICT_SETTINGS, out / "judgments.jsonl",
+                               "use another output_dir, or delete judgments.jsonl to judge again")
     save_config(cfg, out / "config.yaml")
     server = LocalServer(cfg.local_model, log_file=out / "llama_server.log") if cfg.local_model else None
     base_url = server.url if server else None

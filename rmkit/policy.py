@@ -15,7 +15,7 @@ import torch
 
 from .assets import resolve_model
 from .batching import length_sorted_batches
-from .config import require_same_settings, save_config, setting, validate
+from .config import require_saved_settings, save_config, setting, validate
 from .data import DataSource, Message, as_messages, read_table
 from .files import trim_cut_line
 from .metaset import read_sample_records, write_meta_set
@@ -162,15 +162,10 @@ def check_resume(samples: Path, saved_config: Path, cfg, ids: Sequence[str], pro
     naming them, where ``settings`` differ from those in ``saved_config`` (the config the samples were drawn
     with) or a held id now has another prompt: a resumed run must hold what an uninterrupted one would. A last
     line cut short by a kill is removed first."""
-    import yaml
-
     if not samples.exists():
         return {}
     hint = f"use another output, or delete {samples.name} to sample again"
-    if saved_config.exists():
-        before = yaml.safe_load(saved_config.read_text()) or {}
-        require_same_settings({k: before.get(k, getattr(cfg, k)) for k in settings},
-                              {k: getattr(cfg, k) for k in settings}, samples, hint)
+    require_saved_settings(saved_config, cfg, settings, samples, hint)
     trim_cut_line(samples)
     held = read_sample_records(samples)
     changed = [i for i, p in zip(ids, prompts) if i in held and held[i].get("prompt", list(p)) != list(p)]

@@ -139,6 +139,8 @@ def test_retry_after_cut_resume_and_huge_replies(tmp_path, monkeypatch):
             again = judge_pairs(pairs, cfg, output=out, base_url=server.url, progress=False)
         assert len(again) == 3 and set(again["status"]) <= {"ok", "truncated"}
         assert sum(server.counts[k] - before[k] for k in server.counts) <= 1
+        # the cut line is gone and the new record has a line of its own: the file reads whole
+        assert sorted(json.loads(x)["id"] for x in out.read_text().splitlines()) == sorted(again["id"])
     finally:
         server.close()
 
@@ -196,10 +198,11 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "judge"
-    rc = main(["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
-               "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
-               "--output-dir", str(out)])
-    assert rc == 0
+    args = ["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
+            "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
+            "--output-dir", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--max-chars", "200"]) == 2  # verdicts on other prompts would mix with the held ones
     labels = __import__("pandas").read_parquet(out / "judge_labels.parquet")
     assert len(labels) == 3 and {"id", "judge_label", "status"} <= set(labels.columns)
     summary = json.loads((out / "summary.json").read_text())

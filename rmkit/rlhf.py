@@ -13,12 +13,13 @@ Each stage is resumable on its own (sampling appends, training and PPO checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import check_positive, from_dict, save_config, setting, validate
+from .config import check_positive, from_dict, require_saved_settings, save_config, setting, validate
 from .files import write_json, write_jsonl
 from .judge import JudgeConfig, LocalServer, compare_policies
 from .metarm import meta_J
@@ -98,6 +99,10 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
         raise ValueError("rmkit rlhf needs a starting reward model: --reward-model PATH")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "round_1" / "summary.json").exists():  # finished rounds are kept: later ones must continue them
+        require_saved_settings(out / "config.yaml", cfg,
+                               [f.name for f in dataclasses.fields(cfg) if f.name not in ("rounds", "output_dir")],
+                               out, "more --rounds continue a run; other settings need another output_dir")
     save_config(cfg, out / "config.yaml")
     policy, rm = cfg.policy, cfg.reward_model
     summaries = []

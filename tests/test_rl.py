@@ -235,6 +235,8 @@ def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path
     stamp = (tmp_path / "rlhf" / "round_2" / "summary.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (tmp_path / "rlhf" / "round_2" / "summary.json").stat().st_mtime_ns == stamp
+    # other settings would continue rounds made with these: refused, named (more rounds are not)
+    assert main([*args, "--meta-k", "3"]) == 2
 
 
 def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, monkeypatch):

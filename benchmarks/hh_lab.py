@@ -26,9 +26,10 @@ class HHLab:
     temperature: float
     splits: dict[str, list[str]]
 
-    def labels(self, seed: int = 0) -> pd.DataFrame:
-        """The lab's sampled labels (no planted flips): id, label, against_gold, ..."""
-        return sample_labels(self.ids, self.gold, self.temperature, seed=seed)
+    def labels(self, seed: int = 0, flips: float = 0.0) -> pd.DataFrame:
+        """The lab's sampled labels, with a share ``flips`` of planted flips on top (the same draws for any
+        share): id, label, flipped, against_gold, ..."""
+        return sample_labels(self.ids, self.gold, self.temperature, flips=flips, seed=seed)
 
     def label(self, seed: int = 0) -> np.ndarray:
         """``(N,)`` True where the lab keeps the source's sides."""
@@ -38,10 +39,10 @@ class HHLab:
         """``(N,)`` True for the pairs of ``split`` (train, validation or test)."""
         return np.isin(self.ids, self.splits[split])
 
-    def labelled(self, split: str, seed: int = 0) -> list[PreferencePair]:
+    def labelled(self, split: str, seed: int = 0, flips: float = 0.0) -> list[PreferencePair]:
         """The pairs of ``split``, in the split's order, with the lab's labels as their sides."""
         where = {i: k for k, i in enumerate(self.ids)}
-        labelled = lab_pairs(self.ds.pairs, self.labels(seed))
+        labelled = lab_pairs(self.ds.pairs, self.labels(seed, flips))
         return [labelled[where[i]] for i in self.splits[split]]
 
 

@@ -12,6 +12,10 @@ ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmki
     .venv/bin/python benchmarks/lab_bon_finetuned.py                 # 40 prompts, n 128, 1000/250/100 pairs, 4 seeds
     .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 256 --sample-only   # extends the cache
     python benchmarks/lab_bon_finetuned.py --n 256 --sizes 1000,250 --result benchmarks/results/bon_finetuned_n256.json
+    python benchmarks/lab_bon_finetuned.py --n 512 --sizes 250,1000 --flips 0.25 \
+        --result benchmarks/results/bon_finetuned_n512_flips25.json        # Coste et al.'s noisy labels
+    python benchmarks/lab_bon_finetuned.py --n 512 --sizes 100,250 --epochs 8 \
+        --result benchmarks/results/bon_finetuned_n512_epochs8.json        # proxies trained to fit their pairs
 
 Gold rewards of the first 128 samples come from the committed benchmarks/lab/bon_scores.parquet once two
 regenerated prompts are checked to score the same; the gold scores the rest (n > 128) itself. Writes
@@ -99,6 +103,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=4, help="fine-tuned RMs (seeds) per size")
     parser.add_argument("--epochs", type=float, default=None, help="default: the config's (2)")
     parser.add_argument("--grade-pairs", type=int, default=500, help="test pairs each member is graded on")
+    parser.add_argument("--flips", type=float, default=0.0,
+                        help="planted flips on top of the sampled labels (Coste et al.'s noisy setting is 0.25)")
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="of the members' scoring (training stays fp32)")
@@ -123,7 +129,8 @@ def main() -> None:
     train = hl.mask("train")
     order = np.random.default_rng(args.seed + 1).permutation(len(ids))
     train_order = order[np.isin(order, np.flatnonzero(train))]
-    labelled = dict(zip(hl.splits["train"], hl.labelled("train", args.seed)))
+    labelled = dict(zip(hl.splits["train"], hl.labelled("train", args.seed, args.flips)))
+    flipped = dict(zip(hl.ids, hl.labels(args.seed, args.flips)["flipped"]))
     test_idx = np.flatnonzero(hl.mask("test"))[: args.grade_pairs]
     grade_pairs = [hl.ds.pairs[k] for k in test_idx]  # source sides, graded against the gold's sign
 
@@ -136,7 +143,8 @@ def main() -> None:
         pairs = [labelled[ids[k]] for k in train_order[:size]]
         rewards, accuracy, seconds = [], [], []
         for m in range(args.members):
-            run = work / f"k{size}_seed{m}"
+            run = work / (f"k{size}_seed{m}" + (f"_flips{args.flips:g}" if args.flips else "")
+                          + (f"_epochs{epochs:g}" if epochs != base.epochs else ""))
             cfg = replace(base, data=str(DATA), output_dir=str(run), seed=m, epochs=epochs, eval_every=0,
                           save_every=50)
             t0 = time.time()
@@ -185,6 +193,7 @@ def main() -> None:
                             ("mean", ((members - members.mean((1, 2), keepdims=True))
                                       / members.std((1, 2), keepdims=True)).mean(0)))}
         res["train_seconds_per_member"] = float(np.mean(seconds))
+        res["planted_flips_in_training_pairs"] = float(np.mean([flipped[ids[k]] for k in train_order[:size]]))
         out[str(size)] = res
 
     # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its
@@ -201,6 +210,7 @@ def main() -> None:
                 "over draws from the samples; proxies fine-tuned with rmkit train on the lab's labels",
         "policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp), temperature 1.0, 48 tokens (lab_bon.py's samples)",
         "prompts": len(pid), "samples_per_prompt": args.n, "members": args.members, "epochs": epochs,
+        "planted_flips": args.flips,
         "scoring_precision": precision, "grade_pairs": len(grade_pairs), **gold_info,
         "finetuned": out, "frozen_heads_all_pairs_same_prompts": frozen,
         "train_config": to_dict(replace(base, data=str(DATA), epochs=epochs)),
@@ -232,7 +242,9 @@ def _figure(result: dict, path: Path) -> None:
         ax.set_xlabel("KL_bon (nats)")
     np.atleast_1d(axes)[0].set_ylabel("gold reward of the pick")
     np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(f"best-of-n, {result['prompts']} held-out prompts x {result['samples_per_prompt']} samples",
+    setting = "".join([f", {result['planted_flips']:.0%} planted flips" if result.get("planted_flips") else "",
+                       f", {result['epochs']:g} epochs" if result["epochs"] != 2 else ""])
+    fig.suptitle(f"best-of-n, {result['prompts']} held-out prompts x {result['samples_per_prompt']} samples{setting}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -8,6 +8,8 @@ against the gold's sign, beside the frozen-feature proxies trained on the same p
 test pairs.
 
     .venv/bin/python benchmarks/lab_finetune.py [--epochs 1]
+    .venv/bin/python benchmarks/lab_finetune.py --epochs 2 --output-dir runs/lab/finetune_epochs2 \
+        --result benchmarks/results/lab_finetune_epochs2.json
 
 Writes benchmarks/results/lab_finetune.json. A killed run resumes from its checkpoint (runs/lab/finetune).
 """

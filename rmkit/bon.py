@@ -292,12 +292,12 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
-    check_resume(samples_path, out / "config.yaml", cfg, ids, prompts)  # not n: a larger n extends the samples
+    records = check_resume(samples_path, out / "config.yaml", cfg, ids, prompts)  # not n: a larger n extends them
     save_config(cfg, out / "config.yaml")
     # Samples come in whole batches of batch_size, each drawn with its own seed (`sample_responses`), so a
     # prompt's samples for a larger n begin with those for a smaller one: extending n draws only the new batches.
     bs = cfg.batch_size
-    held = {i: r[: len(r) - len(r) % bs] for i, r in read_samples(samples_path).items()}
+    held = {i: r[: len(r) - len(r) % bs] for i, r in ((i, rec.get("responses", [])) for i, rec in records.items())}
     todo = [k for k, i in enumerate(ids) if len(held.get(i, ())) < cfg.n]
     drawn = 0
     if todo:

@@ -59,6 +59,30 @@ def samples_key(ids: list[str], samples: dict, n: int) -> str:
     return hashlib.sha256(json.dumps([ids, [samples[i][:n] for i in ids]]).encode()).hexdigest()[:12]
 
 
+def training_pool(hl, seed: int, flips: float) -> tuple[list, np.ndarray]:
+    """The proxies' training pairs: hh-rlhf's train split in lab_bon.py's seeded order (a size-k proxy trains on the
+    first k), with the lab's labels as their sides, and whether each label is a planted flip."""
+    order = np.random.default_rng(seed + 1).permutation(len(hl.ids))
+    train_order = order[np.isin(order, np.flatnonzero(hl.mask("train")))]
+    labelled = dict(zip(hl.splits["train"], hl.labelled("train", seed, flips)))
+    flipped = hl.labels(seed, flips)["flipped"].to_numpy()
+    return [labelled[hl.ids[k]] for k in train_order], flipped[train_order]
+
+
+def earlier_scores(run: Path, pid: list[str], have: dict, n: int, precision: str):
+    """A member's scores of the first ``n`` samples that an earlier, smaller n cached: ``(rewards (P, n) with the
+    first ``fewer`` columns filled, its accuracy or None, fewer)``, so extending the samples scores only the new
+    ones."""
+    r = np.zeros((len(pid), n), np.float32)
+    for fewer in (n >> j for j in range(1, 8)):
+        earlier = run / f"scores_{samples_key(pid, have, fewer)}_{precision}.npz"
+        if fewer and earlier.exists():
+            with np.load(earlier) as z:
+                r[:, :fewer] = z["rewards"]
+                return r, float(z["accuracy"]), fewer
+    return r, None, 0
+
+
 def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarray, dict]:
     """Gold rewards ``(P, n)``: the committed ones (lab_bon.py's first 128 samples) where a check on two regenerated
     prompts agrees, and the gold's own scores for the rest (cached)."""
@@ -114,7 +138,6 @@ def main() -> None:
     work = ROOT / "runs" / "lab" / "bon_ft"
     work.mkdir(parents=True, exist_ok=True)
     hl = load_hh_lab(seed=args.seed)
-    ids = hl.ids
     picked = picked_prompts(hl, args.prompts, args.seed)
     pid = [p.id for p in picked]
     have = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
@@ -125,12 +148,7 @@ def main() -> None:
     key = samples_key(pid, have, args.n)
     gold, gold_info = gold_of_samples(picked, have, args.n, work)
 
-    # The first k training pairs in lab_bon.py's seeded order, with the lab's labels as their sides.
-    train = hl.mask("train")
-    order = np.random.default_rng(args.seed + 1).permutation(len(ids))
-    train_order = order[np.isin(order, np.flatnonzero(train))]
-    labelled = dict(zip(hl.splits["train"], hl.labelled("train", args.seed, args.flips)))
-    flipped = dict(zip(hl.ids, hl.labels(args.seed, args.flips)["flipped"]))
+    pool, flipped = training_pool(hl, args.seed, args.flips)
     test_idx = np.flatnonzero(hl.mask("test"))[: args.grade_pairs]
     grade_pairs = [hl.ds.pairs[k] for k in test_idx]  # source sides, graded against the gold's sign
 
@@ -140,7 +158,7 @@ def main() -> None:
     precision = resolve_precision(args.precision, device)
     out, ns = {}, bon_ns(args.n)
     for size in args.sizes:
-        pairs = [labelled[ids[k]] for k in train_order[:size]]
+        pairs = pool[:size]
         rewards, accuracy, seconds = [], [], []
         for m in range(args.members):
             run = work / (f"k{size}_seed{m}" + (f"_flips{args.flips:g}" if args.flips else "")
@@ -152,16 +170,7 @@ def main() -> None:
             seconds.append(json.loads((run / "results.json").read_text()).get("train_seconds", time.time() - t0))
             cache = run / f"scores_{key}_{precision}.npz"
             if not cache.exists():
-                # Scores of fewer samples (an earlier n) are kept: only the new samples are scored.
-                r, acc = np.zeros((len(pid), args.n), np.float32), None
-                for fewer in (args.n >> j for j in range(1, 8)):
-                    earlier = run / f"scores_{samples_key(pid, have, fewer)}_{precision}.npz"
-                    if fewer and earlier.exists():
-                        with np.load(earlier) as z:
-                            r[:, :fewer], acc = z["rewards"], float(z["accuracy"])
-                        break
-                else:
-                    fewer = 0
+                r, acc, fewer = earlier_scores(run, pid, have, args.n, precision)
                 sub_p = [list(p.prompt) for p in picked for _ in range(fewer, args.n)]
                 sub_r = [[{"role": "assistant", "content": t}] for i in pid for t in have[i][fewer: args.n]]
                 with autocast(device, precision):
@@ -193,7 +202,7 @@ def main() -> None:
                             ("mean", ((members - members.mean((1, 2), keepdims=True))
                                       / members.std((1, 2), keepdims=True)).mean(0)))}
         res["train_seconds_per_member"] = float(np.mean(seconds))
-        res["planted_flips_in_training_pairs"] = float(np.mean([flipped[ids[k]] for k in train_order[:size]]))
+        res["planted_flips_in_training_pairs"] = float(np.mean(flipped[:size]))
         out[str(size)] = res
 
     # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its

@@ -270,7 +270,7 @@ def _rewards(rm, raw) -> None:
     members = rm.normalized(scores)
     for m, r in enumerate(members):
         raw[f"member_{m}"] = r
-    raw["reward"] = aggregate(members, rm.aggregation, uwo_lambda=rm.uwo_lambda)
+    raw["reward"] = rm.combine(members)
 
 
 def read_samples(path: str | Path) -> dict[str, list[str]]:

@@ -99,13 +99,16 @@ def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
 
 def model_identity(spec: str) -> str:
     """What a cache of a model's outputs is valid for: for a local path, the path and every weight file's name,
-    size and modification time (a model retrained in place is another model); otherwise the id itself (a hub id
-    or an alias). Comma-separated lists (an ensemble's members) are taken one by one."""
+    size and modification time (a model retrained in place is another model); for a hub id, the id and the commit
+    its local copy resolves to (a model updated upstream and downloaded again is another model); otherwise the id
+    itself (an alias, or a hub id not downloaded yet). Comma-separated lists (an ensemble's members) are taken one
+    by one."""
     parts = []
     for one in str(spec).split(","):
         path = Path(one)
         if not path.exists():
-            parts.append(one)
+            revision = _hub_revision(one)
+            parts.append(one if revision is None else f"{one}@{revision}")
             continue
         parts.append(str(path.resolve()))
         files = [path] if path.is_file() else sorted([*path.glob("*.safetensors"), *path.glob("*.npy")])
@@ -113,3 +116,15 @@ def model_identity(spec: str) -> str:
             files += sorted(path.parent.glob(path.stem + "_head.npy"))
         parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     return "".join(parts)  # no separator: the feature caches keyed on it before it was shared stay valid
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of the local Hugging Face cache's copy of ``repo_id`` (what ``from_pretrained`` loads offline:
+    the snapshot ``refs/main`` names), or None where there is none or the name is no hub id."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id (e.g. a missing local path): no revision to add
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None

@@ -120,10 +120,13 @@ class EnsembleRewardModel:
         sd = np.array([s[1] for s in self.stats])[:, None]
         return (raw - mu) / sd
 
+    def combine(self, members: np.ndarray) -> np.ndarray:
+        """The ensemble's reward ``(B,)`` from normalised member rewards ``(M, B)``: its aggregation and lambda."""
+        return aggregate(members, self.aggregation, uwo_lambda=self.uwo_lambda)
+
     def score(self, prompts, responses, *, batch_size: int = 32) -> torch.Tensor:
         """The aggregate reward ``(B,)`` (a tensor, like `RewardModel.score`)."""
-        r = aggregate(self.member_scores(prompts, responses, batch_size=batch_size), self.aggregation,
-                      uwo_lambda=self.uwo_lambda)
+        r = self.combine(self.member_scores(prompts, responses, batch_size=batch_size))
         return torch.as_tensor(r, dtype=torch.float32)
 
     @property

@@ -40,7 +40,7 @@ import torch
 from .config import setting, validate
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel
-from .reward_ensemble import EnsembleRewardModel, aggregate, load_reward_model
+from .reward_ensemble import EnsembleRewardModel, load_reward_model
 
 
 @dataclass
@@ -180,14 +180,11 @@ class RewardService:
             return {"rewards": raw[0]}
         import numpy as np
 
-        r = np.asarray(raw, dtype=np.float64)
-        if self.ensemble.normalize == "zscore":
-            if self.ensemble.stats is None:
-                raise RequestError(409, "the ensemble has no normalisation statistics: fit_normalization() and "
-                                        "save_pretrained() it first, or serve it with normalize none")
-            r = (r - np.array([s[0] for s in self.ensemble.stats])[:, None]) / \
-                np.array([s[1] for s in self.ensemble.stats])[:, None]
-        out = {"rewards": aggregate(r, self.ensemble.aggregation, uwo_lambda=self.ensemble.uwo_lambda).tolist()}
+        if self.ensemble.normalize == "zscore" and self.ensemble.stats is None:
+            raise RequestError(409, "the ensemble has no normalisation statistics: fit_normalization() and "
+                                    "save_pretrained() it first, or serve it with normalize none")
+        r = self.ensemble.normalized(np.asarray(raw, dtype=np.float64))
+        out = {"rewards": self.ensemble.combine(r).tolist()}
         if with_members:
             out["members"] = r.tolist()
         return out

@@ -302,3 +302,25 @@ def test_columns_mapping_typos_and_single_file_subset(shared_data, tmp_path, cap
     assert capsys.readouterr().out == ""
     assert one.report() == summary and summary["rows"] == 3
     assert "3 rows, 3 usable pairs: 3 ok" in capsys.readouterr().out
+
+
+def test_model_identity_follows_the_hub_snapshot(tmp_path, monkeypatch):
+    """A hub model updated upstream and downloaded again is another model: caches keyed by its identity (feature
+    caches, bon's raw scores) must not be reused for it. The identity names the snapshot refs/main points to."""
+    from huggingface_hub import constants
+
+    from rmkit.files import model_identity
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--rm"
+    for sha in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = model_identity("org/rm")
+    assert first == "org/rm@" + "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)  # upstream changed, downloaded again
+    assert model_identity("org/rm") != first
+    assert model_identity("org/other") == "org/other"  # not downloaded: the id alone
+    assert model_identity("minilm,org/rm") == "minilm" + "org/rm@" + "b" * 40

@@ -4,7 +4,6 @@ fine-tuned RM, MetaRM, the learning curve, best-of-n and the second domain all t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
-from rmkit.lab import lab_pairs, read_gold_scores, sample_labels
+from rmkit.lab import choose_temperature, lab_pairs, read_gold_scores, sample_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -46,9 +45,14 @@ class HHLab:
         return [labelled[where[i]] for i in self.splits[split]]
 
 
-def load_hh_lab(seed: int = 0) -> HHLab:
+def load_hh_lab(seed: int = 0, gold: str = "gold_hh") -> HHLab:
+    """The lab on hh-rlhf with the gold ``benchmarks/lab/<gold>.parquet`` (``gold_hh``: MPNet; ``gold_hh_smollm2``:
+    SmolLM2's layer 10, benchmarks/lab_gold_choice.py) at the temperature that sends 22.5% of labels against it
+    (`rmkit.lab.choose_temperature`, as `rmkit lab` sets it)."""
     ds = load_preferences(DATA)
     ids = [p.id for p in ds.pairs]
-    temperature = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())["temperature"]
-    gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
-    return HHLab(ds, ids, gold, temperature, split_ids(ds, seed=seed))
+    gold_diff = read_gold_scores(ROOT / "benchmarks" / "lab" / f"{gold}.parquet", ids)
+    return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
+
+
+AGAINST_GOLD = 0.225  # configs/lab_cpu.yaml's against_gold: the paper's 20-25% of hh-rlhf labels

@@ -133,6 +133,8 @@ def main() -> None:
     # 1. The hh-rlhf gold on LLMEval², and the lab's studies there.
     cfg: LabConfig = load_config(LabConfig, args.config)
     cfg.data, cfg.allow_ties, cfg.output_dir = str(DATA / "llmeval2"), True, str(ROOT / "runs" / "lab_llmeval2")
+    # The gold of these results is the lab's first, MPNet's (gold_hh_head.npy), whatever the config's gold now is.
+    cfg.gold_model, cfg.gold_layer, cfg.precision = "mpnet", None, "fp32"
     cached = LAB / "gold_llmeval2.parquet"
     if cached.exists():
         cfg.gold_scores = str(cached)

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from hh_lab import DATA, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
 from rmkit.ensemble import EnsembleConfig
+from rmkit.files import write_json
 from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
@@ -35,10 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=float, default=None, help="default: the config's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gold", default="gold_hh", help="the gold's scores: benchmarks/lab/<gold>.parquet")
     parser.add_argument("--output-dir", default=str(ROOT / "runs" / "lab" / "finetune"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_finetune.json"))
     args = parser.parse_args()
-    hl = load_hh_lab(seed=args.seed)
+    hl = load_hh_lab(seed=args.seed, gold=args.gold)
     pairs, ids, gold = hl.ds.pairs, hl.ids, hl.gold
     labels = hl.labels(args.seed)
     y = labels["label"].to_numpy().astype(bool)
@@ -68,15 +70,15 @@ def main() -> None:
     out = {
         "what": "accuracy against the gold's sign on the seeded test split, proxies trained on the lab's sampled "
                 "labels (seed 0) of the train split",
-        "train_pairs": len(part["train"]), "test_pairs": len(test_idx),
+        "gold": f"benchmarks/lab/{args.gold}.parquet", "train_pairs": len(part["train"]), "test_pairs": len(test_idx),
         "labels_with_gold_train": float(1 - labels["against_gold"].to_numpy()[train].mean()),
         "finetuned_minilm": finetuned,
         "frozen_single": frozen["single"], "frozen_ensemble_mean": frozen["ensemble"],
         "finetuned_eval_accuracy_vs_lab_labels": trained.metrics.get("eval/accuracy"),
         "train_seconds": train_s, "train_pairs_per_s": trained.metrics.get("train_pairs_per_s"),
-        "config": to_dict(cfg),
+        "config": to_dict(replace(cfg, data=os.path.relpath(cfg.data, ROOT))),  # no machine's path committed
     }
-    Path(args.result).write_text(json.dumps(out, indent=1))
+    write_json(args.result, out)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
 
 

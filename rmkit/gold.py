@@ -71,17 +71,25 @@ def fit_gold(model_id: str, pairs: Sequence[PreferencePair], *, layer: int | Non
     gold = GoldRM(backbone, np.zeros(0), layer, model_id, precision=precision)
     fc, fr = gold.features(pairs, batch_size=batch_size, progress=progress)
     labels = np.array([p.label for p in pairs], dtype=np.float64)
-    fold = fold_of([p.id for p in pairs], 2, seed=seed)
-    l2, losses = (head_l2, {}) if head_l2 is not None else select_l2(fc, fr, fold, labels=labels)
-    W = train_bt_heads(fc, fr, np.stack([fold != 0, fold != 1, np.ones(len(pairs), bool)]).astype(np.float32),
+    gold.weights, l2, agreement = fit_gold_head(fc, fr, [p.id for p in pairs], labels, l2=head_l2, seed=seed)
+    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "precision": precision, "head_l2": l2,
+                 "pairs": len(pairs), "heldout_agreement_with_human_labels": agreement}
+    return gold
+
+
+def fit_gold_head(fc: np.ndarray, fr: np.ndarray, ids: Sequence[str], labels: np.ndarray, *,
+                  l2: float | None = None, seed: int = 0) -> tuple[np.ndarray, float, float]:
+    """The gold's head on features ``fc``, ``fr (N, H)`` of the chosen and rejected texts, trained on *all* the
+    human ``labels (N,)``: ``(weights (H,), l2, held-out agreement)``. ``l2`` None: picked by cross-fitted BT
+    log-loss over two folds of ``ids``. The agreement is that of two cross-fitted heads with the decided labels:
+    how much of the human signal the gold carries (a head scored on its own training labels would overstate it)."""
+    fold = fold_of(ids, 2, seed=seed)
+    l2 = l2 if l2 is not None else select_l2(fc, fr, fold, labels=labels)[0]
+    W = train_bt_heads(fc, fr, np.stack([fold != 0, fold != 1, np.ones(len(ids), bool)]).astype(np.float32),
                        l2=l2, labels=labels)
     held = np.where(fold == 0, (fc - fr) @ W[0], (fc - fr) @ W[1])
     decided = labels != 0.5
-    gold.weights = W[2]
-    gold.info = {"model": model_id, "layer": layer, "max_length": max_length, "precision": precision, "head_l2": l2,
-                 "pairs": len(pairs), "heldout_agreement_with_human_labels":
-                 float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))}
-    return gold
+    return W[2], float(l2), float(np.mean((held[decided] > 0) == (labels[decided] > 0.5)))
 
 
 def load_gold(head: str | Path, model_id: str, *, layer: int | None = None, max_length: int = 128,

@@ -7,7 +7,7 @@ sets how often a label goes against the gold (noise as humans make it: mostly on
 optional planted flips on top (noise as a pipeline makes it: anywhere). **Proxy** RMs learn from those
 labels, and every study grades them against the gold, never against labels a proxy produced.
 
-    gold = fit_gold("mpnet", pairs)                       # rmkit.gold.GoldRM: frozen backbone + a BT head on real labels
+    gold = fit_gold("smollm2", pairs, layer=10, head_l2=0.3)  # GoldRM: a frozen layer + a BT head on real labels
     g = gold.diffs(pairs)                                 # (N,) gold r(chosen) - r(rejected)
     T = choose_temperature(g, against=0.225)              # ~22.5% of sampled labels against the gold
     labels = sample_labels(ids, g, T, flips=0.2, seed=0)  # DataFrame: id, gold_diff, sampled, flipped, ...
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, spli
 from .denoise import DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
-from .gold import fit_gold, load_gold
+from .gold import fit_gold, gold_files, load_gold
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .losses import difference_loss
@@ -58,7 +59,8 @@ class LabConfig(DataSource):
 
     data: str = setting("", "real prompts and responses with human labels (the gold's head learns from them)")
     output_dir: str = setting("runs/lab", "where gold.parquet, labels.parquet, lab.json go")
-    gold_model: str = setting("mpnet", "the gold's frozen backbone: hub id, local path or alias (mpnet, minilm, smollm2)")
+    gold_model: str = setting("mpnet", "the gold's frozen backbone: hub id, local path or alias (mpnet, minilm, smollm2; "
+                                       "configs/lab_cpu.yaml: smollm2 at layer 10, the most learnable gold measured)")
     gold_layer: int | None = setting(None, "hidden layer whose token mean the gold head reads (default: the last)")
     gold_max_length: int = setting(128, "tokens per text for the gold (left-truncated)")
     gold_head_l2: float | None = setting(None, "L2 of the gold's head (default: picked by cross-fitted log-loss)")
@@ -225,6 +227,12 @@ class ProxyFeatures:
         layers = member_layers(cfg, self.num_layers)
         return self._heads(cfg, layers, label)
 
+    def by_layer(self, diffs: np.ndarray, *, seed: int = 0) -> dict[int, np.ndarray]:
+        """The ensemble's ``diffs (M, N)`` (from `ensemble`, same seed) as one cross-fitted head per block: the
+        members reading each layer, averaged where they scored (``{layer: (N,)}``)."""
+        layers = np.array(member_layers(replace(self.cfg, seed=seed), self.num_layers))
+        return {int(x): np.nanmean(diffs[layers == x], axis=0) for x in sorted(set(layers.tolist()))}
+
     def single(self, label: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """One cross-fitted RM (a head on the last block, the features a sequence-classification head reads
         from): ``(N,)``."""
@@ -309,7 +317,10 @@ def study_strength(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: flo
 def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, levels: Sequence[float],
                 seeds: int = 3, base_seed: int = 0, min_confidence: float = 0.8, with_cleanlab: bool = True) -> dict:
     """Planted flips on top of sampled labels: AUROC and top-5% precision of rmkit's ensemble, a single RM and
-    cleanlab against the planted flips; precision and ECE of the calibrated flags (truth: planted flips)."""
+    cleanlab against the planted flips; precision and ECE of the calibrated flags (truth: planted flips). And the
+    ceiling (``gold_oracle``): the gold itself ranking labels by how far they go against it. Even it cannot tell
+    a planted flip from a label the Bradley-Terry draw already sent against the gold, nor see a flip on a pair
+    the gold finds close, so no detector can pass its AUROC."""
     out: dict = {}
     for level in levels:
         runs: dict[str, list] = {}
@@ -322,6 +333,12 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
             single = proxy.single(y, seed=base_seed + s)
             runs.setdefault("rmkit", []).append(detection_metrics(1 - pair_quality_scores(diffs), flipped))
             runs.setdefault("single_rm", []).append(detection_metrics(-single, flipped))
+            runs.setdefault("gold_oracle", []).append(detection_metrics(-np.where(y, gold_diff, -gold_diff), flipped))
+            # The best one of the ensemble's per-block heads, picked with the truth: what the ensemble adds over
+            # choosing the right block (an upper bound for any one of its heads, not a method a user could run).
+            per_layer = {x: detection_metrics(-d, flipped) for x, d in proxy.by_layer(diffs, seed=base_seed + s).items()}
+            best = max(per_layer, key=lambda x: per_layer[x]["auroc"])
+            runs.setdefault("best_single_block", []).append({**per_layer[best], "layer": best})
             if with_cleanlab:
                 runs.setdefault("cleanlab", []).append(detection_metrics(cleanlab_suspicion(single, seed=s), flipped))
             for method in ("temperature", "isotonic"):
@@ -485,6 +502,9 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         gold_diff = read_gold_scores(cfg.gold_scores, ids)
         gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
             if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
+        saved = gold_files(Path(cfg.gold_scores).with_suffix(".json"))
+        if saved is not None:  # its head too, so this output folder is a gold for policy samples (rmkit bon --gold)
+            shutil.copy(saved[1], out / "gold_head.npy")
     else:
         if cfg.gold_head:
             gold = load_gold(cfg.gold_head, cfg.gold_model, layer=cfg.gold_layer, max_length=cfg.gold_max_length,

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 
 from rmkit.data import load_preferences
+from rmkit.gold import gold_scorer
 from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, fit_gold,
                        lab_pairs, lab_summary, load_gold, orient, read_gold_scores, run_lab, sample_labels, study_denoise,
                        study_flips, study_learnability)
-from rmkit.ensemble import EnsembleConfig
+from rmkit.ensemble import EnsembleConfig, member_layers
 
 
 def test_labels_follow_the_bradley_terry_law_at_the_temperature():
@@ -72,6 +73,19 @@ def test_studies_on_a_learnable_case():
     assert learn["ensemble"] > 0.85 and learn["labels_with_gold"] == pytest.approx(0.9, abs=0.04)
     flips = study_flips(proxy, gold, t, levels=[0.2], seeds=1, with_cleanlab=False)["0.2"]
     assert flips["rmkit"]["auroc"] > 0.8 and flips["calibrated_flags"]["precision_flagged"] > 0.5
+    # The ceiling: the gold ranking the same labels (seed 0's draw) by how far they go against it, by hand.
+    lab = sample_labels(proxy.ids, gold, t, flips=0.2, seed=0)
+    against = np.where(lab["label"] == 1, -gold, gold)
+    flipped = lab["flipped"].to_numpy()
+    pairs_ranked = (against[flipped][:, None] > against[~flipped][None, :]).mean()
+    assert flips["gold_oracle"]["auroc"] == pytest.approx(pairs_ranked)
+    assert flips["rmkit"]["auroc"] <= flips["gold_oracle"]["auroc"]
+    # One cross-fitted head per block: every pair scored once per block (the two folds' members together).
+    y = lab["label"].to_numpy().astype(bool)
+    heads = proxy.by_layer(proxy.ensemble(y, seed=0), seed=0)
+    assert sorted(heads) == sorted(set(member_layers(proxy.cfg, proxy.num_layers)))
+    assert all(h.shape == (len(proxy.ids),) and np.isfinite(h).all() for h in heads.values())
+    assert flips["best_single_block"]["layer"] in heads
     den = study_denoise(proxy, gold, t, noise=0.2, seeds=1, presets=("flip", "drop"))
     assert set(den["accuracy"]) == {"0.0", "0.2"} and den["lost"] > 0
     assert den["best_preset"] in ("flip", "drop")
@@ -125,6 +139,9 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     again = run_lab(LabConfig(**{**cfg_small.__dict__, "gold_scores": str(tmp_path / "lab" / "gold.parquet"),
                                  "output_dir": str(tmp_path / "lab2"), "studies": []}), progress=False)
     assert again["temperature"] == pytest.approx(out["temperature"])
+    # ... and its output folder is the same saved gold (the head comes along with the scores).
+    np.testing.assert_array_equal(np.load(tmp_path / "lab2" / "gold_head.npy"), np.load(tmp_path / "lab" / "gold_head.npy"))
+    assert gold_scorer(str(tmp_path / "lab2")).info["layer"] == out["gold"]["layer"]
     # The saved head is the same gold: loaded for a second domain, here the same pairs, it encodes them again
     # and gives the same differences; a head of another backbone's width is refused, naming its file.
     head = tmp_path / "lab" / "gold_head.npy"
@@ -136,8 +153,6 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     assert third["temperature"] == pytest.approx(out["temperature"], rel=1e-4) and third["gold"]["head"] == str(head)
     # The lab's output folder is a gold for policy samples (`rmkit bon --gold runs/lab`): it rebuilds the same
     # gold from gold.json and gold_head.npy, and scores a pair's sides to the difference gold.parquet holds.
-    from rmkit.gold import gold_scorer
-
     lab_gold = gold_scorer(str(tmp_path / "lab"), precision=out["gold"]["precision"])
     r = lab_gold.score([p.prompt for p in pairs[:3]] * 2, [p.chosen for p in pairs[:3]] + [p.rejected for p in pairs[:3]])
     np.testing.assert_allclose(r[:3] - r[3:], read_gold_scores(tmp_path / "lab" / "gold.parquet", ids)[:3], atol=1e-4)

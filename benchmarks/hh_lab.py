@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
-from rmkit.lab import choose_temperature, lab_pairs, read_gold_scores, sample_labels
+from rmkit.config import load_config
+from rmkit.lab import LabConfig, choose_temperature, lab_pairs, read_gold_scores, sample_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -55,4 +56,4 @@ def load_hh_lab(seed: int = 0, gold: str = "gold_hh") -> HHLab:
     return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
 
 
-AGAINST_GOLD = 0.225  # configs/lab_cpu.yaml's against_gold: the paper's 20-25% of hh-rlhf labels
+AGAINST_GOLD = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml").against_gold  # the paper's 20-25%

@@ -34,8 +34,8 @@ from hh_lab import ROOT, load_hh_lab
 from rmkit.config import load_config
 from rmkit.data import load_preferences
 from rmkit.files import write_json
-from rmkit.lab import (LabConfig, ProxyFeatures, detection_metrics, gold_accuracy, head_rewards, orient, proxy_features,
-                       proxy_heads, read_gold_scores, run_lab, sample_labels, study_shift)
+from rmkit.lab import (LabConfig, ProxyFeatures, as_labelled, detection_metrics, gold_accuracy, head_rewards, orient,
+                       proxy_features, proxy_heads, read_gold_scores, run_lab, sample_labels, study_shift)
 
 DATA = ROOT.parent / "shared" / "data"
 LAB = ROOT / "benchmarks" / "lab"
@@ -82,7 +82,7 @@ def pooled_training(hl, hh, other, other_gold: np.ndarray, other_temperature: fl
     for s in range(seeds):
         y = np.r_[hl.label(s), sample_labels(other.ids, other_gold, other_temperature, seed=s)["label"].to_numpy()
                   .astype(bool)]
-        g = np.where(y[:n], hl.gold, -hl.gold)[test]  # gold difference, sides as labelled
+        g = as_labelled(hl.gold, y[:n])[test]  # gold difference, sides as labelled
         c, r = orient(hh.fc[test], hh.fr[test], y[:n][test])
         for name, train in trains.items():
             heads = proxy_heads(pooled, y, train, seed=s)

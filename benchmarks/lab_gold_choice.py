@@ -27,7 +27,7 @@ from rmkit.ensemble import default_cache_dir, encode_features
 from rmkit.files import write_json
 from rmkit.gold import fit_gold_head
 from rmkit.hardware import resolve_device, resolve_precision
-from rmkit.lab import (LabConfig, choose_temperature, gold_accuracy, proxy_features, read_gold_scores,
+from rmkit.lab import (LabConfig, as_labelled, choose_temperature, gold_accuracy, proxy_features, read_gold_scores,
                        sample_labels, study_learnability)
 from rmkit.models import RewardModel
 
@@ -45,7 +45,7 @@ def grade_gold(proxy, gold_diff: np.ndarray, length_diff: np.ndarray, *, seeds: 
     y = sample_labels(proxy.ids, gold_diff, temperature, seed=0)["label"].to_numpy().astype(bool)
     mean = np.nanmean(proxy.ensemble(y, seed=0), axis=0)
     close = np.abs(length_diff) <= np.quantile(np.abs(length_diff), 0.25)
-    g = np.where(y, gold_diff, -gold_diff)  # sides as labelled, as the proxy's diffs are
+    g = as_labelled(gold_diff, y)  # as the proxy's diffs are
     return {"temperature": temperature, "length_spearman": spearman(gold_diff, length_diff),
             "longer_response_accuracy": gold_accuracy(length_diff[length_diff != 0], gold_diff[length_diff != 0]),
             "proxy_ensemble_length_matched_quarter": gold_accuracy(mean[close], g[close]),
@@ -111,14 +111,15 @@ def main() -> None:
         v = layers.index(int(layer))
         c, r = np.asarray(fc[:, v], dtype=np.float32), np.asarray(fr[:, v], dtype=np.float32)
         w, l2, agreement = fit_gold_head(c, r, ids, labels, l2=float(l2))
+        gold_diff = (c - r) @ w
         stem = ROOT / "benchmarks" / "lab" / f"gold_hh_{args.gold_model}"
-        pd.DataFrame({"id": ids, "gold_diff": (c - r) @ w}).to_parquet(stem.with_suffix(".parquet"), index=False)
+        pd.DataFrame({"id": ids, "gold_diff": gold_diff}).to_parquet(stem.with_suffix(".parquet"), index=False)
         np.save(stem.with_name(stem.name + "_head.npy"), w)
         write_json(stem.with_suffix(".json"), {
             "model": args.gold_model, "layer": int(layer), "max_length": args.max_length, "precision": precision,
             "head_l2": l2, "pairs": len(pairs), "heldout_agreement_with_human_labels": agreement,
-            "length_spearman": spearman((c - r) @ w, length_diff), "length_unit": unit,
-            "abs_diff_median": float(np.median(np.abs((c - r) @ w))), "chosen_by": "benchmarks/lab_gold_choice.py"})
+            "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,
+            "abs_diff_median": float(np.median(np.abs(gold_diff))), "chosen_by": "benchmarks/lab_gold_choice.py"})
 
 
 if __name__ == "__main__":

@@ -276,7 +276,12 @@ def _rewards(rm, raw) -> None:
 def read_samples(path: str | Path) -> dict[str, list[str]]:
     """Responses by prompt id from a samples JSONL, as a resumed run reads it (`rmkit.metaset.read_sample_records`:
     a later line for an id supersedes an earlier one, a line cut short by a kill is skipped)."""
-    return {i: rec.get("responses", []) for i, rec in read_sample_records(path).items()}
+    return sample_responses_of(read_sample_records(path))
+
+
+def sample_responses_of(records: dict[str, dict]) -> dict[str, list[str]]:
+    """Responses by prompt id from the records `read_sample_records` (or `policy.check_resume`) returns."""
+    return {i: rec.get("responses", []) for i, rec in records.items()}
 
 
 def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
@@ -297,7 +302,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     # Samples come in whole batches of batch_size, each drawn with its own seed (`sample_responses`), so a
     # prompt's samples for a larger n begin with those for a smaller one: extending n draws only the new batches.
     bs = cfg.batch_size
-    held = {i: r[: len(r) - len(r) % bs] for i, r in ((i, rec.get("responses", [])) for i, rec in records.items())}
+    held = {i: r[: len(r) - len(r) % bs] for i, r in sample_responses_of(records).items()}
     todo = [k for k, i in enumerate(ids) if len(held.get(i, ())) < cfg.n]
     drawn = 0
     if todo:

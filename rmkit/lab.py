@@ -171,6 +171,12 @@ def lab_pairs(pairs: Sequence[PreferencePair], labels) -> list[PreferencePair]:
     return [p if by_id[p.id] else replace(p, chosen=p.rejected, rejected=p.chosen) for p in pairs]
 
 
+def as_labelled(diff: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """A difference ``(N,)`` taken with the source's sides, written with the lab's sides (negated where ``label``
+    reversed them): how a proxy trained on the labels sees the pair."""
+    return np.where(np.asarray(label, bool), diff, -np.asarray(diff))
+
+
 def orient(a: np.ndarray, b: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows (or any per-side arrays) of the lab's chosen and rejected sides."""
     keep = np.asarray(label, bool).reshape((-1,) + (1,) * (np.ndim(a) - 1))
@@ -283,7 +289,7 @@ def study_learnability(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature:
     for s in range(seeds):
         lab = sample_labels(proxy.ids, gold_diff, temperature, seed=base_seed + s)
         y = lab["label"].to_numpy().astype(bool)
-        g = np.where(y, gold_diff, -gold_diff)  # gold difference, sides as labelled
+        g = as_labelled(gold_diff, y)  # gold difference, sides as labelled
         mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
         single = proxy.single(y, seed=base_seed + s)
         rows.append({"ensemble": gold_accuracy(mean, g), "single_rm": gold_accuracy(single, g),
@@ -300,7 +306,7 @@ def study_strength(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: flo
     for s in range(seeds):
         lab = sample_labels(proxy.ids, gold_diff, temperature, seed=base_seed + s)
         y = lab["label"].to_numpy().astype(bool)
-        g = np.where(y, gold_diff, -gold_diff)
+        g = as_labelled(gold_diff, y)
         diffs = proxy.ensemble(y, seed=base_seed + s)
         mean = np.nanmean(diffs, axis=0)
         p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
@@ -333,7 +339,7 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
             single = proxy.single(y, seed=base_seed + s)
             runs.setdefault("rmkit", []).append(detection_metrics(1 - pair_quality_scores(diffs), flipped))
             runs.setdefault("single_rm", []).append(detection_metrics(-single, flipped))
-            runs.setdefault("gold_oracle", []).append(detection_metrics(-np.where(y, gold_diff, -gold_diff), flipped))
+            runs.setdefault("gold_oracle", []).append(detection_metrics(-as_labelled(gold_diff, y), flipped))
             # The best one of the ensemble's per-block heads, picked with the truth: what the ensemble adds over
             # choosing the right block (an upper bound for any one of its heads, not a method a user could run).
             per_layer = {x: detection_metrics(-d, flipped) for x, d in proxy.by_layer(diffs, seed=base_seed + s).items()}
@@ -390,7 +396,7 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
         for s in range(seeds):
             lab = sample_labels(proxy.ids, gold_diff, temperature, flips=level, seed=base_seed + s)
             y = lab["label"].to_numpy().astype(bool)
-            g = np.where(y, gold_diff, -gold_diff)
+            g = as_labelled(gold_diff, y)
             c, r = orient(proxy.fc, proxy.fr, y)
             fc = c[:, view].reshape(len(y), -1)
             fr = r[:, view].reshape(len(y), -1)
@@ -500,9 +506,9 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
     if cfg.gold_scores:
         gold_diff = read_gold_scores(cfg.gold_scores, ids)
-        gold_info = json.loads(Path(cfg.gold_scores).with_suffix(".json").read_text()) \
-            if Path(cfg.gold_scores).with_suffix(".json").exists() else {"source": cfg.gold_scores}
-        saved = gold_files(Path(cfg.gold_scores).with_suffix(".json"))
+        made = Path(cfg.gold_scores).with_suffix(".json")  # how the gold was made, saved beside its scores
+        gold_info = json.loads(made.read_text()) if made.exists() else {"source": cfg.gold_scores}
+        saved = gold_files(made)
         if saved is not None:  # its head too, so this output folder is a gold for policy samples (rmkit bon --gold)
             shutil.copy(saved[1], out / "gold_head.npy")
     else:

@@ -46,13 +46,39 @@ class HHLab:
         return [labelled[where[i]] for i in self.splits[split]]
 
 
-def load_hh_lab(seed: int = 0, gold: str = "gold_hh") -> HHLab:
-    """The lab on hh-rlhf with the gold ``benchmarks/lab/<gold>.parquet`` (``gold_hh``: MPNet; ``gold_hh_smollm2``:
-    SmolLM2's layer 10, benchmarks/lab_gold_choice.py) at the temperature that sends 22.5% of labels against it
-    (`rmkit.lab.choose_temperature`, as `rmkit lab` sets it)."""
+@dataclass(frozen=True)
+class Gold:
+    """One of the lab's golds: its artifacts ``benchmarks/lab/<stem>.parquet`` (gold difference per pair id),
+    ``.json`` (how it was made) and ``_head.npy``; the suffix of the results measured against it
+    (``results/lab<suffix>.json``, ``bon<suffix>.json``, ...); the `LabConfig` settings that make it over
+    configs/lab_cpu.yaml."""
+
+    stem: str
+    suffix: str
+    settings: dict
+
+    def file(self, ext: str) -> Path:
+        return ROOT / "benchmarks" / "lab" / f"{self.stem}{ext}"
+
+    def result(self, name: str) -> Path:
+        """``benchmarks/results/<name><suffix>.<ext>`` for ``name`` like ``bon.json``."""
+        stem, ext = name.rsplit(".", 1)
+        return ROOT / "benchmarks" / "results" / f"{stem}{self.suffix}.{ext}"
+
+
+# The default (configs/lab_cpu.yaml) is SmolLM2's layer 10 (benchmarks/lab_gold_choice.py chose it); MPNet's was the
+# lab's first gold, and its results keep the unsuffixed names.
+GOLDS = {"smollm2": Gold("gold_hh_smollm2", "_smollm2", {}),
+         "mpnet": Gold("gold_hh", "", {"gold_model": "mpnet", "gold_layer": None, "gold_head_l2": 0.3,
+                                       "precision": "fp32"})}
+
+
+def load_hh_lab(seed: int = 0, gold: str = "mpnet") -> HHLab:
+    """The lab on hh-rlhf with the gold ``gold`` (a key of `GOLDS`) at the temperature that sends 22.5% of labels
+    against it (`rmkit.lab.choose_temperature`, as `rmkit lab` sets it)."""
     ds = load_preferences(DATA)
     ids = [p.id for p in ds.pairs]
-    gold_diff = read_gold_scores(ROOT / "benchmarks" / "lab" / f"{gold}.parquet", ids)
+    gold_diff = read_gold_scores(GOLDS[gold].file(".parquet"), ids)
     return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
 
 

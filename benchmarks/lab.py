@@ -19,16 +19,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from hh_lab import GOLDS, ROOT
 from rmkit.config import load_config
 from rmkit.files import write_json
 from rmkit.lab import LabConfig, run_lab
-
-ROOT = Path(__file__).resolve().parents[1]
-# The golds: artifacts' stem under benchmarks/lab, results file, and the settings that make it (over the config's).
-GOLDS = {"smollm2": ("gold_hh_smollm2", "lab_smollm2.json", {}),
-         "mpnet": ("gold_hh", "lab.json", {"gold_model": "mpnet", "gold_layer": None, "gold_head_l2": 0.3,
-                                           "precision": "fp32"})}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,12 +34,12 @@ def main() -> None:
     parser.add_argument("--studies", default=None, help="comma-separated subset of the config's studies")
     parser.add_argument("--results", default=None, help="default: results/lab_smollm2.json or (mpnet) lab.json")
     args = parser.parse_args()
-    stem, results, settings = GOLDS[args.gold]
-    results = args.results or str(ROOT / "benchmarks" / "results" / results)
-    cfg: LabConfig = replace(load_config(LabConfig, args.config), **settings)
+    the = GOLDS[args.gold]
+    results = args.results or str(the.result("lab.json"))
+    cfg: LabConfig = replace(load_config(LabConfig, args.config), **the.settings)
     cfg.data = str((ROOT / cfg.data).resolve()) if not Path(cfg.data).is_absolute() else cfg.data
     cfg.output_dir = str(ROOT / "runs" / "lab")
-    gold = ROOT / "benchmarks" / "lab" / f"{stem}.parquet"
+    gold = the.file(".parquet")
     if gold.exists() and not args.fresh_gold:
         cfg.gold_scores = str(gold)
         made = json.loads(gold.with_suffix(".json").read_text())
@@ -61,7 +55,7 @@ def main() -> None:
         shutil.copy(Path(cfg.output_dir) / "gold.parquet", gold)
     shutil.copy(Path(cfg.output_dir) / "gold.json", gold.with_suffix(".json"))
     if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
-        shutil.copy(Path(cfg.output_dir) / "gold_head.npy", gold.with_name(f"{stem}_head.npy"))
+        shutil.copy(Path(cfg.output_dir) / "gold_head.npy", the.file("_head.npy"))
     result["data"] = os.path.relpath(cfg.data, ROOT)  # the committed file names no machine's path
     if args.studies and Path(results).exists():  # a rerun of some studies keeps the others' blocks (and the
         before = json.loads(Path(results).read_text())  # bon and shift blocks lab_bon.py writes)

@@ -2,19 +2,21 @@
 
 SmolLM2-135M-Instruct (the policy) samples N responses to each of P held-out hh-rlhf prompts (the lab's
 test split: the proxies never trained on them), through llama.cpp's server (``xllamacpp``, seeded per
-sample). The gold (benchmarks/lab/gold_hh.*) and the proxies score every sample: a single MiniLM RM
+sample). The gold (``--gold``: SmolLM2's layer 10, the default, or MPNet's, benchmarks/lab/gold_hh*) and the proxies
+score every sample: a single MiniLM RM
 (a head on the last block) and an ensemble of 5 heads on different blocks and bootstrap resamples, all
 trained on the lab's sampled labels of the training split. `rmkit.lab.study_bon` then gives, for every
 n, the gold reward of the sample each variant picks (single, mean, min, uwo), against KL_bon.
 
-    .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 64]
+    .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 128] [--gold smollm2|mpnet]
 
 The same samples give the distribution-shift study (`rmkit.lab.study_shift`): half of the prompts' samples are
 MetaRM's meta set, the other half's sample pairs are graded against the gold, vanilla proxy against MetaRM.
 
-Writes benchmarks/results/bon.json, benchmarks/results/bon_curve.png, benchmarks/results/shift.json, the
-"bon" and "shift" blocks of benchmarks/results/lab.json, and benchmarks/lab/bon_scores.parquet (prompt id,
-sample index, gold and proxy rewards; no text). Samples are cached in runs/lab/bon_samples.jsonl (a rerun resumes).
+Writes benchmarks/results/bon<suffix>.json, bon<suffix>_curve.png, shift<suffix>.json, the "bon" and "shift" blocks
+of results/lab<suffix>.json, and benchmarks/lab/bon_scores<suffix>.parquet (prompt id, sample index, gold and proxy
+rewards; no text); the suffix is the gold's (`hh_lab.GOLDS`: "_smollm2", or "" for MPNet). Samples are cached in
+runs/lab/bon_samples.jsonl (a rerun resumes), their gold scores and proxy features beside them.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hh_lab import ROOT, load_hh_lab
-from rmkit.bon import bon_ns, read_samples, study_bon
+from hh_lab import GOLDS, ROOT, load_hh_lab
+from rmkit.bon import bon_ns, bon_variant_tables, each_member_alone, read_samples, summarize_bon
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
 from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_shift
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2",
+                        help="the lab's gold: smollm2 (the default) or mpnet (the first; bon.json, shift.json)")
     parser.add_argument("--train-pairs", type=lambda s: s.split(","), default=["all", "1000", "250"],
                         help="proxy training sizes, comma-separated ('all' = the whole training split; the headline)")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
@@ -96,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / "runs" / "lab"
     work.mkdir(parents=True, exist_ok=True)
-    hl = load_hh_lab(seed=args.seed)
+    the = GOLDS[args.gold]
+    hl = load_hh_lab(seed=args.seed, gold=args.gold)
     pairs, ids, splits = hl.ds.pairs, hl.ids, hl.splits
     train = hl.mask("train")
     # Held-out prompts: single-turn ones of the test split, shortest first is not fair; a seeded order instead.
@@ -116,31 +121,39 @@ def main() -> None:
     if args.sample_only:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": sample_tps}))
         return
-    lab_path = ROOT / "benchmarks" / "results" / "lab.json"
-    gold_info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
+    lab_path = the.result("lab.json")
+    gold_info = json.loads(the.file(".json").read_text())
     y = hl.label(args.seed)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
     proxy = proxy_features(EnsembleConfig(precision="fp32"), pairs)
     layers_all = list(range(1, proxy.num_layers + 1))
-    # Encoding the samples (gold: MPNet, proxies: MiniLM) is the cost; cached by the samples' text.
+    # Encoding the samples (the gold's backbone, the proxies' MiniLM) is the cost: each is cached by the samples'
+    # text and what encodes them, so another gold reuses the proxies' features.
     texts = [got["samples"][i] for i in pid]
-    key = hashlib.sha256(json.dumps([pid, texts, gold_info, layers_all]).encode()).hexdigest()[:16]
-    cache = work / f"bon_encoded_{key}.npz"
-    t0 = time.time()
-    if cache.exists():
-        with np.load(cache) as z:
-            gold, feats = z["gold"], z["feats"]
-        encode_s = measured_seconds(cache.with_suffix(".json"))
-    else:
-        gold_rm = load_gold(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy", gold_info["model"],
-                            layer=gold_info["layer"], max_length=gold_info["max_length"])
-        gold = gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+
+    def cached(what: str, spec, encode) -> tuple[np.ndarray, float | None]:
+        key = hashlib.sha256(json.dumps([pid, texts, spec]).encode()).hexdigest()[:16]
+        path = work / f"bon_{what}_{key}.npy"
+        if not path.exists():
+            t = time.time()
+            np.save(path, encode())
+            path.with_suffix(".json").write_text(json.dumps({"seconds": time.time() - t, "spec": spec}))
+        return np.load(path), measured_seconds(path.with_suffix(".json"))
+
+    def gold_scores():
+        gold_rm = load_gold(the.file("_head.npy"), gold_info["model"], layer=gold_info["layer"],
+                            max_length=gold_info["max_length"], precision=gold_info.get("precision", "fp32"))
+        return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+
+    def proxy_feats():
         rm = RewardModel.from_pretrained("minilm", max_length=128)
-        feats = rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
-        np.savez(cache, gold=gold, feats=feats)
-        encode_s = time.time() - t0
-        cache.with_suffix(".json").write_text(json.dumps({"seconds": encode_s}))
+        return rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
+
+    gold, gold_s = cached("gold", {k: gold_info[k] for k in ("model", "layer", "max_length", "head_l2")
+                                   if k in gold_info} | {"head": the.stem}, gold_scores)
+    feats, feats_s = cached("minilm", layers_all, proxy_feats)
+    encode_s = {"gold": gold_s, "proxy": feats_s}
     ns = bon_ns(args.n)
 
     def scores(heads: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +173,10 @@ def main() -> None:
             sub[order[np.isin(order, np.flatnonzero(train))][: int(size)]] = True
         heads = proxy_heads(proxy, y, sub, seed=args.seed)
         single, members = scores(heads)
-        by_size[size] = study_bon(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+        tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
+        by_size[size] = summarize_bon(tables, ns, samples_per_prompt=args.n, uwo_lambda=args.uwo_lambda)
+        # Each member alone too: the single RM (a head on the last block) may be weaker than a typical member
+        by_size[size].update(each_member_alone(tables, gold, members, ns))
         by_size[size]["proxy_gold_correlation_within_prompt"] = {
             k: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
             for k, v in (("single", single), ("mean", members.mean(0)))}
@@ -185,9 +201,11 @@ def main() -> None:
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
-    rows.to_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet", index=False)
-    write_json(ROOT / "benchmarks" / "results" / "bon.json", result)
-    write_json(ROOT / "benchmarks" / "results" / "shift.json", shift)
+    rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet", index=False)
+    result["gold"] = {"artifacts": f"benchmarks/lab/{the.stem}.*", **gold_info}
+    shift["gold"] = result["gold"]
+    write_json(the.result("bon.json"), result)
+    write_json(the.result("shift.json"), shift)
     if lab_path.exists():  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
@@ -198,12 +216,13 @@ def main() -> None:
                         "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         write_json(lab_path, lab)
-    _figure(result, ROOT / "benchmarks" / "results" / "bon_curve.png")
+    _figure(result, the.result("bon.json").with_name(f"bon{the.suffix}_curve.png"))
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
 
 
 BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops", "best_conservative",
-                "conservative_recovery", "oracle_gain_share", "proxy_gold_correlation_within_prompt")
+                "conservative_recovery", "oracle_gain_share", "proxy_gold_correlation_within_prompt",
+                "single_each_member", "single_mean_over_members", "vs_single_at_largest_n")
 
 
 def _figure(result: dict, path: Path) -> None:
@@ -220,15 +239,21 @@ def _figure(result: dict, path: Path) -> None:
     for ax in axes.flat[len(sizes):]:
         ax.set_visible(False)
     for ax, size in zip(axes.flat, sizes):
-        curves = result["by_train_pairs"][size]["gold_reward"]
+        block = result["by_train_pairs"][size]
+        curves = block["gold_reward"]
         for name, style in (("single", "o-"), ("mean", "s-"), ("min", "^-"), ("uwo", "v-"), ("oracle_gold", "k--")):
-            ax.plot(result["kl_bon"], curves[name], style, label=name, ms=4)
+            ax.plot(result["kl_bon"], curves[name], style, label="single (last block)" if name == "single" else name,
+                    ms=4)
+        if "single_mean_over_members" in block:  # the control: one of the ensemble's members alone
+            ax.plot(result["kl_bon"], block["single_mean_over_members"]["gold_reward"], "-", color="tab:gray", lw=3,
+                    alpha=0.45, label="one member (average)")
         n_train = result["train_pairs"] if size == "all" else int(size)
         ax.set(xlabel="KL_bon = log n - (n-1)/n (nats)", title=f"proxies trained on {n_train} pairs")
     for row in axes:
         row[0].set_ylabel("gold reward of the pick")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Best-of-n in the lab: {result['prompts']} held-out prompts, n up to {result['n'][-1]}")
+    fig.suptitle(f"Best-of-n in the lab (gold: {result['gold']['model']}): {result['prompts']} held-out prompts, "
+                 f"n up to {result['n'][-1]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

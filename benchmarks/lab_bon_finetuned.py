@@ -17,10 +17,12 @@ ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmki
     python benchmarks/lab_bon_finetuned.py --n 512 --sizes 100,250 --epochs 8 \
         --result benchmarks/results/bon_finetuned_n512_epochs8.json        # proxies trained to fit their pairs
 
-Gold rewards of the first 128 samples come from the committed benchmarks/lab/bon_scores.parquet once two
-regenerated prompts are checked to score the same; the gold scores the rest (n > 128) itself. Writes
-benchmarks/results/bon_finetuned.json (--result) and bon_finetuned_curve.png beside it. Every trained member and
-every score array is kept under runs/lab/bon_ft, so a killed run resumes where it stopped.
+``--gold`` picks the lab's gold (`hh_lab.GOLDS`): smollm2, the default, or mpnet, the gold of the committed
+bon_finetuned*.json files (add ``--gold mpnet`` to the commands above to reproduce them). Gold rewards of the first
+128 samples come from the committed benchmarks/lab/bon_scores<suffix>.parquet once two regenerated prompts are
+checked to score the same; the gold scores the rest (n > 128) itself. Writes benchmarks/results/bon_finetuned<suffix>
+.json (--result) and its _curve.png beside it. Every trained member and every score array is kept under
+runs/lab/bon_ft<suffix>, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hh_lab import DATA, ROOT, load_hh_lab
-from rmkit.bon import (bon_ns, bon_table, bon_variant_tables, drop_interval, gap_interval, read_samples, study_bon,
-                       summarize_bon)
+from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
+from rmkit.bon import bon_ns, bon_variant_tables, each_member_alone, read_samples, study_bon, summarize_bon
 from rmkit.config import load_config, to_dict
 from rmkit.files import write_json
 from rmkit.hardware import autocast, resolve_precision
@@ -83,15 +84,15 @@ def earlier_scores(run: Path, pid: list[str], have: dict, n: int, precision: str
     return r, None, 0
 
 
-def gold_of_samples(picked, samples: dict, n: int, work: Path) -> tuple[np.ndarray, dict]:
-    """Gold rewards ``(P, n)``: the committed ones (lab_bon.py's first 128 samples) where a check on two regenerated
-    prompts agrees, and the gold's own scores for the rest (cached)."""
-    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
+def gold_of_samples(picked, samples: dict, n: int, work: Path, the) -> tuple[np.ndarray, dict]:
+    """Gold rewards ``(P, n)`` of the gold ``the`` (`hh_lab.Gold`): the committed ones (lab_bon.py's first 128
+    samples) where a check on two regenerated prompts agrees, and the gold's own scores for the rest (cached)."""
+    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet")
     table = committed.pivot(index="id", columns="k", values="gold")
     ids = [p.id for p in picked]
-    info = json.loads((ROOT / "benchmarks" / "lab" / "gold_hh.json").read_text())
-    gold_rm = load_gold(ROOT / "benchmarks" / "lab" / "gold_hh_head.npy", info["model"], layer=info["layer"],
-                        max_length=info["max_length"])
+    info = json.loads(the.file(".json").read_text())
+    gold_rm = load_gold(the.file("_head.npy"), info["model"], layer=info["layer"], max_length=info["max_length"],
+                        precision=info.get("precision", "fp32"))
 
     def score(which: list[int], lo: int, hi: int) -> np.ndarray:
         flat_p = [list(picked[i].prompt) for i in which for _ in range(lo, hi)]
@@ -132,12 +133,15 @@ def main() -> None:
     parser.add_argument("--uwo-lambda", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="of the members' scoring (training stays fp32)")
-    parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "bon_finetuned.json"),
-                        help="the figure goes beside it (<name>_curve.png)")
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="which of the lab's golds")
+    parser.add_argument("--result", default=None, help="default: benchmarks/results/bon_finetuned<suffix>.json; the "
+                                                       "figure goes beside it (<name>_curve.png)")
     args = parser.parse_args()
-    work = ROOT / "runs" / "lab" / "bon_ft"
+    the = GOLDS[args.gold]
+    args.result = args.result or str(the.result("bon_finetuned.json"))
+    work = ROOT / "runs" / "lab" / f"bon_ft{the.suffix}"
     work.mkdir(parents=True, exist_ok=True)
-    hl = load_hh_lab(seed=args.seed)
+    hl = load_hh_lab(seed=args.seed, gold=args.gold)
     picked = picked_prompts(hl, args.prompts, args.seed)
     pid = [p.id for p in picked]
     have = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
@@ -146,7 +150,7 @@ def main() -> None:
         raise SystemExit(f"{len(missing)} prompts lack {args.n} samples: run benchmarks/lab_bon.py --prompts "
                          f"{args.prompts} --n {args.n} --sample-only first")
     key = samples_key(pid, have, args.n)
-    gold, gold_info = gold_of_samples(picked, have, args.n, work)
+    gold, gold_info = gold_of_samples(picked, have, args.n, work, the)
 
     pool, flipped = training_pool(hl, args.seed, args.flips)
     test_idx = np.flatnonzero(hl.mask("test"))[: args.grade_pairs]
@@ -187,14 +191,7 @@ def main() -> None:
         tables = bon_variant_tables(gold, members[0], members, ns, uwo_lambda=args.uwo_lambda)
         res = summarize_bon(tables, ns, samples_per_prompt=args.n, uwo_lambda=args.uwo_lambda, seed=args.seed)
         # Every member as the single RM (member 0 is study_bon's): the single curve without one seed's luck.
-        each = [tables["single"]] + [bon_table(members[m], gold, ns) for m in range(1, len(members))]
-        res["single_each_member"] = [t.mean(axis=0).tolist() for t in each]
-        avg = np.mean(each, axis=0)
-        res["single_mean_over_members"] = {
-            "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=args.seed),
-            # each aggregation against the seeds' average single RM, not seed 0's alone
-            "aggregations_vs_it_at_largest_n": {k: gap_interval(tables[k], avg, seed=args.seed)
-                                                for k in ("mean", "min", "uwo")}}
+        res.update(each_member_alone(tables, gold, members, ns, seed=args.seed))
         res["proxy_gold_accuracy"] = {"members": accuracy, "mean": float(np.mean(accuracy))}
         res["proxy_gold_correlation_within_prompt"] = {
             name: float(np.mean([np.corrcoef(v[i], gold[i])[0, 1] for i in range(len(pid))]))
@@ -207,7 +204,7 @@ def main() -> None:
 
     # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its
     # committed scores cover the samples.
-    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet").set_index("id")
+    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet").set_index("id")
     frozen = None
     if gold_info["gold_committed_samples_per_prompt"] == args.n:
         frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
@@ -219,7 +216,7 @@ def main() -> None:
                 "over draws from the samples; proxies fine-tuned with rmkit train on the lab's labels",
         "policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp), temperature 1.0, 48 tokens (lab_bon.py's samples)",
         "prompts": len(pid), "samples_per_prompt": args.n, "members": args.members, "epochs": epochs,
-        "planted_flips": args.flips,
+        "planted_flips": args.flips, "gold": the.stem,
         "scoring_precision": precision, "grade_pairs": len(grade_pairs), **gold_info,
         "finetuned": out, "frozen_heads_all_pairs_same_prompts": frozen,
         "train_config": to_dict(replace(base, data=str(DATA), epochs=epochs)),

@@ -7,11 +7,13 @@ sampled labels (seed 0, 22.5% against the gold) of the seeded train split, and g
 against the gold's sign, beside the frozen-feature proxies trained on the same pairs and graded on the same
 test pairs.
 
-    .venv/bin/python benchmarks/lab_finetune.py [--epochs 1]
+    .venv/bin/python benchmarks/lab_finetune.py --gold smollm2        # the default gold: lab_finetune_smollm2.json
+    .venv/bin/python benchmarks/lab_finetune.py --epochs 1             # the MPNet gold, as first run: lab_finetune.json
     .venv/bin/python benchmarks/lab_finetune.py --epochs 2 --output-dir runs/lab/finetune_epochs2 \
         --result benchmarks/results/lab_finetune_epochs2.json
 
-Writes benchmarks/results/lab_finetune.json. A killed run resumes from its checkpoint (runs/lab/finetune).
+Writes benchmarks/results/lab_finetune<suffix>.json (the gold's suffix, `hh_lab.GOLDS`). A killed run resumes from
+its checkpoint (runs/lab/finetune<suffix>); lab_metarm.py starts from the model there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from hh_lab import DATA, ROOT, load_hh_lab
+from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
@@ -36,10 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=float, default=None, help="default: the config's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gold", default="gold_hh", help="the gold's scores: benchmarks/lab/<gold>.parquet")
-    parser.add_argument("--output-dir", default=str(ROOT / "runs" / "lab" / "finetune"))
-    parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_finetune.json"))
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="mpnet", help="which of the lab's golds")
+    parser.add_argument("--output-dir", default=None, help="default: runs/lab/finetune<suffix> (the gold's suffix)")
+    parser.add_argument("--result", default=None, help="default: benchmarks/results/lab_finetune<suffix>.json")
     args = parser.parse_args()
+    the = GOLDS[args.gold]
+    args.output_dir = args.output_dir or str(ROOT / "runs" / "lab" / f"finetune{the.suffix}")
+    args.result = args.result or str(the.result("lab_finetune.json"))
     hl = load_hh_lab(seed=args.seed, gold=args.gold)
     pairs, ids, gold = hl.ds.pairs, hl.ids, hl.gold
     labels = hl.labels(args.seed)
@@ -70,7 +75,8 @@ def main() -> None:
     out = {
         "what": "accuracy against the gold's sign on the seeded test split, proxies trained on the lab's sampled "
                 "labels (seed 0) of the train split",
-        "gold": f"benchmarks/lab/{args.gold}.parquet", "train_pairs": len(part["train"]), "test_pairs": len(test_idx),
+        "gold": os.path.relpath(GOLDS[args.gold].file(".parquet"), ROOT), "train_pairs": len(part["train"]),
+        "test_pairs": len(test_idx),
         "labels_with_gold_train": float(1 - labels["against_gold"].to_numpy()[train].mean()),
         "finetuned_minilm": finetuned,
         "frozen_single": frozen["single"], "frozen_ensemble_mean": frozen["ensemble"],

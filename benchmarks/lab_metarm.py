@@ -15,12 +15,12 @@ All three RMs (vanilla, control, MetaRM) then score the 128 samples of each of t
 every pair of samples of a prompt against the gold's sign (`rmkit.lab.grade_sample_pairs`), as the shift study
 grades the heads.
 
-    .venv/bin/python benchmarks/lab_metarm.py [--steps 100] [--inner-lr 0.05,0.5]
+    .venv/bin/python benchmarks/lab_metarm.py [--steps 100] [--inner-lr 0.05,0.5] [--gold smollm2|mpnet]
 
-Needs runs/lab/finetune/model (`benchmarks/lab_finetune.py`) and runs/lab/bon_samples.jsonl with
-benchmarks/lab/bon_scores.parquet (`benchmarks/lab_bon.py`). Writes benchmarks/results/lab_metarm.json and the
-"finetuned" entry of lab.json's "shift" block; the trainings checkpoint under runs/lab/metarm and a killed run
-resumes.
+Needs runs/lab/finetune<suffix>/model (`benchmarks/lab_finetune.py --gold ...`) and runs/lab/bon_samples.jsonl with
+benchmarks/lab/bon_scores<suffix>.parquet (`benchmarks/lab_bon.py --gold ...`); the suffix is the gold's
+(`hh_lab.GOLDS`). Writes benchmarks/results/lab_metarm<suffix>.json and the "finetuned" entry of lab<suffix>.json's
+"shift" block; the trainings checkpoint under runs/lab/metarm<suffix> and a killed run resumes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hh_lab import DATA, ROOT, load_hh_lab
+from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
 from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.lab import grade_sample_pairs
@@ -50,20 +50,25 @@ def main() -> None:
                                                                 "comma-separated: one MetaRM run each")
     parser.add_argument("--meta-k", type=int, default=8, help="samples per meta prompt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vanilla", default=str(ROOT / "runs" / "lab" / "finetune" / "model"))
-    parser.add_argument("--work", default=str(ROOT / "runs" / "lab" / "metarm"))
-    parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_metarm.json"))
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="which of the lab's golds")
+    parser.add_argument("--vanilla", default=None, help="default: runs/lab/finetune<suffix>/model")
+    parser.add_argument("--work", default=None, help="default: runs/lab/metarm<suffix>")
+    parser.add_argument("--result", default=None, help="default: benchmarks/results/lab_metarm<suffix>.json")
     args = parser.parse_args()
+    the = GOLDS[args.gold]
+    args.vanilla = args.vanilla or str(ROOT / "runs" / "lab" / f"finetune{the.suffix}" / "model")
+    args.work = args.work or str(ROOT / "runs" / "lab" / f"metarm{the.suffix}")
+    args.result = args.result or str(the.result("lab_metarm.json"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
     # The lab's labelled train pairs, exactly as lab_finetune.py trained the vanilla RM on them.
-    hl = load_hh_lab(seed=args.seed)
+    hl = load_hh_lab(seed=args.seed, gold=args.gold)
     pairs, where = hl.ds.pairs, {i: k for k, i in enumerate(hl.ids)}
     train_pairs = hl.labelled("train", args.seed)
 
     # Policy samples: prompts in lab_bon.py's order; the first half is the meta set, the second half is graded.
-    scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / "bon_scores.parquet")
+    scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet")
     pid = list(dict.fromkeys(scores["id"]))
     n = int(scores["k"].max()) + 1
     gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
@@ -100,14 +105,14 @@ def main() -> None:
         "what": "gold accuracy on every pair of 128 SmolLM2 samples of each of 50 held-out prompts: the fine-tuned "
                 "MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
         "eval_prompts": len(eval_ids), "samples_per_prompt": n, "meta_prompts": half, "meta_k": args.meta_k,
-        "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
+        "gold": the.stem, "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
         "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"] for eta in inner_lrs},
         "metarm_best_minus_vanilla": best - graded["vanilla"]["accuracy"],
         "metarm_best_minus_control": best - graded["control"]["accuracy"],
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
     Path(args.result).write_text(json.dumps(out, indent=1))
-    lab_path = ROOT / "benchmarks" / "results" / "lab.json"
+    lab_path = the.result("lab.json")
     lab = json.loads(lab_path.read_text())  # the shift entry's frozen-head numbers come from lab_bon.py; this adds
     lab.setdefault("shift", {})["finetuned"] = {  # the fine-tuned RM's beside them
         "vanilla": graded["vanilla"]["accuracy"], "control": graded["control"]["accuracy"],

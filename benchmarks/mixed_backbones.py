@@ -7,13 +7,15 @@ the planted flips (AUROC, top-5% precision), with what it costs (encoding once p
 
 - ``--data llmeval2``: LLMEval²'s decided pairs (ties left out), human labels, MiniLM and MPNet members.
 - ``--data lab``: the gold-standard lab (hh-rlhf, labels sampled from the gold as `benchmarks/lab.py` does, then
-  flipped). Its gold reads MPNet features, so MPNet members would share the gold's view: the second backbone
-  is SmolLM2-135M (a decoder, other pretraining data), about 40 minutes to encode hh-rlhf once on 2 cores. Here
-  the ensembles are also graded against the gold's sign (accuracy of the members' mean).
+  flipped), with either of the lab's golds (``--gold``, `hh_lab.GOLDS`). Members on the gold's own backbone would
+  share the gold's view, so the second backbone is the other one: MPNet (bf16, about 15 minutes to encode hh-rlhf
+  once on 2 cores) against the SmolLM2 gold, SmolLM2-135M (about 40 minutes) against the MPNet gold. Here the
+  ensembles are also graded against the gold's sign (accuracy of the members' mean).
 
-    .venv/bin/python benchmarks/mixed_backbones.py [--data llmeval2|lab] [--seeds 3]
+    .venv/bin/python benchmarks/mixed_backbones.py [--data llmeval2|lab] [--gold smollm2|mpnet] [--seeds 3]
 
-Writes benchmarks/results/mixed_backbones.json (llmeval2) or mixed_backbones_lab.json (lab).
+Writes benchmarks/results/mixed_backbones.json (llmeval2) or mixed_backbones_lab<suffix>.json (lab; the gold's
+suffix: "_smollm2", or "" for MPNet).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hh_lab import GOLDS, load_hh_lab
 from rmkit.data import load_preferences
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
-from rmkit.lab import detection_metrics, orient, read_gold_scores, sample_labels
+from rmkit.lab import detection_metrics, orient, sample_labels
 from rmkit.models import RewardModel
 from rmkit.strength import pair_quality_scores
 
@@ -35,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def features(name: str, pairs, members: int) -> tuple[np.ndarray, np.ndarray, list[int], float]:
+def features(name: str, pairs, members: int, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[int],
+                                                                              float]:
     """Cached token-mean features of the blocks a ``members``-strong ensemble on ``name`` reads, and the
     encoding time (a first run encodes; later runs read the cache, so the time is that of the first)."""
     rm = RewardModel.from_pretrained(name, max_length=128)
     layers = sorted(set(member_layers(EnsembleConfig(model=name, members=members), rm.num_layers)))
     t0 = time.time()
     fc, fr = encode_features(rm, pairs, cache_dir=default_cache_dir(), model_id=name, pooling="mean", layers=layers,
-                             batch_size=32, progress=True)
+                             batch_size=32, progress=True, precision=precision)
     return np.asarray(fc), np.asarray(fr), layers, time.time() - t0
 
 
@@ -52,16 +56,17 @@ def ensemble(cfg: EnsembleConfig, fc, fr, views: list[int], ids, num_layers: int
     return heads_on_features(cfg, fc[:, pick], fr[:, pick], ids, layers)[0]
 
 
-def labelling(data: str, pairs, flips: float):
+def labelling(data: str, pairs, flips: float, gold_name: str):
     """``label(seed) -> (y, flipped)``: the labels the ensembles train on (True: the source's chosen side) and
     which of them were planted flips; and the gold differences of the source pairs (lab) or None."""
     ids = [p.id for p in pairs]
     if data == "lab":
-        lab = json.loads((ROOT / "benchmarks" / "results" / "lab.json").read_text())
-        gold = read_gold_scores(ROOT / "benchmarks" / "lab" / "gold_hh.parquet", ids)
+        hl = load_hh_lab(gold=gold_name)
+        assert hl.ids == ids
+        gold = hl.gold
 
         def label(seed: int):
-            got = sample_labels(ids, gold, lab["temperature"], flips=flips, seed=seed)
+            got = sample_labels(ids, gold, hl.temperature, flips=flips, seed=seed)
             return got["label"].to_numpy().astype(bool), got["flipped"].to_numpy()
         return label, gold
 
@@ -73,9 +78,13 @@ def labelling(data: str, pairs, flips: float):
     return label, None
 
 
-SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", 6), ("mpnet", 12))),
+# data -> (folder, what, backbones as (name, blocks, precision)); the lab's second backbone is the one the gold
+# does not read
+SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", 6, "fp32"), ("mpnet", 12, "fp32"))),
             "lab": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the gold)",
-                    (("minilm", 6), ("smollm2", 30)))}
+                    (("minilm", 6, "fp32"), ("smollm2", 30, "fp32"))),
+            "lab_smollm2": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the SmolLM2 gold)",
+                            (("minilm", 6, "fp32"), ("mpnet", 12, "bf16")))}
 
 
 def main() -> None:
@@ -83,14 +92,16 @@ def main() -> None:
     parser.add_argument("--data", choices=sorted(SETTINGS), default="llmeval2")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flips", type=float, default=0.2)
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="the lab's gold (--data lab)")
     args = parser.parse_args()
-    folder, what, backbones = SETTINGS[args.data]
+    setting = f"lab{GOLDS[args.gold].suffix}" if args.data == "lab" else args.data
+    folder, what, backbones = SETTINGS[setting]
     pairs = load_preferences(DATA / folder).pairs  # LLMEval²: decided pairs (ties get their own status)
     ids = [p.id for p in pairs]
-    label, gold = labelling(args.data, pairs, args.flips)
+    label, gold = labelling(args.data, pairs, args.flips, args.gold)
     feats, encode_seconds = {}, {}
-    for name, n_layers in backbones:
-        fc, fr, views, seconds = features(name, pairs, 10)
+    for name, n_layers, precision in backbones:
+        fc, fr, views, seconds = features(name, pairs, 10, precision)
         feats[name] = (fc, fr, views, n_layers)
         encode_seconds[name] = seconds
         print(name, "encoded", fc.shape, f"{seconds:.0f} s", flush=True)
@@ -108,7 +119,7 @@ def main() -> None:
             # the mixed ensemble: 5 members on each backbone (what `more_models` builds), folds shared by id
             diffs[f"{name}_half"] = ensemble(EnsembleConfig(model=name, seed=seed, members=5), c, r, views, ids,
                                              n_layers)
-        diffs["mixed"] = np.concatenate([diffs.pop(f"{name}_half") for name, _ in backbones])
+        diffs["mixed"] = np.concatenate([diffs.pop(f"{name}_half") for name, *_ in backbones])
         for name, d in diffs.items():
             m = detection_metrics(1 - pair_quality_scores(d), flipped)
             mean = np.nanmean(d, axis=0)  # cross-fitted: each pair scored by heads that never trained on it
@@ -126,8 +137,9 @@ def main() -> None:
     out["costs"] = {"encode_seconds (this run; near 0 when the cache held them)": encode_seconds,
                     "texts": 2 * len(pairs),
                     **{k: float(np.mean(v)) for k, v in costs.items()}}
-    out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, _ in backbones)
-    name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{args.data}.json"
+    out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, *_ in backbones)
+    out["precision"] = {n: p for n, _, p in backbones}
+    name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{setting}.json"
     (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1))
     print(json.dumps(summary, indent=1))
 

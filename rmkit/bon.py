@@ -171,6 +171,22 @@ def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_p
             "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 
 
+def each_member_alone(tables: dict[str, np.ndarray], gold: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
+                      seed: int = 0) -> dict:
+    """Every member of the ensemble as the single RM: the control that tells an ensemble's gain from one member's
+    luck or weakness (Coste et al. compare against the ensemble's own members). ``tables``: `bon_variant_tables`'
+    output; ``gold (P, N)``, ``members (M, P, N)``. Returns ``single_each_member`` (M curves) and
+    ``single_mean_over_members``: their average per prompt, its drop from its peak (`drop_interval`) and each
+    aggregation's gap to it at the largest n (`gap_interval`)."""
+    each = [bon_table(members[m], gold, ns) for m in range(len(members))]
+    avg = np.mean(each, axis=0)  # (P, len(ns)): the expected curve of one member drawn at random
+    return {"single_each_member": [t.mean(axis=0).tolist() for t in each],
+            "single_mean_over_members": {
+                "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=seed),
+                "aggregations_vs_it_at_largest_n": {k: gap_interval(tables[k], avg, seed=seed)
+                                                    for k in ("mean", "min", "uwo")}}}
+
+
 @dataclass
 class BonConfig(SamplingConfig, DataSource):
     """Settings of ``rmkit bon``."""

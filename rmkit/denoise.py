@@ -12,7 +12,8 @@ data, so validation and test are graded against the data's labels even if a spli
 
 Presets (``DenoiseConfig.preset``) act on the selected training pairs (the lowest ``fraction`` by mean
 strength, those below ``threshold``, or those whose calibrated ``p_label_wrong`` reaches
-``min_confidence``):
+``min_confidence``; with ``confidence: p_flipped`` the audit's P(flipped), from ``rmkit audit --noise-rate``,
+where ``min_confidence 0.5`` is Bayes' rule: act where a flip is more likely than not):
 
 - ``flip``: swap chosen and rejected;
 - ``margin``: every pair gets ``margin = scale * max(mean, 0)`` (``negative="clip"``, Eq. 6; ``abs``
@@ -59,6 +60,10 @@ class DenoiseConfig(DataSource):
     threshold: float | None = setting(None, "select pairs with mean strength below this instead of a fraction")
     min_confidence: float | None = setting(None, "select pairs whose calibrated p_label_wrong (from the audit) is at "
                                                  "least this, instead of a fraction")
+    confidence: Literal["p_label_wrong", "p_flipped"] = setting(
+        "p_label_wrong", "the column min_confidence reads: p_label_wrong (every reason a label disagrees), or "
+                         "p_flipped (only flips; the audit run with --noise-rate R); p_flipped >= 0.5 flips where a "
+                         "flip is more likely than not")
     margin_scale: float = setting(1.0, "margin = scale * strength (the paper gives no scale)")
     negative: Literal["clip", "abs"] = setting(
         "clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
@@ -79,13 +84,16 @@ class DenoiseConfig(DataSource):
             raise ValueError(f"negative must be 'clip' or 'abs', got {self.negative!r}")
         if self.min_confidence is not None and not 0.5 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
+        if self.confidence not in ("p_label_wrong", "p_flipped"):
+            raise ValueError(f"confidence must be p_label_wrong or p_flipped, got {self.confidence!r}")
 
 
 def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None,
                  p_label_wrong: np.ndarray | None = None, min_confidence: float | None = None,
                  eligible: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask of the pairs to act on, among ``eligible`` ones (default all): ``p_label_wrong`` at least
-    ``min_confidence``, else mean below ``threshold``, else the lowest ``fraction`` by mean."""
+    """Boolean mask of the pairs to act on, among ``eligible`` ones (default all): ``p_label_wrong`` (or whichever
+    calibrated probability is passed in its place, e.g. ``p_flipped``) at least ``min_confidence``, else mean below
+    ``threshold``, else the lowest ``fraction`` by mean."""
     mean = np.asarray(mean, dtype=float)
     ok = np.isfinite(mean) & (np.ones(len(mean), bool) if eligible is None else np.asarray(eligible, bool))
     if min_confidence is not None:
@@ -203,7 +211,10 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
             reader.strict = True
     ds = reader.read(data)
     mean_by_id = dict(zip(table["id"], table["mean"]))
-    p_by_id = dict(zip(table["id"], table["p_label_wrong"])) if "p_label_wrong" in table else {}
+    if cfg.min_confidence is not None and cfg.confidence not in table:
+        raise ValueError(f"{strength_path} has no {cfg.confidence} column for min_confidence"
+                         + (" (run rmkit audit with --noise-rate R)" if cfg.confidence == "p_flipped" else ""))
+    p_by_id = dict(zip(table["id"], table[cfg.confidence])) if cfg.confidence in table else {}
     pairs = ds.pairs
     missing = [p.id for p in pairs if p.id not in mean_by_id]
     if missing:
@@ -240,7 +251,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     rows = ds.status_table()
     rows["mean"] = rows["id"].map(mean_by_id)
     if p_by_id:
-        rows["p_label_wrong"] = rows["id"].map(p_by_id)
+        rows[cfg.confidence] = rows["id"].map(p_by_id)
     split_of = {i: k for k, v in splits.items() for i in v}
     rows["split"] = rows["id"].map(split_of)
     rows["denoise_action"] = [action_by_id.get(i, f"not a pair ({s})") for i, s in zip(rows["id"], rows["status"])]

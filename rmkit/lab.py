@@ -73,6 +73,9 @@ class LabConfig(DataSource):
                                               "against_gold)")
     flip_levels: list[float] = setting([0.1, 0.2, 0.3], "planted-flip shares the flips study runs")
     denoise_noise: float = setting(0.2, "planted-flip share the denoising study trains on")
+    denoise_reviewed: int | None = setting(100, "the denoising study also runs each preset on the flip rate a "
+                                                "reviewer finds in this many random training pairs (null: only "
+                                                "the paper's 10%)")
     seeds: int = setting(3, "seeds of every study (labels, flips, folds)")
     seed: int = setting(0, "base seed")
     studies: list[str] = setting(list(STUDIES), f"studies to run: {', '.join(STUDIES)}")
@@ -380,7 +383,7 @@ DENOISE_PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 
 
 def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
-                  seeds: int = 3, base_seed: int = 0, fraction: float = 0.1,
+                  seeds: int = 3, base_seed: int = 0, fraction: float = 0.1, reviewed: int | None = 100,
                   presets: Sequence[str] = DENOISE_PRESETS) -> dict:
     """Denoising presets (`rmkit.denoise`, on the training split) with strength from the audit's ensemble, at 0
     and ``noise`` planted flips. The proxy is a linear head on the proxy's middle and last blocks' features,
@@ -388,10 +391,17 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     (A head on frozen features, not a fine-tuned RM: 5 presets x 2 noise levels x seeds fine-tunes would
     take days on 2 CPU cores; the presets are the same code either way.)
 
-    ``recovered_share`` = (preset at noise - baseline at noise) / (baseline at 0 - baseline at noise).
+    Each preset acts on the lowest ``fraction`` of training pairs (the paper's 10%) and, as ``PRESET@reviewed``,
+    on the pairs whose P(flipped | the ensemble's view) is at least 0.5 (Bayes' rule: act where a flip is more
+    likely than not; `calibration.flip_posterior`, ``rmkit denoise --confidence p_flipped --min-confidence 0.5``),
+    the flip rate taken from ``reviewed`` random training pairs a reviewer checks (None: not run), as a user
+    would estimate it. A fixed 10% acts on half of 20% flips, and more of the ranking is past where its precision
+    falls below one half. ``recovered_share`` = (preset at noise - baseline at noise) / (baseline at 0 - baseline
+    at noise).
     """
     view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
     results: dict[str, dict[str, list[float]]] = {}
+    rates: dict[str, list[float]] = {}  # the reviewed flip rate of each level and seed
     for level in (0.0, noise):
         for s in range(seeds):
             lab = sample_labels(proxy.ids, gold_diff, temperature, flips=level, seed=base_seed + s)
@@ -408,13 +418,25 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
             test = np.isin(proxy.ids, splits["test"])
             mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
             fold = fold_of(proxy.ids, 2, seed=base_seed + s + 7)
-            for preset in ("baseline", *presets):
+            runs = [(p, p, fraction) for p in presets]
+            if reviewed:
+                sample = np.random.default_rng(base_seed + s + 303).choice(np.flatnonzero(train),
+                                                                           min(reviewed, int(train.sum())),
+                                                                           replace=False)
+                rate = float(lab["flipped"].to_numpy()[sample].mean())
+                rates.setdefault(f"{level}", []).append(rate)
+                p_right = crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+                p_flip = flip_posterior(p_right, min(rate, 0.49))
+                runs += [(f"{p}@reviewed", p, None) for p in presets]
+            for name, preset, share in [("baseline", "baseline", 0.0), *runs]:
                 if preset == "baseline":
                     w_train, labels = train.astype(float), np.ones(len(y))
                     margins, swap = np.zeros(len(y)), np.zeros(len(y), bool)
                 else:
-                    cfg = DenoiseConfig(preset=preset, fraction=fraction)
-                    out, _ = denoise_pairs(pairs, mean, cfg, eligible=train)
+                    cfg = DenoiseConfig(preset=preset, fraction=share if share is not None else 0.1,
+                                        min_confidence=None if share is not None else 0.5, confidence="p_flipped")
+                    out, _ = denoise_pairs(pairs, mean, cfg, eligible=train,
+                                           p_label_wrong=None if share is not None else p_flip)
                     kept = {p.id: p for p in out}
                     w_train = np.array([float(t and i in kept) for i, t in zip(proxy.ids, train)])
                     swap = np.array([i in kept and kept[i].chosen_text == "r" for i in proxy.ids])
@@ -425,8 +447,9 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
                 (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
                 pred = (fc - fr) @ w  # sides as labelled, before any denoising
                 acc = gold_accuracy(pred[test], g[test])
-                results.setdefault(f"{level}", {}).setdefault(preset, []).append(acc)
-    summary: dict = {"noise": noise, "fraction": fraction, "accuracy": {}}
+                results.setdefault(f"{level}", {}).setdefault(name, []).append(acc)
+    summary: dict = {"noise": noise, "fraction": fraction, "reviewed_pairs": reviewed, "reviewed_rate": rates,
+                     "accuracy": {}}
     for level, per in results.items():
         summary["accuracy"][level] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v}
                                       for k, v in per.items()}
@@ -552,7 +575,8 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
             elif name == "flips":
                 result["flips"] = study_flips(proxy, gold_diff, temperature, levels=cfg.flip_levels, **kw)
             elif name == "denoise":
-                result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise, **kw)
+                result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise,
+                                                   reviewed=cfg.denoise_reviewed, **kw)
             result["timings"][f"{name}_seconds"] = time.time() - t1
             write_json(out / "lab.json", result)  # as it goes
     write_json(out / "lab.json", result)

@@ -114,6 +114,28 @@ def test_denoise_acts_on_the_training_split_only_and_never_grades_itself(tmp_pat
     assert rec["splits_file"].endswith("splits.json") and rec["objective"] == "bt"
 
 
+def test_min_confidence_on_p_flipped_is_bayes_rule_on_the_audits_flip_posterior(tmp_path):
+    from rmkit.calibration import flip_posterior
+    from rmkit.denoise import run_denoise
+
+    data, mean, p_wrong = _strength_fixture(tmp_path)
+    cfg = DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                        min_confidence=0.5, confidence="p_flipped", output_dir=str(tmp_path / "den"))
+    with pytest.raises(ValueError, match=r"no p_flipped column .*--noise-rate"):
+        run_denoise(cfg)  # an audit run without --noise-rate has no p_flipped
+    p_flip = flip_posterior(1 - p_wrong, 0.2)
+    table = pd.read_parquet(tmp_path / "strength.parquet").assign(p_flipped=p_flip)
+    table.to_parquet(tmp_path / "strength.parquet")
+    run_denoise(cfg)
+    actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")
+    train = set(json.loads((tmp_path / "den" / "splits.json").read_text())["train"])
+    flipped = set(actions.index[actions["denoise_action"].str.startswith("flipped")])
+    # where a flip is more likely than not: fewer pairs than p_label_wrong >= 0.5 would take
+    assert flipped == {f"p{i:02d}" for i in np.flatnonzero(p_flip >= 0.5)} & train and flipped
+    assert len(flipped) < len({f"p{i:02d}" for i in np.flatnonzero(p_wrong >= 0.5)} & train)
+    assert actions["p_flipped"].to_numpy() == pytest.approx(p_flip)
+
+
 def test_reviewed_decisions_win_over_the_preset(tmp_path):
     from rmkit.data import DataError
     from rmkit.denoise import run_denoise

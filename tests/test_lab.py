@@ -92,6 +92,12 @@ def test_studies_on_a_learnable_case():
     acc = den["accuracy"]
     assert den["recovered_share"]["flip"] == pytest.approx(
         (acc["0.2"]["flip"]["mean"] - acc["0.2"]["baseline"]["mean"]) / den["lost"])
+    # At the reviewed rate: the share of planted flips among 100 random training pairs; with none planted the
+    # presets act on nothing, so they equal the baseline exactly.
+    assert den["reviewed_rate"]["0.0"] == [0.0] and 0.1 <= den["reviewed_rate"]["0.2"][0] <= 0.3
+    assert acc["0.0"]["flip@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
+    assert acc["0.0"]["drop@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
+    assert "flip@reviewed" in den["recovered_share"]
 
 
 def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
@@ -183,6 +189,22 @@ def test_study_bon_on_a_hacked_proxy():
                                   "established": True}
     assert out["vs_single_at_largest_n"]["min"] == {"gap": 3.0, "ci95": [3.0, 3.0], "established": True,
                                                     "worse": False}
+
+
+def test_each_member_alone_averages_the_members_curves():
+    """The hacked member picks the worst sample at n = 4, the honest one the best: one member drawn at random
+    ends at their average, and the min of the two (never fooled) ends 3.0 - 1.5 above it."""
+    from rmkit.bon import bon_variant_tables, each_member_alone
+
+    gold = np.array([[0.0, 1.0, 2.0, 3.0]])
+    members = np.array([[[10.0, 1.0, 2.0, 3.0]], [[-10.0, 1.0, 2.0, 3.0]]])
+    tables = bon_variant_tables(gold, members[0], members, [1, 2, 4])
+    out = each_member_alone(tables, gold, members, [1, 2, 4])
+    hacked, honest = out["single_each_member"]
+    assert hacked == tables["single"].mean(axis=0).tolist() and hacked[-1] == 0.0 and honest[-1] == 3.0
+    avg = out["single_mean_over_members"]
+    assert avg["gold_reward"] == pytest.approx([(a + b) / 2 for a, b in zip(hacked, honest)])
+    assert avg["aggregations_vs_it_at_largest_n"]["min"]["gap"] == pytest.approx(1.5)
 
 
 def test_gap_interval_is_paired_by_prompt():

@@ -9,16 +9,13 @@
   how far the outputs move (max |reward difference|, min cosine of the features).
 - ``prefix``: SmolLM2-135M as a decoder RM (a sequence-classification head on it), plain scoring against
   shared-prefix scoring (each pair's prompt once, both responses on its KV cache): pairs/s, max |reward diff|.
-- ``gold``: the lab's default gold's encoding (SmolLM2-135M's token mean at layer 10, bf16 where the CPU has it):
-  the blocks up to the layer only (what `RewardModel.embed` runs) against the whole 30-block pass; texts/s and the
-  largest difference of the features (0: the skipped blocks cannot change layer 10).
 - ``audit``: the cold audit of every hh-rlhf pair (encoding included, nothing cached) in fp32 and in the fast
   setting (default: the audit's defaults, whose precision ``auto`` picks bf16 where this CPU's bf16 matmuls
   measure >= 1.5x its fp32 ones); wall time, ratio, and Spearman of the two strength rankings; and how close the
   fp32 encoding came to the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token
   counts).
 
-    .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,gold,audit]
+    .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,audit]
 
 Writes benchmarks/results/speed.json (``--out`` another file for another kind of machine). Wall-clock numbers: run
 it alone on the machine.
@@ -173,28 +170,6 @@ def prefix_block(pairs, max_length: int) -> dict:
             "prefix_max_abs_diff": float(max(np.abs(pc - sc).max(), np.abs(pr - sr).max()))}
 
 
-def gold_block(pairs, max_length: int = 128, layer: int = 10) -> dict:
-    rm = RewardModel.from_pretrained("smollm2", max_length=max_length).eval()
-    c, r = rm.encode_pairs(pairs)
-    texts = c + r
-    precision = "bf16" if cpu_has_bf16() else "fp32"
-
-    def embed(layers):
-        out = []
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for idx in length_sorted_batches([len(x) for x in texts], 32):
-                batch = rm.collate([texts[i] for i in idx], rm.device)
-                out.append(rm.embed(**batch, pooling="mean", layers=layers)[:, 0].float().numpy())
-        return np.concatenate(out)
-
-    cut, t_cut = timed(lambda: embed([layer]))
-    full, t_full = timed(lambda: embed([layer, -1]))  # asking for the last layer too runs every block
-    return {"model": f"smollm2 layer {layer} of {rm.num_layers}, token mean", "precision": precision,
-            "texts": len(texts), "needed_blocks_texts_per_s": len(texts) / t_cut,
-            "all_blocks_texts_per_s": len(texts) / t_full, "speedup": t_full / t_cut,
-            "max_abs_feature_diff": float(np.abs(cut - full).max())}
-
-
 def encoder_flops(config, batches: list[list[int]], lengths: list[int]) -> float:
     """Floating-point operations of a BERT-style encoder over padded batches (multiply-add = 2):
     per layer and token the four attention projections (4 H^2) and the feed-forward pair (2 H I), and per layer
@@ -246,9 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=512, help="hh-rlhf pairs for the scoring measurements")
     parser.add_argument("--prefix-pairs", type=int, default=128)
-    parser.add_argument("--blocks", default="vs_naive,precision,prefix,gold,audit",
+    parser.add_argument("--blocks", default="vs_naive,precision,prefix,audit",
                         help="blocks to run, comma-separated; the others keep their last measurement in the file")
-    parser.add_argument("--skip-audit", action="store_true", help="= --blocks vs_naive,precision,prefix,gold")
+    parser.add_argument("--skip-audit", action="store_true", help="= --blocks vs_naive,precision,prefix")
     parser.add_argument("--audit-only", action="store_true", help="= --blocks audit")
     parser.add_argument("--fast", default="{}",
                         help="audit settings of the fast run (JSON); default {}: the audit's defaults (precision auto)")
@@ -285,9 +260,6 @@ def main() -> None:
         save()
     if "prefix" in blocks:
         result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024)
-        save()
-    if "gold" in blocks:
-        result["gold"] = gold_block(pairs[: args.prefix_pairs * 2])
         save()
     if "audit" in blocks:
         result["audit"] = audit_block(json.loads(args.fast))

@@ -108,29 +108,6 @@ def transcript_template(tokenizer) -> str:
             f"{suffix}")
 
 
-
-class _only_blocks:
-    """Runs only the first ``k`` transformer blocks of ``base`` inside the block (all of them when ``k`` covers
-    them, or when the longest ModuleList is not the ``n`` blocks); the blocks are put back on exit, even after an
-    error. In place (``del`` and ``extend``), so no owner attribute has to be known."""
-
-    def __init__(self, base: nn.Module, k: int, n: int):
-        self.blocks = _layer_list(base)
-        self.cut = len(self.blocks) == n and k < n
-        self.k, self.kept = k, []
-
-    def __enter__(self):
-        if self.cut:
-            self.kept = list(self.blocks)[self.k:]
-            del self.blocks[self.k:]
-        return self
-
-    def __exit__(self, *exc):
-        if self.cut:
-            self.blocks.extend(self.kept)
-        return False
-
-
 class RewardModel(nn.Module):
     """A scalar reward model: ``rewards, features = rm(input_ids, attention_mask)``."""
 
@@ -258,12 +235,8 @@ class RewardModel(nn.Module):
         if pooling != "mean":
             raise ValueError(f"pooling must be 'native' or 'mean', got {pooling!r}")
         base = self.model.base_model
-        n = self.num_layers
-        picked = [n // 2] if layers is None else [i if i >= 0 else n + 1 + i for i in layers]
-        # Blocks past the deepest requested layer cannot change it: skip them (SmolLM2's layer 10 of 30 costs a
-        # third of the pass). One block more than needed runs, since the last hidden state is the final norm's.
-        with _only_blocks(base, max(picked) + 1, n):
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+        picked = [(len(hidden) - 1) // 2] if layers is None else list(layers)
         m = attention_mask.unsqueeze(-1).to(hidden[0].dtype)
         count = m.sum(1).clamp_min(1.0)
         return torch.stack([(hidden[i] * m).sum(1) / count for i in picked], 1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rmkit.models import RewardModel, _layer_list, set_trainable
+from rmkit.models import RewardModel, set_trainable
 
 PROMPT = [{"role": "user", "content": "How do I boil an egg?"}]
 RESPONSES = [[{"role": "assistant", "content": "Put it in boiling water for eight minutes."}],
@@ -52,31 +52,6 @@ def test_features_are_what_the_head_reads(rm_path):
         out = rm(**batch)
     assert out.rewards.shape == (3,) and out.features.shape == (3, rm.model.config.hidden_size)
     torch.testing.assert_close(rm.head(out.features).squeeze(-1), out.rewards, atol=1e-5, rtol=0)
-
-
-def test_mean_features_skip_blocks_past_the_deepest_layer_and_equal_the_full_pass(rm_path):
-    rm = RewardModel.from_pretrained(rm_path, max_length=64).eval()
-    batch = rm.collate(rm.encode([PROMPT] * 3, RESPONSES))
-    blocks = _layer_list(rm.model.base_model)
-    n = len(blocks)
-    assert n == rm.num_layers
-    calls = []
-    hooks = [b.register_forward_hook(lambda *_, k=k: calls.append(k)) for k, b in enumerate(blocks)]
-    with torch.no_grad():
-        full = rm.model.base_model(**batch, output_hidden_states=True).hidden_states
-        for layers in ([0], [1], [0, n], [-1]):
-            calls.clear()
-            got = rm.embed(**batch, pooling="mean", layers=layers)
-            m = batch["attention_mask"].unsqueeze(-1).float()
-            want = torch.stack([(full[i] * m).sum(1) / m.sum(1) for i in layers], 1)
-            torch.testing.assert_close(got, want, atol=0, rtol=0)
-            deepest = max(i if i >= 0 else n + 1 + i for i in layers)
-            # Blocks 1..deepest+1 ran, and not one more (the last hidden state is the final norm's, so layer
-            # n - 1 needs every block).
-            assert sorted(set(calls)) == list(range(min(deepest + 1, n)))
-    for h in hooks:
-        h.remove()
-    assert len(_layer_list(rm.model.base_model)) == n  # every block is back
 
 
 def test_left_truncation_keeps_the_response(tiny_bert, tiny_llama):

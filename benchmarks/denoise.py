@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmkit.data import get_splits, inject_label_flips, load_preferences
-from rmkit.denoise import OBJECTIVE_FOR, DenoiseConfig, denoise_pairs
+from rmkit.denoise import OBJECTIVE_FOR, PRESETS, DenoiseConfig, denoise_pairs
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.models import RewardModel
 from rmkit.scoring import label_views, read_judge_labels
@@ -53,7 +53,6 @@ from rmkit.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (0.0, 0.1, 0.2, 0.3)
-PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
 CONTRASTIVE = ("simcse", "simcse-diff", "swav", "swav-diff")
 
 

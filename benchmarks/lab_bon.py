@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from hh_lab import GOLDS, ROOT, load_hh_lab
-from rmkit.bon import bon_ns, bon_variant_tables, each_member_alone, read_samples, summarize_bon
+from rmkit.bon import (bon_ns, bon_table, bon_variant_tables, drop_interval, each_member_alone, gap_interval,
+                       read_samples, summarize_bon)
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
 from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_shift
@@ -94,6 +95,15 @@ def main() -> None:
                         help="the lab's gold: smollm2 (the default) or mpnet (the first; bon.json, shift.json)")
     parser.add_argument("--train-pairs", type=lambda s: s.split(","), default=["all", "1000", "250"],
                         help="proxy training sizes, comma-separated ('all' = the whole training split; the headline)")
+    parser.add_argument("--flips", type=float, default=0.0,
+                        help="share of the proxies' training labels flipped on top of the sampled ones (Coste et al.: "
+                             "0.25); results get a _flips<percent> tag")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="draw each smaller training size this many times (other pairs, other head seeds) and pool "
+                             "the curves: results' repeated_draws")
+    parser.add_argument("--draw-offset", type=int, default=0,
+                        help="with --draws: start at this draw (a confirmation on fresh draws); results get a "
+                             "_draws<first>-<last> tag")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--parallel", type=int, default=16, help="llama.cpp slots (samples decoded together)")
@@ -102,7 +112,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     the = GOLDS[args.gold]
     hl = load_hh_lab(seed=args.seed, gold=args.gold)
-    pairs, ids, splits = hl.ds.pairs, hl.ids, hl.splits
+    pairs, splits = hl.ds.pairs, hl.splits
     train = hl.mask("train")
     # Held-out prompts: single-turn ones of the test split, shortest first is not fair; a seeded order instead.
     test = [p for p in pairs if p.id in set(splits["test"]) and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
@@ -123,7 +133,15 @@ def main() -> None:
         return
     lab_path = the.result("lab.json")
     gold_info = json.loads(the.file(".json").read_text())
-    y = hl.label(args.seed)
+    # Planted flips on top of the sampled labels (Coste et al. train their proxies on 25% flipped labels): the proxies
+    # learn from them; the gold still grades. Such a run's files carry a tag, "_flips25", after the gold's suffix.
+    y = hl.labels(args.seed, flips=args.flips)["label"].to_numpy().astype(bool)
+    tag = (f"_flips{round(args.flips * 100)}" if args.flips else "") + (
+        f"_draws{args.draw_offset}-{args.draw_offset + args.draws - 1}" if args.draw_offset else "")
+
+    def out(name: str) -> Path:
+        path = the.result(name)
+        return path.with_name(path.stem + tag + path.suffix)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.n)]
     flat_r = [[{"role": "assistant", "content": t}] for i in pid for t in got["samples"][i]]
     proxy = proxy_features(EnsembleConfig(precision="fp32"), pairs)
@@ -165,12 +183,8 @@ def main() -> None:
     # Gao et al. found overoptimization grows as the proxy's data shrinks.
     by_size = {}
     args.train_pairs = ["all"] + [k for k in args.train_pairs if k != "all"]
-    order = np.random.default_rng(args.seed + 1).permutation(len(ids))
     for size in args.train_pairs:
-        sub = train.copy()
-        if size != "all":
-            sub[:] = False
-            sub[order[np.isin(order, np.flatnonzero(train))][: int(size)]] = True
+        sub = train_subset(train, size, seed=args.seed)
         heads = proxy_heads(proxy, y, sub, seed=args.seed)
         single, members = scores(heads)
         tables = bon_variant_tables(gold, single, members, ns, uwo_lambda=args.uwo_lambda)
@@ -183,6 +197,12 @@ def main() -> None:
         if size == "all":
             full_heads, single_all, members_all = heads, single, members
     result = dict(by_size["all"])
+    if args.draws > 1:  # one draw of a few hundred training pairs is luck; the same sizes drawn again, pooled
+        result["repeated_draws"] = {
+            size: repeated_draws(lambda sub, s: scores(proxy_heads(proxy, y, sub, seed=s)), gold, train, size, ns,
+                                 draws=args.draws, seed=args.seed, uwo_lambda=args.uwo_lambda,
+                                 first=args.draw_offset)
+            for size in args.train_pairs if size != "all"}
     e_layers, s_layer = full_heads["ensemble"][0], full_heads["single"][0][0]
     # Distribution shift (the paper's Sec. 4): the first half of the prompts' samples are MetaRM's meta set
     # (8 each, no labels), the other half's sample pairs are graded against the gold.
@@ -192,6 +212,7 @@ def main() -> None:
     half = len(pid) // 2
     shift = study_shift(c, r, train, by_prompt[:half, :8], by_prompt[half:], gold[half:], seed=args.seed)
     result.update({"policy": "SmolLM2-135M-Instruct (Q4_1 GGUF, llama.cpp)", "temperature": args.temperature,
+                   "planted_flips_in_proxy_labels": args.flips,
                    "max_tokens": args.max_tokens, "sampling_seconds": sample_s, "sampling_tokens_per_s": sample_tps,
                    "encoding_seconds": encode_s, "proxies": {"single": f"head on block {s_layer}",
                                                              "ensemble": f"{len(e_layers)} heads on blocks {e_layers}"},
@@ -201,14 +222,20 @@ def main() -> None:
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
-    rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet", index=False)
+    rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}{tag}.parquet", index=False)
     result["gold"] = {"artifacts": f"benchmarks/lab/{the.stem}.*", **gold_info}
     shift["gold"] = result["gold"]
-    write_json(the.result("bon.json"), result)
-    write_json(the.result("shift.json"), shift)
-    if lab_path.exists():  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
+    write_json(out("bon.json"), result)
+    write_json(out("shift.json"), shift)
+    if lab_path.exists() and not tag:  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
+        if "repeated_draws" in result:
+            lab["bon"]["repeated_draws"] = {
+                size: {"draws": r["draws"], "single_drops_established": r["single_drops_established"],
+                       "pooled_single_drop": r["pooled"]["drops"]["single"],
+                       "pooled_conservative_recovery": r["pooled"]["conservative_recovery"]}
+                for size, r in result["repeated_draws"].items()}
         best = max(shift["metarm"], key=lambda eta: shift["metarm"][eta]["accuracy"])
         # (lab_metarm.py adds the fine-tuned RM's block, "finetuned", to the same entry: kept)
         lab["shift"] = {**lab.get("shift", {}), "vanilla": shift["vanilla"]["accuracy"],
@@ -216,8 +243,56 @@ def main() -> None:
                         "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         write_json(lab_path, lab)
-    _figure(result, the.result("bon.json").with_name(f"bon{the.suffix}_curve.png"))
+    flips = f", {args.flips:.0%} of the proxies' labels flipped" if args.flips else ""
+    _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)
+    if "repeated_draws" in result:  # the pooled curves, drawn as the headline's (one member: the control)
+        pooled = {size: {**r["pooled"], "single_mean_over_members": {"gold_reward": r["pooled"]["gold_reward"][
+            "one_member"]}} for size, r in result["repeated_draws"].items()}
+        _figure({**result, "by_train_pairs": pooled}, out("bon.json").with_name(f"bon{the.suffix}{tag}_draws_curve.png"),
+                note=f"{flips},\neach size averaged over {args.draws} draws of its training pairs")
     print(json.dumps({k: v for k, v in result.items() if k != "gold_reward"}, indent=1))
+
+
+def train_subset(train: np.ndarray, size: str, *, seed: int, draw: int = 0) -> np.ndarray:
+    """The proxies' training pairs: all of ``train`` (``size`` "all") or the first ``size`` of its pairs in a seeded
+    order; draw 0 is the headline's order, each later draw another."""
+    if size == "all":
+        return train.copy()
+    order = np.random.default_rng(seed + 1 if draw == 0 else [seed + 1, draw]).permutation(len(train))
+    sub = np.zeros_like(train)
+    sub[order[np.isin(order, np.flatnonzero(train))][: int(size)]] = True
+    return sub
+
+
+def repeated_draws(score, gold: np.ndarray, train: np.ndarray, size: str, ns: list[int], *, draws: int, seed: int,
+                   uwo_lambda: float, first: int = 0) -> dict:
+    """Best-of-n for ``draws`` independent draws of ``size`` training pairs, each alone and pooled.
+
+    ``score(sub, seed) -> (single (P, N), members (M, P, N))`` trains the proxies on the pairs of mask ``sub``.
+    Pooled: every variant's per-prompt curve averaged over the draws, so its interval over prompts is that of the
+    expected proxy of this size rather than of one lucky draw; ``one_member`` is the average of the ensemble's
+    members used alone (`rmkit.bon.each_member_alone`), a variant of its own here. Draws ``first`` to
+    ``first + draws - 1``: a later block of draws confirms what an earlier one found, on pairs it never saw."""
+    per_draw, tables = [], []
+    for d in range(first, first + draws):
+        single, members = score(train_subset(train, size, seed=seed, draw=d), seed + d)
+        t = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
+        t["one_member"] = np.mean([bon_table(m, gold, ns) for m in members], axis=0)
+        tables.append(t)
+        drops = {k: drop_interval(t[k]) for k in ("single", "one_member")}
+        per_draw.append({"single_drop": drops["single"], "one_member_drop": drops["one_member"],
+                         "at_largest_n": {k: float(v[:, -1].mean()) for k, v in t.items()}})
+        print(f"{size} pairs, draw {d}: single drop {drops['single']['drop']:.4f} "
+              f"(established: {drops['single']['established']})", flush=True)
+    pooled = {k: np.mean([t[k] for t in tables], axis=0) for k in tables[0]}
+    summary = summarize_bon(pooled, ns, samples_per_prompt=gold.shape[1], uwo_lambda=uwo_lambda, seed=seed)
+    return {"draws": draws, "first_draw": first, "per_draw": per_draw,
+            "single_drops_established": sum(d["single_drop"]["established"] for d in per_draw),
+            "one_member_drops_established": sum(d["one_member_drop"]["established"] for d in per_draw),
+            "pooled": {k: summary[k] for k in ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops",
+                                               "best_conservative", "conservative_recovery", "vs_single_at_largest_n")}
+            | {"vs_one_member_at_largest_n": {k: gap_interval(pooled[k], pooled["one_member"], seed=seed)
+                                              for k in ("mean", "min", "uwo")}}}
 
 
 BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops", "best_conservative",
@@ -225,7 +300,7 @@ BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops"
                 "single_each_member", "single_mean_over_members", "vs_single_at_largest_n")
 
 
-def _figure(result: dict, path: Path) -> None:
+def _figure(result: dict, path: Path, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +328,7 @@ def _figure(result: dict, path: Path) -> None:
         row[0].set_ylabel("gold reward of the pick")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Best-of-n in the lab (gold: {result['gold']['model']}): {result['prompts']} held-out prompts, "
-                 f"n up to {result['n'][-1]}")
+                 f"n up to {result['n'][-1]}{note}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

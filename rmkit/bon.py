@@ -138,8 +138,8 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     members of different scales count alike). Variants: single, mean, min, uwo. For each n: the mean gold
     reward of the sample each proxy picks among n (exact expectation over draws), against KL_bon.
     ``conservative_recovery``: the share of the single RM's drop from its peak gold reward (at the largest
-    n) that the best conservative aggregation (min or uwo) recovers; read it only where ``drops["single"]`` (the
-    drop with its interval over prompts, `drop_interval`, as for every variant) is ``established``.
+    n) that the best conservative aggregation (min or uwo) recovers; NaN unless ``drops["single"]`` (the drop with
+    its interval over prompts, `drop_interval`, as for every variant) is ``established``.
     ``vs_single_at_largest_n``: per aggregation, its gold reward minus the single RM's at the largest n, with an
     interval over prompts (`gap_interval`): what an ensemble buys where nothing drops.
     ``oracle_gain_share``: per variant, its gain in gold reward from n = 1 to the largest n over the gold's own
@@ -157,14 +157,17 @@ def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_p
     peak = max(single_curve)
     drop = peak - single_curve[-1]
     best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
-    recovery = (curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 else float("nan")
+    drops = {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"}
+    # A ratio over a drop the prompts do not establish is noise over noise (0.0006 of gold gives 177): NaN instead.
+    recovery = ((curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 and drops["single"]["established"]
+                else float("nan"))
     # Where nothing drops, how much of the gold's own gain from n = 1 to the largest n each pick gets.
     oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
     gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}
     return {"n": list(ns), "kl_bon": [kl_bon(n) for n in ns], "gold_reward": curves, "uwo_lambda": uwo_lambda,
             "prompts": int(tables["single"].shape[0]), "samples_per_prompt": samples_per_prompt,
             "single_peak_n": ns[int(np.argmax(single_curve))], "single_drop_from_peak": drop,
-            "drops": {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"},
+            "drops": drops,
             "vs_single_at_largest_n": {k: gap_interval(tables[k], tables["single"], seed=seed)
                                        for k in ("mean", "min", "uwo")},
             "best_conservative": best_cons,

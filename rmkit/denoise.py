@@ -33,6 +33,7 @@ objective).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Sequence
@@ -43,7 +44,8 @@ from .config import save_config, setting, validate
 from .data import DataError, DataSource, PreferencePair, load_splits, read_table, save_splits, split_ids
 from .files import write_jsonl
 
-PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
+Preset = Literal["flip", "margin", "flip+margin", "soft+margin", "drop"]
+PRESETS: tuple[str, ...] = typing.get_args(Preset)
 REVIEW_DECISIONS = ("keep", "flip", "drop")
 OBJECTIVE_FOR = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin", "soft+margin": "soft"}
 
@@ -54,7 +56,7 @@ class DenoiseConfig(DataSource):
 
     strength: str = setting("", "strength.parquet written by `rmkit audit` (its config.yaml names the data)")
     output_dir: str = setting("runs/denoised", "where pairs.jsonl, pairs.parquet, actions.parquet go")
-    preset: Literal["flip", "margin", "flip+margin", "soft+margin", "drop"] = setting(
+    preset: Preset = setting(
         "flip", "flip, margin, flip+margin, soft+margin or drop")
     fraction: float = setting(0.1, "select the lowest this fraction of training pairs by mean strength (paper: 0.1)")
     threshold: float | None = setting(None, "select pairs with mean strength below this instead of a fraction")
@@ -78,14 +80,9 @@ class DenoiseConfig(DataSource):
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions of the default split")
 
     def check(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if self.negative not in ("clip", "abs"):
-            raise ValueError(f"negative must be 'clip' or 'abs', got {self.negative!r}")
+        # preset, negative and confidence are Literals: `config.validate` checks them before this
         if self.min_confidence is not None and not 0.5 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
-        if self.confidence not in ("p_label_wrong", "p_flipped"):
-            raise ValueError(f"confidence must be p_label_wrong or p_flipped, got {self.confidence!r}")
 
 
 def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None,

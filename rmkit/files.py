@@ -87,6 +87,29 @@ def trim_cut_line(path: str | os.PathLike) -> None:
         atomic_write_bytes(p, data[: data.rfind(b"\n") + 1])
 
 
+def read_appended_jsonl(path: str | os.PathLike) -> list:
+    """The records of a JSONL a resumable job appends to (`append_jsonl`), in order; a missing file reads as empty.
+
+    A line that does not parse is skipped with a warning naming the file and line, so its work is done again: a
+    kill can cut the last write anywhere, even inside a multi-byte character, which is why the file is split as
+    bytes and each line decoded alone (decoding the whole file would fail on that one cut character)."""
+    import warnings
+
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for k, line in enumerate(p.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line.decode("utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.warn(f"{p}, line {k}: an unfinished record (cut by a kill?); its work is done again",
+                          stacklevel=2)
+    return records
+
+
 def write_jsonl(path: str | os.PathLike, records) -> None:
     """Write ``records`` as a whole JSONL file, one `json_text` line each, atomically."""
     atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in records))

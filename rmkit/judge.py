@@ -43,7 +43,7 @@ import numpy as np
 from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import require_saved_settings, save_config, setting, validate
-from .files import append_jsonl, atomic_write_text, trim_cut_line, write_json
+from .files import append_jsonl, atomic_write_text, read_appended_jsonl, trim_cut_line, write_json
 from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
 from .seeding import id_bucket
 
@@ -358,20 +358,8 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
     from tqdm.auto import tqdm
 
     done: dict[str, dict] = {}
-    if output is not None and output.exists():
-        lines = output.read_bytes().split(b"\n")
-        for k, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                # A run killed mid-write leaves a cut last line: that item is judged again.
-                import warnings
-
-                warnings.warn(f"{output}, line {k + 1}: an unfinished record (cut by a kill?); judging that item "
-                              "again", stacklevel=2)
-                continue
+    if output is not None:
+        for rec in read_appended_jsonl(output):  # a record a kill cut short: that item is judged again
             if rec["status"] in ("ok", "unparseable", "truncated"):  # failed items are tried again
                 done[rec["id"]] = rec
     if output is not None:

@@ -38,7 +38,7 @@ from .audit import response_length_diff
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
-from .denoise import DenoiseConfig, denoise_pairs
+from .denoise import PRESETS, DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
 from .gold import fit_gold, gold_files, load_gold
@@ -102,7 +102,7 @@ class LabConfig(DataSource):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: {getattr(self, name)} is not a file")
         check_device(self.device)
-        self.proxy_config().check()
+        self.proxy_config()  # from_dict validates the proxy settings, naming them
 
     def proxy_config(self) -> EnsembleConfig:
         return from_dict(EnsembleConfig, {"device": self.device, "precision": self.precision, **self.proxy}, source="proxy")
@@ -300,6 +300,18 @@ def study_learnability(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature:
     return _mean_std(rows)
 
 
+def p_label_right(mean: np.ndarray, ids: Sequence[str], *, seed: int, method: str = "temperature") -> np.ndarray:
+    """P(label right) ``(N,)`` from the ensemble's mean strength ``(N,)``, cross-fitted on two folds keyed by the
+    pair ids (as the audit does: no pair's map is fitted on itself); the studies' one calibration."""
+    return crossfit_calibration(mean, fold_of(ids, 2, seed=seed + 101), method=method)
+
+
+def p_flipped(p_right: np.ndarray, rate: float) -> np.ndarray:
+    """P(flipped | the ensemble's view) at flip rate ``rate`` (`calibration.flip_posterior`), the rate capped
+    below one half, where flip_posterior's inversion is undefined (a flip as likely as not whatever the view)."""
+    return flip_posterior(p_right, min(rate, 0.49))
+
+
 def study_strength(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, seeds: int = 3,
                    base_seed: int = 0, min_confidence: float = 0.8) -> dict:
     """Strength fidelity: Spearman of the ensemble's mean strength with the gold difference (both as
@@ -312,7 +324,7 @@ def study_strength(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: flo
         g = as_labelled(gold_diff, y)
         diffs = proxy.ensemble(y, seed=base_seed + s)
         mean = np.nanmean(diffs, axis=0)
-        p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+        p_wrong = 1 - p_label_right(mean, proxy.ids, seed=base_seed + s)
         wrong = lab["against_gold"].to_numpy()
         flags = p_wrong >= min_confidence
         rows.append({"strength_spearman": spearman(mean, g),
@@ -351,7 +363,7 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
             if with_cleanlab:
                 runs.setdefault("cleanlab", []).append(detection_metrics(cleanlab_suspicion(single, seed=s), flipped))
             for method in ("temperature", "isotonic"):
-                p_wrong = 1 - crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101), method=method)
+                p_wrong = 1 - p_label_right(mean, proxy.ids, seed=base_seed + s, method=method)
                 flags = p_wrong >= min_confidence
                 name = "calibrated_flags" if method == "temperature" else "calibrated_flags_isotonic"
                 runs.setdefault(name, []).append({
@@ -364,11 +376,11 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
                        for c in (0.6, 0.7, 0.9)},
                     **{f"share_at_{c}": float((p_wrong >= c).mean()) for c in (0.6, 0.7, 0.9)}})
             # P(flipped | view) with the flip rate known, and estimated from 100 reviewed random pairs
-            p_right = crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
+            p_right = p_label_right(mean, proxy.ids, seed=base_seed + s)
             reviewed = np.random.default_rng(base_seed + s + 202).choice(len(flipped), 100, replace=False)
             for name, rate in (("flip_posterior_known_rate", level), ("flip_posterior_reviewed_100",
                                                                       float(flipped[reviewed].mean()))):
-                p_flip = flip_posterior(p_right, min(rate, 0.49))
+                p_flip = p_flipped(p_right, rate)
                 flags = p_flip >= min_confidence
                 runs.setdefault(name, []).append({
                     "noise_rate_used": rate, "ece_vs_flipped": expected_calibration_error(p_flip, flipped),
@@ -379,7 +391,7 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
     return out
 
 
-DENOISE_PRESETS = ("flip", "margin", "flip+margin", "soft+margin", "drop")
+DENOISE_PRESETS = PRESETS
 
 
 def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
@@ -425,8 +437,7 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
                                                                            replace=False)
                 rate = float(lab["flipped"].to_numpy()[sample].mean())
                 rates.setdefault(f"{level}", []).append(rate)
-                p_right = crossfit_calibration(mean, fold_of(proxy.ids, 2, seed=base_seed + s + 101))
-                p_flip = flip_posterior(p_right, min(rate, 0.49))
+                p_flip = p_flipped(p_label_right(mean, proxy.ids, seed=base_seed + s), rate)
                 runs += [(f"{p}@reviewed", p, None) for p in presets]
             for name, preset, share in [("baseline", "baseline", 0.0), *runs]:
                 if preset == "baseline":
@@ -460,6 +471,17 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
            for k, v in summary["accuracy"][str(noise)].items() if k != "baseline"}
     summary["lost"] = lost
     summary["recovered_share"] = rec
+    # The lost accuracy is a small difference of two noisy means (a seed's flips can cost 0.5 or 3 points), so the
+    # share comes with a 95% interval over seeds: seeds resampled, each keeping its clean, noisy and preset runs.
+    runs = {k: np.asarray(v["runs"]) for k, v in summary["accuracy"][str(noise)].items()}
+    base0 = np.asarray(summary["accuracy"]["0.0"]["baseline"]["runs"])
+    draw = np.random.default_rng(base_seed).integers(0, seeds, (2000, seeds))
+    lost_b = base0[draw].mean(1) - runs["baseline"][draw].mean(1)
+    ok = lost_b > 0
+    summary["recovered_share_ci95"] = {
+        k: [float(q) for q in np.quantile(((v[draw].mean(1) - runs["baseline"][draw].mean(1)) / np.where(ok, lost_b, 1))[ok],
+                                          [0.025, 0.975])] if ok.any() else None
+        for k, v in runs.items() if k != "baseline"}
     finite = {k: v for k, v in rec.items() if np.isfinite(v)}  # none when the flips cost nothing to recover
     summary["best_preset"] = max(finite, key=lambda k: finite[k]) if finite else None
     summary["recovered_share_best"] = finite[summary["best_preset"]] if finite else None

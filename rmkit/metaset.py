@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import Message, as_messages
+from .files import read_appended_jsonl
 
 
 def write_meta_set(path: str | Path, ids: Sequence[str], prompts: Sequence[Sequence[Message]],
@@ -27,15 +28,7 @@ def read_sample_records(path: str | Path) -> dict[str, dict]:
     """The records of a samples JSONL (a meta set, best-of-n's samples) by prompt id, as a resumed run reads what
     it wrote: a later line for the same id supersedes an earlier one, and a line cut short by a kill is skipped
     (that prompt is sampled again). A missing file reads as empty."""
-    have: dict[str, dict] = {}
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            have[str(rec["id"])] = rec
-    return have
+    return {str(rec["id"]): rec for rec in read_appended_jsonl(path)}
 
 
 def read_meta_set(path: str | Path) -> list[dict]:

@@ -389,7 +389,7 @@ class RewardServer:
 
     def __init__(self, model: RewardModel, cfg: ServeConfig | None = None):
         self.cfg = cfg or ServeConfig()
-        self.cfg.check()
+        validate(self.cfg)
         token = os.environ[self.cfg.api_key_env] if self.cfg.api_key_env else None
         if token is None and not is_loopback(self.cfg.host):
             log.warning("serving on %s without a bearer token: anyone who reaches this address can use the model; "

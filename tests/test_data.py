@@ -324,3 +324,18 @@ def test_model_identity_follows_the_hub_snapshot(tmp_path, monkeypatch):
     assert model_identity("org/rm") != first
     assert model_identity("org/other") == "org/other"  # not downloaded: the id alone
     assert model_identity("minilm,org/rm") == "minilm" + "org/rm@" + "b" * 40
+
+
+def test_samples_cut_inside_a_multibyte_character_resume(tmp_path):
+    """A kill can cut an appended samples line inside a UTF-8 character: the resumed run reads the whole lines
+    before it (with a warning naming the line) instead of failing to decode the file."""
+    from rmkit.metaset import read_sample_records
+
+    path = tmp_path / "samples.jsonl"
+    first = json.dumps({"id": "a", "responses": ["été"]}, ensure_ascii=False).encode()
+    cut = json.dumps({"id": "b", "responses": ["naïve"]}, ensure_ascii=False).encode()
+    cut = cut[: cut.index("ï".encode()) + 1]  # the first byte of a two-byte character
+    path.write_bytes(first + b"\n" + cut)
+    with pytest.warns(UserWarning, match="samples.jsonl, line 2: an unfinished record"):
+        held = read_sample_records(path)
+    assert held == {"a": {"id": "a", "responses": ["été"]}}

@@ -98,6 +98,8 @@ def test_studies_on_a_learnable_case():
     assert acc["0.0"]["flip@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
     assert acc["0.0"]["drop@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
     assert "flip@reviewed" in den["recovered_share"]
+    # One seed: every resample of the seeds is that seed, so the interval is the point itself.
+    assert den["recovered_share_ci95"]["flip"] == pytest.approx([den["recovered_share"]["flip"]] * 2)
 
 
 def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
@@ -189,6 +191,12 @@ def test_study_bon_on_a_hacked_proxy():
                                   "established": True}
     assert out["vs_single_at_largest_n"]["min"] == {"gap": 3.0, "ci95": [3.0, 3.0], "established": True,
                                                     "worse": False}
+    # A second prompt where the single proxy is right: the drop rests on one prompt of two, is not established, and
+    # the recovery (a ratio over it) is not reported
+    two = study_bon(np.vstack([gold, gold]), np.vstack([single, gold]), np.concatenate([members, members], axis=1),
+                    [1, 2, 4])
+    assert two["single_drop_from_peak"] > 0 and not two["drops"]["single"]["established"]
+    assert np.isnan(two["conservative_recovery"])
 
 
 def test_each_member_alone_averages_the_members_curves():
@@ -291,3 +299,34 @@ def test_gold_accuracy_counts_sign_agreement():
 
     # agree, agree, disagree, and a proxy tie (0) against a positive gold: wrong
     assert gold_accuracy(np.array([1.0, -2.0, 0.5, 0.0]), np.array([0.3, -0.1, -4.0, 1.0])) == 0.5
+
+
+def test_lab_bon_repeated_draws_pool_the_draws_curves(monkeypatch):
+    """benchmarks/lab_bon.py --draws: each draw trains on other pairs of the training split, and the pooled curve
+    of every variant is the average of the draws' curves (one member: the average of the members alone)."""
+    from pathlib import Path
+
+    from rmkit.bon import bon_ns, bon_table
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lab_bon
+
+    train = np.array([True] * 30 + [False] * 10)
+    subs = [lab_bon.train_subset(train, "10", seed=0, draw=d) for d in range(3)]
+    assert all(s.sum() == 10 and not s[~train].any() for s in subs) and (subs[0] != subs[1]).any()
+    assert (lab_bon.train_subset(train, "all", seed=0) == train).all()
+    gold = np.random.default_rng(0).normal(size=(6, 8))
+
+    def score(sub, seed):  # a draw's proxies: the gold plus noise of that draw's seed
+        r = np.random.default_rng(seed)
+        return gold + r.normal(size=gold.shape), gold[None] + 2 * r.normal(size=(3, *gold.shape))
+
+    ns = bon_ns(8)
+    out = lab_bon.repeated_draws(score, gold, train, "10", ns, draws=3, seed=0, uwo_lambda=0.5)
+    by_hand = [score(None, s) for s in range(3)]
+    assert out["pooled"]["gold_reward"]["single"] == pytest.approx(
+        np.mean([bon_table(single, gold, ns).mean(0) for single, _ in by_hand], axis=0))
+    assert out["pooled"]["gold_reward"]["one_member"] == pytest.approx(
+        np.mean([bon_table(m, gold, ns).mean(0) for _, members in by_hand for m in members], axis=0))
+    assert len(out["per_draw"]) == 3 and out["per_draw"][1]["at_largest_n"]["single"] == pytest.approx(
+        bon_table(by_hand[1][0], gold, ns)[:, -1].mean())

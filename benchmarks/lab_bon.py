@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--draw-offset", type=int, default=0,
                         help="with --draws: start at this draw (a confirmation on fresh draws); results get a "
                              "_draws<first>-<last> tag")
+    parser.add_argument("--tag", default="", help="added to the results' names (e.g. _n512 for another n or prompts); "
+                                                  "a tagged run leaves lab.json alone")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--parallel", type=int, default=16, help="llama.cpp slots (samples decoded together)")
@@ -137,7 +139,7 @@ def main() -> None:
     # learn from them; the gold still grades. Such a run's files carry a tag, "_flips25", after the gold's suffix.
     y = hl.labels(args.seed, flips=args.flips)["label"].to_numpy().astype(bool)
     tag = (f"_flips{round(args.flips * 100)}" if args.flips else "") + (
-        f"_draws{args.draw_offset}-{args.draw_offset + args.draws - 1}" if args.draw_offset else "")
+        f"_draws{args.draw_offset}-{args.draw_offset + args.draws - 1}" if args.draw_offset else "") + args.tag
 
     def out(name: str) -> Path:
         path = the.result(name)
@@ -222,11 +224,15 @@ def main() -> None:
     rows = pd.DataFrame({"id": [i for i in pid for _ in range(args.n)], "k": list(range(args.n)) * len(pid),
                          "gold": gold.ravel(), "single": single.ravel(),
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
-    rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}{tag}.parquet", index=False)
+    # A confirmation's draws (--draw-offset) change only the smaller sizes: the headline's scores, curve and shift
+    # study are those of the run without the offset, not written again.
+    if not args.draw_offset:
+        rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}{tag}.parquet", index=False)
     result["gold"] = {"artifacts": f"benchmarks/lab/{the.stem}.*", **gold_info}
     shift["gold"] = result["gold"]
     write_json(out("bon.json"), result)
-    write_json(out("shift.json"), shift)
+    if not args.draw_offset:
+        write_json(out("shift.json"), shift)
     if lab_path.exists() and not tag:  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
@@ -244,7 +250,8 @@ def main() -> None:
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         write_json(lab_path, lab)
     flips = f", {args.flips:.0%} of the proxies' labels flipped" if args.flips else ""
-    _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)
+    if not args.draw_offset:
+        _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)
     if "repeated_draws" in result:  # the pooled curves, drawn as the headline's (one member: the control)
         pooled = {size: {**r["pooled"], "single_mean_over_members": {"gold_reward": r["pooled"]["gold_reward"][
             "one_member"]}} for size, r in result["repeated_draws"].items()}

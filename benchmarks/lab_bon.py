@@ -8,7 +8,12 @@ score every sample: a single MiniLM RM
 trained on the lab's sampled labels of the training split. `rmkit.lab.study_bon` then gives, for every
 n, the gold reward of the sample each variant picks (single, mean, min, uwo), against KL_bon.
 
-    .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 128] [--gold smollm2|mpnet]
+    .venv/bin/python benchmarks/lab_bon.py [--prompts 100] [--n 128] [--gold smollm2|mpnet] [--draws 10]
+        [--flips 0.25] [--draw-offset 10] [--tag _n512]
+
+``--draws``: each smaller training size drawn again and again (other pairs, other head seeds) and the curves pooled
+(``repeated_draws``), since one draw of 100 pairs is luck; ``--flips``: planted flips in the proxies' labels (Coste et
+al.'s noisy setting); ``--draw-offset``: fresh draws to confirm a pooled finding.
 
 The same samples give the distribution-shift study (`rmkit.lab.study_shift`): half of the prompts' samples are
 MetaRM's meta set, the other half's sample pairs are graded against the gold, vanilla proxy against MetaRM.

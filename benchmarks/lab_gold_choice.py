@@ -34,9 +34,10 @@ from rmkit.models import RewardModel
 from hh_lab import DATA, ROOT
 
 
-def grade_gold(proxy, gold_diff: np.ndarray, length_diff: np.ndarray, *, seeds: int) -> dict:
-    """The lab's learnability on one gold: proxies on sampled labels (``seeds``) and on near noise-free ones."""
-    temperature = choose_temperature(gold_diff, 0.225)
+def grade_gold(proxy, gold_diff: np.ndarray, length_diff: np.ndarray, *, seeds: int, against: float) -> dict:
+    """The lab's learnability on one gold: proxies on sampled labels (``seeds``; the temperature sends ``against``
+    of them against the gold, the lab config's `against_gold`) and on near noise-free ones."""
+    temperature = choose_temperature(gold_diff, against)
     sampled = study_learnability(proxy, gold_diff, temperature, seeds=seeds)
     clean = study_learnability(proxy, gold_diff, temperature / 1000, seeds=1)
     # Is the lab more than length? The longer response's accuracy against the gold (pairs of unequal length),
@@ -82,7 +83,7 @@ def main() -> None:
     out["golds"]["mpnet_committed"] = {"gold": "benchmarks/lab/gold_hh.parquet (MPNet, last layer, L2 0.3)",
                                        **grade_gold(proxy, read_gold_scores(ROOT / "benchmarks" / "lab" /
                                                                             "gold_hh.parquet", ids),
-                                                    length_diff, seeds=args.seeds)}
+                                                    length_diff, seeds=args.seeds, against=lab.against_gold)}
     write_json(result_path, out)
 
     t0 = time.time()
@@ -102,7 +103,7 @@ def main() -> None:
             gold_diff = (c - r) @ w
             out["golds"][f"{args.gold_model}_layer{layer}_l2_{l2:g}"] = {
                 "layer": layer, "head_l2": l2, "human_heldout_agreement": agreement,
-                **grade_gold(proxy, gold_diff, length_diff, seeds=args.seeds)}
+                **grade_gold(proxy, gold_diff, length_diff, seeds=args.seeds, against=lab.against_gold)}
             write_json(result_path, out)  # as it goes
             print(layer, l2, out["golds"][f"{args.gold_model}_layer{layer}_l2_{l2:g}"], flush=True)
     write_json(result_path, out)

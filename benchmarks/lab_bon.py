@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from hh_lab import GOLDS, ROOT, load_hh_lab
-from rmkit.bon import (bon_ns, bon_table, bon_variant_tables, drop_interval, each_member_alone, gap_interval,
+from rmkit.bon import (bon_ns, bon_variant_tables, drop_interval, each_member_alone, gap_interval, one_member_table,
                        read_samples, summarize_bon)
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
@@ -231,12 +231,13 @@ def main() -> None:
                          **{f"member_{m}": members[m].ravel() for m in range(len(e_layers))}})
     # A confirmation's draws (--draw-offset) change only the smaller sizes: the headline's scores, curve and shift
     # study are those of the run without the offset, not written again.
-    if not args.draw_offset:
+    headline = not args.draw_offset
+    if headline:
         rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}{tag}.parquet", index=False)
     result["gold"] = {"artifacts": f"benchmarks/lab/{the.stem}.*", **gold_info}
     shift["gold"] = result["gold"]
     write_json(out("bon.json"), result)
-    if not args.draw_offset:
+    if headline:
         write_json(out("shift.json"), shift)
     if lab_path.exists() and not tag:  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
@@ -255,7 +256,7 @@ def main() -> None:
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
         write_json(lab_path, lab)
     flips = f", {args.flips:.0%} of the proxies' labels flipped" if args.flips else ""
-    if not args.draw_offset:
+    if headline:
         _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)
     if "repeated_draws" in result:  # the pooled curves, drawn as the headline's (one member: the control)
         pooled = {size: {**r["pooled"], "single_mean_over_members": {"gold_reward": r["pooled"]["gold_reward"][
@@ -283,13 +284,13 @@ def repeated_draws(score, gold: np.ndarray, train: np.ndarray, size: str, ns: li
     ``score(sub, seed) -> (single (P, N), members (M, P, N))`` trains the proxies on the pairs of mask ``sub``.
     Pooled: every variant's per-prompt curve averaged over the draws, so its interval over prompts is that of the
     expected proxy of this size rather than of one lucky draw; ``one_member`` is the average of the ensemble's
-    members used alone (`rmkit.bon.each_member_alone`), a variant of its own here. Draws ``first`` to
+    members used alone (`rmkit.bon.one_member_table`), a variant of its own here. Draws ``first`` to
     ``first + draws - 1``: a later block of draws confirms what an earlier one found, on pairs it never saw."""
     per_draw, tables = [], []
     for d in range(first, first + draws):
         single, members = score(train_subset(train, size, seed=seed, draw=d), seed + d)
         t = bon_variant_tables(gold, single, members, ns, uwo_lambda=uwo_lambda)
-        t["one_member"] = np.mean([bon_table(m, gold, ns) for m in members], axis=0)
+        t["one_member"] = one_member_table(gold, members, ns)
         tables.append(t)
         drops = {k: drop_interval(t[k]) for k in ("single", "one_member")}
         per_draw.append({"single_drop": drops["single"], "one_member_drop": drops["one_member"],

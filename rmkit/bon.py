@@ -174,6 +174,12 @@ def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_p
             "conservative_recovery": recovery, "oracle_gain_share": gain_share}
 
 
+def one_member_table(gold: np.ndarray, members: np.ndarray, ns: Sequence[int]) -> np.ndarray:
+    """The expected per-prompt best-of-n curve ``(P, len(ns))`` of one member drawn at random as the single RM: the
+    average of each member's `bon_table`. ``gold (P, N)``, ``members (M, P, N)``."""
+    return np.mean([bon_table(m, gold, ns) for m in members], axis=0)
+
+
 def each_member_alone(tables: dict[str, np.ndarray], gold: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
                       seed: int = 0) -> dict:
     """Every member of the ensemble as the single RM: the control that tells an ensemble's gain from one member's
@@ -181,9 +187,8 @@ def each_member_alone(tables: dict[str, np.ndarray], gold: np.ndarray, members: 
     output; ``gold (P, N)``, ``members (M, P, N)``. Returns ``single_each_member`` (M curves) and
     ``single_mean_over_members``: their average per prompt, its drop from its peak (`drop_interval`) and each
     aggregation's gap to it at the largest n (`gap_interval`)."""
-    each = [bon_table(members[m], gold, ns) for m in range(len(members))]
-    avg = np.mean(each, axis=0)  # (P, len(ns)): the expected curve of one member drawn at random
-    return {"single_each_member": [t.mean(axis=0).tolist() for t in each],
+    avg = one_member_table(gold, members, ns)
+    return {"single_each_member": [bon_curve(m, gold, ns) for m in members],
             "single_mean_over_members": {
                 "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=seed),
                 "aggregations_vs_it_at_largest_n": {k: gap_interval(tables[k], avg, seed=seed)

@@ -110,6 +110,14 @@ def read_appended_jsonl(path: str | os.PathLike) -> list:
     return records
 
 
+def keep_logged_through(path: str | os.PathLike, step: int) -> None:
+    """Rewrite a log a resumed run appends to keeping only the records of steps up to ``step`` (its checkpoint's):
+    the later ones, logged before a kill, are logged again; a line the kill cut short goes too
+    (`read_appended_jsonl`). Atomic; a missing file is left missing."""
+    if Path(path).exists():
+        write_jsonl(path, [r for r in read_appended_jsonl(path) if r.get("step", 0) <= step])
+
+
 def write_jsonl(path: str | os.PathLike, records) -> None:
     """Write ``records`` as a whole JSONL file, one `json_text` line each, atomically."""
     atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in records))

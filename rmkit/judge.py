@@ -362,7 +362,6 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
         for rec in read_appended_jsonl(output):  # a record a kill cut short: that item is judged again
             if rec["status"] in ("ok", "unparseable", "truncated"):  # failed items are tried again
                 done[rec["id"]] = rec
-    if output is not None:
         trim_cut_line(output)  # the results appended next start on a line of their own
     todo = [it for it in items if it["id"] not in done]
     lock = threading.Lock()

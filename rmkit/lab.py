@@ -391,12 +391,9 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
     return out
 
 
-DENOISE_PRESETS = PRESETS
-
-
 def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
                   seeds: int = 3, base_seed: int = 0, fraction: float = 0.1, reviewed: int | None = 100,
-                  presets: Sequence[str] = DENOISE_PRESETS) -> dict:
+                  presets: Sequence[str] = PRESETS) -> dict:
     """Denoising presets (`rmkit.denoise`, on the training split) with strength from the audit's ensemble, at 0
     and ``noise`` planted flips. The proxy is a linear head on the proxy's middle and last blocks' features,
     trained on the (denoised) training split; graded by accuracy against the gold's sign on the test split.
@@ -474,14 +471,13 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     # The lost accuracy is a small difference of two noisy means (a seed's flips can cost 0.5 or 3 points), so the
     # share comes with a 95% interval over seeds: seeds resampled, each keeping its clean, noisy and preset runs.
     runs = {k: np.asarray(v["runs"]) for k, v in summary["accuracy"][str(noise)].items()}
-    base0 = np.asarray(summary["accuracy"]["0.0"]["baseline"]["runs"])
-    draw = np.random.default_rng(base_seed).integers(0, seeds, (2000, seeds))
-    lost_b = base0[draw].mean(1) - runs["baseline"][draw].mean(1)
-    ok = lost_b > 0
+    draw = np.random.default_rng(base_seed).integers(0, seeds, (2000, seeds))  # (resamples, seeds)
+    clean_b = np.asarray(summary["accuracy"]["0.0"]["baseline"]["runs"])[draw].mean(1)
+    noisy_b = runs["baseline"][draw].mean(1)
+    ok = clean_b > noisy_b  # resamples whose flips cost something: a share of nothing is undefined
     summary["recovered_share_ci95"] = {
-        k: [float(q) for q in np.quantile(((v[draw].mean(1) - runs["baseline"][draw].mean(1)) / np.where(ok, lost_b, 1))[ok],
-                                          [0.025, 0.975])] if ok.any() else None
-        for k, v in runs.items() if k != "baseline"}
+        k: np.quantile((v[draw].mean(1)[ok] - noisy_b[ok]) / (clean_b[ok] - noisy_b[ok]), [0.025, 0.975]).tolist()
+        if ok.any() else None for k, v in runs.items() if k != "baseline"}
     finite = {k: v for k, v in rec.items() if np.isfinite(v)}  # none when the flips cost nothing to recover
     summary["best_preset"] = max(finite, key=lambda k: finite[k]) if finite else None
     summary["recovered_share_best"] = finite[summary["best_preset"]] if finite else None

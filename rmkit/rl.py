@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import append_jsonl, atomic_path, write_json
+from .files import append_jsonl, atomic_path, keep_logged_through, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -441,9 +441,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     if cfg.resume and (ckpt / "state.pt").exists():
         start = _load(ckpt, actor, critic, opt_a, opt_c, moments, cfg, precision)
         for path in (metrics_path, out / "eval_scores.jsonl"):  # drop lines logged after the checkpoint
-            if path.exists():
-                path.write_text("".join(x + "\n" for x in path.read_text().splitlines()
-                                        if x.strip() and json.loads(x)["step"] <= start))
+            keep_logged_through(path, start)
     else:
         metrics_path.write_text("")
         (out / "eval_scores.jsonl").unlink(missing_ok=True)

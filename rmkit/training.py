@@ -30,7 +30,7 @@ import torch
 
 from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
                      validate)
-from .files import append_jsonl, atomic_path, atomic_write_text, write_json
+from .files import append_jsonl, atomic_path, keep_logged_through, write_json
 from .hardware import resolve_precision
 from .data import DataSource, PreferencePair, check_split_fractions, get_splits
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
@@ -244,13 +244,6 @@ rm = RewardModel.from_pretrained("{path.name}")   # rmkit's rendering and trunca
     (path / "README.md").write_text(card)
 
 
-def _logged_step(line: str) -> float:
-    try:
-        return float(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")  # a line cut by the kill: dropped
-
-
 def _mixed_precision(spec: str) -> str:
     """accelerate's setting for ``spec``: ``auto`` is `resolve_precision`'s rule for jobs that update weights
     (bf16 on a GPU with bfloat16, fp32 elsewhere, as PPO's), in accelerate's words (fp32 is ``no``)."""
@@ -326,8 +319,7 @@ def _trim_log(metrics_path: Path, step: int) -> None:
     if step == 0:
         metrics_path.unlink()
         return
-    kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and _logged_step(x) <= step]
-    atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+    keep_logged_through(metrics_path, step)
 
 
 def _average_grads_outside_ddp(accelerator, meta_model: RewardModel | None, contrastive: ContrastiveTerm | None):

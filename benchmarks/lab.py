@@ -6,6 +6,8 @@ against the gold (`rmkit.lab`). Two golds (benchmarks/lab_gold_choice.py chose b
     .venv/bin/python benchmarks/lab.py --gold mpnet    # the first gold (MPNet): results/lab.json, lab/gold_hh.parquet
     .venv/bin/python benchmarks/lab.py --fresh-gold    # encodes every text with the gold again (~35-55 min)
     .venv/bin/python benchmarks/lab.py --studies flips # reruns one study, keeping the other blocks of the results
+    .venv/bin/python benchmarks/lab.py --studies denoise --set seeds=10 --set "denoise_ceiling=[flip, flip+margin]" \
+        --results benchmarks/results/lab_smollm2_denoise_ceiling.json   # any LabConfig setting, as YAML
 
 Writes the results, and the small derived artifacts benchmarks/lab/<gold>.parquet (gold difference per pair id;
 no third-party text), <gold>.json (how the gold was made) and <gold>_head.npy."""
@@ -19,6 +21,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from hh_lab import GOLDS, ROOT
 from rmkit.config import load_config
 from rmkit.files import write_json
@@ -33,10 +36,15 @@ def main() -> None:
                              "and second-domain results were measured against it)")
     parser.add_argument("--studies", default=None, help="comma-separated subset of the config's studies")
     parser.add_argument("--results", default=None, help="default: results/lab_smollm2.json or (mpnet) lab.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="override one of the config's settings (repeatable), e.g. seeds=10")
     args = parser.parse_args()
     the = GOLDS[args.gold]
     results = args.results or str(the.result("lab.json"))
-    cfg: LabConfig = replace(load_config(LabConfig, args.config), **the.settings)
+    if bad := [item for item in args.set if "=" not in item]:
+        parser.error(f"--set takes KEY=YAML, got {bad}")
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    cfg: LabConfig = replace(load_config(LabConfig, args.config, overrides), **the.settings)
     cfg.data = str((ROOT / cfg.data).resolve()) if not Path(cfg.data).is_absolute() else cfg.data
     cfg.output_dir = str(ROOT / "runs" / "lab")
     gold = the.file(".parquet")

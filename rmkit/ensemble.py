@@ -32,7 +32,6 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoConfig
 
 from .assets import cache_dir, resolve_model
 from .config import from_dict, setting, validate
@@ -337,6 +336,8 @@ def ensemble_diffs(
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
+    from transformers import AutoConfig  # here, not at the top: `rmkit audit --help` should not wait for it
+
     info = EnsembleInfo(cfg.members, cfg.mode, cfg.backbone)
     model = None
     if cfg.backbone == "frozen":

@@ -76,6 +76,8 @@ class LabConfig(DataSource):
     denoise_reviewed: int | None = setting(100, "the denoising study also runs each preset on the flip rate a "
                                                 "reviewer finds in this many random training pairs (null: only "
                                                 "the paper's 10%)")
+    denoise_ceiling: list[str] = setting([], "presets the denoising study also runs on the gold's own ranking "
+                                             "(PRESET@gold: what a perfect detector would buy; a bound, not a method)")
     seeds: int = setting(3, "seeds of every study (labels, flips, folds)")
     seed: int = setting(0, "base seed")
     studies: list[str] = setting(list(STUDIES), f"studies to run: {', '.join(STUDIES)}")
@@ -95,6 +97,8 @@ class LabConfig(DataSource):
             raise ValueError(f"against_gold must be in (0, 0.5), got {self.against_gold}")
         if any(not 0.0 <= f < 0.5 for f in self.flip_levels) or not 0.0 <= self.denoise_noise < 0.5:
             raise ValueError("flip shares must be in [0, 0.5)")
+        if unknown := [p for p in self.denoise_ceiling if p not in PRESETS]:
+            raise ValueError(f"denoise_ceiling: unknown presets {unknown}: choose from {PRESETS}")
         if self.gold_head and self.gold_scores:
             raise ValueError("set gold_scores (reuse scores of this data) or gold_head (score it with a saved "
                              "gold), not both")
@@ -393,7 +397,7 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
 
 def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
                   seeds: int = 3, base_seed: int = 0, fraction: float = 0.1, reviewed: int | None = 100,
-                  presets: Sequence[str] = PRESETS) -> dict:
+                  presets: Sequence[str] = PRESETS, ceiling: Sequence[str] = ()) -> dict:
     """Denoising presets (`rmkit.denoise`, on the training split) with strength from the audit's ensemble, at 0
     and ``noise`` planted flips. The proxy is a linear head on the proxy's middle and last blocks' features,
     trained on the (denoised) training split; graded by accuracy against the gold's sign on the test split.
@@ -407,6 +411,10 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     would estimate it. A fixed 10% acts on half of 20% flips, and more of the ranking is past where its precision
     falls below one half. ``recovered_share`` = (preset at noise - baseline at noise) / (baseline at 0 - baseline
     at noise).
+
+    ``ceiling`` presets also run as ``PRESET@gold``: the same fraction picked by the gold's own difference, the
+    ranking no detector can beat in this lab (it is the flips study's ``gold_oracle``). They bound what a better
+    detector could buy and are never candidates for ``best_preset``.
     """
     view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
     results: dict[str, dict[str, list[float]]] = {}
@@ -427,7 +435,9 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
             test = np.isin(proxy.ids, splits["test"])
             mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
             fold = fold_of(proxy.ids, 2, seed=base_seed + s + 7)
-            runs = [(p, p, fraction) for p in presets]
+            runs = [(p, p, fraction, mean) for p in presets]
+            # The gold's difference at the ensemble's scale, so margins (scale x strength) stay comparable.
+            runs += [(f"{p}@gold", p, fraction, g * np.std(mean) / np.std(g)) for p in ceiling]
             if reviewed:
                 sample = np.random.default_rng(base_seed + s + 303).choice(np.flatnonzero(train),
                                                                            min(reviewed, int(train.sum())),
@@ -435,15 +445,15 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
                 rate = float(lab["flipped"].to_numpy()[sample].mean())
                 rates.setdefault(f"{level}", []).append(rate)
                 p_flip = p_flipped(p_label_right(mean, proxy.ids, seed=base_seed + s), rate)
-                runs += [(f"{p}@reviewed", p, None) for p in presets]
-            for name, preset, share in [("baseline", "baseline", 0.0), *runs]:
+                runs += [(f"{p}@reviewed", p, None, mean) for p in presets]
+            for name, preset, share, strength in [("baseline", "baseline", 0.0, mean), *runs]:
                 if preset == "baseline":
                     w_train, labels = train.astype(float), np.ones(len(y))
                     margins, swap = np.zeros(len(y)), np.zeros(len(y), bool)
                 else:
                     cfg = DenoiseConfig(preset=preset, fraction=share if share is not None else 0.1,
                                         min_confidence=None if share is not None else 0.5, confidence="p_flipped")
-                    out, _ = denoise_pairs(pairs, mean, cfg, eligible=train,
+                    out, _ = denoise_pairs(pairs, strength, cfg, eligible=train,
                                            p_label_wrong=None if share is not None else p_flip)
                     kept = {p.id: p for p in out}
                     w_train = np.array([float(t and i in kept) for i, t in zip(proxy.ids, train)])
@@ -478,12 +488,14 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     summary["recovered_share_ci95"] = {
         k: np.quantile((v[draw].mean(1)[ok] - noisy_b[ok]) / (clean_b[ok] - noisy_b[ok]), [0.025, 0.975]).tolist()
         if ok.any() else None for k, v in runs.items() if k != "baseline"}
-    finite = {k: v for k, v in rec.items() if np.isfinite(v)}  # none when the flips cost nothing to recover
+    finite = {k: v for k, v in rec.items()  # none when the flips cost nothing to recover; the gold is no method
+              if np.isfinite(v) and not k.endswith("@gold")}
     summary["best_preset"] = max(finite, key=lambda k: finite[k]) if finite else None
     summary["recovered_share_best"] = finite[summary["best_preset"]] if finite else None
     spread = summary["accuracy"]["0.0"]["baseline"]["std"]
     summary["below_baseline_at_0"] = [k for k, v in summary["accuracy"]["0.0"].items()
-                                      if k != "baseline" and v["mean"] < clean - max(spread, 0.002)]
+                                      if k != "baseline" and not k.endswith("@gold")
+                                      and v["mean"] < clean - max(spread, 0.002)]
     return summary
 
 
@@ -594,7 +606,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
                 result["flips"] = study_flips(proxy, gold_diff, temperature, levels=cfg.flip_levels, **kw)
             elif name == "denoise":
                 result["denoise"] = study_denoise(proxy, gold_diff, temperature, noise=cfg.denoise_noise,
-                                                   reviewed=cfg.denoise_reviewed, **kw)
+                                                   reviewed=cfg.denoise_reviewed, ceiling=cfg.denoise_ceiling, **kw)
             result["timings"][f"{name}_seconds"] = time.time() - t1
             write_json(out / "lab.json", result)  # as it goes
     write_json(out / "lab.json", result)

@@ -37,7 +37,12 @@ def read_meta_set(path: str | Path) -> list[dict]:
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not a JSON record ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}, line {n}: a record must be a JSON object")
         if not isinstance(rec.get("responses"), list) or len(rec["responses"]) < 2:
             raise ValueError(f"{path}, line {n}: field 'responses' must list at least 2 responses")
         prompt = rec.get("prompt")

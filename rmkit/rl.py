@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import append_jsonl, atomic_path, keep_logged_through, write_json
+from .files import append_jsonl, atomic_path, keep_logged_through, read_appended_jsonl, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -565,8 +564,8 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
     rollout throughput and step time."""
     run_dir = Path(run_dir)
     # The log writes an undefined number (a NaN loss) as null; read it back as NaN so means stay numbers.
-    recs = [{k: np.nan if v is None else v for k, v in json.loads(x).items()}
-            for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    recs = [{k: np.nan if v is None else v for k, v in x.items()}
+            for x in read_appended_jsonl(run_dir / "metrics.jsonl")]
     evals = [x for x in recs if "eval/score" in x]
     steps = [x for x in recs if "time/step_s" in x]
     kl_end = evals[-1]["eval/kl"]
@@ -582,8 +581,7 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
         "s_per_step_median": float(np.median([x["time/step_s"] for x in steps])) if steps else None,
         "eval_prompts": cfg.eval_prompts,
     }
-    path = run_dir / "eval_scores.jsonl"
-    per = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    per = read_appended_jsonl(run_dir / "eval_scores.jsonl")
     if len(per) >= 2:
         gain = np.asarray(per[-1]["score"]) - np.asarray(per[0]["score"])
         boots = np.random.default_rng(0).choice(gain, (2000, len(gain))).mean(1)

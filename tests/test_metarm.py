@@ -93,6 +93,12 @@ def test_meta_set_errors_name_the_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "q", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["a"]}\n')
     with pytest.raises(ValueError, match="bad.jsonl, line 2: field 'responses'"):
         read_meta_set(tmp_path / "bad.jsonl")
+    (tmp_path / "cut.jsonl").write_text('{"prompt": "q", "responses": ["a", "b"]}\n{"prompt": "q", "resp\n')
+    with pytest.raises(ValueError, match="cut.jsonl, line 2: not a JSON record"):
+        read_meta_set(tmp_path / "cut.jsonl")
+    (tmp_path / "list.jsonl").write_text('["q", "a", "b"]\n')
+    with pytest.raises(ValueError, match="list.jsonl, line 1: a record must be a JSON object"):
+        read_meta_set(tmp_path / "list.jsonl")
 
 
 def test_sample_meta_set_and_metarm_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path):

@@ -395,6 +395,71 @@ def study_flips(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float,
     return out
 
 
+@dataclass
+class DenoiseCase:
+    """One seed's lab at one flip level as the denoising study trains on it: the labels ``label (N,)`` (True:
+    the source's chosen side is chosen; ``flipped`` says which were planted), the gold difference as labelled
+    ``gold (N,)``, the proxy's features of a middle and the last block ``fc, fr (N, 2H)`` (sides as labelled),
+    the training and test split ``(N,)`` and the audit ensemble's mean strength ``mean (N,)``."""
+
+    pairs: list[PreferencePair]  # placeholders carrying the ids, for `denoise_pairs`
+    label: np.ndarray
+    flipped: np.ndarray
+    gold: np.ndarray
+    fc: np.ndarray
+    fr: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    fold: np.ndarray  # folds for the head's L2 choice
+    mean: np.ndarray
+
+    def denoised(self, preset: str, strength: np.ndarray, fraction: float | None = 0.1,
+                 p_flip: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """`rmkit.denoise` ``preset`` on the training pairs, by ``strength (N,)``: the lowest ``fraction``, or
+        (fraction None) where ``p_flip (N,)`` >= 0.5. Returns what `grade` trains on: training weights, labels,
+        margins and which pairs were swapped, each ``(N,)``."""
+        cfg = DenoiseConfig(preset=preset, fraction=fraction if fraction is not None else 0.1,
+                            min_confidence=None if fraction is not None else 0.5, confidence="p_flipped")
+        out, _ = denoise_pairs(self.pairs, strength, cfg, eligible=self.train, p_label_wrong=p_flip)
+        kept = {p.id: p for p in out}
+        ids = [p.id for p in self.pairs]
+        return (np.array([float(t and i in kept) for i, t in zip(ids, self.train)]),
+                np.array([kept[i].label if i in kept else 1.0 for i in ids]),
+                np.array([(kept[i].margin or 0.0) if i in kept else 0.0 for i in ids]),
+                np.array([i in kept and kept[i].chosen_text == "r" for i in ids]))
+
+    def grade(self, w_train: np.ndarray, labels: np.ndarray | None = None, margins: np.ndarray | None = None,
+              swap: np.ndarray | None = None) -> float:
+        """A linear BT head trained on the pairs ``w_train (N,)`` weights (with soft ``labels``, ``margins`` and
+        sides ``swap``ped, each ``(N,)``, where given), graded against the gold's sign on the test split."""
+        n = len(self.gold)
+        labels = np.ones(n) if labels is None else labels
+        swap = np.zeros(n, bool) if swap is None else swap
+        dc, dr = orient(self.fc, self.fr, ~swap)
+        l2 = select_l2(dc, dr, np.where(w_train > 0, self.fold, -1), labels=labels)[0]
+        (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
+        pred = (self.fc - self.fr) @ w  # sides as labelled, before any denoising
+        return gold_accuracy(pred[self.test], self.gold[self.test])
+
+
+def denoise_case(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, flips: float,
+                 seed: int) -> DenoiseCase:
+    """The lab's labels at ``flips`` planted flips (seed ``seed``), `rmkit train`'s split of them, and the
+    audit's ensemble trained on them: what the denoising study and its variants act on."""
+    view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
+    lab = sample_labels(proxy.ids, gold_diff, temperature, flips=flips, seed=seed)
+    y = lab["label"].to_numpy().astype(bool)
+    c, r = orient(proxy.fc, proxy.fr, y)
+    pairs = [PreferencePair(i, [], [{"role": "assistant", "content": "c"}],
+                            [{"role": "assistant", "content": "r"}], subset="lab") for i in proxy.ids]
+    ds = PreferenceDataset([RowResult(p.id, "ok", "lab", "", k, "", p) for k, p in enumerate(pairs)])
+    splits = split_ids(ds, seed=seed)
+    return DenoiseCase(pairs, y, lab["flipped"].to_numpy(), as_labelled(gold_diff, y),
+                       c[:, view].reshape(len(y), -1), r[:, view].reshape(len(y), -1),
+                       np.isin(proxy.ids, splits["train"]), np.isin(proxy.ids, splits["test"]),
+                       fold_of(proxy.ids, 2, seed=seed + 7), np.nanmean(proxy.ensemble(y, seed=seed), axis=0))
+
+
 def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, noise: float = 0.2,
                   seeds: int = 3, base_seed: int = 0, fraction: float = 0.1, reviewed: int | None = 100,
                   presets: Sequence[str] = PRESETS, ceiling: Sequence[str] = ()) -> dict:
@@ -416,56 +481,27 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     ranking no detector can beat in this lab (it is the flips study's ``gold_oracle``). They bound what a better
     detector could buy and are never candidates for ``best_preset``.
     """
-    view = sorted({len(proxy.views) // 2, len(proxy.views) - 1})  # a middle and the last encoded block
     results: dict[str, dict[str, list[float]]] = {}
     rates: dict[str, list[float]] = {}  # the reviewed flip rate of each level and seed
     for level in (0.0, noise):
         for s in range(seeds):
-            lab = sample_labels(proxy.ids, gold_diff, temperature, flips=level, seed=base_seed + s)
-            y = lab["label"].to_numpy().astype(bool)
-            g = as_labelled(gold_diff, y)
-            c, r = orient(proxy.fc, proxy.fr, y)
-            fc = c[:, view].reshape(len(y), -1)
-            fr = r[:, view].reshape(len(y), -1)
-            pairs = [PreferencePair(i, [], [{"role": "assistant", "content": "c"}],
-                                    [{"role": "assistant", "content": "r"}], subset="lab") for i in proxy.ids]
-            ds = PreferenceDataset([RowResult(p.id, "ok", "lab", "", k, "", p) for k, p in enumerate(pairs)])
-            splits = split_ids(ds, seed=base_seed + s)
-            train = np.isin(proxy.ids, splits["train"])
-            test = np.isin(proxy.ids, splits["test"])
-            mean = np.nanmean(proxy.ensemble(y, seed=base_seed + s), axis=0)
-            fold = fold_of(proxy.ids, 2, seed=base_seed + s + 7)
-            runs = [(p, p, fraction, mean) for p in presets]
+            case = denoise_case(proxy, gold_diff, temperature, flips=level, seed=base_seed + s)
+            runs = [(p, p, fraction, case.mean, None) for p in presets]
             # The gold's difference at the ensemble's scale, so margins (scale x strength) stay comparable.
-            runs += [(f"{p}@gold", p, fraction, g * np.std(mean) / np.std(g)) for p in ceiling]
+            runs += [(f"{p}@gold", p, fraction, case.gold * np.std(case.mean) / np.std(case.gold), None)
+                     for p in ceiling]
             if reviewed:
-                sample = np.random.default_rng(base_seed + s + 303).choice(np.flatnonzero(train),
-                                                                           min(reviewed, int(train.sum())),
+                sample = np.random.default_rng(base_seed + s + 303).choice(np.flatnonzero(case.train),
+                                                                           min(reviewed, int(case.train.sum())),
                                                                            replace=False)
-                rate = float(lab["flipped"].to_numpy()[sample].mean())
+                rate = float(case.flipped[sample].mean())
                 rates.setdefault(f"{level}", []).append(rate)
-                p_flip = p_flipped(p_label_right(mean, proxy.ids, seed=base_seed + s), rate)
-                runs += [(f"{p}@reviewed", p, None, mean) for p in presets]
-            for name, preset, share, strength in [("baseline", "baseline", 0.0, mean), *runs]:
-                if preset == "baseline":
-                    w_train, labels = train.astype(float), np.ones(len(y))
-                    margins, swap = np.zeros(len(y)), np.zeros(len(y), bool)
-                else:
-                    cfg = DenoiseConfig(preset=preset, fraction=share if share is not None else 0.1,
-                                        min_confidence=None if share is not None else 0.5, confidence="p_flipped")
-                    out, _ = denoise_pairs(pairs, strength, cfg, eligible=train,
-                                           p_label_wrong=None if share is not None else p_flip)
-                    kept = {p.id: p for p in out}
-                    w_train = np.array([float(t and i in kept) for i, t in zip(proxy.ids, train)])
-                    swap = np.array([i in kept and kept[i].chosen_text == "r" for i in proxy.ids])
-                    labels = np.array([kept[i].label if i in kept else 1.0 for i in proxy.ids])
-                    margins = np.array([(kept[i].margin or 0.0) if i in kept else 0.0 for i in proxy.ids])
-                dc, dr = orient(fc, fr, ~swap)
-                l2 = select_l2(dc, dr, np.where(w_train > 0, fold, -1), labels=labels)[0]
-                (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
-                pred = (fc - fr) @ w  # sides as labelled, before any denoising
-                acc = gold_accuracy(pred[test], g[test])
-                results.setdefault(f"{level}", {}).setdefault(name, []).append(acc)
+                p_flip = p_flipped(p_label_right(case.mean, proxy.ids, seed=base_seed + s), rate)
+                runs += [(f"{p}@reviewed", p, None, case.mean, p_flip) for p in presets]
+            accuracy = results.setdefault(f"{level}", {})
+            accuracy.setdefault("baseline", []).append(case.grade(case.train.astype(float)))
+            for name, preset, share, strength, p_flip in runs:
+                accuracy.setdefault(name, []).append(case.grade(*case.denoised(preset, strength, share, p_flip)))
     summary: dict = {"noise": noise, "fraction": fraction, "reviewed_pairs": reviewed, "reviewed_rate": rates,
                      "accuracy": {}}
     for level, per in results.items():

@@ -5,7 +5,8 @@ ranking picks their 10% (1.22), and 0.52 with the audit ensemble's: the ranking 
 ways of getting more out of the same ensemble, on the same seeds and cases as `rmkit.lab.study_denoise`:
 
 - ``posterior@RATE``: no pair is picked; every training pair gets the soft label P(label right | the ensemble's
-  view) = 1 - P(flipped) at flip rate RATE (`rmkit.lab.p_flipped`; 0.2 is the planted rate). The expected label
+  view) = 1 - P(flipped) at flip rate RATE (`rmkit.lab.p_flipped`; 0.2 is the planted rate): `rmkit denoise`'s
+  preset posterior (`rmkit denoise --preset posterior` on an audit run with --noise-rate RATE). The expected label
   under the noise model, so the ranking's errors cost in proportion to their confidence (a forward-corrected
   loss, one EM step).
 - ``flip+margin@pass2``: a second-pass ranking. The ensemble is trained again on labels whose lowest 10% (by pass
@@ -13,16 +14,20 @@ ways of getting more out of the same ensemble, on the same seeds and cases as `r
   10% flip+margin acts on (cleanlab's prune-and-retrain, applied to the detector).
 
     .venv/bin/python benchmarks/lab_denoise_variants.py [--seeds 10]
+    .venv/bin/python benchmarks/lab_denoise_variants.py --summarize-only   # the summary again, from the runs
 
 Writes benchmarks/results/lab_smollm2_denoise_variants.json: accuracy against the gold's sign per variant, level
-and seed, the share of the lost accuracy recovered with a 95% interval over seeds (as study_denoise's), and each
+and seed, the share of the lost accuracy recovered with a 95% interval over seeds (as study_denoise's), each
+variant's gain over the baseline and over flip+margin at both levels (points, paired by seed, 95% interval), and each
 pass's flip detection at 20% on the training pairs (AUROC, precision in the lowest 10%).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +44,7 @@ def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float =
            "flip+margin": case.grade(*case.denoised("flip+margin", case.mean, fraction))}
     p_right = p_label_right(case.mean, proxy.ids, seed=seed)
     for rate in rates:
-        acc[f"posterior@{rate:g}"] = case.grade(case.train.astype(float), labels=1 - p_flipped(p_right, rate))
+        acc[f"posterior@{rate:g}"] = case.grade(*case.denoised("posterior", case.mean, p_flip=p_flipped(p_right, rate)))
     low = case.mean <= np.quantile(case.mean, fraction)  # pass 1's lowest, flipped for the detector's training
     second = np.nanmean(proxy.ensemble(np.where(low, ~case.label, case.label), seed=seed), axis=0)
     second = np.where(low, -second, second)  # back to the sides as labelled
@@ -54,12 +59,46 @@ def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float =
     return acc, detect
 
 
+def summarize(runs: dict, detection: dict, *, seeds: int, noise: float) -> dict:
+    """The result from each variant's accuracy per level and seed (``runs[level][variant]``, lists over seeds):
+    the share of the lost accuracy recovered (as study_denoise's, with its 95% interval over resampled seeds), and
+    each variant's gain over the baseline and over flip+margin at each level, paired by seed (same resamples)."""
+    clean, noisy = (np.asarray(runs[lv]["baseline"]) for lv in ("0.0", f"{noise}"))
+    draw = np.random.default_rng(0).integers(0, seeds, (2000, seeds))  # seeds resampled, as study_denoise
+    ok = clean[draw].mean(1) > noisy[draw].mean(1)
+    share = {}
+    for k, v in runs[f"{noise}"].items():
+        v = np.asarray(v)
+        boot = (v[draw].mean(1) - noisy[draw].mean(1))[ok] / (clean[draw].mean(1) - noisy[draw].mean(1))[ok]
+        share[k] = {"point": float((v.mean() - noisy.mean()) / (clean.mean() - noisy.mean())),
+                    "ci95": np.quantile(boot, [0.025, 0.975]).tolist()}
+
+    def gain(v, ref):  # accuracy points, paired by seed
+        d = 100 * (np.asarray(v) - np.asarray(ref))
+        return {"points": float(d.mean()), "ci95": np.quantile(d[draw].mean(1), [0.025, 0.975]).tolist()}
+
+    return {"what": __doc__.split("\n")[0], "seeds": seeds, "noise": noise,
+            "lost": float(clean.mean() - noisy.mean()), "recovered_share": share,
+            "gain": {lv: {k: {"over_baseline": gain(v, d["baseline"]), "over_flip+margin": gain(v, d["flip+margin"])}
+                          for k, v in d.items() if k != "baseline"} for lv, d in runs.items()},
+            "accuracy": {lv: {k: {"mean": float(np.mean(v)), "runs": v} for k, v in d.items()} for lv, d in runs.items()},
+            "detection": {k: {m: float(np.mean([x[m] for x in v])) for m in v[0]} for k, v in detection.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_smollm2_denoise_variants.json"))
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="recompute the summary of an existing --result from its runs (no training)")
     args = parser.parse_args()
+    if args.summarize_only:
+        old = json.loads(Path(args.result).read_text())
+        runs = {lv: {k: v["runs"] for k, v in d.items()} for lv, d in old["accuracy"].items()}
+        out = summarize(runs, {k: [v] for k, v in old["detection"].items()}, seeds=old["seeds"], noise=old["noise"])
+        write_json(args.result, out)
+        return
     the = GOLDS["smollm2"]
     cfg: LabConfig = replace(load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml"), **the.settings)
     pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
@@ -77,21 +116,9 @@ def main() -> None:
             for k, v in detect.items():
                 detection.setdefault(k, []).append(v)
             print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
-    clean, noisy = (np.asarray(runs[lv]["baseline"]) for lv in ("0.0", f"{args.noise}"))
-    draw = np.random.default_rng(0).integers(0, args.seeds, (2000, args.seeds))  # seeds resampled, as study_denoise
-    ok = clean[draw].mean(1) > noisy[draw].mean(1)
-    share = {}
-    for k, v in runs[f"{args.noise}"].items():
-        v = np.asarray(v)
-        boot = (v[draw].mean(1) - noisy[draw].mean(1))[ok] / (clean[draw].mean(1) - noisy[draw].mean(1))[ok]
-        share[k] = {"point": float((v.mean() - noisy.mean()) / (clean.mean() - noisy.mean())),
-                    "ci95": np.quantile(boot, [0.025, 0.975]).tolist()}
-    out = {"what": __doc__.split("\n")[0], "seeds": args.seeds, "noise": args.noise,
-           "lost": float(clean.mean() - noisy.mean()), "recovered_share": share,
-           "accuracy": {lv: {k: {"mean": float(np.mean(v)), "runs": v} for k, v in d.items()} for lv, d in runs.items()},
-           "detection": {k: {m: float(np.mean([x[m] for x in v])) for m in v[0]} for k, v in detection.items()}}
+    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise)
     write_json(args.result, out)
-    print({k: round(v["point"], 3) for k, v in share.items()}, out["detection"])
+    print({k: round(v["point"], 3) for k, v in out["recovered_share"].items()}, out["detection"])
 
 
 if __name__ == "__main__":

@@ -136,6 +136,40 @@ def test_min_confidence_on_p_flipped_is_bayes_rule_on_the_audits_flip_posterior(
     assert actions["p_flipped"].to_numpy() == pytest.approx(p_flip)
 
 
+def test_posterior_gives_every_training_pair_its_flip_posterior_as_soft_label(tmp_path):
+    from rmkit.calibration import flip_posterior
+    from rmkit.denoise import run_denoise
+
+    pairs = load_preferences(RECS).pairs
+    p_flip = np.array([0.9, 0.3, 0.05, 0.0, 0.2])
+    soft, actions = denoise_pairs(pairs, MEAN, DenoiseConfig(preset="posterior"), p_label_wrong=p_flip,
+                                  eligible=np.array([True, True, True, True, False]))
+    # no pair is swapped or dropped; each training pair's label is 1 - p_flipped; p4 has no strength, p4 held out
+    assert [p.label for p in soft] == pytest.approx([0.1, 0.7, 0.95, 1.0, 1.0])
+    assert [p.chosen_text for p in soft] == [p.chosen_text for p in pairs] and all(p.margin is None for p in soft)
+    assert actions[0] == "soft label 0.100 (p_flipped 0.900)" and actions[4] == "kept (held out)"
+    with pytest.raises(ValueError, match="needs the audit's p_flipped"):
+        denoise_pairs(pairs, MEAN, DenoiseConfig(preset="posterior"))
+    with pytest.raises(ValueError, match="acts on every training pair"):
+        denoise_pairs(pairs, MEAN, DenoiseConfig(preset="posterior", min_confidence=0.5), p_label_wrong=p_flip)
+
+    data, mean, p_wrong = _strength_fixture(tmp_path)
+    cfg = DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="posterior",
+                        output_dir=str(tmp_path / "den"))
+    with pytest.raises(ValueError, match=r"no p_flipped column for preset posterior .*--noise-rate"):
+        run_denoise(cfg)
+    p_flip = flip_posterior(1 - p_wrong, 0.2)
+    pd.read_parquet(tmp_path / "strength.parquet").assign(p_flipped=p_flip).to_parquet(tmp_path / "strength.parquet")
+    out = run_denoise(cfg)
+    train = json.loads((tmp_path / "den" / "splits.json").read_text())["train"]
+    written = pd.read_json(tmp_path / "den" / "pairs.jsonl", lines=True).set_index("id")
+    by_id = dict(zip([f"p{i:02d}" for i in range(len(p_flip))], p_flip))
+    assert written.loc[train, "label"].to_numpy() == pytest.approx([1 - by_id[i] for i in train])
+    held = sorted(set(written.index) - set(train))
+    assert held and (written.loc[held, "label"] == 1.0).all()  # validation and test keep their labels
+    assert out["objective"] == "soft" and out["training_pairs"] == len(p_flip) and out["acted_on_train_only"]
+
+
 def test_reviewed_decisions_win_over_the_preset(tmp_path):
     from rmkit.data import DataError
     from rmkit.denoise import run_denoise

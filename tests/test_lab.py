@@ -86,7 +86,8 @@ def test_studies_on_a_learnable_case():
     assert sorted(heads) == sorted(set(member_layers(proxy.cfg, proxy.num_layers)))
     assert all(h.shape == (len(proxy.ids),) and np.isfinite(h).all() for h in heads.values())
     assert flips["best_single_block"]["layer"] in heads
-    den = study_denoise(proxy, gold, t, noise=0.2, seeds=1, presets=("flip", "drop"), ceiling=("flip",))
+    den = study_denoise(proxy, gold, t, noise=0.2, seeds=1, presets=("flip", "drop", "posterior"),
+                        ceiling=("flip",))
     assert set(den["accuracy"]) == {"0.0", "0.2"} and den["lost"] > 0
     assert den["best_preset"] in ("flip", "drop")  # the gold's ranking is a bound, never the best method
     assert "flip@gold" in den["recovered_share"] and "flip@gold" not in den["below_baseline_at_0"]
@@ -98,9 +99,21 @@ def test_studies_on_a_learnable_case():
     assert den["reviewed_rate"]["0.0"] == [0.0] and 0.1 <= den["reviewed_rate"]["0.2"][0] <= 0.3
     assert acc["0.0"]["flip@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
     assert acc["0.0"]["drop@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
+    # posterior selects nothing, so it runs only at a flip rate; at rate 0 every label stays 1: the baseline exactly
+    assert "posterior" not in acc["0.2"] and "posterior@reviewed" in acc["0.2"]
+    assert acc["0.0"]["posterior@reviewed"]["runs"] == acc["0.0"]["baseline"]["runs"]
     assert "flip@reviewed" in den["recovered_share"]
     # One seed: every resample of the seeds is that seed, so the interval is the point itself.
     assert den["recovered_share_ci95"]["flip"] == pytest.approx([den["recovered_share"]["flip"]] * 2)
+
+
+def test_denoise_ceiling_names_presets_that_rank_pairs():
+    from rmkit.config import validate
+
+    validate(LabConfig(denoise_ceiling=["flip", "flip+margin"]))
+    for bad in ("posterior", "flipp"):  # posterior ranks nothing: the gold's ranking has nothing to replace
+        with pytest.raises(ValueError, match=f"denoise_ceiling: unknown presets \\['{bad}'\\]"):
+            validate(LabConfig(denoise_ceiling=[bad]))
 
 
 def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):

@@ -160,13 +160,20 @@ def _trust_html(s: dict) -> str:
         rule = ("Rule set <b>paper</b>: every pair with mean strength below "
                 f"{settings.get('mislabeled_below', 0)} is flagged, without calibration. ")
     flagged_lb = (f"{_pct(lb['rejected_longer_flagged'])} of the {t['flagged']} flagged pairs have the longer rejected "
-                  f"response "
-                  f"(all pairs: {_pct(lb['rejected_longer_overall'])}; pairs with mean &lt; 0: "
-                  f"{_pct(lb['rejected_longer_mean_below_zero'])})")
+                  f"response (all pairs: {_pct(lb['rejected_longer_overall'])}; pairs with mean &lt; 0: "
+                  f"{_pct(lb['rejected_longer_mean_below_zero'])})" if t["flagged"] else
+                  f"the rejected response is the longer one in {_pct(lb['rejected_longer_overall'])} of all pairs and "
+                  f"{_pct(lb['rejected_longer_mean_below_zero'])} of pairs with mean &lt; 0 (no pair is flagged)")
     corrected = (f" after removing the length effect (was {lb['spearman_before_correction']:+.2f})"
                  if lb["corrected"] else "")
     advice = ("" if lb["corrected"] else "A strong correlation means the ensemble partly scores length: "
               "<code>--length-correction true</code> removes it.")
+    # posterior acts on every training pair by p_flipped, which only an audit given a flip rate has.
+    soft = (" To train without picking pairs, <code>rmkit denoise STRENGTH --preset posterior</code> gives every "
+            "training pair the soft label 1 &minus; <code>p_flipped</code>." if settings.get("noise_rate") is not None
+            else " With a flip rate from a review of random pairs (<code>rmkit audit --noise-rate R</code>), "
+            "<code>rmkit denoise --preset posterior</code> soft-labels every training pair by its "
+            "<code>p_flipped</code> instead of picking pairs.")
     return f"""
 <div class='trust'><h2>How far to trust this audit</h2>
 <p>{verdict}</p>
@@ -192,7 +199,7 @@ else '; flag_unjudged is on, so they are flagged anyway)')}.</li>
 <p>{rule}<b>{t['flagged']}</b> pairs are flagged ({_pct(t['flagged_share'])}; the paper's <code>mean &lt; 0</code> rule would
 flag {_pct(t['flagged_share_paper_rule'])}). Review them in <code>flagged.csv</code> (texts, probability, member
 diffs and a blank <code>review</code> column: keep, flip or drop), then <code>rmkit denoise STRENGTH --reviews
-flagged.csv</code>: reviewed decisions win over any preset. Do not flip pairs blindly: a refusal chosen over a
+flagged.csv</code>: reviewed decisions win over any preset.{soft} Do not flip pairs blindly: a refusal chosen over a
 harmful answer is a correct label that a helpfulness-minded ensemble contradicts.</p>
 <table><tr><th>subset</th><th>pairs</th><th>agreement</th><th>95% CI</th><th>judged</th><th>flagged</th></tr>{rows}</table>
 </div>"""

@@ -298,6 +298,7 @@ def test_known_noise_rate_flags_by_the_flip_posterior(separable, tmp_path):
     assert flags["id"].isin([i for i, f in zip(ids, flipped) if f]).mean() >= 0.8
     assert result.summary["trust"]["flagged_by"] == "p_flipped (noise_rate 0.1)"
     assert "p_flipped" in pd.read_csv(tmp_path / "audit" / "flagged.csv").columns
-    assert "probability of having been flipped" in (tmp_path / "audit" / "report.html").read_text()
+    report = (tmp_path / "audit" / "report.html").read_text()
+    assert "probability of having been flipped" in report and "--preset posterior</code> gives every" in report
     with pytest.raises(ValueError, match="noise_rate"):
         run_audit(replace(cfg, noise_rate=0.6), progress=False)

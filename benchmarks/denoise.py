@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmkit.data import get_splits, inject_label_flips, load_preferences
-from rmkit.denoise import BY_P_FLIPPED, OBJECTIVE_FOR, PRESETS, DenoiseConfig, denoise_pairs
+from rmkit.denoise import OBJECTIVE_FOR, RANKED, DenoiseConfig, denoise_pairs
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.models import RewardModel
 from rmkit.scoring import label_views, read_judge_labels
@@ -228,8 +228,7 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     seeds = range(args.seeds)
     # The presets that select by strength: this benchmark's audit has no flip rate from outside it (p_flipped).
-    presets = [p for p in PRESETS if p not in BY_P_FLIPPED]
-    methods = [("none", "none")] + [(p, "none") for p in presets] + [("none", c) for c in CONTRASTIVE]
+    methods = [("none", "none")] + [(p, "none") for p in RANKED] + [("none", c) for c in CONTRASTIVE]
     for rate in rates:
         for seed in seeds:
             for preset, contrastive in methods:
@@ -243,7 +242,7 @@ def main() -> None:
     # The best combination: best preset and best contrastive term by validation accuracy at 20% noise.
     sel_rate = 0.2 if 0.2 in rates else rates[-1]
     val = lambda p, c: np.mean([run(sel_rate, s, p, c)["val_accuracy"] for s in seeds])  # noqa: E731
-    best_p = max(presets, key=lambda p: val(p, "none"))
+    best_p = max(RANKED, key=lambda p: val(p, "none"))
     best_c = max(CONTRASTIVE, key=lambda c: val("none", c))
     for rate in rates:
         for seed in seeds:

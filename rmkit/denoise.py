@@ -51,7 +51,8 @@ from .files import write_jsonl
 
 Preset = Literal["flip", "margin", "flip+margin", "soft+margin", "drop", "posterior"]
 PRESETS: tuple[str, ...] = typing.get_args(Preset)
-BY_P_FLIPPED = ("posterior",)  # presets that read the audit's p_flipped on every pair instead of selecting by strength
+# The presets that act on pairs picked by strength; posterior picks none (it reads p_flipped on every pair).
+RANKED: tuple[str, ...] = tuple(p for p in PRESETS if p != "posterior")
 REVIEW_DECISIONS = ("keep", "flip", "drop")
 OBJECTIVE_FOR = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin", "soft+margin": "soft",
                  "posterior": "soft"}
@@ -91,13 +92,13 @@ class DenoiseConfig(DataSource):
         # preset, negative and confidence are Literals: `config.validate` checks them before this
         if self.min_confidence is not None and not 0.5 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
-        if self.preset in BY_P_FLIPPED and (self.min_confidence is not None or self.threshold is not None):
+        if self.preset not in RANKED and (self.min_confidence is not None or self.threshold is not None):
             raise ValueError(f"preset {self.preset} acts on every training pair: min_confidence and threshold "
                              "select pairs for the other presets; leave them unset")
 
     def column(self) -> str:
         """The audit's probability column this config reads: p_flipped for posterior, else ``confidence``."""
-        return "p_flipped" if self.preset in BY_P_FLIPPED else self.confidence
+        return self.confidence if self.preset in RANKED else "p_flipped"
 
 
 def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None,
@@ -237,9 +238,9 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     ds = reader.read(data)
     mean_by_id = dict(zip(table["id"], table["mean"]))
     column = cfg.column()
-    if (cfg.min_confidence is not None or cfg.preset in BY_P_FLIPPED) and column not in table:
+    if (cfg.min_confidence is not None or cfg.preset not in RANKED) and column not in table:
         raise ValueError(f"{strength_path} has no {column} column for "
-                         + (f"preset {cfg.preset}" if cfg.preset in BY_P_FLIPPED else "min_confidence")
+                         + ("min_confidence" if cfg.preset in RANKED else f"preset {cfg.preset}")
                          + (" (run rmkit audit with --noise-rate R)" if column == "p_flipped" else ""))
     p_by_id = dict(zip(table["id"], table[column])) if column in table else {}
     pairs = ds.pairs

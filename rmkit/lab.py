@@ -38,7 +38,7 @@ from .audit import response_length_diff
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
 from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
-from .denoise import BY_P_FLIPPED, PRESETS, DenoiseConfig, denoise_pairs
+from .denoise import PRESETS, RANKED, DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
 from .gold import fit_gold, gold_files, load_gold
@@ -97,9 +97,9 @@ class LabConfig(DataSource):
             raise ValueError(f"against_gold must be in (0, 0.5), got {self.against_gold}")
         if any(not 0.0 <= f < 0.5 for f in self.flip_levels) or not 0.0 <= self.denoise_noise < 0.5:
             raise ValueError("flip shares must be in [0, 0.5)")
-        ranked = [p for p in PRESETS if p not in BY_P_FLIPPED]  # a ceiling replaces the ranking a preset acts on
-        if unknown := [p for p in self.denoise_ceiling if p not in ranked]:
-            raise ValueError(f"denoise_ceiling: unknown presets {unknown}: choose from {ranked}")
+        # a ceiling replaces the ranking a preset acts on
+        if unknown := [p for p in self.denoise_ceiling if p not in RANKED]:
+            raise ValueError(f"denoise_ceiling: unknown presets {unknown}: choose from {list(RANKED)}")
         if self.gold_head and self.gold_scores:
             raise ValueError("set gold_scores (reuse scores of this data) or gold_head (score it with a saved "
                              "gold), not both")
@@ -419,9 +419,9 @@ class DenoiseCase:
         """`rmkit.denoise` ``preset`` on the training pairs, by ``strength (N,)``: the lowest ``fraction``, or
         (fraction None) where ``p_flip (N,)`` >= 0.5; posterior reads ``p_flip`` on every pair. Returns what
         `grade` trains on: training weights, labels, margins and which pairs were swapped, each ``(N,)``."""
-        by_p = preset in BY_P_FLIPPED
+        bayes = fraction is None and preset in RANKED  # act where p_flip >= 0.5; posterior reads it on every pair
         cfg = DenoiseConfig(preset=preset, fraction=fraction if fraction is not None else 0.1,
-                            min_confidence=None if fraction is not None or by_p else 0.5, confidence="p_flipped")
+                            min_confidence=0.5 if bayes else None, confidence="p_flipped")
         out, _ = denoise_pairs(self.pairs, strength, cfg, eligible=self.train, p_label_wrong=p_flip)
         kept = {p.id: p for p in out}
         ids = [p.id for p in self.pairs]
@@ -489,7 +489,7 @@ def study_denoise(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: floa
     for level in (0.0, noise):
         for s in range(seeds):
             case = denoise_case(proxy, gold_diff, temperature, flips=level, seed=base_seed + s)
-            runs = [(p, p, fraction, case.mean, None) for p in presets if p not in BY_P_FLIPPED]
+            runs = [(p, p, fraction, case.mean, None) for p in presets if p in RANKED]
             # The gold's difference at the ensemble's scale, so margins (scale x strength) stay comparable.
             runs += [(f"{p}@gold", p, fraction, case.gold * np.std(case.mean) / np.std(case.gold), None)
                      for p in ceiling]

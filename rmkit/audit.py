@@ -77,6 +77,8 @@ class AuditConfig(EnsembleConfig, DataSource):
     report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
     review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
                                      "this many, for review")
+    max_pairs: int | None = setting(None, "audit a seeded random sample of this many usable pairs (a quick look at a "
+                                          "large dataset); the others stay in every table with status not_sampled")
     member_models: list[str] | None = setting(None, "score every pair with reward models you already have (paths or "
                                                     "hub ids, any mix of backbones) instead of training an ensemble; "
                                                     "their scores are in-sample if they saw this data, and the "
@@ -92,6 +94,8 @@ class AuditConfig(EnsembleConfig, DataSource):
         self.category_rules.check()
         if self.noise_rate is not None and not 0.0 <= self.noise_rate < 0.5:
             raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate}")
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise ValueError(f"max_pairs must be at least 2 (or unset for every pair), got {self.max_pairs}")
         if self.calibration not in METHODS:
             raise ValueError(f"calibration must be one of {METHODS}, got {self.calibration!r}")
 
@@ -113,6 +117,10 @@ class AuditResult:
                  f"contradicts: {t['wrong_share']['share']:.1%} ({t['wrong_share']['ci_low']:.1%}-"
                  f"{t['wrong_share']['ci_high']:.1%})",
                  f"rules: {s['settings']['rules']}; flagged likely_mislabeled: {s['categories']['likely_mislabeled']}"]
+        left = s["load_report"]["statuses"].get("not_sampled", 0)
+        if left:
+            lines.insert(0, f"a seeded sample of {s['scored_pairs']} pairs (max_pairs); {left} usable pairs not audited "
+                            "(status not_sampled)")
         if t["unjudged_subsets"]:
             lines.append(f"subsets the audit cannot judge (agreement interval includes chance): "
                          f"{', '.join(t['unjudged_subsets'])}")
@@ -127,8 +135,11 @@ class AuditResult:
 
 
 def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
-    """Score every usable pair with the ensemble, then `audit_diffs`."""
+    """Score every usable pair (or ``cfg.max_pairs`` of them, drawn with ``cfg.seed``) with the ensemble, then
+    `audit_diffs`."""
     validate(cfg)
+    if cfg.max_pairs is not None:
+        ds = ds.sample(cfg.max_pairs, seed=cfg.seed)
     pairs = ds.pairs
     if not pairs:
         raise ValueError(f"{cfg.data}: no usable pairs to audit (statuses: {ds.status_counts()})")

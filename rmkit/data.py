@@ -79,6 +79,7 @@ STATUSES = {
     "undecodable": "the line is not valid JSON / the record could not be decoded",
     "unparseable_transcript": "a transcript has no Human/Assistant turns to split",
     "tie": "the source says the two responses tie, and a preference was needed",
+    "not_sampled": "usable, but left out of a seeded sample the job was asked to cap itself to (max_pairs)",
 }
 FORMATS = ("hh", "trl", "conversational", "moss", "pairwise")
 # Every field a reader takes from a record: what a ``columns=`` mapping may rename a source column to.
@@ -211,6 +212,19 @@ class PreferenceDataset:
                 "source_row": [r.source_row for r in self.rows],
             }
         )
+
+    def sample(self, n: int, seed: int = 0) -> "PreferenceDataset":
+        """A seeded random sample of ``n`` usable pairs, in input order. Every other usable row stays in ``rows`` with
+        status ``not_sampled``, so a capped job's tables still account for every input row."""
+        usable = [k for k, r in enumerate(self.rows) if r.usable]
+        if n >= len(usable):
+            return self
+        keep = set(np.asarray(usable)[np.random.default_rng(seed).choice(len(usable), size=n, replace=False)].tolist())
+        rows = [r if k in keep or not r.usable else
+                replace(r, status="not_sampled", detail=f"outside the seeded sample of {n} of {len(usable)} usable "
+                                                        "pairs", pair=None)
+                for k, r in enumerate(self.rows)]
+        return PreferenceDataset(rows, dict(self.format_counts), list(self.file_errors), list(self.skipped_files))
 
     def subset(self, ids: Iterable[str]) -> "PreferenceDataset":
         keep = set(ids)

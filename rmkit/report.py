@@ -130,6 +130,15 @@ def _pct(x) -> str:
     return f"{x:.2%}" if 0 < x < 0.01 else f"{x:.1%}"
 
 
+def _sampled(s: dict) -> str:
+    """What a capped audit (``max_pairs``) left out, said where the report counts its pairs."""
+    left = s["load_report"]["statuses"].get("not_sampled", 0)
+    if not left:
+        return ""
+    return (f" (a seeded sample: <code>--max-pairs {s['settings']['max_pairs']}</code>; the other {left} usable pairs "
+            "were not audited and are in the tables as <code>not_sampled</code>)")
+
+
 def _trust_html(s: dict) -> str:
     t = s["trust"]
     a = t["agreement"]
@@ -270,10 +279,11 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 tr.bad td{{background:#fdecea}}img{{max-width:49%;margin:2px}}.pair{{border:1px solid #ddd;margin:1em 0;padding:.6em}}
 .turn{{white-space:pre-wrap;margin:.2em 0}}.sides{{display:flex;gap:1em}}.side{{flex:1;padding:.3em}}
 .chosen{{background:#eef7ee}}.rejected{{background:#f9eeee}}.prompt{{color:#555}}h4{{margin:.2em 0}}
-.cut{{color:#888;font-style:italic}}.trust{{border:2px solid #4477aa;padding:.2em 1em;background:#f5f8fc}}
+code{{white-space:nowrap}}.cut{{color:#888;font-style:italic}}
+.trust{{border:2px solid #4477aa;padding:.2em 1em;background:#f5f8fc}}
 </style></head><body>
 <h1>Preference-strength audit</h1>
-<p>{s['rows']} rows, {s['scored_pairs']} scored pairs. Scoring: {html.escape(s['scoring'])};
+<p>{s['rows']} rows, {s['scored_pairs']} scored pairs{_sampled(s)}. Scoring: {html.escape(s['scoring'])};
 {who}{reads}.{why_members}</p>
 {_trust_html(s)}
 <h2>Categories</h2>

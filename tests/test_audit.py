@@ -302,3 +302,32 @@ def test_known_noise_rate_flags_by_the_flip_posterior(separable, tmp_path):
     assert "probability of having been flipped" in report and "--preset posterior</code> gives every" in report
     with pytest.raises(ValueError, match="noise_rate"):
         run_audit(replace(cfg, noise_rate=0.6), progress=False)
+
+
+def test_a_capped_audit_says_what_it_left_out_and_denoise_keeps_those_pairs(tiny_bert, shared_data, tmp_path):
+    """--max-pairs: a seeded sample is audited, every other row stays in the tables as not_sampled, the report says
+    so, and rmkit denoise keeps the training pairs the audit never scored (action "kept (no strength)")."""
+    from rmkit.denoise import DenoiseConfig, run_denoise
+
+    pairs = load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=80).pairs
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
+                            + "\n" for p in pairs))
+    cfg = AuditConfig(data=str(path), model=tiny_bert, output_dir=str(tmp_path / "audit"), max_length=32, members=4,
+                      max_pairs=30, cache_dir=str(tmp_path / "cache"))
+    result = run_audit(cfg, progress=False)
+    table = pd.read_parquet(tmp_path / "audit" / "strength.parquet")
+    assert list(table["id"]) == [p.id for p in pairs]  # every row, in input order
+    assert (table["status"] == "not_sampled").sum() == 50 and (table["category"] != "unscored").sum() == 30
+    assert table.loc[table["status"] == "not_sampled", "mean"].isna().all()
+    assert result.summary["scored_pairs"] == 30 and "50 usable pairs not audited" in result.report()
+    assert "--max-pairs 30</code>; the other 50 usable pairs were not audited" in (
+        tmp_path / "audit" / "report.html").read_text()
+    again = run_audit(replace(cfg, output_dir=str(tmp_path / "again")), progress=False)  # same seed, same sample
+    assert list(again.table["status"]) == list(result.table["status"])
+    run_denoise(DenoiseConfig(strength=str(tmp_path / "audit" / "strength.parquet"), preset="flip", fraction=0.1,
+                              output_dir=str(tmp_path / "den")))
+    actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")["denoise_action"]
+    left = table.loc[table["status"] == "not_sampled", "id"]
+    assert len(actions) == 80 and set(actions[left]) == {"kept (no strength)", "kept (held out)"}
+    assert actions[~actions.index.isin(left)].str.startswith("flipped").sum() > 0  # the sample's pairs were acted on

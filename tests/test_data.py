@@ -339,3 +339,18 @@ def test_samples_cut_inside_a_multibyte_character_resume(tmp_path):
     with pytest.warns(UserWarning, match="samples.jsonl, line 2: an unfinished record"):
         held = read_sample_records(path)
     assert held == {"a": {"id": "a", "responses": ["été"]}}
+
+
+def test_a_capped_sample_keeps_every_row_with_a_status(tmp_path):
+    """`PreferenceDataset.sample`: n usable pairs drawn with the seed, in input order; the other usable rows stay as
+    `not_sampled`, unusable rows keep their own status, and a cap at or above the usable count changes nothing."""
+    recs = [{"id": f"r{i}", "prompt": "q", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(10)]
+    recs.insert(4, {"id": "same", "prompt": "q", "chosen": "x", "rejected": "x"})
+    ds = load_preferences(recs)
+    got = ds.sample(4, seed=3)
+    assert [r.id for r in got.rows] == [r.id for r in ds.rows]  # every row, in order
+    kept = [p.id for p in got.pairs]
+    assert len(kept) == 4 and kept == sorted(kept, key=lambda i: int(i[1:]))
+    assert got.status_counts() == {"ok": 4, "not_sampled": 6, "identical": 1}
+    assert kept == [p.id for p in ds.sample(4, seed=3).pairs] != [p.id for p in ds.sample(4, seed=4).pairs]
+    assert ds.sample(10) is ds and ds.sample(50) is ds

@@ -24,6 +24,7 @@ takes the plain path.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -59,6 +60,13 @@ def _pad(rows: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def _takes_cache(base: torch.nn.Module) -> bool:
+    """Whether the backbone's forward names its KV cache ``cache`` (transformers 5.x, which deprecates
+    ``past_key_values`` and drops it in 5.40) rather than ``past_key_values`` with a ``cache_position``
+    (4.x)."""
+    return "cache" in inspect.signature(base.forward).parameters
+
+
 @torch.inference_mode()
 def _score_batch(rm: RewardModel, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]]) -> torch.Tensor:
     """Rewards ``(B, 2)`` (chosen, rejected) of B pairs, their shared prefixes run once."""
@@ -70,16 +78,19 @@ def _score_batch(rm: RewardModel, chosen: Sequence[Sequence[int]], rejected: Seq
     width = prefix_ids.shape[1]
     prefix_pos = torch.arange(width, device=device).expand(len(cut), -1)
     out = base(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos, use_cache=True)
-    cache = out.past_key_values
+    cache = out["cache"] if "cache" in out else out.past_key_values
     cache.batch_repeat_interleave(2)  # rows: prefix_0, prefix_0, prefix_1, prefix_1, ...
     suffixes = [side[k:] for c, r, k in zip(chosen, rejected, cut) for side in (c, r)]
     suffix_ids, suffix_mask = _pad(suffixes, pad, device)
     starts = torch.tensor([k for k in cut for _ in (0, 1)], device=device)
     suffix_pos = starts[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None]
     mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
-    hidden = base(input_ids=suffix_ids, attention_mask=mask, position_ids=suffix_pos, past_key_values=cache,
-                  cache_position=torch.arange(width, width + suffix_ids.shape[1], device=device),
-                  use_cache=True).last_hidden_state  # (2B, S, H)
+    if _takes_cache(base):
+        past = {"cache": cache}
+    else:
+        past = {"past_key_values": cache, "cache_position": torch.arange(width, width + suffix_ids.shape[1], device=device)}
+    hidden = base(input_ids=suffix_ids, attention_mask=mask, position_ids=suffix_pos, use_cache=True,
+                  **past).last_hidden_state  # (2B, S, H)
     last = suffix_mask.sum(1) - 1
     feats = hidden[torch.arange(hidden.shape[0], device=device), last]
     return rm.head(feats).float().view(-1, 2)

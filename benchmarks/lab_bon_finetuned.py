@@ -16,9 +16,12 @@ ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmki
         --result benchmarks/results/bon_finetuned_n512_flips25.json        # Coste et al.'s noisy labels
     python benchmarks/lab_bon_finetuned.py --n 512 --sizes 100,250 --epochs 8 \
         --result benchmarks/results/bon_finetuned_n512_epochs8.json        # proxies trained to fit their pairs
+    .venv/bin/python benchmarks/lab_bon.py --prompts 40 --n 512 --sample-only   # 384 more samples per prompt, ~65 min
+    .venv/bin/python benchmarks/lab_bon_finetuned.py --n 512 --sizes 250,100 \
+        --result benchmarks/results/bon_finetuned_smollm2_n512.json      # the SmolLM2 gold's, to n = 512
 
 ``--gold`` picks the lab's gold (`hh_lab.GOLDS`): smollm2, the default, or mpnet, the gold of the committed
-bon_finetuned*.json files (add ``--gold mpnet`` to the commands above to reproduce them). Gold rewards come from the
+bon_finetuned.json and bon_finetuned_n*.json (add ``--gold mpnet`` to the commands above to reproduce them). Gold rewards come from the
 committed benchmarks/lab/bon_scores<suffix>.parquet (128 samples) or bon_scores<suffix>_n512.parquet (512 samples of
 the first 40 prompts) once two regenerated prompts are checked to score the same; the gold scores the rest itself.
 Writes benchmarks/results/bon_finetuned<suffix>.json (--result) and its _curve.png beside it. Every trained member
@@ -211,9 +214,12 @@ def main() -> None:
 
     # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its
     # committed scores cover the samples.
-    committed = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet").set_index("id")
+    # The committed table that served the gold (lab_bon.py's 128 samples, or its _n512 run's 512) holds them too.
+    path = ROOT / "benchmarks" / "lab" / (f"bon_scores{the.suffix}" + ("_n512" if args.n > 128 else "") + ".parquet")
+    committed = pd.read_parquet(path).set_index("id") if path.exists() else None
     frozen = None
-    if gold_info["gold_committed_samples_per_prompt"] == args.n:
+    if committed is not None and gold_info["gold_committed_samples_per_prompt"] == args.n and all(
+            (committed.index == i).sum() >= args.n for i in pid):
         frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
         frozen_members = np.stack([np.stack([committed.loc[i, f"member_{m}"].to_numpy()[: args.n] for i in pid])
                                    for m in range(5)])

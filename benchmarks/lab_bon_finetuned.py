@@ -21,9 +21,10 @@ ensemble (`rmkit.reward_ensemble.aggregate` over z-scored members, through `rmki
         --result benchmarks/results/bon_finetuned_smollm2_n512.json      # the SmolLM2 gold's, to n = 512
 
 ``--gold`` picks the lab's gold (`hh_lab.GOLDS`): smollm2, the default, or mpnet, the gold of the committed
-bon_finetuned.json and bon_finetuned_n*.json (add ``--gold mpnet`` to the commands above to reproduce them). Gold rewards come from the
-committed benchmarks/lab/bon_scores<suffix>.parquet (128 samples) or bon_scores<suffix>_n512.parquet (512 samples of
-the first 40 prompts) once two regenerated prompts are checked to score the same; the gold scores the rest itself.
+bon_finetuned.json and bon_finetuned_n*.json (add ``--gold mpnet`` to the commands above to reproduce them). Gold
+rewards come from the committed benchmarks/lab/bon_scores<suffix>.parquet (128 samples) or
+bon_scores<suffix>_n512.parquet (512 samples of the first 40 prompts) once two regenerated prompts are checked to
+score the same; the gold scores the rest itself.
 Writes benchmarks/results/bon_finetuned<suffix>.json (--result) and its _curve.png beside it. Every trained member
 and every score array is kept under runs/lab/bon_ft<suffix>, so a killed run resumes where it stopped.
 """
@@ -87,16 +88,25 @@ def earlier_scores(run: Path, pid: list[str], have: dict, n: int, precision: str
     return r, None, 0
 
 
-def gold_of_samples(picked, samples: dict, n: int, work: Path, the) -> tuple[np.ndarray, dict]:
-    """Gold rewards ``(P, n)`` of the gold ``the`` (`hh_lab.Gold`): the committed ones (lab_bon.py's first 128
-    samples) where a check on two regenerated prompts agrees, and the gold's own scores for the rest (cached)."""
-    ids = [p.id for p in picked]
-    # The committed tables: lab_bon.py's (128 samples of 100 prompts) and its --tag runs (e.g. _n512: 512 of 40);
-    # the one with the most samples of these prompts serves.
-    tables = [pd.read_parquet(f).pivot(index="id", columns="k", values="gold")
-              for f in sorted((ROOT / "benchmarks" / "lab").glob(f"bon_scores{the.suffix}*.parquet"))
+def committed_scores(ids: list[str], the) -> dict[str, pd.DataFrame] | None:
+    """lab_bon.py's committed scores of these prompts' samples (gold, single, member_0..4), each a table ``(prompt id,
+    sample k)``: of its files (128 samples of 100 prompts, and its --tag runs such as _n512: 512 of 40) the one with
+    the most samples that holds every prompt; None if none does."""
+    tables = [pd.read_parquet(f) for f in sorted((ROOT / "benchmarks" / "lab").glob(f"bon_scores{the.suffix}*.parquet"))
               if f.stem == f"bon_scores{the.suffix}" or f.stem.startswith(f"bon_scores{the.suffix}_n")]
-    table = max((t for t in tables if all(i in t.index for i in ids)), key=lambda t: t.shape[1], default=tables[0])
+    covering = [t for t in tables if set(ids) <= set(t["id"])]
+    if not covering:
+        return None
+    best = max(covering, key=lambda t: t["k"].max())
+    return {c: best.pivot(index="id", columns="k", values=c) for c in best.columns if c not in ("id", "k")}
+
+
+def gold_of_samples(picked, samples: dict, n: int, work: Path, the) -> tuple[np.ndarray, dict]:
+    """Gold rewards ``(P, n)`` of the gold ``the`` (`hh_lab.Gold`): the committed ones (`committed_scores`) where a
+    check on two regenerated prompts agrees, and the gold's own scores for the rest (cached)."""
+    ids = [p.id for p in picked]
+    committed = committed_scores(ids, the)
+    table = committed["gold"] if committed is not None else None
     info = json.loads(the.file(".json").read_text())
     gold_rm = load_gold(the.file("_head.npy"), info["model"], layer=info["layer"], max_length=info["max_length"],
                         precision=info.get("precision", "fp32"))
@@ -106,7 +116,7 @@ def gold_of_samples(picked, samples: dict, n: int, work: Path, the) -> tuple[np.
         flat_r = [[{"role": "assistant", "content": t}] for i in which for t in samples[ids[i]][lo:hi]]
         return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(which), hi - lo)
 
-    k0 = min(n, table.shape[1]) if all(i in table.index for i in ids) else 0
+    k0 = min(n, table.shape[1]) if table is not None else 0
     diff = float(np.abs(score([0, 1], 0, k0) - table.loc[ids[:2]].to_numpy()[:, :k0]).max()) if k0 else np.inf
     # Regenerated samples that differ from the committed ones move a score by about the gold's spread (0.2 for
     # SmolLM2's); a bf16 gold moves the same text's score by up to ~4e-4 with the batch it is padded in.
@@ -212,17 +222,13 @@ def main() -> None:
         res["planted_flips_in_training_pairs"] = float(np.mean(flipped[:size]))
         out[str(size)] = res
 
-    # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where its
-    # committed scores cover the samples.
-    # The committed table that served the gold (lab_bon.py's 128 samples, or its _n512 run's 512) holds them too.
-    path = ROOT / "benchmarks" / "lab" / (f"bon_scores{the.suffix}" + ("_n512" if args.n > 128 else "") + ".parquet")
-    committed = pd.read_parquet(path).set_index("id") if path.exists() else None
+    # The frozen-head proxies of lab_bon.py (all training pairs) on the same prompts, for comparison, where the
+    # committed table that served the gold covers the samples.
     frozen = None
-    if committed is not None and gold_info["gold_committed_samples_per_prompt"] == args.n and all(
-            (committed.index == i).sum() >= args.n for i in pid):
-        frozen_single = np.stack([committed.loc[i, "single"].to_numpy()[: args.n] for i in pid])
-        frozen_members = np.stack([np.stack([committed.loc[i, f"member_{m}"].to_numpy()[: args.n] for i in pid])
-                                   for m in range(5)])
+    if gold_info["gold_committed_samples_per_prompt"] == args.n:
+        committed = committed_scores(pid, the)
+        frozen_single = committed["single"].loc[pid].to_numpy()[:, : args.n]
+        frozen_members = np.stack([committed[f"member_{m}"].loc[pid].to_numpy()[:, : args.n] for m in range(5)])
         frozen = study_bon(gold, frozen_single, frozen_members, ns, uwo_lambda=args.uwo_lambda, seed=args.seed)
     result = {
         "what": "best-of-n gold reward (x1 of the gold's units) of the sample each proxy picks, exact expectation "

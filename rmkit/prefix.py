@@ -24,6 +24,7 @@ takes the plain path.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Sequence
 
@@ -60,11 +61,12 @@ def _pad(rows: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
-def _takes_cache(base: torch.nn.Module) -> bool:
-    """Whether the backbone's forward names its KV cache ``cache`` (transformers 5.x, which deprecates
+@functools.cache
+def _takes_cache(backbone: type) -> bool:
+    """Whether a backbone class's forward names its KV cache ``cache`` (transformers 5.x, which deprecates
     ``past_key_values`` and drops it in 5.40) rather than ``past_key_values`` with a ``cache_position``
-    (4.x)."""
-    return "cache" in inspect.signature(base.forward).parameters
+    (4.x). Per class, once: a signature is not read again for every batch."""
+    return "cache" in inspect.signature(backbone.forward).parameters
 
 
 @torch.inference_mode()
@@ -85,7 +87,7 @@ def _score_batch(rm: RewardModel, chosen: Sequence[Sequence[int]], rejected: Seq
     starts = torch.tensor([k for k in cut for _ in (0, 1)], device=device)
     suffix_pos = starts[:, None] + torch.arange(suffix_ids.shape[1], device=device)[None]
     mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
-    if _takes_cache(base):
+    if _takes_cache(type(base)):
         past = {"cache": cache}
     else:
         past = {"past_key_values": cache, "cache_position": torch.arange(width, width + suffix_ids.shape[1], device=device)}

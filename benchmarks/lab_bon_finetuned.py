@@ -74,6 +74,15 @@ def training_pool(hl, seed: int, flips: float) -> tuple[list, np.ndarray]:
     return [labelled[hl.ids[k]] for k in train_order], flipped[train_order]
 
 
+def train_proxy(run: Path, pairs: list, seed: int, epochs: float | None = None):
+    """`rmkit train` with configs/train_default.yaml on ``pairs`` (the lab's labels), seed ``seed``, into ``run``
+    (resumed or reloaded when already there). Returns the trained RewardModel."""
+    base = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
+    cfg = replace(base, data=str(DATA), output_dir=str(run), seed=seed, eval_every=0, save_every=50,
+                  epochs=base.epochs if epochs is None else epochs)
+    return train_reward_model(cfg, train_pairs=pairs, eval_pairs=[]).model
+
+
 def earlier_scores(run: Path, pid: list[str], have: dict, n: int, precision: str):
     """A member's scores of the first ``n`` samples that an earlier, smaller n cached: ``(rewards (P, n) with the
     first ``fewer`` columns filled, its accuracy or None, fewer)``, so extending the samples scores only the new
@@ -187,10 +196,8 @@ def main() -> None:
         for m in range(args.members):
             run = work / (f"k{size}_seed{m}" + (f"_flips{args.flips:g}" if args.flips else "")
                           + (f"_epochs{epochs:g}" if epochs != base.epochs else ""))
-            cfg = replace(base, data=str(DATA), output_dir=str(run), seed=m, epochs=epochs, eval_every=0,
-                          save_every=50)
             t0 = time.time()
-            model = train_reward_model(cfg, train_pairs=pairs, eval_pairs=[]).model
+            model = train_proxy(run, pairs, m, epochs)
             seconds.append(json.loads((run / "results.json").read_text()).get("train_seconds", time.time() - t0))
             cache = run / f"scores_{key}_{precision}.npz"
             if not cache.exists():

@@ -17,6 +17,16 @@ grades the heads.
 
     .venv/bin/python benchmarks/lab_metarm.py [--steps 100] [--inner-lr 0.05,0.5] [--gold smollm2|mpnet]
 
+After PPO (the paper's setting: the policy has drifted from the one whose data trained the RM): ``--samples`` is a
+meta-set JSONL of any policy's samples (`rmkit sample --policy runs/lab/ppo_single_smollm2/policy ...`), whose
+first half of prompts is the meta set and second half is graded, the gold scoring them (cached beside the work
+folder); ``--vanilla`` the RM that PPO optimised and ``--train-pairs k`` its own training pairs (the first k of
+lab_bon_finetuned.py's order) for the further steps:
+
+    .venv/bin/python benchmarks/lab_metarm.py --samples runs/lab/ppo_samples.jsonl --train-pairs 250 \
+        --vanilla runs/lab/bon_ft_smollm2/k250_seed0/model --work runs/lab/metarm_ppo \
+        --result benchmarks/results/lab_metarm_ppo.json
+
 Needs runs/lab/finetune<suffix>/model (`benchmarks/lab_finetune.py --gold ...`) and runs/lab/bon_samples.jsonl with
 benchmarks/lab/bon_scores<suffix>.parquet (`benchmarks/lab_bon.py --gold ...`); the suffix is the gold's
 (`hh_lab.GOLDS`). Writes benchmarks/results/lab_metarm<suffix>.json and the "finetuned" entry of lab<suffix>.json's
@@ -26,6 +36,7 @@ benchmarks/lab/bon_scores<suffix>.parquet (`benchmarks/lab_bon.py --gold ...`); 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -33,13 +44,29 @@ from pathlib import Path
 
 import pandas as pd
 
+import numpy as np
+
 from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
+from lab_bon_finetuned import training_pool
 from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.lab import grade_sample_pairs
-from rmkit.metaset import write_meta_set
+from rmkit.gold import load_gold_saved
+from rmkit.metaset import read_meta_set, write_meta_set
 from rmkit.models import RewardModel
 from rmkit.training import TrainConfig, train_reward_model
+
+
+def sample_gold(the, pid: list[str], prompt_of: dict, samples: dict, n: int, work: Path) -> np.ndarray:
+    """The gold's rewards ``(P, n)`` of the samples, scored once and cached under ``work`` (keyed by the samples)."""
+    key = hashlib.sha256(json.dumps([pid, [samples[i] for i in pid]]).encode()).hexdigest()[:12]
+    cache = work / f"gold_{key}.npy"
+    if not cache.exists():
+        gold_rm = load_gold_saved(the.file(".json"))
+        g = gold_rm.score([prompt_of[i] for i in pid for _ in range(n)],
+                          [[{"role": "assistant", "content": t}] for i in pid for t in samples[i]], progress=True)
+        np.save(cache, np.asarray(g).reshape(len(pid), n))
+    return np.load(cache)
 
 
 def main() -> None:
@@ -54,6 +81,11 @@ def main() -> None:
     parser.add_argument("--vanilla", default=None, help="default: runs/lab/finetune<suffix>/model")
     parser.add_argument("--work", default=None, help="default: runs/lab/metarm<suffix>")
     parser.add_argument("--result", default=None, help="default: benchmarks/results/lab_metarm<suffix>.json")
+    parser.add_argument("--samples", default=None, help="a meta-set JSONL of policy samples (id, prompt, responses): "
+                                                        "graded by the gold instead of lab_bon.py's samples")
+    parser.add_argument("--train-pairs", type=int, default=None,
+                        help="further steps on the first k pairs of lab_bon_finetuned.py's order (default: all the "
+                             "train split, as lab_finetune.py trained)")
     args = parser.parse_args()
     the = GOLDS[args.gold]
     args.vanilla = args.vanilla or str(ROOT / "runs" / "lab" / f"finetune{the.suffix}" / "model")
@@ -66,16 +98,27 @@ def main() -> None:
     hl = load_hh_lab(seed=args.seed, gold=args.gold)
     pairs, where = hl.ds.pairs, {i: k for k, i in enumerate(hl.ids)}
     train_pairs = hl.labelled("train", args.seed)
+    if args.train_pairs:
+        train_pairs = training_pool(hl, args.seed, 0.0)[0][: args.train_pairs]
 
-    # Policy samples: prompts in lab_bon.py's order; the first half is the meta set, the second half is graded.
-    scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet")
-    pid = list(dict.fromkeys(scores["id"]))
-    n = int(scores["k"].max()) + 1
-    gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
-    samples = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+    # Policy samples: the first half of the prompts is the meta set, the second half is graded.
+    if args.samples:
+        recs = read_meta_set(args.samples)
+        pid = [r["id"] for r in recs]
+        n = min(len(r["responses"]) for r in recs)
+        samples = {r["id"]: r["responses"][:n] for r in recs}
+        prompt_of = {r["id"]: r["prompt"] for r in recs}
+        gold = sample_gold(the, pid, prompt_of, samples, n, work)
+    else:  # lab_bon.py's samples and committed gold, prompts in its order
+        scores = pd.read_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}.parquet")
+        pid = list(dict.fromkeys(scores["id"]))
+        n = int(scores["k"].max()) + 1
+        gold = scores.sort_values(["id", "k"]).set_index("id").loc[pid, "gold"].to_numpy().reshape(len(pid), n)
+        samples = read_samples(ROOT / "runs" / "lab" / "bon_samples.jsonl")
+        prompt_of = {i: pairs[where[i]].prompt for i in pid}
     half = len(pid) // 2
     meta_path = work / "meta_set.jsonl"
-    write_meta_set(meta_path, pid[:half], [pairs[where[i]].prompt for i in pid[:half]],
+    write_meta_set(meta_path, pid[:half], [prompt_of[i] for i in pid[:half]],
                    [samples[i][: args.meta_k] for i in pid[:half]])
 
     cfg = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
@@ -92,7 +135,7 @@ def main() -> None:
 
     # Grade: every RM scores the eval prompts' samples; pairs of samples against the gold's sign.
     eval_ids = pid[half:]
-    prompts = [pairs[where[i]].prompt for i in eval_ids for _ in range(n)]
+    prompts = [prompt_of[i] for i in eval_ids for _ in range(n)]
     responses = [[{"role": "assistant", "content": t}] for i in eval_ids for t in samples[i][:n]]
     graded = {}
     for name, path in {"vanilla": args.vanilla, **{k: str(work / k / "model") for k in runs}}.items():
@@ -102,8 +145,10 @@ def main() -> None:
         graded[name] = {**grade_sample_pairs(r, gold[half:]), "score_seconds": time.time() - t0}
     best = max(graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs)
     out = {
-        "what": "gold accuracy on every pair of 128 SmolLM2 samples of each of 50 held-out prompts: the fine-tuned "
-                "MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
+        "what": f"gold accuracy on every pair of {n} policy samples of each of {len(eval_ids)} held-out prompts: the "
+                "fine-tuned MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
+        "samples": args.samples or "lab_bon.py's SmolLM2 samples", "vanilla_model": args.vanilla,
+        "train_pairs": len(train_pairs),
         "eval_prompts": len(eval_ids), "samples_per_prompt": n, "meta_prompts": half, "meta_k": args.meta_k,
         "gold": the.stem, "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
         "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"] for eta in inner_lrs},
@@ -112,6 +157,9 @@ def main() -> None:
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
     Path(args.result).write_text(json.dumps(out, indent=1))
+    if args.samples or args.train_pairs:  # another study than the one lab.json's shift block records
+        print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
+        return
     lab_path = the.result("lab.json")
     lab = json.loads(lab_path.read_text())  # the shift entry's frozen-head numbers come from lab_bon.py; this adds
     lab.setdefault("shift", {})["finetuned"] = {  # the fine-tuned RM's beside them

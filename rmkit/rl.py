@@ -42,6 +42,7 @@ from .config import check_layers_spec, check_positive, require_same_settings, sa
 from .files import append_jsonl, atomic_path, keep_logged_through, read_appended_jsonl, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .data import DataSource, Message, load_preferences
+from .gold import gold_scorer
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
 from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
@@ -63,11 +64,15 @@ class PPOConfig(SamplingConfig, DataSource):
     uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo (Coste et al. use 0.1 for PPO)")
     output_dir: str = setting("runs/ppo", "metrics, checkpoints and the final policy go here")
     steps: int = setting(30, "PPO steps (one rollout batch each)")
-    batch_size: int = setting(8, "prompts per rollout (one response each)")
+    batch_size: int = setting(8, "prompts per rollout")
+    samples_per_prompt: int = setting(1, "responses sampled for each rollout prompt; above 1, each RM score has the "
+                                         "mean of its prompt's other responses subtracted before normalisation "
+                                         "(RLOO's leave-one-out baseline, Ahmadian et al. 2024), so the reward says "
+                                         "how much better a response is than its siblings, not how easy its prompt is")
     max_new_tokens: int = setting(48, "longest response in tokens")
     max_prompt_tokens: int = setting(160, "prompts longer than this (in the policy's template) are not used; "
                                           "prompts.csv lists each prompt's status")
-    minibatch_size: int = setting(4, "rollouts per gradient step")
+    minibatch_size: int = setting(4, "rollouts (responses) per gradient step")
     ppo_epochs: int = setting(2, "passes over each rollout batch")
     actor_lr: float = setting(3e-6, "actor learning rate (the paper: 5e-7 at 7B)")
     critic_lr: float = setting(1e-5, "critic learning rate (the paper: 1.5e-6 at 7B)")
@@ -92,6 +97,10 @@ class PPOConfig(SamplingConfig, DataSource):
                                     "reported as kl_within_budget")
     eval_prompts: int = setting(32, "held-out prompts scored at the start, every eval_every steps and the end")
     eval_every: int = setting(0, "evaluate every N steps (0: start and end only)")
+    gold: str | None = setting(None, "a reward model that scores the held-out evaluation samples only, never the "
+                                     "rollouts (a lab gold: rmkit lab's output folder or NAME.json beside "
+                                     "NAME_head.npy; or any RM): eval/gold beside eval/score shows whether the "
+                                     "RM's gains are real (overoptimization, Gao et al.)")
     save_every: int = setting(10, "checkpoint every N steps (0: only at the end)")
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint when it is there")
     rm_batch_size: int = setting(32, "texts per reward-model forward pass")
@@ -105,8 +114,8 @@ class PPOConfig(SamplingConfig, DataSource):
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ValueError("ptx_coef > 0 needs ptx_data (preference data whose chosen responses are the LM data)")
         check_layers_spec("critic_train_layers", self.critic_train_layers)
-        check_positive(self, "steps", "batch_size", "minibatch_size", "ppo_epochs", "actor_lr", "critic_lr",
-                       "max_new_tokens", "max_prompt_tokens", "rm_batch_size", "max_prompts")
+        check_positive(self, "steps", "batch_size", "samples_per_prompt", "minibatch_size", "ppo_epochs", "actor_lr",
+                       "critic_lr", "max_new_tokens", "max_prompt_tokens", "rm_batch_size", "max_prompts")
         check_positive(self, "kl_coef", "reward_clip", "clip_range", "value_clip", "max_grad_norm", "eval_prompts",
                        "eval_every", "save_every", "ptx_coef", "uwo_lambda", allow_zero=True)
         check_device(self.device)
@@ -186,6 +195,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamm
         last = (delta + gamma * lam * last) * mask[:, t]
         adv[:, t] = last
     return adv, adv + values
+
+
+def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``scores (B * k,)``, the k responses of each prompt in a row: each minus the mean of its prompt's other k - 1
+    (RLOO's baseline). A prompt's easiness cancels; what is left is how the response compares with its siblings."""
+    g = scores.view(-1, k)
+    return (g - (g.sum(1, keepdim=True) - g) / (k - 1)).view(-1)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -318,20 +334,32 @@ def rollout(actor, ref, critic, rm: RewardModel, tokenizer, prompts: Sequence[Se
             "tokens": int(sum(len(r) for r in responses))}
 
 
-def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConfig, device) -> dict[str, Any]:
+def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConfig, device, gold=None
+                    ) -> dict[str, Any]:
     """Mean RM score and KL to the reference of sampled responses to the held-out prompts (fixed seed),
-    and the per-prompt values under ``per_prompt`` (score, kl), for paired comparisons across steps."""
-    scores, kls, lengths = [], [], []
-    for s in range(0, len(prompts), cfg.batch_size):
-        r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + cfg.batch_size], prompt_ids[s: s + cfg.batch_size],
+    and the per-prompt values under ``per_prompt`` (score, kl), for paired comparisons across steps. With a
+    ``gold`` (`rmkit.gold.gold_scorer`), the same responses' gold rewards too (``eval/gold``, per prompt ``gold``)."""
+    scores, kls, lengths, golds = [], [], [], []
+    rows = cfg.batch_size * cfg.samples_per_prompt  # as many sequences at once as a rollout
+    for s in range(0, len(prompts), rows):
+        r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + rows], prompt_ids[s: s + rows],
                     cfg, seed=cfg.seed * 7919 + s, device=device)
         scores.append(r["scores"])
         kls.append(r["kl"])
         lengths += [len(x) for x in r["responses"]]
+        if gold is not None:
+            golds.append(np.asarray(gold.score(prompts[s: s + rows],
+                                               [[{"role": "assistant", "content": t}] for t in r["texts"]],
+                                               batch_size=cfg.rm_batch_size), dtype=np.float64))
     score, kl = torch.cat(scores), torch.cat(kls)
-    return {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(),
-            "eval/response_length": float(np.mean(lengths)),
-            "per_prompt": {"score": score.tolist(), "kl": kl.tolist()}}
+    out = {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(),
+           "eval/response_length": float(np.mean(lengths)),
+           "per_prompt": {"score": score.tolist(), "kl": kl.tolist()}}
+    if gold is not None:
+        g = np.concatenate(golds)
+        out["eval/gold"] = float(g.mean())
+        out["per_prompt"]["gold"] = g.tolist()
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -346,6 +374,10 @@ def _identity(cfg: PPOConfig, precision: str) -> dict[str, Any]:
         d.pop(k)
     if precision != "fp32":
         d["precision"] = precision
+    # Settings added later are named only when set, so checkpoints from before them still match.
+    for k, default in (("gold", None), ("samples_per_prompt", 1)):
+        if d.get(k) == default:
+            d.pop(k)
     return d
 
 
@@ -401,6 +433,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     ref = copy.deepcopy(actor).requires_grad_(False)
     rm = load_reward_model(cfg.reward_model, aggregation=cfg.aggregation, uwo_lambda=cfg.uwo_lambda)
     rm = rm.to(device).eval().requires_grad_(False)
+    gold = gold_scorer(cfg.gold, device=str(device), precision=precision) if cfg.gold else None
     first_rm = rm.members[0] if isinstance(rm, EnsembleRewardModel) else rm  # an ensemble's critic: its first member
     init = cfg.critic_init
     if init == "auto":
@@ -454,12 +487,13 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
     if start == 0:
         with amp():
-            log({"step": 0, **evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)})
+            log({"step": 0, **evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device, gold)})
 
     bar = tqdm(range(start, cfg.steps), desc="ppo", initial=start, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
-        batch_idx = [train_idx[(step * cfg.batch_size + j) % len(train_idx)] for j in range(cfg.batch_size)]
+        batch_idx = [train_idx[(step * cfg.batch_size + j) % len(train_idx)] for j in range(cfg.batch_size)
+                     for _ in range(cfg.samples_per_prompt)]
         with amp():
             r = rollout(actor, ref, critic, rm, tok, [prompts[i] for i in batch_idx], [enc[i] for i in batch_idx],
                         cfg, seed=cfg.seed * 1_000_003 + step, device=device)
@@ -470,6 +504,8 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         score = r["scores"].clone()
         if cfg.missing_eos_penalty is not None:
             score[~r["ended"]] -= cfg.missing_eos_penalty
+        if cfg.samples_per_prompt > 1:
+            score = leave_one_out(score, cfg.samples_per_prompt)
         if cfg.normalize_reward:
             moments.update(score)
             score = (score - moments.mean) / max(moments.std, 1e-6)
@@ -484,8 +520,8 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "pg_clip", "vf_clip", "approx_kl", "entropy", "ptx")}
         rng = np.random.default_rng([cfg.seed, step])
         for _ in range(cfg.ppo_epochs):
-            perm = rng.permutation(cfg.batch_size)
-            for s in range(0, cfg.batch_size, cfg.minibatch_size):
+            perm = rng.permutation(len(batch_idx))
+            for s in range(0, len(batch_idx), cfg.minibatch_size):
                 rows_mb = torch.as_tensor(perm[s: s + cfg.minibatch_size], device=device)
                 mb = select(seq, rows_mb)
                 R = mb["response_mask"].shape[1]
@@ -537,7 +573,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
             record["loss/ptx"] = float(np.mean(stats["ptx"]))
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             with amp():
-                record.update(evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device))
+                record.update(evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device, gold))
         log(record)
         bar.set_postfix(score=f"{record['reward/score_mean']:.3f}", kl=f"{record['kl/ref']:.2f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -545,7 +581,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
     if start < cfg.steps:
         with amp():
-            final = evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device)
+            final = evaluate_policy(actor, ref, rm, tok, eval_p, eval_ids, cfg, device, gold)
         log({"step": cfg.steps, **final})
         _save(ckpt, actor, tok, critic, opt_a, opt_c, moments, cfg.steps, cfg, precision)
         actor.save_pretrained(out / "policy", safe_serialization=True)
@@ -583,9 +619,28 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
     }
     per = read_appended_jsonl(run_dir / "eval_scores.jsonl")
     if len(per) >= 2:
-        gain = np.asarray(per[-1]["score"]) - np.asarray(per[0]["score"])
-        boots = np.random.default_rng(0).choice(gain, (2000, len(gain))).mean(1)
-        out["reward_gain"] = float(gain.mean())
-        out["reward_gain_ci95"] = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
-        out["prompts_improved"] = float((gain > 0).mean())
+        out["reward_gain"], out["reward_gain_ci95"], out["prompts_improved"] = _paired_gain(per[0]["score"],
+                                                                                            per[-1]["score"])
+    golds = [x for x in evals if "eval/gold" in x]
+    if golds:
+        # The gold's view of the same held-out samples: where it peaked and what the run kept of that peak. A drop
+        # from the peak while eval/score still rises is overoptimization (Gao et al. 2022, Fig. 1).
+        peak = max(golds, key=lambda x: x["eval/gold"])
+        out.update({"gold_start": golds[0]["eval/gold"], "gold_end": golds[-1]["eval/gold"],
+                    "gold_peak": peak["eval/gold"], "gold_peak_step": peak["step"], "gold_peak_kl": peak["eval/kl"]})
+        by_step = {x["step"]: x["gold"] for x in per if "gold" in x}
+        first, last = min(by_step), max(by_step)
+        if first != last:
+            out["gold_gain"], out["gold_gain_ci95"], _ = _paired_gain(by_step[first], by_step[last])
+            if peak["step"] != last:
+                out["gold_drop"], out["gold_drop_ci95"], _ = _paired_gain(by_step[last], by_step[peak["step"]])
     return out
+
+
+def _paired_gain(before, after) -> tuple[float, list[float], float]:
+    """Mean per-prompt gain ``after - before``, its bootstrap 95% interval over prompts (seeded), and the share of
+    prompts that gained."""
+    gain = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    boots = np.random.default_rng(0).choice(gain, (2000, len(gain))).mean(1)
+    return float(gain.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))], float(
+        (gain > 0).mean())

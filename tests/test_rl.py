@@ -11,8 +11,8 @@ import torch
 from rmkit.losses import ppo_policy_loss, ppo_value_loss
 from rmkit.models import RewardModel
 from rmkit.policy import encode_prompts, load_policy
-from rmkit.rl import (PPOConfig, RunningMoments, ValueModel, gae, pack, response_logprobs, response_values, select,
-                      train_ppo, whiten)
+from rmkit.rl import (PPOConfig, RunningMoments, ValueModel, gae, leave_one_out, pack, response_logprobs,
+                      response_values, select, train_ppo, whiten)
 
 
 def test_ppo_losses_by_hand():
@@ -293,3 +293,60 @@ def test_a_ppo_update_moves_the_policy_towards_higher_reward(tiny_policy, tiny_b
     m = r["seq"]["response_mask"]
     change = ((new_logp - r["logp"]) * m).sum(1)
     assert (change[0::2] > 0).all() and (change[1::2] < 0).all(), change
+
+
+def test_ppo_gold_scores_the_evaluation_samples_only(tiny_policy, tiny_bert, tiny_llama, shared_data, tmp_path):
+    """A gold that is the RM itself must see exactly the held-out samples the RM saw; a resume under another gold
+    is refused, named."""
+    out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=2, eval_every=1, gold=tiny_bert))
+    evals = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "eval/score" in x]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    for r in evals:
+        assert r["eval/gold"] == pytest.approx(r["eval/score"], abs=1e-5)
+    per = [json.loads(x) for x in (tmp_path / "ppo" / "eval_scores.jsonl").read_text().splitlines()]
+    assert all(p["gold"] == pytest.approx(p["score"], abs=1e-5) and len(p["gold"]) == 4 for p in per)
+    assert out["gold_start"] == pytest.approx(evals[0]["eval/gold"]) and out["gold_end"] == pytest.approx(
+        evals[-1]["eval/gold"])
+    assert out["gold_gain"] == pytest.approx(out["reward_gain"], abs=1e-5)
+    with pytest.raises(ValueError, match=r"other settings \(gold\)"):
+        train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=3, eval_every=1, gold=tiny_llama))
+
+
+def test_ppo_summary_gold_peak_and_drop_by_hand(tmp_path):
+    from rmkit.files import json_text
+    from rmkit.rl import summarize_ppo
+
+    gold = {0: [0.0, 0.0, 0.0, 0.0], 5: [1.0, 2.0, 1.0, 2.0], 10: [0.5, 1.0, 1.0, 1.5]}  # peak at 5, then down
+    recs = [{"step": s, "eval/score": float(s), "eval/kl": s / 10, "eval/gold": float(np.mean(g))}
+            for s, g in gold.items()]
+    (tmp_path / "metrics.jsonl").write_text("".join(json_text(r, indent=None) + "\n" for r in recs))
+    (tmp_path / "eval_scores.jsonl").write_text("".join(json_text(
+        {"step": s, "ids": list("abcd"), "score": [float(s)] * 4, "kl": [s / 10] * 4, "gold": g}, indent=None) + "\n"
+        for s, g in gold.items()))
+    out = summarize_ppo(tmp_path, PPOConfig())
+    assert (out["gold_start"], out["gold_peak"], out["gold_peak_step"], out["gold_peak_kl"], out["gold_end"]) == (
+        0.0, 1.5, 5, 0.5, 1.0)
+    assert out["gold_gain"] == pytest.approx(1.0)
+    assert out["gold_drop"] == pytest.approx(0.5)  # per prompt 0.5, 1.0, 0.0, 0.5
+    lo, hi = out["gold_drop_ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+def test_leave_one_out_baseline_by_hand():
+    s = torch.tensor([1.0, 2.0, 6.0, 10.0, 10.0, 13.0])  # two prompts, three responses each
+    # 1 - (2 + 6) / 2 = -3; 2 - 3.5 = -1.5; 6 - 1.5 = 4.5 | 10 - 11.5 = -1.5; -1.5; 13 - 10 = 3
+    torch.testing.assert_close(leave_one_out(s, 3), torch.tensor([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0]))
+    # a constant added to one prompt's responses (an easy prompt) cancels
+    torch.testing.assert_close(leave_one_out(s + torch.tensor([5.0] * 3 + [0.0] * 3), 3), leave_one_out(s, 3))
+
+
+def test_ppo_with_several_samples_per_prompt(tiny_policy, tiny_bert, shared_data, tmp_path):
+    """Two prompts x three responses a step run, and the setting is part of what a resume must match."""
+    out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=1, batch_size=2, samples_per_prompt=3,
+                         minibatch_size=3, max_new_tokens=8))
+    assert out["steps"] == 1 and math.isfinite(out["reward_end"])
+    rec = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "loss/policy" in x]
+    assert math.isfinite(rec[0]["loss/policy"]) and rec[0]["reward/score_std"] > 0
+    with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt\)"):
+        train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=2, batch_size=2, samples_per_prompt=2,
+                       minibatch_size=3, max_new_tokens=8))

@@ -1,0 +1,159 @@
+"""PPO against a weak proxy, graded by the lab's gold: Gao et al.'s RL overoptimization and Coste et al.'s remedy.
+
+Best-of-n reached KL 5.2 nats (n = 512) on these 2 cores without any proxy's gold reward turning down
+(`lab_bon.py`, `lab_bon_finetuned.py`). RL moves the policy further for the same compute. This runs `rmkit ppo`
+(`rmkit.rl.train_ppo`, configs/ppo_cpu.yaml's settings) with SmolLM2-135M-Instruct as the policy on held-out
+prompts of the lab's test split, once per reward:
+
+- ``single``: one fine-tuned proxy (lab_bon_finetuned.py's seed 0 on the lab's labels of 250 training pairs);
+- ``uwo`` / ``mean`` / ``min``: the 4 seeds of that proxy as one ensemble reward (z-scored members; uwo is
+  mean - lambda var with Coste et al.'s PPO lambda 0.1).
+
+The proxies are trained first where runs/lab lacks them (lab_bon_finetuned.py's `train_proxy`, 76 s each).
+Every run has the same seed, prompts, evaluation prompts and sampling seeds; the gold (``PPOConfig.gold``) scores
+the held-out evaluation samples only, every ``--eval-every`` steps, and never the rollouts. No KL penalty by
+default (``--kl-coef``), Gao et al.'s setting for measuring gold against KL.
+
+    .venv/bin/python benchmarks/lab_ppo.py --variants single,uwo             # ~25 min per variant on 2 cores (22 s a step)
+
+Writes benchmarks/results/lab_ppo.json (--result) and its _curve.png; every run lives under runs/lab/ppo_<variant>
+and resumes where it stopped (`rmkit ppo`'s checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hh_lab import GOLDS, ROOT, load_hh_lab
+from lab_bon_finetuned import train_proxy, training_pool
+from rmkit.config import load_config, to_dict
+from rmkit.files import read_appended_jsonl, write_json
+from rmkit.rl import PPOConfig, train_ppo
+
+
+def prompt_file(hl, path: Path) -> int:
+    """The test split's single-turn prompts (under 300 characters, lab_bon.py's rule) as a JSONL of id + prompt:
+    pairs the proxies never saw. Returns how many."""
+    test = set(hl.splits["test"])
+    rows = [{"id": p.id, "prompt": list(p.prompt)} for p in hl.ds.pairs
+            if p.id in test and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def curve(run: Path) -> dict[str, list]:
+    """Step, KL, proxy score and gold of every held-out evaluation of a run, and per prompt the gold (for paired
+    intervals)."""
+    evals = [r for r in read_appended_jsonl(run / "metrics.jsonl") if "eval/gold" in r]
+    per = {r["step"]: r["gold"] for r in read_appended_jsonl(run / "eval_scores.jsonl")}
+    return {"step": [r["step"] for r in evals], "kl": [r["eval/kl"] for r in evals],
+            "proxy": [r["eval/score"] for r in evals], "gold": [r["eval/gold"] for r in evals],
+            "length": [r["eval/response_length"] for r in evals], "gold_per_prompt": [per[r["step"]] for r in evals]}
+
+
+def gap(a: list[float], b: list[float], seed: int = 0) -> dict[str, float | list[float]]:
+    """Mean of ``a - b`` over prompts (paired) and its bootstrap 95% interval."""
+    d = np.asarray(a) - np.asarray(b)
+    boots = np.random.default_rng(seed).choice(d, (2000, len(d))).mean(1)
+    return {"mean": float(d.mean()), "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+
+
+def figure(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in result["curves"].items():
+        ax_g.plot(c["kl"], c["gold"], marker="o", label=name)
+        ax_p.plot(c["kl"], np.asarray(c["proxy"]) - c["proxy"][0], marker="o", label=name)
+    ax_g.set(xlabel="KL to the start policy (nats per response, held-out prompts)", ylabel="gold reward (mean)",
+             title="What the gold sees")
+    # The single RM's raw score and the ensemble's z-scored aggregate have different units: compare shapes only.
+    ax_p.set(xlabel="KL to the start policy (nats per response)", ylabel="reward PPO optimises, minus its start",
+             title="What the optimised reward sees (each in its own units)")
+    for ax in (ax_g, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"PPO against fine-tuned proxies (250 lab pairs), graded by the gold: {result['eval_prompts']} "
+                 f"held-out prompts, lr {result['ppo']['actor_lr']:g}, KL coef {result['ppo']['kl_coef']:g}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=["single", "uwo"],
+                        help="single, mean, min, uwo (comma-separated), run in this order")
+    parser.add_argument("--size", default="250", help="the proxies' training pairs (lab_bon_finetuned.py's k)")
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--actor-lr", type=float, default=1e-5)
+    parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=2, help="prompts per rollout")
+    parser.add_argument("--samples-per-prompt", type=int, default=4,
+                        help="responses per rollout prompt, with RLOO's leave-one-out baseline (PPOConfig)")
+    parser.add_argument("--uwo-lambda", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2")
+    parser.add_argument("--tag", default="", help="added to the runs' folder names (other settings, smoke tests)")
+    parser.add_argument("--result", type=Path, default=ROOT / "benchmarks" / "results" / "lab_ppo.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --result and stop")
+    args = parser.parse_args()
+    if args.plot_only:
+        figure(json.loads(args.result.read_text()), args.result.with_name(args.result.stem + "_curve.png"))
+        return
+    the = GOLDS[args.gold]
+    work = ROOT / "runs" / "lab"
+    members = [work / f"bon_ft{the.suffix}" / f"k{args.size}_seed{s}" / "model" for s in range(args.members)]
+    hl = load_hh_lab(seed=args.seed, gold=args.gold)
+    pool = training_pool(hl, args.seed, 0.0)[0][: int(args.size)]
+    for m, path in enumerate(members):  # lab_bon_finetuned.py's proxies, trained here where runs/lab lacks them
+        if not (path / "config.json").exists():
+            train_proxy(path.parent, pool, m)
+    prompts = work / "ppo_prompts.jsonl"
+    n_prompts = prompt_file(hl, prompts)
+
+    base = to_dict(load_config(PPOConfig, ROOT / "configs" / "ppo_cpu.yaml"))
+    base.update(data=str(prompts), steps=args.steps, eval_every=args.eval_every, actor_lr=args.actor_lr,
+                kl_coef=args.kl_coef, gold=str(the.file(".json")), seed=args.seed, batch_size=args.batch_size,
+                samples_per_prompt=args.samples_per_prompt)
+    curves, summaries = {}, {}
+    for v in args.variants:
+        cfg = PPOConfig(**{**base, "output_dir": str(work / f"ppo_{v}{the.suffix}{args.tag}"),
+                           "reward_model": str(members[0]) if v == "single" else ",".join(map(str, members)),
+                           "aggregation": None if v == "single" else v,
+                           "uwo_lambda": args.uwo_lambda if v == "uwo" else None})
+        summaries[v] = train_ppo(cfg)
+        curves[v] = curve(Path(cfg.output_dir))
+        print(json.dumps({v: {k: summaries[v].get(k) for k in ("gold_start", "gold_peak", "gold_peak_kl", "gold_end",
+                                                               "gold_drop", "gold_drop_ci95", "kl_end")}}))
+
+    result = {"gold": json.loads(the.file(".json").read_text()), "proxies": [str(m.relative_to(ROOT)) for m in members],
+              "prompts_available": n_prompts, "eval_prompts": base["eval_prompts"],
+              "ppo": {k: base[k] for k in ("steps", "batch_size", "samples_per_prompt", "minibatch_size", "ppo_epochs",
+                                           "actor_lr", "critic_lr", "kl_coef", "reward_clip", "max_new_tokens",
+                                           "eval_every")},
+              "uwo_lambda": args.uwo_lambda, "summaries": summaries, "curves": curves}
+    # Each conservative run against the single one at the single run's last evaluation, paired by prompt (the same
+    # held-out prompts and sampling seeds in every run).
+    if "single" in curves:
+        end = curves["single"]["gold_per_prompt"][-1]
+        result["vs_single_at_end"] = {v: gap(c["gold_per_prompt"][-1], end) for v, c in curves.items()
+                                      if v != "single" and c["step"][-1] == curves["single"]["step"][-1]}
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.result, result)
+    figure(result, args.result.with_name(args.result.stem + "_curve.png"))
+    print(json.dumps({k: result[k] for k in ("vs_single_at_end",) if k in result}))
+
+
+if __name__ == "__main__":
+    main()

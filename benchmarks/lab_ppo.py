@@ -62,6 +62,17 @@ def gap(a: list[float], b: list[float], seed: int = 0) -> dict[str, float | list
     return {"mean": float(d.mean()), "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
 
 
+def recovery(summaries: dict, curves: dict) -> dict[str, float]:
+    """Per conservative run, the share of the single run's drop from its gold peak that it recovers at the end (the
+    issue's ``conservative_recovery``, as `rmkit.bon.summarize_bon` defines it for best-of-n): NaN unless the single
+    run's drop is established (its interval over prompts above 0), since a ratio over noise means nothing."""
+    single = summaries.get("single", {})
+    drop, ci = single.get("gold_drop"), single.get("gold_drop_ci95")
+    if not drop or ci is None or ci[0] <= 0:
+        return {v: float("nan") for v in curves if v != "single"}
+    return {v: (summaries[v]["gold_end"] - single["gold_end"]) / drop for v in curves if v != "single"}
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -149,6 +160,7 @@ def main() -> None:
         end = curves["single"]["gold_per_prompt"][-1]
         result["vs_single_at_end"] = {v: gap(c["gold_per_prompt"][-1], end) for v, c in curves.items()
                                       if v != "single" and c["step"][-1] == curves["single"]["step"][-1]}
+        result["conservative_recovery"] = recovery(summaries, curves)
     args.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.result, result)
     figure(result, args.result.with_name(args.result.stem + "_curve.png"))

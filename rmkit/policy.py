@@ -187,8 +187,11 @@ def run_sample(cfg: SampleConfig) -> dict:
     save_config(cfg, out.with_suffix(".config.yaml"))
     todo = [i for i, x in enumerate(ids) if x not in done]
     model, tok = load_policy(cfg.policy) if todo else (None, None)
+    from tqdm.auto import tqdm
+
     # Chunks of batch_size prompts by place, each with its own seed: a chunk a kill left half written is drawn
     # again whole (the same responses) and only its missing prompts are added.
+    bar = tqdm(total=len(todo), desc="sample", unit="prompt", disable=not todo)
     for s in range(0, len(ids), cfg.batch_size):
         chunk = list(range(s, min(s + cfg.batch_size, len(ids))))
         if all(ids[i] in done for i in chunk):
@@ -199,5 +202,7 @@ def run_sample(cfg: SampleConfig) -> dict:
         new = [j for j, i in enumerate(chunk) if ids[i] not in done]
         write_meta_set(out, [ids[chunk[j]] for j in new], [prompts[chunk[j]] for j in new], [resp[j] for j in new],
                        append=True)
+        bar.update(len(new))
+    bar.close()
     return {"prompts": len(ids), "sampled_now": len(todo), "k": cfg.k, "output": str(out),
             "source_rows_without_prompt": dict(Counter(r["status"] for r in skipped))}

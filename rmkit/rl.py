@@ -204,6 +204,20 @@ def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (g - (g.sum(1, keepdim=True) - g) / (k - 1)).view(-1)
 
 
+def final_score(scores: torch.Tensor, ended: torch.Tensor, cfg: PPOConfig, moments: RunningMoments) -> torch.Tensor:
+    """The reward PPO puts on a response's last token, from its RM score ``(B,)``: the missing-EOS penalty, the
+    leave-one-out baseline (``samples_per_prompt`` > 1), running normalisation (updates ``moments``), clipping."""
+    score = scores.clone()
+    if cfg.missing_eos_penalty is not None:
+        score[~ended] -= cfg.missing_eos_penalty
+    if cfg.samples_per_prompt > 1:
+        score = leave_one_out(score, cfg.samples_per_prompt)
+    if cfg.normalize_reward:
+        moments.update(score)
+        score = (score - moments.mean) / max(moments.std, 1e-6)
+    return score.clamp(-cfg.reward_clip, cfg.reward_clip)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
@@ -501,15 +515,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         t_rollout = time.perf_counter() - t0
 
         # Rewards: KL penalty on every token, the normalised and clipped RM score on the last one.
-        score = r["scores"].clone()
-        if cfg.missing_eos_penalty is not None:
-            score[~r["ended"]] -= cfg.missing_eos_penalty
-        if cfg.samples_per_prompt > 1:
-            score = leave_one_out(score, cfg.samples_per_prompt)
-        if cfg.normalize_reward:
-            moments.update(score)
-            score = (score - moments.mean) / max(moments.std, 1e-6)
-        score = score.clamp(-cfg.reward_clip, cfg.reward_clip).to(device)
+        score = final_score(r["scores"], r["ended"], cfg, moments).to(device)
         rewards = -cfg.kl_coef * (r["logp"] - r["ref_logp"]) * mask
         last = mask.sum(1).long() - 1
         rewards[torch.arange(len(last), device=device), last] += score

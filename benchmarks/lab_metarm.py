@@ -18,16 +18,19 @@ grades the heads.
     .venv/bin/python benchmarks/lab_metarm.py [--steps 100] [--inner-lr 0.05,0.5] [--gold smollm2|mpnet]
 
 After PPO (the paper's setting: the policy has drifted from the one whose data trained the RM): ``--samples`` is a
-meta-set JSONL of any policy's samples (`rmkit sample --policy runs/lab/ppo_single_smollm2/policy ...`), whose
-first half of prompts is the meta set and second half is graded, the gold scoring them (cached beside the work
-folder); ``--vanilla`` the RM that PPO optimised and ``--train-pairs k`` its own training pairs (the first k of
-lab_bon_finetuned.py's order) for the further steps:
+meta-set JSONL of any policy's samples, whose first half of prompts is the meta set and second half is graded, the
+gold scoring them (cached in the work folder); ``--vanilla`` the RM that PPO optimised and ``--train-pairs k`` its
+own training pairs (the first k of lab_bon_finetuned.py's order) for the further steps. What
+results/lab_metarm_after_ppo.json holds (the policy of `lab_ppo.py --variants single --steps 120 --eval-every 10
+--tag _s120`):
 
-    .venv/bin/python benchmarks/lab_metarm.py --samples runs/lab/ppo_samples.jsonl --train-pairs 250 \
-        --vanilla runs/lab/bon_ft_smollm2/k250_seed0/model --work runs/lab/metarm_ppo \
-        --result benchmarks/results/lab_metarm_ppo.json
+    .venv/bin/rmkit sample runs/lab/ppo_prompts.jsonl --policy runs/lab/ppo_single_smollm2_s120/policy --k 8 \
+        --max-prompts 100 --output runs/lab/shift_samples_ppo.jsonl --max-new-tokens 48 --temperature 1.0
+    .venv/bin/python benchmarks/lab_metarm.py --samples runs/lab/shift_samples_ppo.jsonl --train-pairs 250 \
+        --inner-lr 0.05 --vanilla runs/lab/bon_ft_smollm2/k250_seed0/model --work runs/lab/metarm_shift_ppo \
+        --result benchmarks/results/lab_metarm_after_ppo.json
 
-Needs runs/lab/finetune<suffix>/model (`benchmarks/lab_finetune.py --gold ...`) and runs/lab/bon_samples.jsonl with
+Without them it needs runs/lab/finetune<suffix>/model (`lab_finetune.py --gold ...`) and runs/lab/bon_samples.jsonl with
 benchmarks/lab/bon_scores<suffix>.parquet (`benchmarks/lab_bon.py --gold ...`); the suffix is the gold's
 (`hh_lab.GOLDS`). Writes benchmarks/results/lab_metarm<suffix>.json and the "finetuned" entry of lab<suffix>.json's
 "shift" block; the trainings checkpoint under runs/lab/metarm<suffix> and a killed run resumes.
@@ -67,6 +70,16 @@ def sample_gold(the, pid: list[str], prompt_of: dict, samples: dict, n: int, wor
                           [[{"role": "assistant", "content": t}] for i in pid for t in samples[i]], progress=True)
         np.save(cache, np.asarray(g).reshape(len(pid), n))
     return np.load(cache)
+
+
+def paired_gap(a: np.ndarray, b: np.ndarray, gold: np.ndarray, *, seed: int = 0) -> list[float]:
+    """95% interval of proxy ``a``'s gold accuracy minus proxy ``b``'s on every pair of samples of a prompt
+    (``a, b, gold (P, n)``), prompts resampled with their pairs."""
+    i, j = np.triu_indices(gold.shape[1], 1)
+    sign = gold[:, i] - gold[:, j] > 0
+    d = ((a[:, i] - a[:, j] > 0) == sign).mean(1) - ((b[:, i] - b[:, j] > 0) == sign).mean(1)  # (P,)
+    boots = d[np.random.default_rng(seed).integers(0, len(d), (2000, len(d)))].mean(1)
+    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
 
 
 def main() -> None:
@@ -137,13 +150,18 @@ def main() -> None:
     eval_ids = pid[half:]
     prompts = [prompt_of[i] for i in eval_ids for _ in range(n)]
     responses = [[{"role": "assistant", "content": t}] for i in eval_ids for t in samples[i][:n]]
-    graded = {}
+    graded, rewards = {}, {}
     for name, path in {"vanilla": args.vanilla, **{k: str(work / k / "model") for k in runs}}.items():
         t0 = time.time()
         rm = RewardModel.from_pretrained(path)
-        r = rm.score(prompts, responses, batch_size=64).numpy().reshape(len(eval_ids), n)
-        graded[name] = {**grade_sample_pairs(r, gold[half:]), "score_seconds": time.time() - t0}
-    best = max(graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs)
+        rewards[name] = rm.score(prompts, responses, batch_size=64).numpy().reshape(len(eval_ids), n)
+        graded[name] = {**grade_sample_pairs(rewards[name], gold[half:]), "score_seconds": time.time() - t0}
+    best_eta = max(inner_lrs, key=lambda eta: graded[f"metarm_{eta:g}"]["accuracy"])
+    best = graded[f"metarm_{best_eta:g}"]["accuracy"]
+    # The same gaps with 95% intervals over the graded prompts (pairs of one prompt share its samples).
+    gaps = {f"metarm_best_minus_{b}_ci95": paired_gap(rewards[f"metarm_{best_eta:g}"], rewards[b], gold[half:],
+                                                      seed=args.seed)
+            for b in ("vanilla", "control")}
     out = {
         "what": f"gold accuracy on every pair of {n} policy samples of each of {len(eval_ids)} held-out prompts: the "
                 "fine-tuned MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
@@ -153,7 +171,7 @@ def main() -> None:
         "gold": the.stem, "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
         "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"] for eta in inner_lrs},
         "metarm_best_minus_vanilla": best - graded["vanilla"]["accuracy"],
-        "metarm_best_minus_control": best - graded["control"]["accuracy"],
+        "metarm_best_minus_control": best - graded["control"]["accuracy"], **gaps,
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
     Path(args.result).write_text(json.dumps(out, indent=1))

@@ -90,6 +90,9 @@ def main() -> None:
                                                                 "comma-separated: one MetaRM run each")
     parser.add_argument("--meta-k", type=int, default=8, help="samples per meta prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the further steps alone (batch order), the lab's labels and pairs kept: repeats "
+                             "control and MetaRM on the same data (default: --seed)")
     parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="which of the lab's golds")
     parser.add_argument("--vanilla", default=None, help="default: runs/lab/finetune<suffix>/model")
     parser.add_argument("--work", default=None, help="default: runs/lab/metarm<suffix>")
@@ -135,7 +138,8 @@ def main() -> None:
                    [samples[i][: args.meta_k] for i in pid[:half]])
 
     cfg = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
-    cfg = replace(cfg, data=str(DATA), model=args.vanilla, seed=args.seed, lr=args.lr, max_steps=args.steps,
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    cfg = replace(cfg, data=str(DATA), model=args.vanilla, seed=train_seed, lr=args.lr, max_steps=args.steps,
                   eval_test=False, warmup_ratio=0.0, lr_schedule="constant")
     inner_lrs = [float(x) for x in args.inner_lr.split(",")]
     runs = {"control": replace(cfg, output_dir=str(work / "control"))}
@@ -166,7 +170,7 @@ def main() -> None:
         "what": f"gold accuracy on every pair of {n} policy samples of each of {len(eval_ids)} held-out prompts: the "
                 "fine-tuned MiniLM RM (vanilla), after further BT steps (control), after the same steps with MetaRM",
         "samples": args.samples or "lab_bon.py's SmolLM2 samples", "vanilla_model": args.vanilla,
-        "train_pairs": len(train_pairs),
+        "train_pairs": len(train_pairs), "train_seed": train_seed,
         "eval_prompts": len(eval_ids), "samples_per_prompt": n, "meta_prompts": half, "meta_k": args.meta_k,
         "gold": the.stem, "steps": args.steps, "lr": args.lr, "vanilla": graded["vanilla"], "control": graded["control"],
         "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"] for eta in inner_lrs},

@@ -32,7 +32,7 @@ from hh_lab import GOLDS, ROOT, load_hh_lab
 from lab_bon_finetuned import train_proxy, training_pool
 from rmkit.config import load_config, to_dict
 from rmkit.files import read_appended_jsonl, write_json
-from rmkit.rl import PPOConfig, train_ppo
+from rmkit.rl import PPOConfig, paired_gain, train_ppo
 
 
 def prompt_file(hl, path: Path) -> int:
@@ -53,13 +53,6 @@ def curve(run: Path) -> dict[str, list]:
     return {"step": [r["step"] for r in evals], "kl": [r["eval/kl"] for r in evals],
             "proxy": [r["eval/score"] for r in evals], "gold": [r["eval/gold"] for r in evals],
             "length": [r["eval/response_length"] for r in evals], "gold_per_prompt": [per[r["step"]] for r in evals]}
-
-
-def gap(a: list[float], b: list[float], seed: int = 0) -> dict[str, float | list[float]]:
-    """Mean of ``a - b`` over prompts (paired) and its bootstrap 95% interval."""
-    d = np.asarray(a) - np.asarray(b)
-    boots = np.random.default_rng(seed).choice(d, (2000, len(d))).mean(1)
-    return {"mean": float(d.mean()), "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
 
 
 def recovery(summaries: dict, curves: dict) -> dict[str, float]:
@@ -158,7 +151,8 @@ def main() -> None:
     # held-out prompts and sampling seeds in every run).
     if "single" in curves:
         end = curves["single"]["gold_per_prompt"][-1]
-        result["vs_single_at_end"] = {v: gap(c["gold_per_prompt"][-1], end) for v, c in curves.items()
+        result["vs_single_at_end"] = {v: dict(zip(("mean", "ci95"), paired_gain(end, c["gold_per_prompt"][-1])))
+                                      for v, c in curves.items()
                                       if v != "single" and c["step"][-1] == curves["single"]["step"][-1]}
         result["conservative_recovery"] = recovery(summaries, curves)
     args.result.parent.mkdir(parents=True, exist_ok=True)

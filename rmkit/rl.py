@@ -625,7 +625,7 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
     }
     per = read_appended_jsonl(run_dir / "eval_scores.jsonl")
     if len(per) >= 2:
-        out["reward_gain"], out["reward_gain_ci95"], out["prompts_improved"] = _paired_gain(per[0]["score"],
+        out["reward_gain"], out["reward_gain_ci95"], out["prompts_improved"] = paired_gain(per[0]["score"],
                                                                                             per[-1]["score"])
     golds = [x for x in evals if "eval/gold" in x]
     if golds:
@@ -637,13 +637,13 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
         by_step = {x["step"]: x["gold"] for x in per if "gold" in x}
         first, last = min(by_step), max(by_step)
         if first != last:
-            out["gold_gain"], out["gold_gain_ci95"], _ = _paired_gain(by_step[first], by_step[last])
+            out["gold_gain"], out["gold_gain_ci95"], _ = paired_gain(by_step[first], by_step[last])
             if peak["step"] != last:
-                out["gold_drop"], out["gold_drop_ci95"], _ = _paired_gain(by_step[last], by_step[peak["step"]])
+                out["gold_drop"], out["gold_drop_ci95"], _ = paired_gain(by_step[last], by_step[peak["step"]])
     return out
 
 
-def _paired_gain(before, after) -> tuple[float, list[float], float]:
+def paired_gain(before, after) -> tuple[float, list[float], float]:
     """Mean per-prompt gain ``after - before``, its bootstrap 95% interval over prompts (seeded), and the share of
     prompts that gained."""
     gain = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)

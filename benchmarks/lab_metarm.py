@@ -55,6 +55,7 @@ from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.lab import grade_sample_pairs
 from rmkit.gold import load_gold_saved
+from rmkit.intervals import mean_interval
 from rmkit.metaset import read_meta_set, write_meta_set
 from rmkit.models import RewardModel
 from rmkit.training import TrainConfig, train_reward_model
@@ -78,8 +79,7 @@ def paired_gap(a: np.ndarray, b: np.ndarray, gold: np.ndarray, *, seed: int = 0)
     i, j = np.triu_indices(gold.shape[1], 1)
     sign = gold[:, i] - gold[:, j] > 0
     d = ((a[:, i] - a[:, j] > 0) == sign).mean(1) - ((b[:, i] - b[:, j] > 0) == sign).mean(1)  # (P,)
-    boots = d[np.random.default_rng(seed).integers(0, len(d), (2000, len(d)))].mean(1)
-    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    return list(mean_interval(d, seed=seed))
 
 
 def main() -> None:

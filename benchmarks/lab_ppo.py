@@ -30,6 +30,7 @@ import numpy as np
 
 from hh_lab import GOLDS, ROOT, load_hh_lab
 from lab_bon_finetuned import train_proxy, training_pool
+from rmkit.bon import recovery_share
 from rmkit.config import load_config, to_dict
 from rmkit.files import read_appended_jsonl, write_json
 from rmkit.rl import PPOConfig, paired_gain, train_ppo
@@ -60,10 +61,10 @@ def recovery(summaries: dict, curves: dict) -> dict[str, float]:
     issue's ``conservative_recovery``, as `rmkit.bon.summarize_bon` defines it for best-of-n): NaN unless the single
     run's drop is established (its interval over prompts above 0), since a ratio over noise means nothing."""
     single = summaries.get("single", {})
-    drop, ci = single.get("gold_drop"), single.get("gold_drop_ci95")
-    if not drop or ci is None or ci[0] <= 0:
-        return {v: float("nan") for v in curves if v != "single"}
-    return {v: (summaries[v]["gold_end"] - single["gold_end"]) / drop for v in curves if v != "single"}
+    drop, ci = single.get("gold_drop") or 0.0, single.get("gold_drop_ci95")
+    established = ci is not None and ci[0] > 0
+    return {v: recovery_share(drop, established, single.get("gold_end", float("nan")), summaries[v]["gold_end"])
+            for v in curves if v != "single"}
 
 
 def figure(result: dict, path: Path) -> None:

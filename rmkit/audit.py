@@ -77,8 +77,9 @@ class AuditConfig(EnsembleConfig, DataSource):
     report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
     review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
                                      "this many, for review")
-    max_pairs: int | None = setting(None, "audit a seeded random sample of this many usable pairs (a quick look at a "
-                                          "large dataset); the others stay in every table with status not_sampled")
+    max_pairs: int | None = setting(None, "audit a seeded random sample of this many usable pairs, each subset in "
+                                          "proportion (a quick look at a large dataset); the others stay in every "
+                                          "table with status not_sampled")
     member_models: list[str] | None = setting(None, "score every pair with reward models you already have (paths or "
                                                     "hub ids, any mix of backbones) instead of training an ensemble; "
                                                     "their scores are in-sample if they saw this data, and the "
@@ -119,8 +120,8 @@ class AuditResult:
                  f"rules: {s['settings']['rules']}; flagged likely_mislabeled: {s['categories']['likely_mislabeled']}"]
         left = s["load_report"]["statuses"].get("not_sampled", 0)
         if left:
-            lines.insert(0, f"a seeded sample of {s['scored_pairs']} pairs (max_pairs); {left} usable pairs not audited "
-                            "(status not_sampled)")
+            lines.insert(0, f"a seeded sample of {s['scored_pairs']} pairs, stratified by subset (max_pairs); {left} "
+                            "usable pairs not audited (status not_sampled)")
         if t["unjudged_subsets"]:
             lines.append(f"subsets the audit cannot judge (agreement interval includes chance): "
                          f"{', '.join(t['unjudged_subsets'])}")

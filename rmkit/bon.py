@@ -42,6 +42,7 @@ from .data import DataSource
 from .files import atomic_path, model_identity, write_json, write_jsonl
 from .gold import gold_files, gold_scorer
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
+from .intervals import mean_interval
 from .metaset import read_sample_records
 from .policy import SamplingConfig, check_resume, load_policy, load_prompts, sample_responses
 from .reward_ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleRewardModel, aggregate, load_reward_model
@@ -93,7 +94,7 @@ def drop_interval(table: np.ndarray, *, bootstrap: int = 2000, seed: int = 0) ->
     curve = table.mean(axis=0)
     peak = int(np.argmax(curve))
     diff = table[:, peak] - table[:, -1]
-    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    lo, hi = mean_interval(diff, bootstrap=bootstrap, seed=seed)
     return {"drop": float(diff.mean()), "ci95": [lo, hi], "peak_index": peak, "established": bool(lo > 0)}
 
 
@@ -105,15 +106,8 @@ def gap_interval(table: np.ndarray, baseline: np.ndarray, *, bootstrap: int = 20
     ``conservative_recovery``, a ratio over the single RM's drop, it is defined where nothing drops: ``established``
     where the interval is above 0 (the pick is better), ``worse`` where it is below."""
     diff = table[:, -1] - baseline[:, -1]
-    lo, hi = _prompt_bootstrap(diff, bootstrap, seed)
+    lo, hi = mean_interval(diff, bootstrap=bootstrap, seed=seed)
     return {"gap": float(diff.mean()), "ci95": [lo, hi], "established": bool(lo > 0), "worse": bool(hi < 0)}
-
-
-def _prompt_bootstrap(diff: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-prompt values ``diff (P,)``, prompts resampled."""
-    rows = np.random.default_rng(seed).integers(0, len(diff), (bootstrap, len(diff)))
-    lo, hi = np.quantile(diff[rows].mean(axis=1), [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def bon_variant_tables(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Sequence[int], *,
@@ -149,6 +143,16 @@ def study_bon(gold: np.ndarray, single: np.ndarray, members: np.ndarray, ns: Seq
     return summarize_bon(tables, ns, samples_per_prompt=int(gold.shape[1]), uwo_lambda=uwo_lambda, seed=seed)
 
 
+def recovery_share(drop: float, established: bool, single_end: float, other_end: float) -> float:
+    """Coste et al.'s measure: the share of the single proxy's drop from its gold peak (``drop`` = peak - end > 0)
+    that another reward recovers at the end, ``(other_end - single_end) / drop``. NaN unless the drop is
+    ``established`` (its interval over prompts above 0): a ratio over a drop the prompts do not establish is noise
+    over noise (0.0006 of gold gives 177). Best-of-n (`summarize_bon`) and PPO (benchmarks/lab_ppo.py) share it."""
+    if not established or not drop > 1e-12:
+        return float("nan")
+    return (other_end - single_end) / drop
+
+
 def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_per_prompt: int,
                   uwo_lambda: float = 0.5, seed: int = 0) -> dict:
     """`study_bon`'s result from per-prompt curves already computed (`bon_variant_tables`)."""
@@ -158,9 +162,7 @@ def summarize_bon(tables: dict[str, np.ndarray], ns: Sequence[int], *, samples_p
     drop = peak - single_curve[-1]
     best_cons = max(("min", "uwo"), key=lambda k: curves[k][-1])
     drops = {k: drop_interval(t, seed=seed) for k, t in tables.items() if k != "oracle_gold"}
-    # A ratio over a drop the prompts do not establish is noise over noise (0.0006 of gold gives 177): NaN instead.
-    recovery = ((curves[best_cons][-1] - single_curve[-1]) / drop if drop > 1e-12 and drops["single"]["established"]
-                else float("nan"))
+    recovery = recovery_share(drop, drops["single"]["established"], single_curve[-1], curves[best_cons][-1])
     # Where nothing drops, how much of the gold's own gain from n = 1 to the largest n each pick gets.
     oracle_gain = curves["oracle_gold"][-1] - curves["oracle_gold"][0]
     gain_share = {k: (c[-1] - c[0]) / oracle_gain if oracle_gain > 0 else float("nan") for k, c in curves.items()}

@@ -214,15 +214,29 @@ class PreferenceDataset:
         )
 
     def sample(self, n: int, seed: int = 0) -> "PreferenceDataset":
-        """A seeded random sample of ``n`` usable pairs, in input order. Every other usable row stays in ``rows`` with
-        status ``not_sampled``, so a capped job's tables still account for every input row."""
+        """A seeded random sample of ``n`` usable pairs, in input order, stratified by subset: each subset keeps its
+        share of the usable pairs (largest remainders round), so a capped audit of hh-rlhf's four subsets reads
+        each in proportion and its per-subset trust stays comparable with a full run's. Every other usable row
+        stays in ``rows`` with status ``not_sampled``, so a capped job's tables still account for every input row."""
         usable = [k for k, r in enumerate(self.rows) if r.usable]
         if n >= len(usable):
             return self
-        keep = set(np.asarray(usable)[np.random.default_rng(seed).choice(len(usable), size=n, replace=False)].tolist())
+        strata: dict[str, list[int]] = {}
+        for k in usable:
+            strata.setdefault(self.rows[k].subset, []).append(k)
+        quota = {name: n * len(ks) / len(usable) for name, ks in strata.items()}
+        take = {name: int(q) for name, q in quota.items()}
+        # Largest remainders get the pairs rounding left over; ties go to the larger subset, then by name.
+        for name in sorted(strata, key=lambda s: (take[s] - quota[s], -len(strata[s]), s))[: n - sum(take.values())]:
+            take[name] += 1
+        rng = np.random.default_rng(seed)
+        keep: set[int] = set()
+        for name in sorted(strata):  # sorted: the draws do not depend on which subset's file was listed first
+            ks = np.asarray(strata[name])
+            keep.update(ks[rng.choice(len(ks), size=take[name], replace=False)].tolist())
         rows = [r if k in keep or not r.usable else
                 replace(r, status="not_sampled", detail=f"outside the seeded sample of {n} of {len(usable)} usable "
-                                                        "pairs", pair=None)
+                                                        "pairs (stratified by subset)", pair=None)
                 for k, r in enumerate(self.rows)]
         return PreferenceDataset(rows, dict(self.format_counts), list(self.file_errors), list(self.skipped_files))
 

@@ -135,7 +135,8 @@ def _sampled(s: dict) -> str:
     left = s["load_report"]["statuses"].get("not_sampled", 0)
     if not left:
         return ""
-    return (f" (a seeded sample: <code>--max-pairs {s['settings']['max_pairs']}</code>; the other {left} usable pairs "
+    return (f" (a seeded sample, each subset in proportion: <code>--max-pairs {s['settings']['max_pairs']}</code>; "
+            f"the other {left} usable pairs "
             "were not audited and are in the tables as <code>not_sampled</code>)")
 
 

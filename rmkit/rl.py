@@ -41,6 +41,7 @@ from torch import nn
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
 from .files import append_jsonl, atomic_path, keep_logged_through, read_appended_jsonl, write_json
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
+from .intervals import mean_interval
 from .data import DataSource, Message, load_preferences
 from .gold import gold_scorer
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -647,6 +648,4 @@ def paired_gain(before, after) -> tuple[float, list[float], float]:
     """Mean per-prompt gain ``after - before``, its bootstrap 95% interval over prompts (seeded), and the share of
     prompts that gained."""
     gain = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
-    boots = np.random.default_rng(0).choice(gain, (2000, len(gain))).mean(1)
-    return float(gain.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))], float(
-        (gain > 0).mean())
+    return float(gain.mean()), list(mean_interval(gain)), float((gain > 0).mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -354,3 +355,20 @@ def test_a_capped_sample_keeps_every_row_with_a_status(tmp_path):
     assert got.status_counts() == {"ok": 4, "not_sampled": 6, "identical": 1}
     assert kept == [p.id for p in ds.sample(4, seed=3).pairs] != [p.id for p in ds.sample(4, seed=4).pairs]
     assert ds.sample(10) is ds and ds.sample(50) is ds
+
+
+def test_a_capped_sample_keeps_each_subsets_share():
+    """Stratified by subset, largest remainders rounding (ties to the larger subset): 5 / 3 / 2 usable pairs capped
+    to 5 give quotas 2.5 / 1.5 / 1, so 3 / 1 / 1; 18 / 2 capped to 10 give exactly 9 / 1 under every seed."""
+    def recs(sizes):
+        return [{"id": f"{name}{i}", "subset": name, "prompt": "q", "chosen": f"a{name}{i}", "rejected": "b"}
+                for name, size in sizes.items() for i in range(size)]
+
+    ds = load_preferences(recs({"a": 5, "b": 3, "c": 2}))
+    assert Counter(p.subset for p in ds.sample(5).pairs) == {"a": 3, "b": 1, "c": 1}
+    big = load_preferences(recs({"big": 18, "small": 2}))
+    for seed in range(5):
+        got = big.sample(10, seed=seed)
+        assert Counter(p.subset for p in got.pairs) == {"big": 9, "small": 1}
+        assert got.status_counts() == {"ok": 10, "not_sampled": 10}
+    assert "stratified by subset" in next(r.detail for r in got.rows if r.status == "not_sampled")

@@ -340,11 +340,24 @@ def test_leave_one_out_baseline_by_hand():
     torch.testing.assert_close(leave_one_out(s + torch.tensor([5.0] * 3 + [0.0] * 3), 3), leave_one_out(s, 3))
 
 
-def test_ppo_with_several_samples_per_prompt(tiny_policy, tiny_bert, shared_data, tmp_path):
-    """Two prompts x three responses a step run, and the setting is part of what a resume must match."""
+def test_ppo_with_several_samples_per_prompt(tiny_policy, tiny_bert, shared_data, tmp_path, monkeypatch):
+    """Two prompts x three responses a step run, each prompt's responses side by side (the grouping
+    `leave_one_out` assumes), and the setting is part of what a resume must match."""
+    import rmkit.rl
+
+    seen, rollout = [], rmkit.rl.rollout
+
+    def counting(actor, ref, critic, rm, tok, prompts, enc, *args, **kw):
+        if critic is not None:  # a training rollout (held-out evaluations sample without the critic)
+            seen.append([str(p) for p in prompts])
+        return rollout(actor, ref, critic, rm, tok, prompts, enc, *args, **kw)
+
+    monkeypatch.setattr(rmkit.rl, "rollout", counting)
     out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=1, batch_size=2, samples_per_prompt=3,
                          minibatch_size=3, max_new_tokens=8))
     assert out["steps"] == 1 and math.isfinite(out["reward_end"])
+    (batch,) = seen  # one step, one rollout
+    assert len(batch) == 6 and batch[0] == batch[1] == batch[2] != batch[3] == batch[4] == batch[5]
     rec = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "loss/policy" in x]
     assert math.isfinite(rec[0]["loss/policy"]) and rec[0]["reward/score_std"] > 0
     with pytest.raises(ValueError, match=r"other settings \(samples_per_prompt\)"):

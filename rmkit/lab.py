@@ -27,7 +27,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -234,6 +234,9 @@ class ProxyFeatures:
     cfg: EnsembleConfig
     ids: list[str]
     num_layers: int
+    # Trained heads' diffs by (settings, layers, labels): the studies train the same ensemble on the same labels
+    # (learnability and strength fidelity both use seed s's labels), and run_lab repeats none of it.
+    _trained: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def ensemble(self, label: np.ndarray, *, seed: int = 0, cfg: EnsembleConfig | None = None) -> np.ndarray:
         """The audit's cross-fitted ensemble trained on the lab's labels: diffs ``(M, N)``, sides as labelled."""
@@ -254,10 +257,15 @@ class ProxyFeatures:
         return np.nanmean(self._heads(cfg, [self.num_layers] * 2, label), axis=0)
 
     def _heads(self, cfg: EnsembleConfig, layers: list[int], label: np.ndarray) -> np.ndarray:
-        c, r = orient(self.fc, self.fr, label)
-        pick = [self.views.index(x) for x in sorted(set(layers))]
-        diffs, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], self.ids, layers)
-        return diffs
+        label = np.asarray(label, dtype=bool)
+        key = (repr(cfg), tuple(layers), label.tobytes())
+        if key not in self._trained:
+            if len(self._trained) >= 16:  # (M, N) floats each: a few MB at most, the oldest go first
+                self._trained.pop(next(iter(self._trained)))
+            c, r = orient(self.fc, self.fr, label)
+            pick = [self.views.index(x) for x in sorted(set(layers))]
+            self._trained[key] = heads_on_features(cfg, c[:, pick], r[:, pick], self.ids, layers)[0]
+        return self._trained[key].copy()  # a caller may write into its diffs
 
 
 def proxy_features(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], *, batch_size: int = 64,

@@ -66,6 +66,26 @@ def _proxy(n=600, dim=8, layers=2, seed=0):
     return ProxyFeatures(fc, fr, list(range(1, layers + 1)), cfg, [f"p{i}" for i in range(n)], layers), gold
 
 
+def test_proxy_trains_an_ensemble_once_per_labels_and_seed(monkeypatch):
+    """Learnability and strength fidelity train the same ensemble on the same labels: the second call reuses the
+    first's heads, other labels or seeds train anew, and a caller writing into its diffs changes no later call."""
+    import rmkit.lab
+
+    proxy, gold = _proxy(n=200)
+    calls, heads = [], rmkit.lab.heads_on_features
+    monkeypatch.setattr(rmkit.lab, "heads_on_features", lambda *a, **k: calls.append(1) or heads(*a, **k))
+    y = gold > 0
+    first = proxy.ensemble(y, seed=0)
+    first[:] = 0.0
+    again = proxy.ensemble(y, seed=0)
+    assert len(calls) == 1 and np.isfinite(again).any() and np.nanmax(np.abs(again)) > 0
+    proxy.ensemble(~y, seed=0)
+    proxy.ensemble(y, seed=1)
+    assert len(calls) == 3
+    fresh, _ = _proxy(n=200)  # a new proxy trains its own: the same numbers as the reused ones
+    np.testing.assert_array_equal(fresh.ensemble(y, seed=0), again)
+
+
 def test_studies_on_a_learnable_case():
     proxy, gold = _proxy()
     t = choose_temperature(gold, 0.1)

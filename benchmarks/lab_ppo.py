@@ -85,8 +85,10 @@ def figure(result: dict, path: Path) -> None:
     for ax in (ax_g, ax_p):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"PPO against fine-tuned proxies (250 lab pairs), graded by the gold: {result['eval_prompts']} "
-                 f"held-out prompts, lr {result['ppo']['actor_lr']:g}, KL coef {result['ppo']['kl_coef']:g}",
+    noisy = f", {result['planted_flips']:.0%} flipped" if result.get("planted_flips") else ""
+    fig.suptitle(f"PPO against fine-tuned proxies ({result.get('proxy_pairs', 250)} lab pairs{noisy}), graded by the "
+                 f"gold: {result['eval_prompts']} held-out prompts, lr {result['ppo']['actor_lr']:g}, "
+                 f"KL coef {result['ppo']['kl_coef']:g}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -99,6 +101,9 @@ def main() -> None:
                         help="single, mean, min, uwo (comma-separated), run in this order")
     parser.add_argument("--size", default="250", help="the proxies' training pairs (lab_bon_finetuned.py's k)")
     parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--flips", type=float, default=0.0,
+                        help="planted flips on the proxies' training labels (lab_bon_finetuned.py's; Coste et al.'s "
+                             "noisy setting is 0.25)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--actor-lr", type=float, default=1e-5)
@@ -118,9 +123,10 @@ def main() -> None:
         return
     the = GOLDS[args.gold]
     work = ROOT / "runs" / "lab"
-    members = [work / f"bon_ft{the.suffix}" / f"k{args.size}_seed{s}" / "model" for s in range(args.members)]
+    noisy = f"_flips{args.flips:g}" if args.flips else ""  # lab_bon_finetuned.py's folder names
+    members = [work / f"bon_ft{the.suffix}" / f"k{args.size}_seed{s}{noisy}" / "model" for s in range(args.members)]
     hl = load_hh_lab(seed=args.seed, gold=args.gold)
-    pool = training_pool(hl, args.seed, 0.0)[0][: int(args.size)]
+    pool = training_pool(hl, args.seed, args.flips)[0][: int(args.size)]
     for m, path in enumerate(members):  # lab_bon_finetuned.py's proxies, trained here where runs/lab lacks them
         if not (path / "config.json").exists():
             train_proxy(path.parent, pool, m)
@@ -133,7 +139,7 @@ def main() -> None:
                 samples_per_prompt=args.samples_per_prompt)
     curves, summaries = {}, {}
     for v in args.variants:
-        cfg = PPOConfig(**{**base, "output_dir": str(work / f"ppo_{v}{the.suffix}{args.tag}"),
+        cfg = PPOConfig(**{**base, "output_dir": str(work / f"ppo_{v}{the.suffix}{noisy}{args.tag}"),
                            "reward_model": str(members[0]) if v == "single" else ",".join(map(str, members)),
                            "aggregation": None if v == "single" else v,
                            "uwo_lambda": args.uwo_lambda if v == "uwo" else None})
@@ -143,7 +149,8 @@ def main() -> None:
                                                                "gold_drop", "gold_drop_ci95", "kl_end")}}))
 
     result = {"gold": json.loads(the.file(".json").read_text()), "proxies": [str(m.relative_to(ROOT)) for m in members],
-              "prompts_available": n_prompts, "eval_prompts": base["eval_prompts"],
+              "proxy_pairs": int(args.size), "planted_flips": args.flips, "prompts_available": n_prompts,
+              "eval_prompts": base["eval_prompts"],
               "ppo": {k: base[k] for k in ("steps", "batch_size", "samples_per_prompt", "minibatch_size", "ppo_epochs",
                                            "actor_lr", "critic_lr", "kl_coef", "reward_clip", "max_new_tokens",
                                            "eval_every")},

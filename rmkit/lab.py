@@ -44,6 +44,7 @@ from .files import write_json
 from .gold import fit_gold, gold_files, load_gold
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
+from .intervals import mean_interval
 from .losses import difference_loss
 from .metarm import metarm_backward
 from .models import RewardModel, RewardOutput
@@ -620,7 +621,12 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
                             head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress,
                             device=cfg.device, precision=cfg.precision)
         gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=progress)
-        gold_info = gold.info
+        # Does the gold read the prompt? On up to 256 chosen responses: a gold that does not is hacked with the proxy
+        # by a policy that drifts off the question (the check benchmarks/lab_hack.py makes of policy samples).
+        some = sorted(np.random.default_rng(cfg.seed).permutation(len(pairs))[:256].tolist())
+        gold_info = {**gold.info, "prompt_sensitivity": prompt_sensitivity(
+            lambda p, r: gold.score(p, r, batch_size=cfg.batch_size), [pairs[i].prompt for i in some],
+            [pairs[i].chosen for i in some], seed=cfg.seed)}
         np.save(out / "gold_head.npy", gold.weights)
 
     length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)
@@ -665,6 +671,8 @@ def lab_summary(result: dict) -> dict:
     gold, the labels, and per study its main metric, seed means."""
     out = {k: result[k] for k in ("data", "pairs", "temperature", "against_gold") if k in result}
     out["gold"] = {k: result["gold"][k] for k in ("model", "length_spearman") if k in result["gold"]}
+    if "prompt_sensitivity" in result["gold"]:
+        out["gold"]["prefers_own_prompt"] = result["gold"]["prompt_sensitivity"]["prefers_own"]
     for k in ("proxy_gold_accuracy", "strength_spearman"):
         if k in result:
             out[k] = result[k]
@@ -690,6 +698,43 @@ class _HeadOnFeatures(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RewardOutput:
         return RewardOutput(rewards=self.head(input_ids).squeeze(-1), features=input_ids)
+
+
+def other_prompt(n: int, *, seed: int = 0) -> np.ndarray:
+    """For each of ``n`` prompts another one ``(n,)``: the next in a seeded random cycle, never itself."""
+    order = np.random.default_rng(seed).permutation(n)
+    other = np.empty(n, dtype=int)
+    other[order] = np.roll(order, -1)
+    return other
+
+
+def prompt_sensitivity(score, prompts: Sequence, responses: Sequence, *, seed: int = 0) -> dict[str, float]:
+    """How far a reward model reads the prompt: its reward for each response under its own prompt minus under
+    another one (the next distinct prompt in a seeded random cycle, `other_prompt`: never the same text).
+
+    A gold that judges answers prefers the own prompt nearly always; one that scores responses alone does so as
+    often as not, and a policy that leaves the question but keeps the register it likes then hacks the gold along
+    with the proxy (benchmarks/README.md: PPO to KL 127, benchmarks/lab_hack.py). ``prompts`` (chat messages or
+    strings) may repeat, e.g. k samples per prompt; ``score(prompts, responses)`` gives ``(B,)`` rewards. Returns
+    the mean gap with its 95% interval over responses (`rmkit.intervals`), and ``prefers_own``, the share of
+    responses rewarded more under their own prompt."""
+    keys = [json.dumps(p, sort_keys=True) for p in prompts]
+    distinct = list(dict.fromkeys(keys))  # in order of first appearance
+    if len(distinct) < 2 or len(responses) != len(prompts):
+        raise ValueError(f"prompt_sensitivity needs at least 2 distinct prompts and one response each, got "
+                         f"{len(distinct)} distinct prompts, {len(prompts)} prompts and {len(responses)} responses")
+    group = {key: g for g, key in enumerate(distinct)}
+    first: dict[int, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(group[key], i)
+    cycle = other_prompt(len(distinct), seed=seed)
+    moved_prompts = [prompts[first[int(cycle[group[key]])]] for key in keys]
+    own = np.asarray(score(list(prompts), list(responses)), dtype=np.float64)
+    moved = np.asarray(score(moved_prompts, list(responses)), dtype=np.float64)
+    gap = own - moved
+    lo, hi = mean_interval(gap, seed=seed)
+    return {"mean_gap": float(gap.mean()), "ci95": [lo, hi], "prefers_own": float((gap > 0).mean()),
+            "responses": len(gap)}
 
 
 def grade_sample_pairs(rewards: np.ndarray, gold: np.ndarray) -> dict[str, float]:

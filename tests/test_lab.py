@@ -175,6 +175,9 @@ def test_gold_and_run_lab_on_tiny_models(tiny_bert, shared_data, tmp_path):
     summary = lab_summary(out)
     assert summary["proxy_gold_accuracy"] == out["proxy_gold_accuracy"] and summary["pairs"] == len(pairs)
     assert "flips_auroc" not in summary and "denoise" not in summary
+    # Whether the gold reads the prompt, recorded with it (48 pairs: every chosen response under another prompt).
+    sens = out["gold"]["prompt_sensitivity"]
+    assert sens["responses"] == len(pairs) and summary["gold"]["prefers_own_prompt"] == sens["prefers_own"]
     # Standard JSON: an undefined metric (e.g. precision with nothing flagged) is null, never the NaN token.
     saved = json.loads((tmp_path / "lab" / "lab.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["temperature"] == pytest.approx(out["temperature"])
@@ -365,3 +368,32 @@ def test_lab_bon_repeated_draws_pool_the_draws_curves(monkeypatch):
         np.mean([bon_table(m, gold, ns).mean(0) for _, members in by_hand for m in members], axis=0))
     assert len(out["per_draw"]) == 3 and out["per_draw"][1]["at_largest_n"]["single"] == pytest.approx(
         bon_table(by_hand[1][0], gold, ns)[:, -1].mean())
+
+
+def test_prompt_sensitivity_tells_an_answer_judge_from_a_response_scorer():
+    from rmkit.lab import other_prompt, prompt_sensitivity
+
+    topics = ["cats", "rivers", "chess", "bread", "volcanoes"]
+    prompts = [[{"role": "user", "content": f"tell me about {t}"}] for t in topics for _ in range(3)]  # 3 samples each
+    responses = [[{"role": "assistant", "content": f"{t} are {'very ' * j}interesting"}] for t in topics
+                 for j in range(3)]
+
+    def overlap(p, r):  # rewards words the response shares with the question: reads the prompt
+        return [len(set(a[-1]["content"].split()) & set(b[-1]["content"].split())) for a, b in zip(p, r)]
+
+    seen = []
+
+    def length_only(p, r):  # the response alone
+        seen.append(p)
+        return [len(b[-1]["content"]) for b in r]
+
+    judge = prompt_sensitivity(overlap, prompts, responses)
+    assert judge["prefers_own"] == 1.0 and judge["mean_gap"] == 1.0 and judge["responses"] == 15
+    blind = prompt_sensitivity(length_only, prompts, responses)
+    assert blind["prefers_own"] == 0.0 and blind["mean_gap"] == 0.0 and blind["ci95"] == [0.0, 0.0]
+    # Each response met another topic's prompt, the same one for all samples of a prompt: the next in the cycle.
+    cycle = other_prompt(5, seed=0)
+    assert sorted(cycle.tolist()) == list(range(5)) and all(cycle[i] != i for i in range(5))
+    assert seen[1] == [prompts[3 * cycle[i // 3]] for i in range(15)]
+    with pytest.raises(ValueError, match="2 distinct prompts"):
+        prompt_sensitivity(overlap, prompts[:3], responses[:3])

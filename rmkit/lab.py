@@ -624,9 +624,11 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         # Does the gold read the prompt? On up to 256 chosen responses: a gold that does not is hacked with the proxy
         # by a policy that drifts off the question (the check benchmarks/lab_hack.py makes of policy samples).
         some = sorted(np.random.default_rng(cfg.seed).permutation(len(pairs))[:256].tolist())
-        gold_info = {**gold.info, "prompt_sensitivity": prompt_sensitivity(
-            lambda p, r: gold.score(p, r, batch_size=cfg.batch_size), [pairs[i].prompt for i in some],
-            [pairs[i].chosen for i in some], seed=cfg.seed)}
+        gold_info = dict(gold.info)
+        if len({json.dumps(pairs[i].prompt) for i in some}) >= 2:  # undefined on data with one prompt
+            gold_info["prompt_sensitivity"] = prompt_sensitivity(
+                lambda p, r: gold.score(p, r, batch_size=cfg.batch_size), [pairs[i].prompt for i in some],
+                [pairs[i].chosen for i in some], seed=cfg.seed)
         np.save(out / "gold_head.npy", gold.weights)
 
     length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)

@@ -69,6 +69,8 @@ class Gold:
 # The default (configs/lab_cpu.yaml) is SmolLM2's layer 10 (benchmarks/lab_gold_choice.py chose it); MPNet's was the
 # lab's first gold, and its results keep the unsuffixed names.
 GOLDS = {"smollm2": Gold("gold_hh_smollm2", "_smollm2", {}),
+         # The default plus a relevance term, so a policy that leaves the question loses gold (lab_gold_relevance.py)
+         "smollm2_relevant": Gold("gold_hh_smollm2_relevant", "_smollm2_relevant", {}),
          "mpnet": Gold("gold_hh", "", {"gold_model": "mpnet", "gold_layer": None, "gold_head_l2": 0.3,
                                        "precision": "fp32"})}
 

@@ -43,6 +43,7 @@ from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
 from rmkit.lab import head_rewards, load_gold, orient, proxy_features, proxy_heads, study_shift
 from rmkit.models import RewardModel
+from rmkit.relevance import SentenceEncoder
 
 
 def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
@@ -111,6 +112,8 @@ def main() -> None:
                              "_draws<first>-<last> tag")
     parser.add_argument("--tag", default="", help="added to the results' names (e.g. _n512 for another n or prompts); "
                                                   "a tagged run leaves lab.json alone")
+    parser.add_argument("--gold-precision", choices=("fp32", "bf16"), default=None,
+                        help="encode the samples for the gold in this precision (default: the gold's own)")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--parallel", type=int, default=16, help="llama.cpp slots (samples decoded together)")
@@ -166,17 +169,33 @@ def main() -> None:
             path.with_suffix(".json").write_text(json.dumps({"seconds": time.time() - t, "spec": spec}))
         return np.load(path), measured_seconds(path.with_suffix(".json"))
 
-    def gold_scores():
-        gold_rm = load_gold(the.file("_head.npy"), gold_info["model"], layer=gold_info["layer"],
-                            max_length=gold_info["max_length"], precision=gold_info.get("precision", "fp32"))
-        return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+    def gold_scores(info: dict, stem: str):
+        """The gold's rewards of every sample ``(P, N)`` and the seconds encoding them took (None: cached earlier).
+        A prompt-aware gold (lab_gold_relevance.py) is its base gold's (cached as that gold's) plus its relevance
+        term (cached by itself), so neither pass is made twice."""
+        block = info.get("prompt_aware")
+        if block is None:
+            def encode():
+                gold_rm = load_gold(ROOT / "benchmarks" / "lab" / f"{stem}_head.npy", info["model"], layer=info["layer"],
+                                    max_length=info["max_length"], precision=precision)
+                return gold_rm.score(flat_p, flat_r, progress=True).reshape(len(pid), args.n)
+            # bf16 is the gold's own (its pair scores were encoded so) but can be far slower than fp32 on a CPU
+            # without fast bf16 kernels: --gold-precision fp32 then, keyed apart.
+            precision = args.gold_precision or info.get("precision", "fp32")
+            spec = {k: info[k] for k in ("model", "layer", "max_length", "head_l2") if k in info} | {"head": stem}
+            return cached("gold", spec if precision == info.get("precision", "fp32") else spec | {"precision": precision},
+                          encode)
+        base_json = ROOT / "benchmarks" / "lab" / block["base"]
+        base, base_s = gold_scores(json.loads(base_json.read_text()), base_json.stem)
+        rel, rel_s = cached("relevance", block["relevance_model"], lambda: SentenceEncoder(
+            block["relevance_model"]).relevance(flat_p, flat_r, progress=True).reshape(len(pid), args.n))
+        return base + block["relevance_weight"] * rel, None if None in (base_s, rel_s) else base_s + rel_s
 
     def proxy_feats():
         rm = RewardModel.from_pretrained("minilm", max_length=128)
         return rm.embed_texts(flat_p, flat_r, layers_all, batch_size=64, progress=True)
 
-    gold, gold_s = cached("gold", {k: gold_info[k] for k in ("model", "layer", "max_length", "head_l2")
-                                   if k in gold_info} | {"head": the.stem}, gold_scores)
+    gold, gold_s = gold_scores(gold_info, the.stem)
     feats, feats_s = cached("minilm", layers_all, proxy_feats)
     encode_s = {"gold": gold_s, "proxy": feats_s}
     ns = bon_ns(args.n)

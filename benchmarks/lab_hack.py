@@ -8,7 +8,7 @@ policy, on the runs' own held-out evaluation prompts (the 32 ids of eval_scores.
 - ``gold`` and ``proxy``: the rewards PPO was graded by and optimised;
 - ``relevance``: cosine of all-mpnet-base-v2 sentence embeddings (a model trained for semantic similarity, read by
   neither the gold nor the proxy) between the prompt and the response, and ``relevance_margin``, the same minus
-  the response's cosine with another prompt (`rmkit.lab.other_prompt`): about 0 for a response that could answer
+  the response's cosine with another prompt (`rmkit.relevance.other_prompt`): about 0 for a response that could answer
   anything;
 - ``prompt_sensitivity`` of the gold and of the proxy (`rmkit.lab.prompt_sensitivity`): reward with the response's
   own prompt minus with that other prompt. An RM that judges the answer to the question prefers the right
@@ -24,45 +24,21 @@ with prompt ids); writes benchmarks/results/lab_hack.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hh_lab import GOLDS, ROOT, load_hh_lab
-from rmkit.assets import resolve_model
 from rmkit.config import load_config
 from rmkit.files import read_appended_jsonl, write_json
 from rmkit.gold import gold_scorer
 from rmkit.intervals import mean_interval
-from rmkit.lab import other_prompt, prompt_sensitivity
+from rmkit.lab import prompt_sensitivity
 from rmkit.policy import SamplingConfig, load_policy, sample_responses
-from rmkit.reward_ensemble import load_reward_model
+from rmkit.relevance import SentenceEncoder, other_prompt, turn_text
 from rmkit.rl import PPOConfig
-
-
-@functools.cache
-def _mpnet():
-    from transformers import AutoModel, AutoTokenizer
-
-    path = resolve_model("mpnet")
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-
-def mpnet_embed(texts: list[str], *, batch_size: int = 32) -> np.ndarray:
-    """all-mpnet-base-v2's sentence embeddings ``(B, 768)``, unit norm (its own recipe: token mean, then L2)."""
-    tok, model = _mpnet()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(texts), batch_size):
-            enc = tok(texts[s: s + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
-    return np.concatenate(out)
 
 
 def samples(name: str, policy: str, prompts: list, ids: list[str], samp: SamplingConfig, k: int, work: Path) -> list:
@@ -91,7 +67,8 @@ def main() -> None:
                         help="lab_ppo.py run folders under runs/lab (comma-separated); the first sets prompts and "
                              "sampling settings, every run must share its start policy and evaluation prompts")
     parser.add_argument("--k", type=int, default=4, help="responses per evaluation prompt and policy")
-    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2")
+    parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2",
+                        help="the lab's gold; smollm2_relevant: the prompt-aware one of lab_gold_relevance.py")
     parser.add_argument("--result", type=Path, default=ROOT / "benchmarks" / "results" / "lab_hack.json")
     args = parser.parse_args()
     lab = ROOT / "runs" / "lab"
@@ -116,19 +93,15 @@ def main() -> None:
     k, n = args.k, len(ids)
     flat_p = [prompts[i] for i in range(n) for _ in range(k)]
     gold = gold_scorer(str(GOLDS[args.gold].file(".json")))
-    proxy = load_reward_model(cfg.reward_model)
-
-    def proxy_score(p, r):
-        with torch.inference_mode():
-            return proxy.score(p, r).float().numpy()
-
-    emb_p = mpnet_embed([p[-1]["content"] for p in prompts])
+    proxy_score = gold_scorer(cfg.reward_model, precision="fp32").score  # the RM PPO optimised, scored as a gold is
+    encoder = SentenceEncoder("mpnet")
+    emb_p = encoder.embed([turn_text(p) for p in prompts])
     other = np.repeat(other_prompt(n, seed=0), k)  # the prompt each response meets in prompt_sensitivity
     out = {}
     for name, t in texts.items():
         resp = [[{"role": "assistant", "content": x}] for row in t for x in row]
         g_own, q_own = gold.score(flat_p, resp), proxy_score(flat_p, resp)
-        e = mpnet_embed([x for row in t for x in row])
+        e = encoder.embed([x for row in t for x in row])
         own = (e * np.repeat(emb_p, k, axis=0)).sum(1)
         moved = (e * emb_p[other]).sum(1)
         summary = json.loads((lab / name / "summary.json").read_text()) if name != "start" else {}

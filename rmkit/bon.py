@@ -40,7 +40,7 @@ import numpy as np
 from .config import save_config, setting, validate
 from .data import DataSource
 from .files import atomic_path, model_identity, write_json, write_jsonl
-from .gold import gold_files, gold_scorer
+from .gold import gold_files, gold_scorer, prompt_aware_file
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .intervals import mean_interval
 from .metaset import read_sample_records
@@ -232,10 +232,11 @@ class BonConfig(SamplingConfig, DataSource):
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        if self.gold and gold_files(self.gold) is None:
+        if self.gold and gold_files(self.gold) is None and prompt_aware_file(self.gold) is None:
             g = Path(self.gold)
             if g.suffix == ".json":
-                raise ValueError(f"gold: {g} is not a saved gold (a JSON with {g.stem}_head.npy beside it)")
+                raise ValueError(f"gold: {g} is not a saved gold (a JSON with {g.stem}_head.npy beside it, or a "
+                                 "prompt-aware gold's JSON)")
             if g.is_dir() and not any((g / f).is_file() for f in ("config.json", ENSEMBLE_FILE)):
                 raise ValueError(f"gold: {g} holds neither a saved lab gold (gold.json, gold_head.npy) nor a "
                                  "reward model (config.json)")

@@ -9,6 +9,10 @@ scores policy samples, as ``rmkit bon --gold`` does to draw the overoptimization
     gold = fit_gold("mpnet", pairs)               # GoldRM: frozen backbone + a BT head on the human labels
     g = gold.diffs(pairs)                         # (N,) gold r(chosen) - r(rejected)
     r = gold_scorer("runs/lab").score(prompts, responses)   # (B,) gold reward of samples
+
+A gold fitted on preference pairs need not read the prompt (both responses of a pair answer the same one, so
+prompt-only terms cancel); `fit_prompt_aware_gold` adds a relevance term to any gold, weighted so that it prefers
+an answer to the question asked over an answer to another question about as often as relevance alone does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,6 +29,7 @@ from .ensemble import default_cache_dir, encode_features
 from .hardware import autocast, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .models import RewardModel
+from .relevance import SentenceEncoder, other_prompt
 from .reward_ensemble import load_reward_model
 
 
@@ -146,11 +151,133 @@ class _RewardModelGold:
 
 def gold_scorer(spec: str, *, device: str = "auto", precision: str = "fp32"):
     """A gold for policy samples from ``spec``: a saved lab gold (an ``rmkit lab`` output folder, or
-    ``NAME.json`` beside ``NAME_head.npy`` as in benchmarks/lab), or any reward model that
-    `rmkit.reward_ensemble.load_reward_model` reads (a folder, a hub id, an ensemble). Its
-    ``score(prompts, responses, batch_size=)`` gives ``(B,)`` numpy rewards; ``info`` says what it is."""
+    ``NAME.json`` beside ``NAME_head.npy`` as in benchmarks/lab), a saved `PromptAwareGold` (a JSON naming its base
+    gold and relevance weight), or any reward model that `rmkit.reward_ensemble.load_reward_model` reads (a folder,
+    a hub id, an ensemble). Its ``score(prompts, responses, batch_size=)`` gives ``(B,)`` numpy rewards; ``info``
+    says what it is."""
+    if prompt_aware_file(spec) is not None:
+        return load_prompt_aware_gold(spec, device=device, precision=precision)
     if gold_files(spec) is not None:
         return load_gold_saved(spec, device=device, precision=precision)
     dev = resolve_device(device)
     return _RewardModelGold(load_reward_model(spec).to(dev), spec, dev,
                             resolve_precision(precision, dev, announce=precision == "auto"))
+
+
+@dataclass
+class PromptAwareGold:
+    """A gold that reads the prompt: ``r(x, y) = base(x, y) + beta * relevance(x, y)``, relevance the cosine of a
+    sentence encoder's embeddings of the question and the answer (`rmkit.relevance`). ``base``: any gold with
+    ``score(prompts, responses, batch_size=, progress=)`` (a `GoldRM`, a reward model through `gold_scorer`)."""
+
+    base: Any
+    beta: float
+    encoder: SentenceEncoder
+    info: dict = field(default_factory=dict)
+
+    def parts(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The base gold's reward and the relevance of each (prompt, response): ``(base (B,), relevance (B,))``."""
+        base = np.asarray(self.base.score(prompts, responses, batch_size=batch_size, progress=progress), np.float64)
+        return base, self.encoder.relevance(prompts, responses, batch_size=batch_size, progress=progress)
+
+    def score(self, prompts, responses, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        base, rel = self.parts(prompts, responses, batch_size=batch_size, progress=progress)
+        return base + self.beta * rel
+
+    def relevance_diffs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32,
+                        progress: bool = False) -> np.ndarray:
+        """``relevance(x, chosen) - relevance(x, rejected)`` of every pair ``(N,)``: what the relevance term adds to
+        a pair's gold difference (``beta`` times it), with no pass of the base gold."""
+        prompts = [p.prompt for p in pairs] * 2
+        rel = self.encoder.relevance(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                                     batch_size=batch_size, progress=progress)
+        return rel[: len(pairs)] - rel[len(pairs):]
+
+    def save(self, path: str | Path, base_spec: str) -> Path:
+        """``path`` (a JSON): the base gold's spec (relative to the JSON's folder where it lies below it), the
+        weight, the encoder and how the weight was chosen; `gold_scorer` rebuilds the gold from it."""
+        path = Path(path)
+        try:
+            base_spec = str(Path(base_spec).resolve().relative_to(path.resolve().parent))
+        except ValueError:
+            pass  # elsewhere, or a hub id: kept as given
+        path.write_text(json.dumps({"prompt_aware": {"base": base_spec, "relevance_weight": self.beta,
+                                                     "relevance_model": self.encoder.model_id},
+                                    **self.info}, indent=1))
+        return path
+
+
+def prompt_aware_file(spec: str | Path) -> dict | None:
+    """The ``prompt_aware`` block of a saved `PromptAwareGold`'s JSON, None where ``spec`` is not one."""
+    p = Path(spec)
+    p = p / "gold.json" if p.is_dir() else p  # an rmkit lab output folder
+    if p.suffix != ".json" or not p.is_file():
+        return None
+    block = json.loads(p.read_text()).get("prompt_aware")
+    return block if isinstance(block, dict) else None
+
+
+def load_prompt_aware_gold(spec: str | Path, *, device: str = "auto", precision: str = "fp32") -> PromptAwareGold:
+    """A `PromptAwareGold` saved by `PromptAwareGold.save`: its base gold through `gold_scorer`, then the weight."""
+    block = prompt_aware_file(spec)
+    if block is None or not {"base", "relevance_weight", "relevance_model"} <= set(block):
+        raise ValueError(f"{spec}: not a saved prompt-aware gold (a JSON whose prompt_aware block names base, "
+                         f"relevance_weight and relevance_model)")
+    spec = Path(spec) / "gold.json" if Path(spec).is_dir() else Path(spec)
+    base = Path(block["base"])
+    base = spec.parent / base if not base.is_absolute() and (spec.parent / base).exists() else base
+    info = json.loads(spec.read_text())
+    return PromptAwareGold(gold_scorer(str(base), device=device, precision=precision), float(block["relevance_weight"]),
+                           SentenceEncoder(block["relevance_model"], device=str(resolve_device(device))), info)
+
+
+def relevance_weight(base_gap: np.ndarray, rel_gap: np.ndarray, *, slack: float = 0.02) -> dict[str, float]:
+    """The smallest ``beta >= 0`` with which ``base + beta * relevance`` prefers the own answer as often as
+    relevance alone does, less ``slack``. ``base_gap, rel_gap (N,)``: base gold and relevance of a prompt's own
+    answer minus those of another prompt's answer, both under the prompt. The own answer wins where
+    ``base_gap + beta * rel_gap > 0``; as beta grows that share tends to ``ceiling = mean(rel_gap > 0)``.
+    Returns beta, the share it reaches, the ceiling and the share at beta 0 (the base gold alone)."""
+    base_gap, rel_gap = np.asarray(base_gap, np.float64), np.asarray(rel_gap, np.float64)
+
+    def share(beta: np.ndarray) -> np.ndarray:
+        return ((base_gap[None] + beta[:, None] * rel_gap[None]) > 0).mean(1)
+
+    # The share changes only where some pair's sign flips, at beta = -base_gap / rel_gap: trying 0 and just past
+    # each positive crossing finds the smallest beta that reaches the target.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = -base_gap / rel_gap
+    candidates = np.concatenate([[0.0], np.sort(cross[np.isfinite(cross) & (cross > 0)]) * (1 + 1e-9)])
+    ceiling = float((rel_gap > 0).mean())
+    shares = share(candidates)
+    first = int(np.argmax(shares >= ceiling - slack))
+    return {"beta": float(candidates[first]), "prefers_own": float(shares[first]), "ceiling": ceiling,
+            "prefers_own_base": float(shares[0]), "slack": slack, "responses": len(base_gap)}
+
+
+def fit_prompt_aware_gold(base, prompts: Sequence, responses: Sequence, *, encoder: SentenceEncoder | None = None,
+                          slack: float = 0.02, seed: int = 0, batch_size: int = 32,
+                          progress: bool = False) -> PromptAwareGold:
+    """``base`` plus a relevance term weighted by `relevance_weight` on ``prompts`` with their own ``responses``
+    (one each, distinct prompts; e.g. the chosen sides of preference pairs), each set against the answer of
+    another prompt (`rmkit.relevance.other_prompt`, seeded) under the same prompt.
+
+    Why this rule: a person asked one question prefers an answer to it over an answer to another question nearly
+    always, whatever their taste; a gold fitted on same-prompt pairs never saw that contrast. The relevance encoder
+    is the best available judge of "answers this question"; the weight lets the base gold overrule it on at most
+    ``slack`` of such contrasts, and no more, so the base keeps deciding between two answers to the same question."""
+    if len(prompts) != len(responses) or len(prompts) < 2:
+        raise ValueError(f"fit_prompt_aware_gold needs at least 2 prompts with one response each, got "
+                         f"{len(prompts)} prompts and {len(responses)} responses")
+    encoder = encoder or SentenceEncoder()
+    other = other_prompt(len(prompts), seed=seed)
+    rivals = [responses[j] for j in other]
+    gold = PromptAwareGold(base, 0.0, encoder)
+    own_b, own_r = gold.parts(prompts, responses, batch_size=batch_size, progress=progress)
+    riv_b, riv_r = gold.parts(prompts, rivals, batch_size=batch_size, progress=progress)
+    fit = relevance_weight(own_b - riv_b, own_r - riv_r, slack=slack)
+    gold.beta = fit["beta"]
+    # How much the rule's one free number moves the weight: the same contrasts under other slacks.
+    by_slack = {str(s): relevance_weight(own_b - riv_b, own_r - riv_r, slack=s)["beta"] for s in (0.0, 0.01, 0.05, 0.1)}
+    gold.info = {"base": getattr(base, "info", {}), "relevance_model": encoder.model_id,
+                 "relevance_weight_fit": {**fit, "seed": seed, "beta_by_slack": by_slack}}
+    return gold

@@ -41,7 +41,7 @@ from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, spli
 from .denoise import PRESETS, RANKED, DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import write_json
-from .gold import fit_gold, gold_files, load_gold
+from .gold import fit_gold, fit_prompt_aware_gold, gold_files, load_gold
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .intervals import mean_interval
@@ -49,6 +49,7 @@ from .losses import difference_loss
 from .metarm import metarm_backward
 from .models import RewardModel, RewardOutput
 from .objectives import compute_loss, get_objective
+from .relevance import SentenceEncoder, other_prompt
 from .strength import pair_quality_scores
 
 STUDIES = ("learnability", "strength", "flips", "denoise")
@@ -68,6 +69,13 @@ class LabConfig(DataSource):
     gold_scores: str | None = setting(None, "a gold.parquet (id, gold_diff) written before: reuse it, encode nothing")
     gold_head: str | None = setting(None, "a gold head (.npy) saved by an earlier run, e.g. on other data: that gold "
                                           "labels this data (a second domain) on gold_model's features; fit nothing")
+    gold_relevance: str | None = setting(None, "a sentence encoder (alias mpnet, hub id or path): its prompt-response "
+                                               "cosine joins the gold, weighted so the gold prefers an answer to the "
+                                               "question asked over another question's answer (rmkit.gold."
+                                               "fit_prompt_aware_gold); without it a gold fitted on same-prompt pairs "
+                                               "may not read the prompt")
+    gold_relevance_slack: float = setting(0.02, "share of such contrasts the fitted gold may still lose, beyond those "
+                                                "the encoder itself loses (sets the relevance weight)")
     against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
                                          "temperature; the paper reports 20-25% on hh-rlhf)")
     temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
@@ -101,6 +109,11 @@ class LabConfig(DataSource):
         # a ceiling replaces the ranking a preset acts on
         if unknown := [p for p in self.denoise_ceiling if p not in RANKED]:
             raise ValueError(f"denoise_ceiling: unknown presets {unknown}: choose from {list(RANKED)}")
+        if self.gold_relevance and self.gold_scores:
+            raise ValueError("gold_relevance fits a term on top of a gold this run makes; gold_scores reuses scores "
+                             "already made (a prompt-aware gold's included): set one")
+        if not 0.0 <= self.gold_relevance_slack < 1.0:
+            raise ValueError(f"gold_relevance_slack must be in [0, 1), got {self.gold_relevance_slack}")
         if self.gold_head and self.gold_scores:
             raise ValueError("set gold_scores (reuse scores of this data) or gold_head (score it with a saved "
                              "gold), not both")
@@ -605,6 +618,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     pairs = cfg.read(cfg.data).pairs
     ids = [p.id for p in pairs]
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
+    prompt_aware = None
     if cfg.gold_scores:
         gold_diff = read_gold_scores(cfg.gold_scores, ids)
         made = Path(cfg.gold_scores).with_suffix(".json")  # how the gold was made, saved beside its scores
@@ -621,21 +635,36 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
                             head_l2=cfg.gold_head_l2, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress,
                             device=cfg.device, precision=cfg.precision)
         gold_diff = gold.diffs(pairs, batch_size=cfg.batch_size, progress=progress)
-        # Does the gold read the prompt? On up to 256 chosen responses: a gold that does not is hacked with the proxy
-        # by a policy that drifts off the question (the check benchmarks/lab_hack.py makes of policy samples).
-        some = sorted(np.random.default_rng(cfg.seed).permutation(len(pairs))[:256].tolist())
+        # Does the gold read the prompt? On up to 256 chosen responses of distinct prompts: a gold that does not is
+        # hacked with the proxy by a policy that drifts off the question (benchmarks/lab_hack.py).
+        first = list({json.dumps(p.prompt, sort_keys=True): k for k, p in reversed(list(enumerate(pairs)))}.values())
+        some = sorted(np.random.default_rng(cfg.seed).permutation(first)[:256].tolist())
+        prompts, chosen = [pairs[i].prompt for i in some], [pairs[i].chosen for i in some]
+        if cfg.gold_relevance and len(some) < 2:
+            raise ValueError(f"gold_relevance: {cfg.data} has {len(some)} distinct prompt(s); the relevance weight is "
+                             "fitted on answers to different questions (at least 2)")
+        np.save(out / ("gold_base_head.npy" if cfg.gold_relevance else "gold_head.npy"), gold.weights)
+        if cfg.gold_relevance:
+            base_info = dict(gold.info)
+            write_json(out / "gold_base.json", base_info)
+            gold = prompt_aware = fit_prompt_aware_gold(gold, prompts, chosen, encoder=SentenceEncoder(
+                cfg.gold_relevance, device=str(resolve_device(cfg.device))), slack=cfg.gold_relevance_slack,
+                seed=cfg.seed, batch_size=cfg.batch_size)
+            gold_diff = gold_diff + gold.beta * gold.relevance_diffs(pairs, batch_size=cfg.batch_size, progress=progress)
         gold_info = dict(gold.info)
-        if len({json.dumps(pairs[i].prompt) for i in some}) >= 2:  # undefined on data with one prompt
+        if len(some) >= 2:  # undefined on data with one prompt
             gold_info["prompt_sensitivity"] = prompt_sensitivity(
-                lambda p, r: gold.score(p, r, batch_size=cfg.batch_size), [pairs[i].prompt for i in some],
-                [pairs[i].chosen for i in some], seed=cfg.seed)
-        np.save(out / "gold_head.npy", gold.weights)
+                lambda p, r: gold.score(p, r, batch_size=cfg.batch_size), prompts, chosen, seed=cfg.seed)
 
     length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)
     gold_info = {**gold_info, "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,
                  "abs_diff_median": float(np.median(np.abs(gold_diff)))}
     pd.DataFrame({"id": ids, "gold_diff": gold_diff}).to_parquet(out / "gold.parquet", index=False)
-    write_json(out / "gold.json", gold_info)
+    if prompt_aware is None:
+        write_json(out / "gold.json", gold_info)
+    else:  # its JSON names the base (gold_base.json, gold_base_head.npy): rmkit bon --gold reads the folder
+        prompt_aware.info = gold_info
+        prompt_aware.save(out / "gold.json", str(out / "gold_base.json"))
     temperature = cfg.temperature or choose_temperature(gold_diff, cfg.against_gold)
     labels = sample_labels(ids, gold_diff, temperature, seed=cfg.seed)
     labels.to_parquet(out / "labels.parquet", index=False)
@@ -700,14 +729,6 @@ class _HeadOnFeatures(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> RewardOutput:
         return RewardOutput(rewards=self.head(input_ids).squeeze(-1), features=input_ids)
-
-
-def other_prompt(n: int, *, seed: int = 0) -> np.ndarray:
-    """For each of ``n`` prompts another one ``(n,)``: the next in a seeded random cycle, never itself."""
-    order = np.random.default_rng(seed).permutation(n)
-    other = np.empty(n, dtype=int)
-    other[order] = np.roll(order, -1)
-    return other
 
 
 def prompt_sensitivity(score, prompts: Sequence, responses: Sequence, *, seed: int = 0) -> dict[str, float]:

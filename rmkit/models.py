@@ -279,13 +279,15 @@ class RewardModel(nn.Module):
         *,
         batch_size: int = 32,
     ) -> torch.Tensor:
-        """Rewards for (prompt, response) pairs, batched by length; returns (N,) in input order."""
+        """Rewards for (prompt, response) pairs, batched by length; returns (N,) in input order. No gradient is
+        kept (no_grad rather than inference_mode: callers such as PPO may modify the rewards in place)."""
         was_training = self.training
         self.eval()
         ids = self.encode(prompts, responses)
         out = torch.empty(len(ids))
-        for idx, batch in self.batches(ids, batch_size):
-            out[idx] = self(**batch).rewards.float().cpu()
+        with torch.no_grad():
+            for idx, batch in self.batches(ids, batch_size):
+                out[idx] = self(**batch).rewards.float().cpu()
         self.train(was_training)
         return out
 

@@ -352,9 +352,10 @@ def rollout(actor, ref, critic, rm: RewardModel, tokenizer, prompts: Sequence[Se
 def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConfig, device, gold=None
                     ) -> dict[str, Any]:
     """Mean RM score and KL to the reference of sampled responses to the held-out prompts (fixed seed),
-    and the per-prompt values under ``per_prompt`` (score, kl), for paired comparisons across steps. With a
-    ``gold`` (`rmkit.gold.gold_scorer`), the same responses' gold rewards too (``eval/gold``, per prompt ``gold``)."""
-    scores, kls, lengths, golds = [], [], [], []
+    and the per-prompt values under ``per_prompt`` (score, kl, and the response itself, so a later judge or gold
+    can grade the same texts), for paired comparisons across steps. With a ``gold`` (`rmkit.gold.gold_scorer`),
+    the same responses' gold rewards too (``eval/gold``, per prompt ``gold``)."""
+    scores, kls, lengths, golds, texts = [], [], [], [], []
     rows = cfg.batch_size * cfg.samples_per_prompt  # as many sequences at once as a rollout
     for s in range(0, len(prompts), rows):
         r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + rows], prompt_ids[s: s + rows],
@@ -362,6 +363,7 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
         scores.append(r["scores"])
         kls.append(r["kl"])
         lengths += [len(x) for x in r["responses"]]
+        texts += r["texts"]
         if gold is not None:
             golds.append(np.asarray(gold.score(prompts[s: s + rows],
                                                [[{"role": "assistant", "content": t}] for t in r["texts"]],
@@ -369,7 +371,7 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
     score, kl = torch.cat(scores), torch.cat(kls)
     out = {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(),
            "eval/response_length": float(np.mean(lengths)),
-           "per_prompt": {"score": score.tolist(), "kl": kl.tolist()}}
+           "per_prompt": {"score": score.tolist(), "kl": kl.tolist(), "response": texts}}
     if gold is not None:
         g = np.concatenate(golds)
         out["eval/gold"] = float(g.mean())

@@ -305,6 +305,8 @@ def test_ppo_gold_scores_the_evaluation_samples_only(tiny_policy, tiny_bert, tin
         assert r["eval/gold"] == pytest.approx(r["eval/score"], abs=1e-5)
     per = [json.loads(x) for x in (tmp_path / "ppo" / "eval_scores.jsonl").read_text().splitlines()]
     assert all(p["gold"] == pytest.approx(p["score"], abs=1e-5) and len(p["gold"]) == 4 for p in per)
+    # The graded texts themselves, one per held-out prompt, so another gold can grade them later.
+    assert all(len(p["response"]) == 4 and all(isinstance(t, str) for t in p["response"]) for p in per)
     assert out["gold_start"] == pytest.approx(evals[0]["eval/gold"]) and out["gold_end"] == pytest.approx(
         evals[-1]["eval/gold"])
     assert out["gold_gain"] == pytest.approx(out["reward_gain"], abs=1e-5)

@@ -332,6 +332,14 @@ BY_SIZE_KEYS = ("gold_reward", "single_peak_n", "single_drop_from_peak", "drops"
                 "single_each_member", "single_mean_over_members", "vs_single_at_largest_n")
 
 
+def gold_name(info: dict) -> str:
+    """The gold's backbone, and for a prompt-aware gold its relevance term too."""
+    block = info.get("prompt_aware")
+    if block is None:
+        return str(info.get("model"))
+    return f"{info.get('base', {}).get('model')} + {block['relevance_weight']:.2f} x {block['relevance_model']} relevance"
+
+
 def _figure(result: dict, path: Path, note: str = "") -> None:
     import matplotlib
 
@@ -359,7 +367,7 @@ def _figure(result: dict, path: Path, note: str = "") -> None:
     for row in axes:
         row[0].set_ylabel("gold reward of the pick")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Best-of-n in the lab (gold: {result['gold']['model']}): {result['prompts']} held-out prompts, "
+    fig.suptitle(f"Best-of-n in the lab (gold: {gold_name(result['gold'])}): {result['prompts']} held-out prompts, "
                  f"n up to {result['n'][-1]}{note}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

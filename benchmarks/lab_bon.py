@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -367,8 +368,10 @@ def _figure(result: dict, path: Path, note: str = "") -> None:
     for row in axes:
         row[0].set_ylabel("gold reward of the pick")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Best-of-n in the lab (gold: {gold_name(result['gold'])}): {result['prompts']} held-out prompts, "
-                 f"n up to {result['n'][-1]}{note}")
+    title = (f"Best-of-n in the lab (gold: {gold_name(result['gold'])}): {result['prompts']} held-out prompts, "
+             f"n up to {result['n'][-1]}{note}")
+    # Wrapped to the figure's width: a one-panel figure cut a long title at both edges.
+    fig.suptitle("\n".join(textwrap.fill(line, width=int(cols * 4.4 * 11)) for line in title.split("\n")))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

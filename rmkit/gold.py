@@ -272,8 +272,11 @@ def fit_prompt_aware_gold(base, prompts: Sequence, responses: Sequence, *, encod
     other = other_prompt(len(prompts), seed=seed)
     rivals = [responses[j] for j in other]
     gold = PromptAwareGold(base, 0.0, encoder)
-    own_b, own_r = gold.parts(prompts, responses, batch_size=batch_size, progress=progress)
-    riv_b, riv_r = gold.parts(prompts, rivals, batch_size=batch_size, progress=progress)
+    # One pass over own answers and rivals together: the rivals are the same answers, so the encoder embeds each
+    # text once (it dedupes within a call).
+    b, r = gold.parts(list(prompts) * 2, list(responses) + rivals, batch_size=batch_size, progress=progress)
+    n = len(prompts)
+    own_b, own_r, riv_b, riv_r = b[:n], r[:n], b[n:], r[n:]
     fit = relevance_weight(own_b - riv_b, own_r - riv_r, slack=slack)
     gold.beta = fit["beta"]
     # How much the rule's one free number moves the weight: the same contrasts under other slacks.

@@ -231,7 +231,7 @@ def load_prompt_aware_gold(spec: str | Path, *, device: str = "auto", precision:
                            SentenceEncoder(block["relevance_model"], device=str(resolve_device(device))), info)
 
 
-def relevance_weight(base_gap: np.ndarray, rel_gap: np.ndarray, *, slack: float = 0.02) -> dict[str, float]:
+def relevance_weight(base_gap: np.ndarray, rel_gap: np.ndarray, *, slack: float = 0.1) -> dict[str, float]:
     """The smallest ``beta >= 0`` with which ``base + beta * relevance`` prefers the own answer as often as
     relevance alone does, less ``slack``. ``base_gap, rel_gap (N,)``: base gold and relevance of a prompt's own
     answer minus those of another prompt's answer, both under the prompt. The own answer wins where
@@ -255,7 +255,7 @@ def relevance_weight(base_gap: np.ndarray, rel_gap: np.ndarray, *, slack: float 
 
 
 def fit_prompt_aware_gold(base, prompts: Sequence, responses: Sequence, *, encoder: SentenceEncoder | None = None,
-                          slack: float = 0.02, seed: int = 0, batch_size: int = 32,
+                          slack: float = 0.1, seed: int = 0, batch_size: int = 32,
                           progress: bool = False) -> PromptAwareGold:
     """``base`` plus a relevance term weighted by `relevance_weight` on ``prompts`` with their own ``responses``
     (one each, distinct prompts; e.g. the chosen sides of preference pairs), each set against the answer of

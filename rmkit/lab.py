@@ -74,8 +74,10 @@ class LabConfig(DataSource):
                                                "question asked over another question's answer (rmkit.gold."
                                                "fit_prompt_aware_gold); without it a gold fitted on same-prompt pairs "
                                                "may not read the prompt")
-    gold_relevance_slack: float = setting(0.02, "share of such contrasts the fitted gold may still lose, beyond those "
-                                                "the encoder itself loses (sets the relevance weight)")
+    gold_relevance_slack: float = setting(0.1, "share of such contrasts the fitted gold may still lose, beyond those "
+                                               "the encoder itself loses (sets the relevance weight; on hh-rlhf 0.1 "
+                                               "keeps the term under half the pairs' gold variance, 0.02 makes the "
+                                               "gold 94% relevance: benchmarks/lab_gold_relevance.py)")
     against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
                                          "temperature; the paper reports 20-25% on hh-rlhf)")
     temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "

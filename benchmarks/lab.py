@@ -51,6 +51,8 @@ def main() -> None:
     if gold.exists() and not args.fresh_gold:
         cfg.gold_scores = str(gold)
         made = json.loads(gold.with_suffix(".json").read_text())
+        # A prompt-aware gold (lab_gold_relevance.py) is its base gold plus a relevance term: check the base
+        made = {**made["base"], "head_l2": cfg.gold_head_l2} if "prompt_aware" in made else made
         if made["model"] != cfg.gold_model or made["head_l2"] != cfg.gold_head_l2 or \
                 (cfg.gold_layer is not None and made["layer"] != cfg.gold_layer):
             raise SystemExit(f"{gold.with_suffix('.json')} is the gold of {made['model']} layer {made['layer']} L2 "
@@ -59,11 +61,11 @@ def main() -> None:
         cfg.studies = args.studies.split(",")
     result = run_lab(cfg)
     gold.parent.mkdir(parents=True, exist_ok=True)
-    if not cfg.gold_scores:
+    if not cfg.gold_scores:  # a reused gold's artifacts stay as committed (the results keep what this run saw)
         shutil.copy(Path(cfg.output_dir) / "gold.parquet", gold)
-    shutil.copy(Path(cfg.output_dir) / "gold.json", gold.with_suffix(".json"))
-    if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
-        shutil.copy(Path(cfg.output_dir) / "gold_head.npy", the.file("_head.npy"))
+        shutil.copy(Path(cfg.output_dir) / "gold.json", gold.with_suffix(".json"))
+        if (Path(cfg.output_dir) / "gold_head.npy").exists():  # the gold's head: to score new responses (best-of-n)
+            shutil.copy(Path(cfg.output_dir) / "gold_head.npy", the.file("_head.npy"))
     result["data"] = os.path.relpath(cfg.data, ROOT)  # the committed file names no machine's path
     if args.studies and Path(results).exists():  # a rerun of some studies keeps the others' blocks (and the
         before = json.loads(Path(results).read_text())  # bon and shift blocks lab_bon.py writes)

@@ -197,14 +197,22 @@ class PromptAwareGold:
         """``path`` (a JSON): the base gold's spec (relative to the JSON's folder where it lies below it), the
         weight, the encoder and how the weight was chosen; `gold_scorer` rebuilds the gold from it."""
         path = Path(path)
-        try:
-            base_spec = str(Path(base_spec).resolve().relative_to(path.resolve().parent))
-        except ValueError:
-            pass  # elsewhere, or a hub id: kept as given
-        path.write_text(json.dumps({"prompt_aware": {"base": base_spec, "relevance_weight": self.beta,
+        info = dict(self.info)
+        if isinstance(info.get("base"), dict) and "head" in info["base"]:  # a record, not read back: no machine path
+            info["base"] = {**info["base"], "head": _relative_to(info["base"]["head"], path.parent)}
+        path.write_text(json.dumps({"prompt_aware": {"base": _relative_to(base_spec, path.parent),
+                                                     "relevance_weight": self.beta,
                                                      "relevance_model": self.encoder.model_id},
-                                    **self.info}, indent=1))
+                                    **info}, indent=1))
         return path
+
+
+def _relative_to(spec: str | Path, folder: Path) -> str:
+    """``spec`` relative to ``folder`` where it lies below it; elsewhere, or a hub id, as given."""
+    try:
+        return str(Path(spec).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(spec)
 
 
 def prompt_aware_file(spec: str | Path) -> dict | None:

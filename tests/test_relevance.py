@@ -2,6 +2,7 @@
 the fit on a prompt-blind gold, save and load, and the sentence encoder on a tiny model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,9 +91,12 @@ def test_prompt_aware_gold_saved_and_loaded(tmp_path, tiny_bert, monkeypatch):
     import rmkit.gold as gold_mod
 
     # The base: a tiny reward-model folder (gold_scorer loads it); the encoder: the same tiny model's encoder.
-    gold = PromptAwareGold(gold_scorer(tiny_bert), 0.75, SentenceEncoder(tiny_bert), {"note": "kept"})
+    info = {"note": "kept", "base": {"head": str(tmp_path / "heads" / "h.npy")}}  # a machine path, below the JSON
+    gold = PromptAwareGold(gold_scorer(tiny_bert), 0.75, SentenceEncoder(tiny_bert), info)
     path = gold.save(tmp_path / "pa.json", tiny_bert)
-    assert prompt_aware_file(path)["relevance_weight"] == 0.75 and json.loads(path.read_text())["note"] == "kept"
+    saved = json.loads(path.read_text())
+    assert prompt_aware_file(path)["relevance_weight"] == 0.75 and saved["note"] == "kept"
+    assert saved["base"]["head"] == str(Path("heads") / "h.npy")  # saved relative: no machine path committed
     assert prompt_aware_file(tmp_path / "missing.json") is None
     loaded = gold_scorer(str(path))
     prompts, responses = _qa(4)

@@ -16,6 +16,13 @@ default (``--kl-coef``), Gao et al.'s setting for measuring gold against KL.
 
     .venv/bin/python benchmarks/lab_ppo.py --variants single,uwo             # ~25 min per variant on 2 cores (22 s a step)
 
+Under the prompt-aware gold (results/lab_ppo_smollm2_relevant.json; proxies trained on its labels, ~90 min per run
+with two runs sharing the cores; the result adds ``relevance_split``: each run's gold gain split into the relevance
+term and the prompt-blind base, so a drop can be read as the policy leaving the question or not):
+
+    .venv/bin/python benchmarks/lab_ppo.py --variants single,uwo --actor-lr 3e-5 --steps 100 --eval-every 10 \
+        --gold smollm2_relevant --tag _lr3e-5 --result benchmarks/results/lab_ppo_smollm2_relevant.json
+
 Writes benchmarks/results/lab_ppo.json (--result) and its _curve.png; every run lives under runs/lab/ppo_<variant>
 and resumes where it stopped (`rmkit ppo`'s checkpoints).
 """
@@ -67,6 +74,37 @@ def recovery(summaries: dict, curves: dict) -> dict[str, float]:
             for v in curves if v != "single"}
 
 
+def relevance_split(gold: dict, runs: dict[str, Path], prompts: Path) -> dict:
+    """For a prompt-aware gold (base + beta * relevance): each run's gold gain from the start to its peak and to its
+    end, split into the relevance term and the prompt-blind base, paired over the held-out prompts; and at the end
+    each conservative run against the single one. Says whether a drop is the policy leaving the question."""
+    from rmkit.relevance import SentenceEncoder
+
+    beta, enc = gold["prompt_aware"]["relevance_weight"], SentenceEncoder(gold["prompt_aware"]["relevance_model"])
+    prompt = {r["id"]: r["prompt"] for r in map(json.loads, prompts.read_text().splitlines())}
+
+    def parts(row: dict) -> tuple[np.ndarray, np.ndarray]:  # (relevance, base) per prompt at one evaluation
+        rel = enc.relevance([prompt[i] for i in row["ids"]], [[{"role": "assistant", "content": t}]
+                                                               for t in row["response"]])
+        return rel, np.asarray(row["gold"]) - beta * rel
+
+    def gain(a, b) -> dict:
+        return {name: dict(zip(("mean", "ci95"), paired_gain(x, y))) for name, x, y in
+                (("relevance", a[0], b[0]), ("base", a[1], b[1]))}
+
+    out, ends = {}, {}
+    for v, run in runs.items():
+        rows = {r["step"]: r for r in read_appended_jsonl(run / "eval_scores.jsonl")}
+        c = curve(run)
+        peak = c["step"][int(np.argmax(c["gold"]))]
+        start, at_peak, ends[v] = parts(rows[0]), parts(rows[peak]), parts(rows[max(rows)])
+        out[v] = {"peak_step": peak, "start_to_peak": gain(start, at_peak), "start_to_end": gain(start, ends[v]),
+                  "relevance_start": float(start[0].mean()), "relevance_end": float(ends[v][0].mean())}
+    if "single" in ends:
+        out["vs_single_at_end"] = {v: gain(ends["single"], e) for v, e in ends.items() if v != "single"}
+    return {"relevance_weight": beta, **out}
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -86,8 +124,9 @@ def figure(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     noisy = f", {result['planted_flips']:.0%} flipped" if result.get("planted_flips") else ""
+    gold = f" {result['gold_name']}" if result.get("gold_name") else ""
     fig.suptitle(f"PPO against fine-tuned proxies ({result.get('proxy_pairs', 250)} lab pairs{noisy}), graded by the "
-                 f"gold: {result['eval_prompts']} held-out prompts, lr {result['ppo']['actor_lr']:g}, "
+                 f"gold{gold}: {result['eval_prompts']} held-out prompts, lr {result['ppo']['actor_lr']:g}, "
                  f"KL coef {result['ppo']['kl_coef']:g}",
                  fontsize=10)
     fig.tight_layout()
@@ -148,7 +187,8 @@ def main() -> None:
         print(json.dumps({v: {k: summaries[v].get(k) for k in ("gold_start", "gold_peak", "gold_peak_kl", "gold_end",
                                                                "gold_drop", "gold_drop_ci95", "kl_end")}}))
 
-    result = {"gold": json.loads(the.file(".json").read_text()), "proxies": [str(m.relative_to(ROOT)) for m in members],
+    result = {"gold_name": args.gold, "gold": json.loads(the.file(".json").read_text()),
+              "proxies": [str(m.relative_to(ROOT)) for m in members],
               "proxy_pairs": int(args.size), "planted_flips": args.flips, "prompts_available": n_prompts,
               "eval_prompts": base["eval_prompts"],
               "ppo": {k: base[k] for k in ("steps", "batch_size", "samples_per_prompt", "minibatch_size", "ppo_epochs",
@@ -163,10 +203,13 @@ def main() -> None:
                                       for v, c in curves.items()
                                       if v != "single" and c["step"][-1] == curves["single"]["step"][-1]}
         result["conservative_recovery"] = recovery(summaries, curves)
+    if "prompt_aware" in result["gold"]:
+        result["relevance_split"] = relevance_split(result["gold"], {v: work / f"ppo_{v}{the.suffix}{noisy}{args.tag}"
+                                                                     for v in curves}, prompts)
     args.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.result, result)
     figure(result, args.result.with_name(args.result.stem + "_curve.png"))
-    print(json.dumps({k: result[k] for k in ("vs_single_at_end",) if k in result}))
+    print(json.dumps({k: result[k] for k in ("vs_single_at_end", "relevance_split") if k in result}))
 
 
 if __name__ == "__main__":

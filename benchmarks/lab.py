@@ -51,8 +51,8 @@ def main() -> None:
     if gold.exists() and not args.fresh_gold:
         cfg.gold_scores = str(gold)
         made = json.loads(gold.with_suffix(".json").read_text())
-        # A prompt-aware gold (lab_gold_relevance.py) is its base gold plus a relevance term: check the base
-        made = {**made["base"], "head_l2": cfg.gold_head_l2} if "prompt_aware" in made else made
+        if "prompt_aware" in made:  # its base gold plus a relevance term (lab_gold_relevance.py): check the base's
+            made = json.loads((gold.parent / made["prompt_aware"]["base"]).read_text())
         if made["model"] != cfg.gold_model or made["head_l2"] != cfg.gold_head_l2 or \
                 (cfg.gold_layer is not None and made["layer"] != cfg.gold_layer):
             raise SystemExit(f"{gold.with_suffix('.json')} is the gold of {made['model']} layer {made['layer']} L2 "

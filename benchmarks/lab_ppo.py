@@ -74,7 +74,7 @@ def recovery(summaries: dict, curves: dict) -> dict[str, float]:
             for v in curves if v != "single"}
 
 
-def relevance_split(gold: dict, runs: dict[str, Path], prompts: Path) -> dict:
+def relevance_split(gold: dict, runs: dict[str, Path], curves: dict, prompts: Path) -> dict:
     """For a prompt-aware gold (base + beta * relevance): each run's gold gain from the start to its peak and to its
     end, split into the relevance term and the prompt-blind base, paired over the held-out prompts; and at the end
     each conservative run against the single one. Says whether a drop is the policy leaving the question."""
@@ -95,8 +95,7 @@ def relevance_split(gold: dict, runs: dict[str, Path], prompts: Path) -> dict:
     out, ends = {}, {}
     for v, run in runs.items():
         rows = {r["step"]: r for r in read_appended_jsonl(run / "eval_scores.jsonl")}
-        c = curve(run)
-        peak = c["step"][int(np.argmax(c["gold"]))]
+        peak = curves[v]["step"][int(np.argmax(curves[v]["gold"]))]
         start, at_peak, ends[v] = parts(rows[0]), parts(rows[peak]), parts(rows[max(rows)])
         out[v] = {"peak_step": peak, "start_to_peak": gain(start, at_peak), "start_to_end": gain(start, ends[v]),
                   "relevance_start": float(start[0].mean()), "relevance_end": float(ends[v][0].mean())}
@@ -205,7 +204,7 @@ def main() -> None:
         result["conservative_recovery"] = recovery(summaries, curves)
     if "prompt_aware" in result["gold"]:
         result["relevance_split"] = relevance_split(result["gold"], {v: work / f"ppo_{v}{the.suffix}{noisy}{args.tag}"
-                                                                     for v in curves}, prompts)
+                                                                     for v in curves}, curves, prompts)
     args.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.result, result)
     figure(result, args.result.with_name(args.result.stem + "_curve.png"))

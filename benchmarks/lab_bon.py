@@ -256,9 +256,9 @@ def main() -> None:
         rows.to_parquet(ROOT / "benchmarks" / "lab" / f"bon_scores{the.suffix}{tag}.parquet", index=False)
     result["gold"] = {"artifacts": f"benchmarks/lab/{the.stem}.*", **gold_info}
     shift["gold"] = result["gold"]
-    write_json(out("bon.json"), result)
+    write_json(out("bon.json"), result, relative_to=ROOT)
     if headline:
-        write_json(out("shift.json"), shift)
+        write_json(out("shift.json"), shift, relative_to=ROOT)
     if lab_path.exists() and not tag:  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
         lab = json.loads(lab_path.read_text())
         lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
@@ -274,7 +274,7 @@ def main() -> None:
                         "metarm": shift["metarm"]["0.05"]["accuracy"],
                         "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
                         "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
-        write_json(lab_path, lab)
+        write_json(lab_path, lab, relative_to=ROOT)
     flips = f", {args.flips:.0%} of the proxies' labels flipped" if args.flips else ""
     if headline:
         _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)

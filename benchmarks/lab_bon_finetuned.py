@@ -247,7 +247,7 @@ def main() -> None:
         "finetuned": out, "frozen_heads_all_pairs_same_prompts": frozen,
         "train_config": to_dict(replace(base, data=str(DATA), epochs=epochs)),
     }
-    write_json(args.result, result)
+    write_json(args.result, result, relative_to=ROOT)
     _figure(result, Path(args.result).with_name(Path(args.result).stem + "_curve.png"))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("gold_reward", "drops",
                                                                        "conservative_recovery", "proxy_gold_accuracy")}

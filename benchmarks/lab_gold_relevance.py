@@ -34,10 +34,11 @@ import pandas as pd
 from hh_lab import GOLDS, ROOT, load_hh_lab
 from rmkit.audit import response_length_diff
 from rmkit.calibration import spearman
+from rmkit.config import load_config
 from rmkit.files import write_json
 from rmkit.gold import fit_prompt_aware_gold, load_gold_saved
 from rmkit.intervals import mean_interval
-from rmkit.lab import choose_temperature, prompt_sensitivity, sample_labels
+from rmkit.lab import LabConfig, choose_temperature, prompt_sensitivity, sample_labels
 from rmkit.relevance import SentenceEncoder, other_prompt
 
 
@@ -142,7 +143,10 @@ def main() -> None:
         np.save(cache, gold.relevance_diffs(hl.ds.pairs, batch_size=64, progress=True))
     rel = np.load(cache)
     human = np.array([p.label for p in hl.ds.pairs])
-    length = response_length_diff(hl.ds.pairs, base_info["model"])[0]
+    # In the proxy's tokens, as `rmkit.lab.run_lab` and lab_gold_choice.py count them, so every gold's
+    # length_spearman is one measure (the gold's own tokenizer gave 0.3166 where run_lab gives 0.3157).
+    length = response_length_diff(hl.ds.pairs, load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml")
+                                  .proxy_config().model)[0]
     hack = json.loads((ROOT / "benchmarks" / "results" / "lab_hack.json").read_text())
     by_slack = {s: {"beta": b, "held_out_prefers_own_answer": float(np.mean(b_own + b * r_own > b_riv + b * r_riv)),
                     **on_pairs(hl, rel, b, human, length, args.seed), "ppo": ppo_points(hack, b)}

@@ -133,7 +133,7 @@ def main() -> None:
               "relevance_model": "all-mpnet-base-v2 (cosine of mean-pooled, normalised embeddings)",
               "sample_seconds": sample_seconds, "policies": out, "vs_start": vs_start,
               "prompt_sensitivity_on_human_responses": human}
-    write_json(args.result, result)
+    write_json(args.result, result, relative_to=ROOT)
     keys = ("kl_end", "gold", "proxy", "relevance", "relevance_margin", "gold_prompt_sensitivity",
             "proxy_prompt_sensitivity", "relevance_own_above_other")
     print(json.dumps({name: {key: v[key] for key in keys} for name, v in out.items()}, indent=1))

@@ -59,6 +59,7 @@ from rmkit.intervals import mean_interval
 from rmkit.metaset import read_meta_set, write_meta_set
 from rmkit.models import RewardModel
 from rmkit.training import TrainConfig, train_reward_model
+from rmkit.files import write_json
 
 
 def sample_gold(the, pid: list[str], prompt_of: dict, samples: dict, n: int, work: Path) -> np.ndarray:
@@ -178,7 +179,7 @@ def main() -> None:
         "metarm_best_minus_control": best - graded["control"]["accuracy"], **gaps,
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
-    Path(args.result).write_text(json.dumps(out, indent=1))
+    write_json(args.result, out, relative_to=ROOT)
     if args.samples or args.train_pairs:  # another study than the one lab.json's shift block records
         print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
         return
@@ -187,7 +188,7 @@ def main() -> None:
     lab.setdefault("shift", {})["finetuned"] = {  # the fine-tuned RM's beside them
         "vanilla": graded["vanilla"]["accuracy"], "control": graded["control"]["accuracy"],
         "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs}, "steps": args.steps}
-    lab_path.write_text(json.dumps(lab, indent=1))
+    write_json(lab_path, lab, relative_to=ROOT)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
 
 

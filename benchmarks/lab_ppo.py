@@ -30,6 +30,7 @@ and resumes where it stopped (`rmkit ppo`'s checkpoints).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -80,12 +81,16 @@ def relevance_split(gold: dict, runs: dict[str, Path], curves: dict, prompts: Pa
     each conservative run against the single one. Says whether a drop is the policy leaving the question."""
     from rmkit.relevance import SentenceEncoder
 
-    beta, enc = gold["prompt_aware"]["relevance_weight"], SentenceEncoder(gold["prompt_aware"]["relevance_model"])
+    beta = gold["prompt_aware"]["relevance_weight"]
+    enc = functools.cache(lambda: SentenceEncoder(gold["prompt_aware"]["relevance_model"]))
     prompt = {r["id"]: r["prompt"] for r in map(json.loads, prompts.read_text().splitlines())}
 
     def parts(row: dict) -> tuple[np.ndarray, np.ndarray]:  # (relevance, base) per prompt at one evaluation
-        rel = enc.relevance([prompt[i] for i in row["ids"]], [[{"role": "assistant", "content": t}]
-                                                               for t in row["response"]])
+        if "gold_relevance" in row:  # evaluate_policy logs it; runs logged before it did are encoded here
+            rel = np.asarray(row["gold_relevance"])
+        else:
+            rel = enc().relevance([prompt[i] for i in row["ids"]], [[{"role": "assistant", "content": t}]
+                                                                   for t in row["response"]])
         return rel, np.asarray(row["gold"]) - beta * rel
 
     def gain(a, b) -> dict:
@@ -206,7 +211,7 @@ def main() -> None:
         result["relevance_split"] = relevance_split(result["gold"], {v: work / f"ppo_{v}{the.suffix}{noisy}{args.tag}"
                                                                      for v in curves}, curves, prompts)
     args.result.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.result, result)
+    write_json(args.result, result, relative_to=ROOT)
     figure(result, args.result.with_name(args.result.stem + "_curve.png"))
     print(json.dumps({k: result[k] for k in ("vs_single_at_end", "relevance_split") if k in result}))
 

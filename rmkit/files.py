@@ -123,8 +123,27 @@ def write_jsonl(path: str | os.PathLike, records) -> None:
     atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in records))
 
 
-def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> None:
-    """Write a result (summary, metrics, config) as `json_text`, atomically."""
+def relative_paths(obj, root: str | os.PathLike):
+    """``obj`` (nested dicts, lists, strings) with every path below the folder ``root`` written relative to it, and
+    below its parent as ``../`` (data beside a clone, such as ../shared), also inside strings that list several (an
+    ensemble's comma-separated members): a result committed from one machine then names no folder of that machine
+    and reads the same from any clone."""
+    root = Path(root).resolve()
+    if isinstance(obj, str):
+        return obj.replace(str(root) + os.sep, "").replace(str(root.parent) + os.sep, ".." + os.sep)
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v, root) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 1,
+               relative_to: str | os.PathLike | None = None) -> None:
+    """Write a result (summary, metrics, config) as `json_text`, atomically; with ``relative_to``, the paths
+    below that folder written relative to it (`relative_paths`)."""
+    if relative_to is not None:
+        obj = relative_paths(obj, relative_to)
     atomic_write_text(path, json_text(obj, indent=indent) + "\n")
 
 

@@ -354,8 +354,10 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
     """Mean RM score and KL to the reference of sampled responses to the held-out prompts (fixed seed),
     and the per-prompt values under ``per_prompt`` (score, kl, and the response itself, so a later judge or gold
     can grade the same texts), for paired comparisons across steps. With a ``gold`` (`rmkit.gold.gold_scorer`),
-    the same responses' gold rewards too (``eval/gold``, per prompt ``gold``)."""
-    scores, kls, lengths, golds, texts = [], [], [], [], []
+    the same responses' gold rewards too (``eval/gold``, per prompt ``gold``); a prompt-aware gold's relevance term
+    as well (``eval/gold_relevance``, per prompt ``gold_relevance``: gold = base + beta * relevance), so whether a
+    policy leaves the question can be read from the log without encoding the responses again."""
+    scores, kls, lengths, golds, rels, texts = [], [], [], [], [], []
     rows = cfg.batch_size * cfg.samples_per_prompt  # as many sequences at once as a rollout
     for s in range(0, len(prompts), rows):
         r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + rows], prompt_ids[s: s + rows],
@@ -365,9 +367,13 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
         lengths += [len(x) for x in r["responses"]]
         texts += r["texts"]
         if gold is not None:
-            golds.append(np.asarray(gold.score(prompts[s: s + rows],
-                                               [[{"role": "assistant", "content": t}] for t in r["texts"]],
-                                               batch_size=cfg.rm_batch_size), dtype=np.float64))
+            args = (prompts[s: s + rows], [[{"role": "assistant", "content": t}] for t in r["texts"]])
+            if hasattr(gold, "parts"):  # one pass for both: the sum is what `PromptAwareGold.score` returns
+                base, rel = gold.parts(*args, batch_size=cfg.rm_batch_size)
+                golds.append(base + gold.beta * rel)
+                rels.append(rel)
+            else:
+                golds.append(np.asarray(gold.score(*args, batch_size=cfg.rm_batch_size), dtype=np.float64))
     score, kl = torch.cat(scores), torch.cat(kls)
     out = {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(),
            "eval/response_length": float(np.mean(lengths)),
@@ -376,6 +382,10 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
         g = np.concatenate(golds)
         out["eval/gold"] = float(g.mean())
         out["per_prompt"]["gold"] = g.tolist()
+    if rels:
+        rel = np.concatenate(rels)
+        out["eval/gold_relevance"] = float(rel.mean())
+        out["per_prompt"]["gold_relevance"] = rel.tolist()
     return out
 
 

@@ -314,6 +314,24 @@ def test_ppo_gold_scores_the_evaluation_samples_only(tiny_policy, tiny_bert, tin
         train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=3, eval_every=1, gold=tiny_llama))
 
 
+def test_ppo_logs_a_prompt_aware_golds_relevance(tiny_policy, tiny_bert, shared_data, tmp_path):
+    """Under a prompt-aware gold (base + beta * relevance) each evaluation logs the relevance term per prompt; with
+    the RM as the base, gold - beta * relevance is the RM's own score of the same responses."""
+    from rmkit.gold import PromptAwareGold, gold_scorer
+    from rmkit.relevance import SentenceEncoder
+
+    spec = PromptAwareGold(gold_scorer(tiny_bert), 0.5, SentenceEncoder(tiny_bert)).save(tmp_path / "pa.json", tiny_bert)
+    train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=1, gold=str(spec)))
+    evals = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "eval/gold" in x]
+    per = [json.loads(x) for x in (tmp_path / "ppo" / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(evals) == len(per) == 2
+    for r, p in zip(evals, per):
+        rel = np.asarray(p["gold_relevance"])
+        assert len(rel) == 4 and np.ptp(rel) > 0 and (np.abs(rel) <= 1 + 1e-6).all()
+        assert np.allclose(np.asarray(p["gold"]) - 0.5 * rel, p["score"], atol=1e-4)
+        assert r["eval/gold_relevance"] == pytest.approx(rel.mean())
+
+
 def test_ppo_summary_gold_peak_and_drop_by_hand(tmp_path):
     from rmkit.files import json_text
     from rmkit.rl import summarize_ppo

@@ -21,7 +21,7 @@ ensemble run's end against the single run's end; ``recovery``, the share of that
 mean z-scored reward of the same samples (what each policy was pushed up).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lab_ppo_regrade.py --gold smollm2_relevant --tag _lr3e-5 \\
-        --policies base,single@20,single,uwo,mean --result benchmarks/results/lab_ppo_regrade_smollm2_relevant.json
+        --policies base,single@20,single@60,single,uwo,mean --result benchmarks/results/lab_ppo_regrade_smollm2_relevant.json
 
 One thread, as the PPO runs had, so a replay reproduces them bit for bit (another thread count changes the last
 bits, the runs then diverge, and the replay is refused). Cost on these cores: a replay ~70 s a step with another
@@ -171,6 +171,12 @@ def summarize(graded: dict[str, dict], steps: dict[str, int], kl: dict[str, floa
                     / (graded[peak]["gold"][rows].mean(1) - end[rows].mean(1)))
             out["recovery"][k] = {"share": None if np.isnan(share) else share,
                                   "ci95": list(np.percentile(boot, [2.5, 97.5])) if drop["established"] else None}
+    # An ensemble run that ended earlier than the single one, against the single run replayed to the same step.
+    single_at = {steps[k]: k for k in graded if k.partition("@")[0] == "single"}
+    same = {k: paired(graded[single_at[steps[k]]]["gold"], g["gold"]) for k, g in graded.items()
+            if k.partition("@")[0] not in ("base", "single") and steps[k] in single_at and steps[k] != steps.get("single")}
+    if same:
+        out["vs_single_at_same_step"] = same
     return out
 
 
@@ -217,7 +223,8 @@ def main() -> None:
     parser.add_argument("--replay-only", metavar="RUN@STEP", help="replay one run to a step and stop")
     parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2_relevant")
     parser.add_argument("--tag", default="_lr3e-5", help="lab_ppo.py's --tag of the runs")
-    parser.add_argument("--policies", type=lambda s: s.split(","), default=["base", "single@20", "single", "uwo", "mean"],
+    parser.add_argument("--policies", type=lambda s: s.split(","),
+                        default=["base", "single@20", "single@60", "single", "uwo", "mean"],
                         help="base (the PPO runs' start), a variant's run at its end (single, uwo, mean, min) or at a "
                              "step (single@20), comma-separated")
     parser.add_argument("--peak", default="single@20", help="the single run's peak policy among --policies (the step "

@@ -53,7 +53,7 @@ from rmkit.rl import PPOConfig, paired_gain, train_ppo
 def policy_at(run: Path, step: int) -> Path:
     """The policy of ``run`` after ``step`` steps: ``run/policy`` when the run ended there, else the run replayed
     from scratch to ``step`` in ``<run>_step<step>`` (its config with steps = ``step``). The replay must reproduce
-    the original's held-out evaluations (scores and gold per prompt) at every step both have, else ValueError: a
+    the original's held-out evaluations (scores and gold per prompt) exactly at every step both have, else ValueError: a
     policy that merely resembles the one graded would make the regrade's peak a different policy."""
     cfg = load_config(PPOConfig, run / "config.yaml")
     if step == cfg.steps:
@@ -70,7 +70,7 @@ def policy_at(run: Path, step: int) -> Path:
         if o is None:
             continue
         for key in ("score", "gold"):
-            if not np.allclose(r[key], o[key], atol=1e-4):
+            if not np.array_equal(r[key], o[key]):  # bit for bit: a near match would already be another policy
                 raise ValueError(f"{replay}: the replay's evaluation at step {r['step']} differs from {run}'s "
                                  f"({key}: {np.mean(r[key]):.4f} vs {np.mean(o[key]):.4f}): not the same policy")
     if (replay / "checkpoint").exists():  # the policy is all the regrade needs; the optimizer state is 0.5 GB

@@ -15,7 +15,7 @@
   fp32 encoding came to the CPU's fp32 matmul rate measured just before (its FLOPs estimated from the texts' token
   counts).
 
-    .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,audit]
+    .venv/bin/python benchmarks/speed.py [--pairs 512] [--blocks vs_naive,precision,prefix,audit] [--device cuda]
 
 Writes benchmarks/results/speed.json (``--out`` another file for another kind of machine). Wall-clock numbers: run
 it alone on the machine.
@@ -41,7 +41,7 @@ from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
 from rmkit.files import write_json
-from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, resolve_precision
+from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
 from rmkit.scoring import score_token_pairs
@@ -51,8 +51,11 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def timed(fn):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # GPU work is asynchronous
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - t0
 
 
@@ -63,8 +66,8 @@ def naive_scores(rm: RewardModel, texts: list[str], batch_size: int = 32) -> np.
     with torch.no_grad():
         for s in range(0, len(texts), batch_size):
             enc = tok(texts[s: s + batch_size], padding=True, truncation=True, max_length=rm.max_length,
-                      return_tensors="pt")
-            out.append(model(**enc).logits[:, 0].float().numpy())
+                      return_tensors="pt").to(model.device)
+            out.append(model(**enc).logits[:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -92,12 +95,21 @@ def matmul_gflops() -> dict:
     return out
 
 
-def vs_naive(pairs, max_length: int) -> dict:
-    rm = RewardModel.from_pretrained("minilm", max_length=max_length).eval()
+def bf16_fast(device: torch.device) -> bool:
+    """Whether bf16 is worth timing here: a GPU that runs it, or a CPU with bf16 instructions."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+
+
+def vs_naive(pairs, max_length: int, device: torch.device) -> dict:
+    rm = RewardModel.from_pretrained("minilm", max_length=max_length).to(device).eval()
     texts = [rm.render(p.prompt, side) for p in pairs for side in (p.chosen, p.rejected)]
+    if device.type == "cuda":
+        naive_scores(rm, texts[:64])  # CUDA's first calls (context, kernel choice) must not land in the first timing
     naive, t_naive = timed(lambda: naive_scores(rm, texts))
-    c, r = rm.encode_pairs(pairs)
-    (rc, rr), t_rmkit = timed(lambda: score_token_pairs(rm, c, r, batch_size=64))
+    # Both paths' times include tokenizing (the naive loop tokenizes each batch): on a GPU it is most of the work.
+    (c, r), t_tokenize = timed(lambda: rm.encode_pairs(pairs))
+    (rc, rr), t_score = timed(lambda: score_token_pairs(rm, c, r, batch_size=64))
+    t_rmkit = t_tokenize + t_score
     ours = np.stack([rc, rr], 1).reshape(-1)
     # What padding alone can buy: the work of each path's batches (the naive loop's in the given order, rmkit's
     # length-sorted), so vs_naive splits into the work saved and the rate at which each path does its work.
@@ -108,6 +120,7 @@ def vs_naive(pairs, max_length: int) -> dict:
     padded = {name: sum(len(x) * max(lengths[k] for k in x) for x in b) for name, b in batches.items()}
     out = {"model": "minilm", "max_length": max_length, "texts": len(texts),
            "naive_texts_per_s": len(texts) / t_naive, "rmkit_texts_per_s": len(texts) / t_rmkit,
+           "rmkit_tokenize_s": t_tokenize, "rmkit_score_texts_per_s": len(texts) / t_score,
            "vs_naive": t_naive / t_rmkit, "max_abs_reward_diff": float(np.abs(naive - ours).max()),
            "mean_tokens": float(np.mean(lengths)), "share_at_max_length": float(np.mean(np.array(lengths) >= max_length)),
            "padded_tokens": {**padded, "real": int(sum(lengths))},
@@ -115,23 +128,24 @@ def vs_naive(pairs, max_length: int) -> dict:
            "gflops": {"naive": work["naive"] / t_naive / 1e9, "rmkit": work["rmkit"] / t_rmkit / 1e9}}
     # The above compares fp32 with fp32. rmkit's default precision (auto) is what a user gets; where it picks bf16
     # (a CPU whose bf16 matmuls measure >= 1.5x), time that too, with how far its rewards move.
-    auto = resolve_precision("auto", torch.device("cpu"), announce=False)
+    auto = resolve_precision("auto", device, announce=False)
     out["auto_precision"] = auto
     if auto != "fp32":
         (ac, ar), t_auto = timed(lambda: score_token_pairs(rm, c, r, batch_size=64, precision=auto))
-        out.update(vs_naive_at_auto_precision=t_naive / t_auto,
+        out.update(vs_naive_at_auto_precision=t_naive / (t_tokenize + t_auto),
                    auto_max_abs_reward_diff=float(np.abs(naive - np.stack([ac, ar], 1).reshape(-1)).max()))
     return out
 
 
-def precision_block(pairs, max_length: int) -> dict:
-    rm = RewardModel.from_pretrained("minilm", max_length=max_length).eval()
+def precision_block(pairs, max_length: int, device: torch.device) -> dict:
+    rm = RewardModel.from_pretrained("minilm", max_length=max_length).to(device).eval()
     c, r = rm.encode_pairs(pairs)
-    out: dict = {"model": "minilm", "max_length": max_length, "texts": 2 * len(pairs), "cpu_has_bf16": cpu_has_bf16()}
+    out: dict = {"model": "minilm", "max_length": max_length, "texts": 2 * len(pairs), "device": str(device),
+                 "cpu_has_bf16": cpu_has_bf16()}
     scores, feats = {}, {}
-    if not cpu_has_bf16():  # rmkit's precision "auto" keeps fp32 here; emulated bf16 would take an hour
+    if not bf16_fast(device):  # rmkit's precision "auto" keeps fp32 here; emulated bf16 would take an hour
         out["bf16"] = "skipped: no bf16 instructions on this CPU"
-    for prec in ("fp32", "bf16")[: 2 if cpu_has_bf16() else 1]:
+    for prec in ("fp32", "bf16")[: 2 if bf16_fast(device) else 1]:
         (rc, rr), t = timed(lambda prec=prec: score_token_pairs(rm, c, r, batch_size=64, precision=prec))
         scores[prec] = np.concatenate([rc, rr])
         out[f"score_{prec}_texts_per_s"] = 2 * len(pairs) / t
@@ -154,8 +168,8 @@ def precision_block(pairs, max_length: int) -> dict:
     return out
 
 
-def prefix_block(pairs, max_length: int) -> dict:
-    rm = RewardModel.from_pretrained("smollm2", max_length=max_length).eval()
+def prefix_block(pairs, max_length: int, device: torch.device) -> dict:
+    rm = RewardModel.from_pretrained("smollm2", max_length=max_length).to(device).eval()
     c, r = rm.encode_pairs(pairs)
     shared = np.array([common_prefix_length(a, b) for a, b in zip(c, r)])
     total = np.array([len(a) + len(b) for a, b in zip(c, r)])
@@ -227,8 +241,11 @@ def main() -> None:
     parser.add_argument("--audit-only", action="store_true", help="= --blocks audit")
     parser.add_argument("--fast", default="{}",
                         help="audit settings of the fast run (JSON); default {}: the audit's defaults (precision auto)")
+    parser.add_argument("--device", default="cpu", help="where vs_naive, precision and prefix run: cpu, cuda or "
+                        "cuda:N (the audit block follows the audit's own device setting, auto)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     ds = load_preferences(DATA / "hh-rlhf")
     rng = np.random.default_rng(0)
@@ -236,7 +253,8 @@ def main() -> None:
     result: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                 "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
                                 "cpu_has_bf16": cpu_has_bf16(), "bf16_matmul_speedup": cpu_bf16_speedup(),
-                                "torch": torch.__version__}}
+                                "torch": torch.__version__,
+                                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
     path = Path(args.out)
 
     def save():
@@ -252,14 +270,14 @@ def main() -> None:
     if "vs_naive" in blocks:
         # The headline is at MiniLM's whole context (512 tokens), what transformers' `truncation=True` gives a
         # naive loop; shorter caps leave less padding to save (work_ratio), so the gain shrinks with them.
-        result["vs_naive_by_max_length"] = {str(n): vs_naive(pairs, n) for n in (128, 256, 512)}
+        result["vs_naive_by_max_length"] = {str(n): vs_naive(pairs, n, device) for n in (128, 256, 512)}
         result["vs_naive"] = result["vs_naive_by_max_length"]["512"]
         save()
     if "precision" in blocks:
-        result["precision"] = precision_block(pairs, 128)
+        result["precision"] = precision_block(pairs, 128, device)
         save()
     if "prefix" in blocks:
-        result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024)
+        result["prefix"] = prefix_block(pairs[: args.prefix_pairs], 1024, device)
         save()
     if "audit" in blocks:
         result["audit"] = audit_block(json.loads(args.fast))

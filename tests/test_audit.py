@@ -239,8 +239,9 @@ def test_finetuned_members_in_parallel_equal_sequential(tiny_bert, tmp_path):
     recs = [{"id": f"q{i}", "prompt": f"question {i}", "chosen": "a helpful, polite answer", "rejected": "go away"}
             for i in range(24)]
     pairs = load_preferences(recs).pairs
+    # device cpu for the sequential run too: on a GPU machine it would train on the GPU, the workers on CPUs
     common = dict(model=tiny_bert, members=2, folds=2, backbone="finetune_members", max_length=16,
-                  finetune_epochs=1, finetune_batch_size=4, finetune_lr=1e-3)
+                  finetune_epochs=1, finetune_batch_size=4, finetune_lr=1e-3, device="cpu")
     seq, _ = ensemble_diffs(EnsembleConfig(**common), pairs, work_dir=tmp_path / "seq", progress=False)
     par, _ = ensemble_diffs(EnsembleConfig(**common, member_devices=["cpu", "cpu"]), pairs,
                             work_dir=tmp_path / "par", progress=False)

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from rmkit.hardware import resolve_device
+
 RMKIT = [sys.executable, "-m", "rmkit.cli"]
 
 
@@ -67,7 +69,7 @@ def test_train_then_score(tiny_bert, small_hh, tmp_path):
     assert len(table) == 42  # every row, scored or not
     assert set(table.loc[table["diff"].isna(), "status"]) == {"identical", "undecodable"}
     assert metrics["unscored"] == 2 and 0.0 <= metrics["accuracy"] <= 1.0
-    assert metrics["device"] == "cpu" and metrics["precision"] in ("fp32", "bf16")
+    assert metrics["device"] == resolve_device("auto").type and metrics["precision"] in ("fp32", "bf16")
     assert pd.read_csv(score_dir / "scores.csv")["id"].tolist() == table["id"].tolist()
     # Written in parts as it goes; a rerun after losing the last part redoes only that part.
     parts = sorted((score_dir / "parts").glob("part-*.parquet"))

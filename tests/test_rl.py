@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rmkit.losses import ppo_policy_loss, ppo_value_loss
+from rmkit.hardware import resolve_device
 from rmkit.models import RewardModel
 from rmkit.policy import encode_prompts, load_policy
 from rmkit.rl import (PPOConfig, RunningMoments, ValueModel, gae, leave_one_out, pack, response_logprobs,
@@ -171,7 +172,7 @@ def test_ppo_runs_logs_and_resumes_exactly(tiny_policy, tiny_bert, shared_data, 
 
 def test_ppo_in_bf16_autocast_and_its_resume_refused_in_fp32(tiny_policy, tiny_bert, shared_data, tmp_path):
     out = train_ppo(_cfg(tmp_path, tiny_policy, tiny_bert, shared_data, steps=2, precision="bf16"))
-    assert out["precision"] == "bf16" and out["device"] == "cpu"
+    assert out["precision"] == "bf16" and out["device"] == resolve_device("auto").type
     assert math.isfinite(out["reward_end"]) and math.isfinite(out["kl_end"])
     steps = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "loss/policy" in x]
     assert steps[0]["kl/ref"] == pytest.approx(0.0, abs=1e-5)  # actor and reference under the same autocast
@@ -288,6 +289,7 @@ def test_a_ppo_update_moves_the_policy_towards_higher_reward(tiny_policy, tiny_b
                    max_new_tokens=8))
     (r,) = captured
     after, _ = load_policy(str(tmp_path / "ppo" / "policy"))
+    after.to(r["logp"].device)  # where the run's rollouts were: the GPU where there is one
     with torch.no_grad():
         new_logp, _ = response_logprobs(after.eval(), r["seq"], 0.8)
     m = r["seq"]["response_mask"]

@@ -58,7 +58,9 @@ def test_devices_and_precisions_are_resolved_and_said(capsys, monkeypatch, tiny_
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
-    # auto on a CPU follows the measured bf16 matmul speedup (the machines of this project: 0.8x and 3x)
+    # auto on a CPU follows the measured bf16 matmul speedup (the machines of this project: 0.8x and 3x); a CPU-only
+    # machine, also where a GPU is (training's auto asks torch whether there is one)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for gain, has_bf16, chosen in ((3.0, True, "bf16"), (0.8, True, "fp32"), (0.0, False, "fp32")):
         monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda gain=gain: gain)
         monkeypatch.setattr(hardware, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)

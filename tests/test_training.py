@@ -54,7 +54,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
     with pytest.raises(ValueError, match=r"finished run with other settings \(epochs\)"):
         train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **{**common, "epochs": 3}), train_pairs=train)
     again = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train)
-    torch.testing.assert_close(again.model.state_dict()["model.classifier.weight"], a["model.classifier.weight"])
+    torch.testing.assert_close(again.model.state_dict()["model.classifier.weight"].cpu(), a["model.classifier.weight"].cpu())
 
 
 def test_short_real_training_lowers_the_training_loss(hh_pairs, tmp_path):
@@ -130,7 +130,8 @@ def test_two_processes_equal_one_with_gradient_accumulation(tmp_path, shared_dat
         (tmp_path / "data.jsonl").write_text("".join(next(f) for _ in range(60)))
     common = ["train", str(tmp_path / "data.jsonl"), "--model", str(tmp_path / "tiny"), "--max-length", "40",
               "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--eval-every", "3", "--save-every", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # CPU processes also on a GPU machine: two ranks on one GPU is not a setup DDP runs (NCCL refuses it).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     # --standalone: torchrun picks a free port, so a busy default port cannot fail the test.
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "rmkit.cli", *common, "--output-dir", str(tmp_path / "ddp")],

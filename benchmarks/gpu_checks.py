@@ -7,13 +7,14 @@ to the result file as soon as it ends (a call cut short keeps what finished).
     .venv/bin/python benchmarks/gpu_checks.py --collect FOLDER... --cpu-audit runs/gpu_ref/audit_cpu \
         --out benchmarks/results/gpu_checks.json                           # here: the one committed result
 
-- ``smollm2``: the audit with a decoder fine-tuned per fold (``--backbone finetune_folds --model smollm2``, bf16);
-  ``rmkit train`` of a SmolLM2 RM in bf16; ``rmkit ppo`` (configs/ppo_cpu.yaml, larger batches) against that RM;
-  speed.py's shared-prefix block on the GPU.
-- ``minilm``: features of the default frozen backbone on the GPU (fp32 and bf16) against the same pairs' CPU
-  features (``--reference``, written on a CPU by ``--write-reference``); the default audit of all hh-rlhf pairs;
-  ``rmkit train`` of MiniLM, plainly and under ``accelerate launch --num_processes 1``; the test suite; speed.py's
-  scoring blocks on the GPU.
+- ``smollm2``: 30 steps of SmolLM2 training under torch's profiler (the GPU's busy share and the ops that take
+  the host's time: the first lease measured 4 steps/s on an H200, a small share of the card); the audit with a
+  decoder fine-tuned per fold (``--backbone finetune_folds --model smollm2``, bf16); ``rmkit train`` of a SmolLM2
+  RM in bf16; ``rmkit ppo`` (configs/ppo_cpu.yaml, larger batches) against that RM; speed.py's shared-prefix block.
+- ``minilm``: the same profile for MiniLM (60 steps); features of the default frozen backbone on the GPU (fp32
+  and bf16) against the same pairs' CPU features (``--reference``, written on a CPU by ``--write-reference``); the
+  default audit of all hh-rlhf pairs; ``rmkit train`` of MiniLM, plainly and under ``accelerate launch
+  --num_processes 1``; the test suite; speed.py's scoring blocks on the GPU.
 
 Every step records its wall time and the GPU's peak memory in use (nvidia-smi, polled every 0.2 s: the
 process's CUDA context included). Writes ``gpu_checks_<part>.json`` and ``gpu_checks_<part>.log`` under --out.
@@ -200,8 +201,43 @@ def ppo_summary(out: Path) -> dict:
                         for r in lines]}
 
 
+def profile_train(model: str, out: Path, work: Path, steps: int) -> None:
+    """Where a training step's time goes: ``steps`` optimizer steps of ``rmkit train`` (batch 16, 256 tokens, bf16 on
+    a GPU) under torch's profiler. The GPU's busy share is its kernels' time over the loop's; the ops that take
+    the most host time say what keeps it idle."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rmkit.training import TrainConfig, train_reward_model
+
+    cuda = torch.cuda.is_available()
+    cfg = TrainConfig(data=str(DATA / "hh-rlhf"), model=model, output_dir=str(work / f"profile_{Path(model).name}"),
+                      max_length=256, batch_size=16, max_steps=steps, max_pairs=max(64, 16 * steps), eval_every=0,
+                      save_every=0, eval_test=False, resume=False, mixed_precision="bf16" if cuda else "no")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        metrics = train_reward_model(cfg).metrics
+    events = prof.key_averages()
+    device = lambda e: getattr(e, "self_device_time_total", 0) / 1e6  # noqa: E731
+    loop_s = metrics["s_per_step"] * metrics["steps"]
+
+    def top(key):
+        return [{"op": e.key, "s": round(key(e), 4), "calls": e.count}
+                for e in sorted(events, key=key, reverse=True)[:15]]
+
+    out.write_text(json.dumps({
+        "model": model, "steps": metrics["steps"], "s_per_step": metrics["s_per_step"],
+        "gpu_kernel_s": sum(device(e) for e in events), "loop_s": loop_s,
+        "gpu_busy_share": sum(device(e) for e in events) / loop_s if cuda else None,
+        "top_host_self_s": top(lambda e: e.self_cpu_time_total / 1e6),
+        "top_gpu_self_s": top(device) if cuda else []}, indent=1) + "\n")
+
+
 def part_smollm2(c: Checks, work: Path, data: Path) -> None:
     rmkit = [sys.executable, "-m", "rmkit.cli"]
+    c.run("profile_train_smollm2", [sys.executable, __file__, "--profile-train", "smollm2", "--profile-steps", "30",
+                                    "--work", str(work), "--out", str(c.out / "profile_smollm2.json")], 90,
+          lambda: read_json(c.out / "profile_smollm2.json"), smoke=("--profile-steps", "2"))
     c.run("audit_finetune_folds_smollm2_bf16", rmkit + [
         "audit", str(data / "hh-rlhf"), "--backbone", "finetune_folds", "--model", "smollm2", "--precision", "bf16",
         "--output-dir", str(work / "audit_ft"), "--cache-dir", str(work / "feat_ft"), "--report-pairs", "5",
@@ -232,6 +268,9 @@ def part_minilm(c: Checks, work: Path, data: Path, reference: Path | None) -> No
         c.run("features_vs_cpu", [sys.executable, __file__, "--compare-features", str(reference), "--work", str(work),
                                      "--device", "cuda"],
               60, lambda: read_json(feats))
+    c.run("profile_train_minilm", [sys.executable, __file__, "--profile-train", "minilm", "--profile-steps", "60",
+                                   "--work", str(work), "--out", str(c.out / "profile_minilm.json")], 60,
+          lambda: read_json(c.out / "profile_minilm.json"), smoke=("--profile-steps", "2"))
     c.run("audit_default_frozen", rmkit + [
         "audit", str(data / "hh-rlhf"), "--output-dir", str(work / "audit"), "--cache-dir", str(work / "feat")],
         90, lambda: audit_summary(work / "audit"), smoke=("--max-pairs", "60"))
@@ -426,6 +465,8 @@ def main() -> None:
     p.add_argument("--write-reference", help="write the CPU reference features to this .npz and exit")
     p.add_argument("--compare-features", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    p.add_argument("--profile-train", help=argparse.SUPPRESS)
+    p.add_argument("--profile-steps", type=int, default=30, help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="a dry run on a CPU with every step shrunk")
     p.add_argument("--only", help="run only these steps (comma-separated names)")
     p.add_argument("--pack", help="write the folders the calls carry into this folder (e.g. .gpu, git-ignored)")
@@ -435,6 +476,9 @@ def main() -> None:
     work = Path(args.work)
     if args.pack:
         pack(Path(args.pack))
+        return
+    if args.profile_train:
+        profile_train(args.profile_train, Path(args.out), work, args.profile_steps)
         return
     if args.collect:
         collect([Path(x) for x in args.collect], Path(args.cpu_audit) if args.cpu_audit else None, Path(args.out))

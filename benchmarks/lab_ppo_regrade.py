@@ -32,6 +32,7 @@ runs/lab/regrade<suffix><tag>/, so a rerun with one more policy samples only tha
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -112,13 +113,17 @@ def grade(policy: Path, out: Path, prompts: Path, members: list[Path], gold: Pat
                     precision="fp32")
     run_bon(cfg, progress=False)
     raw = pd.read_parquet(out / "raw_scores.parquet")
-    ids = [json.loads(line)["id"] for line in prompts.open()]
+    records = [json.loads(line) for line in prompts.open()]
+    ids = [r["id"] for r in records]
     if relevance is not None:
-        cache = out / "relevance.npy"
-        if not cache.exists() or len(np.load(cache)) != len(raw):
-            text = {r["id"]: r["prompt"] for r in map(json.loads, prompts.open())}
+        # Valid for exactly these responses: a policy resampled in place with as many samples gets new ones.
+        key = hashlib.sha256(json.dumps([list(raw["id"]), list(raw["response"])]).encode()).hexdigest()
+        cache, cache_key = out / "relevance.npy", out / "relevance.key"
+        if not (cache.exists() and cache_key.exists() and cache_key.read_text() == key):
+            text = {r["id"]: r["prompt"] for r in records}
             np.save(cache, relevance.relevance([text[i] for i in raw["id"]],
                                                [[{"role": "assistant", "content": t}] for t in raw["response"]]))
+            cache_key.write_text(key)
         raw["relevance"] = np.load(cache)
     by = raw.groupby("id").mean(numeric_only=True).loc[ids]
     out_ = {"gold": by["gold"].to_numpy(), "members": by[[f"raw_{m}" for m in range(len(members))]].to_numpy().T}

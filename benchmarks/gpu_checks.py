@@ -277,8 +277,9 @@ def part_minilm(c: Checks, work: Path, data: Path, reference: Path | None) -> No
         90, lambda: audit_summary(work / "audit"), smoke=("--max-pairs", "60"))
     if (work / "audit" / "strength.parquet").exists():
         shutil.copy(work / "audit" / "strength.parquet", c.out / "audit_gpu_strength.parquet")
-    # The heads (float64 LBFGS on the CPU) took 30 s of the first lease's 66 s audit on 16 cores, against about 10 s
-    # on 2: the same audit from its cached features with 1 and 4 threads says whether threads are the cause.
+    # The heads (float64 LBFGS on the CPU) took 30 s of the first lease's 66 s audit on 16 cores, about what one core
+    # of the 2-core machines takes (24-32 s): the same audit from its cached features with 1 and 4 threads says
+    # whether the threads do anything for them.
     for threads in (1, 4):
         c.run(f"audit_cached_threads_{threads}", rmkit + [
             "audit", str(data / "hh-rlhf"), "--output-dir", str(work / f"audit_t{threads}"), "--cache-dir",

@@ -171,8 +171,6 @@ def encode_features(
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     n = len(pairs)
-    chosen_ids, rejected_ids = model.encode_pairs(pairs)
-    ids = chosen_ids + rejected_ids  # 2N texts: chosen, then rejected
     dim = int(model.model.config.hidden_size)
     views = 1 if layers is None else len(layers)
     path = folder / "features.npy"
@@ -183,7 +181,14 @@ def encode_features(
         mode = "w+"
         feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
     done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
-    todo = np.flatnonzero(~done)
+    todo = np.flatnonzero(~done)  # of the 2N texts: chosen, then rejected
+    # Only the texts still to encode are tokenized: a rerun on a finished cache tokenizes nothing (17k texts took
+    # 11 s of a 55 s cached audit on one core).
+    ids: dict[int, list[int]] = {}
+    for offset, rows, name in ((0, todo[todo < n], "chosen"), (n, todo[todo >= n] - n, "rejected")):
+        if len(rows):
+            tokens = model.encode([pairs[i].prompt for i in rows], [getattr(pairs[i], name) for i in rows])
+            ids.update(zip((rows + offset).tolist(), tokens))
     batches = [todo[b].tolist() for b in length_sorted_batches([len(ids[i]) for i in todo], batch_size)]
     was_training = model.training
     model.eval()

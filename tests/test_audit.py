@@ -166,6 +166,11 @@ def test_feature_cache_reused_and_resumed(separable, tmp_path):
     fc, fr = np.array(fc), np.array(fr)
     (folder,) = (tmp_path / "cache").iterdir()
     assert np.load(folder / "done.npy").all()
+    # Only texts still to encode are tokenized: none on a finished cache, the lost ones after a kill.
+    real_encode, tokenized = rm.encode, []
+    rm.encode = lambda prompts, responses: tokenized.append(len(prompts)) or real_encode(prompts, responses)
+    encode_features(rm, pairs, batch_size=8, chunk_batches=2, **kw)
+    assert tokenized == []
     # Simulate a kill: features of some texts never written, and not recorded as done.
     feats = np.load(folder / "features.npy", mmap_mode="r+")
     lost = np.arange(10, 26)
@@ -175,6 +180,7 @@ def test_feature_cache_reused_and_resumed(separable, tmp_path):
     done[lost] = False
     np.save(folder / "done.npy", done)
     fc2, fr2 = encode_features(rm, pairs, batch_size=8, chunk_batches=2, **kw)
+    assert tokenized == [16]  # texts 10..25: all chosen sides (of 40 pairs)
     np.testing.assert_allclose(np.concatenate([fc2, fr2]), np.concatenate([fc, fr]), atol=1e-5)
     # Other data gets another cache entry.
     encode_features(rm, pairs[:10], batch_size=8, **kw)

@@ -254,9 +254,10 @@ def _mixed_precision(spec: str) -> str:
     return "no" if chosen == "fp32" else chosen
 
 
-def _finished_run(cfg: TrainConfig, out: Path) -> "TrainResult | None":
-    """A finished run of the same settings in ``out``, loaded (a rerun does not train again); other settings
-    are refused, naming them."""
+def _finished_run(cfg: TrainConfig, out: Path, device: torch.device) -> "TrainResult | None":
+    """A finished run of the same settings in ``out``, loaded onto ``device`` (where a run that trains leaves its
+    model: a rerun does not train again, and returns what a first run does); other settings are refused, naming
+    them."""
     if not ((out / "results.json").exists() and (out / "model").exists() and cfg.resume):
         return None
     saved = json.loads((out / "results.json").read_text())
@@ -264,7 +265,7 @@ def _finished_run(cfg: TrainConfig, out: Path) -> "TrainResult | None":
     require_same_settings({k: v for k, v in saved.get("run_config", now).items() if k in now}, now, out,
                           "choose another output_dir, or set resume=false to overwrite it",
                           what="holds a finished run with")
-    return TrainResult(RewardModel.from_pretrained(str(out / "model")), out, saved)
+    return TrainResult(RewardModel.from_pretrained(str(out / "model")).to(device), out, saved)
 
 
 def _split_pairs(cfg: TrainConfig, out: Path, *, write: bool
@@ -385,7 +386,7 @@ def train_reward_model(
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     out = Path(cfg.output_dir)
-    finished = _finished_run(cfg, out)
+    finished = _finished_run(cfg, out, accelerator.device)
     if finished is not None:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
         return finished

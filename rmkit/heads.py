@@ -78,11 +78,14 @@ def train_bt_heads(
     penalty = torch.as_tensor(np.broadcast_to(np.asarray(l2, dtype=np.float64), (w_train.shape[0],)).copy())
     W = torch.zeros(w_train.shape[0], d.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+    # Hard labels (every pair's chosen preferred, the audit's case): the (1 - y) term is exactly zero, so leaving it
+    # out gives the same loss and gradient bit for bit, for a fifth less of the heads' time.
+    hard = bool((y == 1).all())
 
     def closure():
         opt.zero_grad()
         z = W @ d.T - m  # (M, N) reward differences, less each pair's margin
-        per_pair = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
+        per_pair = -F.logsigmoid(z) if hard else -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
         loss = ((per_pair * w_train).sum(1) / counts).sum() + (penalty * (W ** 2).sum(1)).sum()
         loss.backward()
         return loss

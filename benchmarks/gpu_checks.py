@@ -111,7 +111,7 @@ class Checks:
                     proc.wait()
                     rc = "timeout"
             step.update(rc=rc, wall_s=round(time.perf_counter() - t0, 2), peak_gpu_memory_mib=mem.peak)
-        step["status"] = "ok" if rc == 0 else "failed"
+        step["status"] = "ok" if rc == 0 else "cut at its cap" if rc == "timeout" else "failed"
         if rc == 0 and parse is not None:
             try:
                 step.update(parse())
@@ -336,6 +336,8 @@ def collect(folders: list[Path], cpu_audit: Path | None, out: Path) -> None:
             result.setdefault("date", part["date"])
             for name, step in part["steps"].items():
                 step.pop("log_tail", None)
+                if step.get("rc") == "timeout":  # files written before the status said so
+                    step["status"] = "cut at its cap"
                 if name.startswith(("train", "audit_finetune")):
                     step.update(train_progress(log, name))
             result["parts"][part["part"]] = part["steps"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rmkit.losses import ppo_policy_loss, ppo_value_loss
 from rmkit.hardware import resolve_device
+from rmkit.losses import ppo_policy_loss, ppo_value_loss
 from rmkit.models import RewardModel
 from rmkit.policy import encode_prompts, load_policy
 from rmkit.rl import (PPOConfig, RunningMoments, ValueModel, gae, leave_one_out, pack, response_logprobs,

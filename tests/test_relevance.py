@@ -126,6 +126,20 @@ def test_sentence_encoder(tiny_bert):
         enc.relevance(prompts, [])
 
 
+def test_sentence_encoder_loads_fp32_whatever_the_checkpoint(tiny_bert, tmp_path):
+    """transformers 5 loads a bf16 checkpoint in bf16; the encoder (graded against, as a gold's relevance term)
+    runs in fp32 as reward models do, with the fp32 checkpoint's embeddings up to bf16 rounding."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(tiny_bert).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "bf16")
+    enc = SentenceEncoder(str(tmp_path / "bf16"))
+    assert {p.dtype for p in enc.model.parameters()} == {torch.float32}
+    texts = ["a short one", "a much longer text than the first one is"]
+    assert np.allclose(enc.embed(texts), SentenceEncoder(tiny_bert).embed(texts), atol=0.05)
+
+
 def test_run_lab_with_a_prompt_aware_gold(tiny_bert, shared_data, tmp_path):
     import pandas as pd
 

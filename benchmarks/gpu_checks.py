@@ -69,12 +69,15 @@ class GpuMemory:
 class Checks:
     """Runs the steps of one part under a shared deadline and keeps the result file current."""
 
-    def __init__(self, part: str, out: Path, budget: float, smoke: bool = False, only: str | None = None):
+    def __init__(self, part: str, out: Path, budget: float, work: Path, smoke: bool = False, only: str | None = None):
         self.out, self.deadline, self.smoke = out, time.monotonic() + budget, smoke
         self.only = set(only.split(",")) if only else None
         out.mkdir(parents=True, exist_ok=True)
         self.path, self.log = out / f"gpu_checks_{part}.json", out / f"gpu_checks_{part}.log"
-        self.result: dict = {"part": part, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": {}}
+        # The lent machine's own paths, which `collect` writes as the repository's relative ones.
+        paths = {"root": str(ROOT), "python": sys.executable, "work": str(work)}
+        self.result: dict = {"part": part, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "paths": paths,
+                             "steps": {}}
         self.save()
 
     def save(self):
@@ -184,9 +187,8 @@ def compare_features(reference: Path, out: Path, cache: str, device: str) -> Non
     out.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def read_json(path: Path, keys=None) -> dict:
-    d = json.loads(Path(path).read_text())
-    return {k: d.get(k) for k in keys} if keys else d
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def audit_summary(out: Path) -> dict:
@@ -315,73 +317,92 @@ def train_progress(log: str, name: str) -> dict:
             "bar_rate_steps_per_s_last": float(rate)}
 
 
-def collect(folders: list[Path], cpu_audit: Path | None, out: Path) -> None:
-    """One committed result from the files a lease sent back: every step's status, time and memory, the numbers
-    each produced, the test suite's failures with their reasons, and the GPU audit against a CPU audit of the same
-    pairs with the same weights. Paths of the lent machine are written as the repository's relative ones."""
+FIRST_LEASE_PATHS = {"root": "/work/main", "python": "/opt/torch/.venv/bin/python3", "work": "/tmp/gpu"}  # unrecorded
+
+
+def part_steps(part: dict, log: str) -> dict:
+    """A part's steps without their log tails, cut steps named so, training steps with their progress-bar rate, and
+    the lent machine's paths written as the repository's relative ones."""
+    steps = {}
+    for name, step in part["steps"].items():
+        step = {k: v for k, v in step.items() if k != "log_tail"}
+        if step.get("rc") == "timeout":  # files written before the status said so
+            step["status"] = "cut at its cap"
+        if name.startswith(("train", "audit_finetune")):
+            step.update(train_progress(log, name))
+        steps[name] = step
+    paths = part.get("paths", FIRST_LEASE_PATHS)
+    root = Path(paths["root"])
+    text = json.dumps(steps)
+    for theirs, ours in ((paths["python"], "python3"), (paths["work"] + "/", "work/"), (paths["work"], "work"),
+                         (f"{root}/", ""), (f"{root.parent}/", "../")):
+        text = text.replace(theirs, ours)
+    return json.loads(text)
+
+
+def tests_summary(xml: Path) -> dict:
+    """Counts of a pytest junit file and each failure's test and first line of its reason."""
     import xml.etree.ElementTree as ET
 
+    suite = ET.parse(xml).getroot().find("testsuite")
+    failed = [{"test": f"{case.get('classname')}::{case.get('name')}",
+               "reason": (f.get("message") or "").splitlines()[0][:200]}
+              for case in suite.iter("testcase") for f in case if f.tag in ("failure", "error")]
+    return {**{k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")},
+            "seconds": float(suite.get("time")), "failed": failed}
+
+
+def compare_audits(gpu_table: Path, cpu_audit: Path) -> dict:
+    """The GPU audit's table against a CPU audit of the same pairs and weights: strengths, probabilities, verdicts."""
     import numpy as np
     import pandas as pd
 
     from rmkit.calibration import spearman
+
+    gpu = pd.read_parquet(gpu_table).set_index("id")
+    cpu = pd.read_parquet(cpu_audit / "strength.parquet").set_index("id")
+    both = gpu["mean"].dropna().index.intersection(cpu["mean"].dropna().index)
+    g, c = gpu.loc[both], cpu.loc[both]
+    flagged = {name: set(t.index[t["category"] == "likely_mislabeled"]) for name, t in (("gpu", gpu), ("cpu", cpu))}
+    summary = json.loads((cpu_audit / "summary.json").read_text())
+    return {"pairs_compared": len(both), "same_ids": bool(set(gpu.index) == set(cpu.index)),
+            "mean_strength_spearman": spearman(g["mean"].to_numpy(), c["mean"].to_numpy()),
+            "mean_strength_max_abs_diff": float(np.abs(g["mean"] - c["mean"]).max()),
+            "sign_agreement": float((np.sign(g["mean"]) == np.sign(c["mean"])).mean()),
+            "p_label_wrong_max_abs_diff": float(np.abs(g["p_label_wrong"].astype(float)
+                                                       - c["p_label_wrong"].astype(float)).max()),
+            "same_category": float((gpu["category"] == cpu.loc[gpu.index, "category"]).mean()),
+            "same_flagged_pairs": flagged["gpu"] == flagged["cpu"],
+            "categories": {"gpu": gpu["category"].value_counts().to_dict(),
+                           "cpu": cpu["category"].value_counts().to_dict()},
+            "cpu_precision": summary["ensemble"].get("precision"),
+            "cpu_agreement": summary["trust"]["agreement"]["agreement"], "cpu_timings": summary.get("timings")}
+
+
+def collect(folders: list[Path], cpu_audit: Path | None, out: Path) -> None:
+    """One committed result from the files a lease sent back: every step's status, time and memory, the numbers
+    each produced, the test suite's failures with their reasons, and the GPU audit against a CPU audit of the same
+    pairs with the same weights."""
     from rmkit.files import write_json
 
     result: dict = {"parts": {}}
     for folder in folders:
         for path in sorted(folder.glob("gpu_checks_*.json")):
             part = json.loads(path.read_text())
-            log = (folder / path.name.replace(".json", ".log")).read_text()
             result.setdefault("machine", part["machine"])
             result.setdefault("date", part["date"])
-            for name, step in part["steps"].items():
-                step.pop("log_tail", None)
-                if step.get("rc") == "timeout":  # files written before the status said so
-                    step["status"] = "cut at its cap"
-                if name.startswith(("train", "audit_finetune")):
-                    step.update(train_progress(log, name))
-            result["parts"][part["part"]] = part["steps"]
+            result["parts"][part["part"]] = part_steps(part, path.with_suffix(".log").read_text())
         if (folder / "tests_gpu.xml").exists():
-            suite = ET.parse(folder / "tests_gpu.xml").getroot().find("testsuite")
-            failures = []
-            for case in suite.iter("testcase"):
-                for f in case:
-                    if f.tag in ("failure", "error"):
-                        failures.append({"test": f"{case.get('classname')}::{case.get('name')}",
-                                         "reason": (f.get("message") or "").splitlines()[0][:200]})
-            result["tests"] = {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
-            result["tests"].update(seconds=float(suite.get("time")), failed=failures)
+            result["tests"] = tests_summary(folder / "tests_gpu.xml")
         if (folder / "speed_gpu.json").exists():
             result["speed"] = speed = json.loads((folder / "speed_gpu.json").read_text())
             if "rmkit_tokenize_s" not in speed["vs_naive"]:
                 speed["timing_note"] = ("speed.py before the fix: rmkit's times leave out tokenizing, the naive loop's "
-                                        "include it, so vs_naive overstates rmkit's gain here (on a 2-core CPU by 2-3%)")
+                                        "include it, so vs_naive overstates rmkit's gain here (on a 2-core CPU by "
+                                        "about 1%)")
         if (folder / "audit_gpu_strength.parquet").exists() and cpu_audit is not None:
-            gpu = pd.read_parquet(folder / "audit_gpu_strength.parquet").set_index("id")
-            cpu = pd.read_parquet(cpu_audit / "strength.parquet").set_index("id")
-            both = gpu["mean"].dropna().index.intersection(cpu["mean"].dropna().index)
-            cpu_summary = json.loads((cpu_audit / "summary.json").read_text())
-            result["audit_gpu_vs_cpu"] = {
-                "pairs_compared": len(both), "same_ids": bool(set(gpu.index) == set(cpu.index)),
-                "mean_strength_spearman": spearman(gpu.loc[both, "mean"].to_numpy(), cpu.loc[both, "mean"].to_numpy()),
-                "mean_strength_max_abs_diff": float(np.abs(gpu.loc[both, "mean"] - cpu.loc[both, "mean"]).max()),
-                "sign_agreement": float((np.sign(gpu.loc[both, "mean"]) == np.sign(cpu.loc[both, "mean"])).mean()),
-                "p_label_wrong_max_abs_diff": float(np.abs(gpu.loc[both, "p_label_wrong"].astype(float)
-                                                           - cpu.loc[both, "p_label_wrong"].astype(float)).max()),
-                "same_category": float((gpu["category"] == cpu.loc[gpu.index, "category"]).mean()),
-                "same_flagged_pairs": bool(set(gpu.index[gpu["category"] == "likely_mislabeled"])
-                                           == set(cpu.index[cpu["category"] == "likely_mislabeled"])),
-                "categories": {"gpu": gpu["category"].value_counts().to_dict(),
-                               "cpu": cpu["category"].value_counts().to_dict()},
-                "cpu_precision": cpu_summary["ensemble"].get("precision"),
-                "cpu_agreement": cpu_summary["trust"]["agreement"]["agreement"],
-                "cpu_timings": cpu_summary.get("timings")}
-    text = json.dumps(result)
-    for machine_path, ours in ((sys.executable, "python3"), ("/opt/torch/.venv/bin/python3", "python3"),
-                               ("/tmp/gpu/", "work/"), ("/tmp/gpu", "work"), ("/work/shared/", "../shared/"),
-                               ("/work/main/", "")):
-        text = text.replace(machine_path, ours)
-    write_json(out, json.loads(text), relative_to=ROOT)
+            result["audit_gpu_vs_cpu"] = compare_audits(folder / "audit_gpu_strength.parquet", cpu_audit)
+    write_json(out, result, relative_to=ROOT)
 
 
 # ---- packing for a lent machine. Each call carries at most 64 MiB with the repository (about 11 MB), and the
@@ -500,7 +521,7 @@ def main() -> None:
     if args.compare_features:
         compare_features(Path(args.compare_features), work / "features.json", str(work / "cmp_cache"), args.device)
         return
-    c = Checks(args.part, Path(args.out), args.budget, smoke=args.smoke, only=args.only)
+    c = Checks(args.part, Path(args.out), args.budget, work, smoke=args.smoke, only=args.only)
     if args.part == "smollm2":
         part_smollm2(c, work, Path(args.data))
     else:

@@ -41,7 +41,7 @@ from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
 from rmkit.files import write_json
-from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, resolve_device, resolve_precision
+from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, native_bf16, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
 from rmkit.scoring import score_token_pairs
@@ -95,11 +95,6 @@ def matmul_gflops() -> dict:
     return out
 
 
-def bf16_fast(device: torch.device) -> bool:
-    """Whether bf16 is worth timing here: a GPU that runs it, or a CPU with bf16 instructions."""
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-
-
 def vs_naive(pairs, max_length: int, device: torch.device) -> dict:
     rm = RewardModel.from_pretrained("minilm", max_length=max_length).to(device).eval()
     texts = [rm.render(p.prompt, side) for p in pairs for side in (p.chosen, p.rejected)]
@@ -143,9 +138,9 @@ def precision_block(pairs, max_length: int, device: torch.device) -> dict:
     out: dict = {"model": "minilm", "max_length": max_length, "texts": 2 * len(pairs), "device": str(device),
                  "cpu_has_bf16": cpu_has_bf16()}
     scores, feats = {}, {}
-    if not bf16_fast(device):  # rmkit's precision "auto" keeps fp32 here; emulated bf16 would take an hour
+    if not native_bf16(device):  # rmkit's precision "auto" keeps fp32 here; emulated bf16 would take an hour
         out["bf16"] = "skipped: no bf16 instructions on this CPU"
-    for prec in ("fp32", "bf16")[: 2 if bf16_fast(device) else 1]:
+    for prec in ("fp32", "bf16")[: 2 if native_bf16(device) else 1]:
         (rc, rr), t = timed(lambda prec=prec: score_token_pairs(rm, c, r, batch_size=64, precision=prec))
         scores[prec] = np.concatenate([rc, rr])
         out[f"score_{prec}_texts_per_s"] = 2 * len(pairs) / t

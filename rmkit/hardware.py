@@ -119,28 +119,34 @@ def cpu_bf16_speedup() -> float:
     return gain
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bfloat16 runs natively on ``device``: a GPU that supports it, or a CPU with bf16 instructions (fast or not:
+    `cpu_bf16_speedup` measures that); elsewhere it is emulated."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+
+
 def resolve_precision(spec: str, device: torch.device, *, announce: bool = True, training: bool = False) -> str:
     """``fp32`` or ``bf16`` for ``spec`` on ``device``, with one line on stderr saying which and why.
     ``training``: a job that updates weights (PPO), whose ``auto`` stays fp32 on CPUs, as training's does."""
     if spec not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
     if spec == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and native_bf16(device):
             chosen, why = "bf16", "the GPU supports bfloat16"
         elif device.type == "cuda":
             chosen, why = "fp32", "the GPU has no bfloat16"
         elif training:
             chosen, why = "fp32", "auto keeps fp32 for training on CPUs: bf16 updates were not measured there"
-        elif not cpu_has_bf16():
+        elif not native_bf16(device):
             chosen, why = "fp32", "this CPU has no native bfloat16"
         elif (gain := cpu_bf16_speedup()) >= BF16_MIN_SPEEDUP:
             chosen, why = "bf16", f"this CPU's bfloat16 matmuls measured {gain:.1f}x its fp32 ones"
         else:
             chosen, why = "fp32", f"this CPU's bfloat16 matmuls measured only {gain:.1f}x its fp32 ones"
-    elif spec == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+    elif spec == "bf16" and device.type == "cpu" and not native_bf16(device):
         # Emulated: a bf16 matmul ran at 1.8 GFLOPS against 126 in fp32 on an AVX2-only EPYC (speed.py).
         chosen, why = "bf16", "asked for; this CPU has no native bfloat16: emulated, many times slower than fp32"
-    elif spec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    elif spec == "bf16" and device.type == "cuda" and not native_bf16(device):
         raise ValueError("precision bf16 asked for, but this GPU does not support bfloat16")
     else:
         chosen, why = spec, "asked for"

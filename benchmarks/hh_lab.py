@@ -4,7 +4,7 @@ fine-tuned RM, MetaRM, the learning curve, best-of-n and the second domain all t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,8 @@ import pandas as pd
 
 from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
 from rmkit.config import load_config
-from rmkit.lab import LabConfig, choose_temperature, lab_pairs, read_gold_scores, sample_labels
+from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, lab_pairs, proxy_features, read_gold_scores,
+                       sample_labels)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -82,6 +83,15 @@ def load_hh_lab(seed: int = 0, gold: str = "mpnet") -> HHLab:
     ids = [p.id for p in ds.pairs]
     gold_diff = read_gold_scores(GOLDS[gold].file(".parquet"), ids)
     return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
+
+
+def lab_studies_inputs(gold: str = "smollm2") -> tuple[LabConfig, np.ndarray, ProxyFeatures]:
+    """What `rmkit.lab`'s studies take, as `lab.py` builds it: configs/lab_cpu.yaml with the gold ``gold``'s settings,
+    the committed gold difference of every pair ``(N,)`` and the proxy's cached features."""
+    the = GOLDS[gold]
+    cfg = replace(load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml"), **the.settings)
+    pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
+    return cfg, read_gold_scores(the.file(".parquet"), [p.id for p in pairs]), proxy_features(cfg.proxy_config(), pairs)
 
 
 AGAINST_GOLD = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml").against_gold  # the paper's 20-25%

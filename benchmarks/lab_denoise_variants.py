@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from hh_lab import GOLDS, ROOT
-from rmkit.config import load_config
+from hh_lab import ROOT, lab_studies_inputs
 from rmkit.files import write_json
-from rmkit.lab import (LabConfig, choose_temperature, denoise_case, detection_metrics, p_flipped, p_label_right,
-                       proxy_features, read_gold_scores)
+from rmkit.lab import choose_temperature, denoise_case, detection_metrics, p_flipped, p_label_right
 
 
 def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float = 0.1) -> tuple[dict, dict]:
@@ -99,12 +96,8 @@ def main() -> None:
         out = summarize(runs, {k: [v] for k, v in old["detection"].items()}, seeds=old["seeds"], noise=old["noise"])
         write_json(args.result, out)
         return
-    the = GOLDS["smollm2"]
-    cfg: LabConfig = replace(load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml"), **the.settings)
-    pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
-    gold = read_gold_scores(the.file(".parquet"), [p.id for p in pairs])
+    cfg, gold, proxy = lab_studies_inputs("smollm2")
     temperature = choose_temperature(gold, cfg.against_gold)
-    proxy = proxy_features(cfg.proxy_config(), pairs)
     runs: dict = {}
     detection: dict = {}
     for level in (0.0, args.noise):

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
 from rmkit.config import load_config
-from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, lab_pairs, proxy_features, read_gold_scores,
-                       sample_labels)
+from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, denoise_case, lab_pairs, proxy_features,
+                       read_gold_scores, sample_labels)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -85,13 +86,32 @@ def load_hh_lab(seed: int = 0, gold: str = "mpnet") -> HHLab:
     return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
 
 
-def lab_studies_inputs(gold: str = "smollm2") -> tuple[LabConfig, np.ndarray, ProxyFeatures]:
-    """What `rmkit.lab`'s studies take, as `lab.py` builds it: configs/lab_cpu.yaml with the gold ``gold``'s settings,
-    the committed gold difference of every pair ``(N,)`` and the proxy's cached features."""
+class LabInputs(NamedTuple):
+    """What `rmkit.lab`'s studies take, as `lab.py` builds it."""
+
+    cfg: LabConfig  # configs/lab_cpu.yaml with the gold's settings
+    gold: np.ndarray  # the committed gold difference of every pair (N,), source sides
+    proxy: ProxyFeatures  # the proxy's cached features
+    pairs: list[PreferencePair]  # the source pairs, in the order of the other three (to encode with another model)
+
+
+def lab_studies_inputs(gold: str = "smollm2") -> LabInputs:
+    """`LabInputs` for the gold ``gold``: configs/lab_cpu.yaml with its settings, its committed scores and the
+    proxy's cached features of the same pairs."""
     the = GOLDS[gold]
     cfg = replace(load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml"), **the.settings)
     pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
-    return cfg, read_gold_scores(the.file(".parquet"), [p.id for p in pairs]), proxy_features(cfg.proxy_config(), pairs)
+    return LabInputs(cfg, read_gold_scores(the.file(".parquet"), [p.id for p in pairs]),
+                     proxy_features(cfg.proxy_config(), pairs), pairs)
+
+
+def denoise_cases(inputs: LabInputs, *, seeds: int, noise: float):
+    """The denoising study's cases (`rmkit.lab.denoise_case`) at 0 and ``noise`` planted flips, seeds 0..seeds-1,
+    with the lab's temperature: ``(level, seed, case)``, as the denoising benchmarks loop over them."""
+    temperature = choose_temperature(inputs.gold, inputs.cfg.against_gold)
+    for level in (0.0, noise):
+        for s in range(seeds):
+            yield level, s, denoise_case(inputs.proxy, inputs.gold, temperature, flips=level, seed=s)
 
 
 AGAINST_GOLD = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml").against_gold  # the paper's 20-25%

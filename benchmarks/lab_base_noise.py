@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "lab_smollm2_base_noise.json"))
     args = parser.parse_args()
     seeds = args.seeds or (3 if args.studies == "flips" else 10)
-    cfg, gold, proxy = lab_studies_inputs("smollm2")
+    cfg, gold, proxy, _ = lab_studies_inputs("smollm2")
     out: dict = {"what": __doc__.split("\n")[0], "gold": GOLDS["smollm2"].stem, "pairs": len(proxy.ids), "flips": args.flips,
                  "goal": {"flips": "rmkit AUROC >= 0.85 and >= single_rm and cleanlab + 0.03",
                           "denoise": "the best preset recovers >= 0.75 of the gold accuracy the flips cost"},

@@ -18,6 +18,12 @@ gold's side.
     .venv/bin/python benchmarks/lab_denoise_detector.py        # about 25 minutes on 2 cores (features cached)
     .venv/bin/python benchmarks/lab_denoise_detector.py --other-backbone mpnet   # + the ensemble on MPNet features
         # (``flip+margin@mpnet``; encoding the 17k texts once takes about an hour on 2 cores, cached as it goes)
+    .venv/bin/python benchmarks/lab_denoise_detector.py --noisy-gold 0.75,0.79,0.85,0.9   # about 10 minutes
+
+``--noisy-gold`` replaces the block detectors by synthetic ones, ``flip+margin@gold~ACC``: the gold's difference plus
+independent Gaussian noise that leaves its sign right on a share ACC of the training pairs. At the audit's own
+accuracy against the gold (about 0.79 on the 20%-flipped labels) it separates the detector's accuracy from where
+its errors fall: the ensemble's errors fall where the RM's do, the noise's anywhere.
 
 Writes benchmarks/results/lab_smollm2_denoise_detector.json (as `lab_denoise_variants.py` summarises: recovered
 share with a 95% interval over resampled seeds, gains in points over the baseline and over flip+margin paired by
@@ -31,12 +37,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtr
 
-from hh_lab import ROOT, lab_studies_inputs
+from hh_lab import ROOT, denoise_cases, lab_studies_inputs
 from lab_denoise_variants import summarize
 from rmkit.files import write_json
-from rmkit.heads import select_l2, train_bt_heads
-from rmkit.lab import choose_temperature, denoise_case, proxy_features
+from rmkit.lab import proxy_features
 
 DETECTORS = {"blocks12": [1, 2], "blocks45": [4, 5]}
 
@@ -45,14 +51,6 @@ def pick(case, ranking: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the lowest ``fraction`` of training pairs by ``ranking (N,)``, as `rmkit.denoise` picks them."""
     train = np.flatnonzero(case.train)
     return train[np.argsort(ranking[train], kind="stable")[: int(fraction * len(train))]]
-
-
-def baseline_rewards(case) -> np.ndarray:
-    """The baseline RM's reward differences ``(N,)`` (sides as labelled): `DenoiseCase.grade`'s head, kept."""
-    w_train = case.train.astype(float)
-    l2 = select_l2(case.fc, case.fr, np.where(w_train > 0, case.fold, -1))[0]
-    (w,) = train_bt_heads(case.fc, case.fr, w_train[None], l2=l2)
-    return (case.fc - case.fr) @ w
 
 
 def composition(case, picked: np.ndarray, gold_pick: np.ndarray, rewards: np.ndarray) -> dict:
@@ -64,6 +62,23 @@ def composition(case, picked: np.ndarray, gold_pick: np.ndarray, rewards: np.nda
             "flips_baseline_already_right": float(((rewards[flips] > 0) == (case.gold[flips] > 0)).mean())}
 
 
+def noisy_gold(case, accuracy: float, seed: int) -> np.ndarray:
+    """The gold's difference as labelled ``(N,)`` plus independent Gaussian noise, its scale chosen so the sum's
+    sign agrees with the gold's on an expected ``accuracy`` of the training pairs: a detector of that accuracy
+    whose errors owe nothing to the RM's (E[agree] = mean Phi(|g| / s), solved for s by bisection)."""
+    g = np.abs(case.gold[case.train])
+    lo, hi = 1e-6 * g.std(), 1e3 * g.std()
+    for _ in range(100):
+        s = np.sqrt(lo * hi)
+        lo, hi = (s, hi) if ndtr(g / s).mean() > accuracy else (lo, s)
+    return case.gold + np.random.default_rng(1_000 + seed).normal(0.0, np.sqrt(lo * hi), len(case.gold))
+
+
+def agreement(case, ranking: np.ndarray) -> float:
+    """Share of training pairs on which ``ranking (N,)`` has the gold's sign: the detector's accuracy."""
+    return float(((ranking > 0) == (case.gold > 0))[case.train].mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
@@ -73,47 +88,58 @@ def main() -> None:
                         help="also the audit's ensemble recipe on another frozen backbone (alias, hub id or path)")
     parser.add_argument("--result", default=None,
                         help="default: results/lab_smollm2_denoise_detector.json (_BACKBONE.json with --other-backbone)")
+    parser.add_argument("--noisy-gold", default=None, metavar="ACC[,ACC...]",
+                        help="instead of the block detectors: the gold plus independent noise at these accuracies "
+                             "(results/lab_smollm2_denoise_detector_noisy_gold.json)")
+    parser.add_argument("--preset", default="flip+margin", choices=["flip+margin", "flip"],
+                        help="flip: the pick alone, no margins (which would carry a synthetic detector's gold)")
     args = parser.parse_args()
+    preset = args.preset
+    noisy = [float(a) for a in args.noisy_gold.split(",")] if args.noisy_gold else []
     stem = "lab_smollm2_denoise_detector" + (f"_{Path(args.other_backbone).name}" if args.other_backbone else "")
+    stem += ("_noisy_gold" if noisy else "") + ("" if preset == "flip+margin" else f"_{preset}")
     result = args.result or str(ROOT / "benchmarks" / "results" / f"{stem}.json")
-    cfg, gold, proxy = lab_studies_inputs("smollm2")
-    temperature = choose_temperature(gold, cfg.against_gold)
-    other = None
+    inputs = lab_studies_inputs("smollm2")
+    proxy, other = inputs.proxy, None
     if args.other_backbone:  # the same pairs, in the same order, encoded by the other backbone
-        pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
-        other = proxy_features(replace(cfg.proxy_config(), model=args.other_backbone), pairs)
+        other = proxy_features(replace(inputs.cfg.proxy_config(), model=args.other_backbone), inputs.pairs)
     runs: dict = {}
     detection: dict = {}
-    for level in (0.0, args.noise):
-        for s in range(args.seeds):
-            case = denoise_case(proxy, gold, temperature, flips=level, seed=s)
-            # the gold's difference at the ensemble's scale, so the margins stay comparable (as study_denoise)
-            rankings = {"flip+margin": case.mean, "flip+margin@gold": case.gold * np.std(case.mean) / np.std(case.gold)}
-            for name, layers in DETECTORS.items():
-                diffs = proxy.ensemble(case.label, seed=s, cfg=replace(proxy.cfg, layers=layers))
-                rankings[f"flip+margin@{name}"] = np.nanmean(diffs, axis=0)
-            if other is not None:
-                name = Path(args.other_backbone).name
-                rankings[f"flip+margin@{name}"] = np.nanmean(other.ensemble(case.label, seed=s), axis=0)
-            acc = {"baseline": case.grade(case.train.astype(float))}
+    for level, s, case in denoise_cases(inputs, seeds=args.seeds, noise=args.noise):
+        # the gold's difference at the ensemble's scale, so the margins stay comparable (as study_denoise)
+        rankings = {preset: case.mean, f"{preset}@gold": case.gold * np.std(case.mean) / np.std(case.gold)}
+        for a in noisy:
+            rankings[f"{preset}@gold~{a:g}"] = noisy_gold(case, a, s) * np.std(case.mean) / np.std(case.gold)
+        for name, layers in ({} if noisy else DETECTORS).items():
+            diffs = proxy.ensemble(case.label, seed=s, cfg=replace(proxy.cfg, layers=layers))
+            rankings[f"{preset}@{name}"] = np.nanmean(diffs, axis=0)
+        if other is not None:
+            name = Path(args.other_backbone).name
+            rankings[f"{preset}@{name}"] = np.nanmean(other.ensemble(case.label, seed=s), axis=0)
+        rewards = case.fit(case.train.astype(float))  # the baseline RM, kept for what its picks hold
+        acc = {"baseline": case.accuracy(rewards)}
+        for name, ranking in rankings.items():
+            acc[name] = case.grade(*case.denoised(preset, ranking, args.fraction))
+        for k, v in acc.items():
+            runs.setdefault(f"{level}", {}).setdefault(k, []).append(v)
+        if level > 0:
+            gold_pick = pick(case, rankings[f"{preset}@gold"], args.fraction)
             for name, ranking in rankings.items():
-                acc[name] = case.grade(*case.denoised("flip+margin", ranking, args.fraction))
-            for k, v in acc.items():
-                runs.setdefault(f"{level}", {}).setdefault(k, []).append(v)
-            if level > 0:
-                rewards, gold_pick = baseline_rewards(case), pick(case, rankings["flip+margin@gold"], args.fraction)
-                for name, ranking in rankings.items():
-                    detection.setdefault(name, []).append(composition(case, pick(case, ranking, args.fraction),
-                                                                      gold_pick, rewards))
-            print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
-    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise)
+                detection.setdefault(name, []).append(composition(case, pick(case, ranking, args.fraction),
+                                                                  gold_pick, rewards)
+                                                      | {"agreement_with_gold": agreement(case, ranking)})
+        print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
+    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise, reference=preset)
     out["what"] = __doc__.split("\n")[0]
-    out["fraction"] = args.fraction
-    out["detectors"] = {"flip+margin": "the audit's ensemble, blocks 1, 2, 4, 5, 6",
-                        **{f"flip+margin@{k}": f"the same recipe on blocks {v}" for k, v in DETECTORS.items()},
-                        "flip+margin@gold": "the gold's difference (a bound)", "rm": "a head on blocks 4 and 6"}
+    out["fraction"], out["preset"] = args.fraction, preset
+    out["detectors"] = {preset: "the audit's ensemble, blocks 1, 2, 4, 5, 6",
+                        **{f"{preset}@{k}": f"the same recipe on blocks {v}" for k, v in DETECTORS.items()
+                           if not noisy},
+                        **{f"{preset}@gold~{a:g}": f"the gold plus independent noise, agreeing with its sign on "
+                                                      f"{a:g} of pairs" for a in noisy},
+                        f"{preset}@gold": "the gold's difference (a bound)", "rm": "a head on blocks 4 and 6"}
     if other is not None:
-        out["detectors"][f"flip+margin@{Path(args.other_backbone).name}"] = \
+        out["detectors"][f"{preset}@{Path(args.other_backbone).name}"] = \
             f"the audit's ensemble recipe on {args.other_backbone} (blocks {sorted(set(other.views))})"
     write_json(result, out, relative_to=ROOT)
     print({k: round(v["point"], 3) for k, v in out["recovered_share"].items()}, out["detection"])

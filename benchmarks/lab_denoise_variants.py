@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import ROOT, lab_studies_inputs
+from hh_lab import ROOT, denoise_cases, lab_studies_inputs
 from rmkit.files import write_json
-from rmkit.lab import choose_temperature, denoise_case, detection_metrics, p_flipped, p_label_right
+from rmkit.lab import detection_metrics, p_flipped, p_label_right
 
 
 def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float = 0.1) -> tuple[dict, dict]:
@@ -56,10 +56,10 @@ def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float =
     return acc, detect
 
 
-def summarize(runs: dict, detection: dict, *, seeds: int, noise: float) -> dict:
+def summarize(runs: dict, detection: dict, *, seeds: int, noise: float, reference: str = "flip+margin") -> dict:
     """The result from each variant's accuracy per level and seed (``runs[level][variant]``, lists over seeds):
     the share of the lost accuracy recovered (as study_denoise's, with its 95% interval over resampled seeds), and
-    each variant's gain over the baseline and over flip+margin at each level, paired by seed (same resamples)."""
+    each variant's gain over the baseline and over ``reference`` at each level, paired by seed (same resamples)."""
     clean, noisy = (np.asarray(runs[lv]["baseline"]) for lv in ("0.0", f"{noise}"))
     draw = np.random.default_rng(0).integers(0, seeds, (2000, seeds))  # seeds resampled, as study_denoise
     ok = clean[draw].mean(1) > noisy[draw].mean(1)
@@ -76,7 +76,7 @@ def summarize(runs: dict, detection: dict, *, seeds: int, noise: float) -> dict:
 
     return {"what": __doc__.split("\n")[0], "seeds": seeds, "noise": noise,
             "lost": float(clean.mean() - noisy.mean()), "recovered_share": share,
-            "gain": {lv: {k: {"over_baseline": gain(v, d["baseline"]), "over_flip+margin": gain(v, d["flip+margin"])}
+            "gain": {lv: {k: {"over_baseline": gain(v, d["baseline"]), f"over_{reference}": gain(v, d[reference])}
                           for k, v in d.items() if k != "baseline"} for lv, d in runs.items()},
             "accuracy": {lv: {k: {"mean": float(np.mean(v)), "runs": v} for k, v in d.items()} for lv, d in runs.items()},
             "detection": {k: {m: float(np.mean([x[m] for x in v])) for m in v[0]} for k, v in detection.items()}}
@@ -96,19 +96,16 @@ def main() -> None:
         out = summarize(runs, {k: [v] for k, v in old["detection"].items()}, seeds=old["seeds"], noise=old["noise"])
         write_json(args.result, out)
         return
-    cfg, gold, proxy = lab_studies_inputs("smollm2")
-    temperature = choose_temperature(gold, cfg.against_gold)
+    inputs = lab_studies_inputs("smollm2")
     runs: dict = {}
     detection: dict = {}
-    for level in (0.0, args.noise):
-        for s in range(args.seeds):
-            case = denoise_case(proxy, gold, temperature, flips=level, seed=s)
-            acc, detect = variants(proxy, case, seed=s)
-            for k, v in acc.items():
-                runs.setdefault(f"{level}", {}).setdefault(k, []).append(v)
-            for k, v in detect.items():
-                detection.setdefault(k, []).append(v)
-            print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
+    for level, s, case in denoise_cases(inputs, seeds=args.seeds, noise=args.noise):
+        acc, detect = variants(inputs.proxy, case, seed=s)
+        for k, v in acc.items():
+            runs.setdefault(f"{level}", {}).setdefault(k, []).append(v)
+        for k, v in detect.items():
+            detection.setdefault(k, []).append(v)
+        print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
     out = summarize(runs, detection, seeds=args.seeds, noise=args.noise)
     write_json(args.result, out)
     print({k: round(v["point"], 3) for k, v in out["recovered_share"].items()}, out["detection"])

@@ -962,19 +962,34 @@ def text_lengths(texts: Sequence[str], tokenizer: str | None) -> tuple[np.ndarra
     return np.array([len(x) for x in ids], float), "tokens"
 
 
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+
+
 def read_table(path: str | os.PathLike):
-    """A side table (judge labels, prompts, answers) as a DataFrame, by suffix: .parquet, .csv,
-    .jsonl (JSON lines) or .json."""
+    """A side table (judge labels, reviews, prompts, answers) as a DataFrame, by suffix: .parquet, .csv,
+    .jsonl (JSON lines) or .json. An ``id`` column stays text: pandas would read ids "0012" and "12" alike."""
     import pandas as pd
 
     path = Path(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     if path.suffix == ".csv":
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={"id": str})
     if path.suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=path.suffix == ".jsonl")
-    raise DataError(f"{path}: tables are read from .parquet, .csv, .jsonl or .json files")
+        return pd.read_json(path, lines=path.suffix == ".jsonl", dtype={"id": str})
+    raise DataError(f"{path}: tables are read from {', '.join(TABLE_SUFFIXES)} files")
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """Pair ids from a table's ``id`` column (a suffix of `TABLE_SUFFIXES`: e.g. an audit's flagged.csv) or from
+    a text file, one per line (blank lines skipped)."""
+    path = Path(path)
+    if path.suffix in TABLE_SUFFIXES:
+        table = read_table(path)
+        if "id" not in table.columns:
+            raise DataError(f"{path}: an id table needs an id column (columns: {', '.join(map(str, table.columns))})")
+        return table["id"].astype(str).tolist()
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def inject_label_flips(

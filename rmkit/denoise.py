@@ -30,7 +30,12 @@ where ``min_confidence 0.5`` is Bayes' rule: act where a flip is more likely tha
   unlike the presets that act on a fixed 10%, gains at 0% flips.
 
 Reviewed decisions (``reviews``: the audit's ``flagged.csv`` with its ``review`` column filled with
-keep, flip or drop) win over the preset, on any split.
+keep, flip or drop, or an independent judge's labels of those pairs from ``rmkit judge DATA --ids
+flagged.csv``) win over the preset, on any split. A judge pays where the ensemble alone does not: the
+ensemble learns from the same labels as the RM it cleans for, so the flips it finds are mostly ones the RM
+already overrules. In the lab (benchmarks/lab_denoise_verify.py, 10 seeds) a simulated judge right on 80% of
+pairs, deciding the ensemble's lowest 20% of training pairs, recovers 0.77 of what 20% flipped labels cost;
+``flip`` on the ensemble's lowest 10% alone, 0.48.
 
 Train on the result with ``rmkit train --config OUT/recommended.yaml`` (data, split and the preset's
 objective).
@@ -80,8 +85,9 @@ class DenoiseConfig(DataSource):
         "clip", "margin of pairs whose strength (after any flip) is negative: clip (to 0) or abs")
     soft_alpha: float = setting(0.25, "soft label of selected pairs is 1 - alpha (Eq. 5; the paper gives no alpha)")
     data: str | None = setting(None, "the audited data (default: read from the audit's config.yaml)")
-    reviews: str | None = setting(None, "a reviewed flagged.csv/.jsonl from `rmkit audit`: rows whose review column "
-                                        "says keep, flip or drop get that, whatever the preset says")
+    reviews: str | None = setting(None, "a reviewed flagged.csv/.jsonl from `rmkit audit` (rows whose review column "
+                                        "says keep, flip or drop get that, whatever the preset says), or a judge's "
+                                        "judge_labels from `rmkit judge` (0 flips, 1 keeps)")
     splits_file: str | None = setting(None, "splits.json of the training run; only its train pairs are denoised "
                                              "(default: the split `rmkit train` makes with split_seed and "
                                              "split_fractions, written to OUTPUT_DIR/splits.json)")
@@ -192,21 +198,48 @@ def denoise_pairs(
 
 
 def read_reviews(path: str | Path) -> dict[str, str]:
-    """Reviewed decisions from a flagged.csv/.jsonl: id -> keep, flip or drop (blank rows carry none)."""
+    """Reviewed decisions, id -> keep, flip or drop, from either
+
+    - a reviewed flagged.csv/.jsonl of `rmkit audit` (its ``review`` column; blank rows carry none), or
+    - a judge's labels (``rmkit judge``'s judge_labels.parquet/.csv: ``id``, ``judge_label``): 0 (the judge
+      prefers the rejected side) flips, 1 keeps; a tie (0.5), a judgment split between two orders or a failed
+      one carries no decision, so the preset decides there.
+    """
     table = read_table(path)
+    if "review" not in table.columns and "judge_label" in table.columns:
+        return _judge_reviews(path, table)
     for col in ("id", "review"):
         if col not in table.columns:
-            raise DataError(f"{path}: a review table needs columns id and review; {col!r} is missing")
+            raise DataError(f"{path}: a review table needs columns id and review (or judge_label, as rmkit judge "
+                            f"writes); {col!r} is missing")
     out: dict[str, str] = {}
     for row, (i, v) in enumerate(zip(table["id"].astype(str), table["review"])):
         if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
             continue
         v = str(v).strip().lower()
         if v not in REVIEW_DECISIONS:
-            raise DataError(f"{path}, row {row + 2 if str(path).endswith('.csv') else row + 1}, field review: "
-                            f"{v!r} is not one of {REVIEW_DECISIONS} (or blank)")
+            raise DataError(f"{path}, row {_table_row(path, row)}, field review: {v!r} is not one of "
+                            f"{REVIEW_DECISIONS} (or blank)")
         out[i] = v
     return out
+
+
+def _table_row(path: str | Path, row: int) -> int:
+    """The row number a user sees: a CSV's header is line 1, JSON lines count from 1."""
+    return row + 2 if str(path).endswith(".csv") else row + 1
+
+
+def _judge_reviews(path: str | Path, table) -> dict[str, str]:
+    import pandas as pd
+
+    if "id" not in table.columns:
+        raise DataError(f"{path}: a judge table needs columns id and judge_label; 'id' is missing")
+    labels = pd.to_numeric(table["judge_label"], errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(np.isfinite(labels) & ((labels < 0) | (labels > 1)))
+    if len(bad):
+        raise DataError(f"{path}, row {_table_row(path, int(bad[0]))}, field judge_label: {float(labels[bad[0]])!r} is not "
+                        f"in [0, 1] (1: the chosen side is better, 0: the rejected, 0.5: a tie)")
+    return {i: ("flip" if v == 0.0 else "keep") for i, v in zip(table["id"].astype(str), labels) if v in (0.0, 1.0)}
 
 
 def run_denoise(cfg: DenoiseConfig) -> dict:

@@ -44,7 +44,7 @@ from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import require_saved_settings, save_config, setting, validate
 from .files import append_jsonl, atomic_write_text, read_appended_jsonl, trim_cut_line, write_json
-from .data import DataSource, Message, PreferencePair, as_messages, read_table, transcript
+from .data import DataSource, Message, PreferencePair, as_messages, read_ids, read_table, transcript
 from .seeding import id_bucket
 
 JUDGE_SYSTEM = (
@@ -302,8 +302,10 @@ def _c_stderr_to(path: Path):
 class LocalServer:
     """llama.cpp's OpenAI-compatible server in this process, on 127.0.0.1 (``xllamacpp``).
 
-    Quiet: llama.cpp logs nothing to the terminal. With ``log_file`` it logs at its default level, and its
-    start-up log (model, context, threads: most of what it says) goes to that file."""
+    Quiet: llama.cpp logs nothing, to the terminal or elsewhere (at its default level it writes several lines per
+    request to file descriptor 2, which no redirection could take from the terminal without taking Python's
+    progress bars and errors with it). If the server does not start and ``log_file`` is given, it is started
+    once more at llama.cpp's default level with its log in that file, and the error names the file."""
 
     def __init__(self, gguf: str = "smollm2", *, n_ctx: int = 4096, threads: int | None = None, parallel: int = 1,
                  log_file: str | Path | None = None):
@@ -316,12 +318,18 @@ class LocalServer:
         p.n_parallel = parallel
         p.cpuparams.n_threads = threads or max(1, min(os.cpu_count() or 1, 8))
         p.hostnames = ["127.0.0.1"]  # loopback only (also llama.cpp's default)
-        if log_file is None:
-            p.verbosity = -1  # llama.cpp's threshold: below every level, so nothing is printed
+        default_verbosity, p.verbosity = p.verbosity, -1  # llama.cpp's threshold: below every level, so nothing
+        try:
             self.server = xllamacpp.Server(p)
-        else:
-            with _c_stderr_to(Path(log_file)):  # llama.cpp writes to file descriptor 2, not to sys.stderr
-                self.server = xllamacpp.Server(p)
+        except Exception as e:
+            if log_file is None:
+                raise
+            p.verbosity = default_verbosity
+            try:
+                with _c_stderr_to(Path(log_file)):  # llama.cpp writes to file descriptor 2, not to sys.stderr
+                    self.server = xllamacpp.Server(p)
+            except Exception:
+                raise RuntimeError(f"llama.cpp's server did not start with {path}: its log is in {log_file}") from e
         self.url = str(self.server.listening_address).rstrip("/") + "/v1"
 
     def close(self) -> None:
@@ -494,7 +502,8 @@ class JudgeRunConfig(JudgeConfig, DataSource):
     task: Literal["pairs", "compare"] = setting(
         "pairs", "pairs (a judge_label per pair) or compare (win/tie/lose of answer_a over answer_b)")
     output_dir: str = setting("runs/judge", "where judgments.jsonl, judge_labels.parquet/csv and summary.json go")
-    ids: str | None = setting(None, "judge only the pair ids listed in this file (one per line; e.g. a split)")
+    ids: str | None = setting(None, "judge only these pair ids: a table's id column (e.g. an audit's flagged.csv) "
+                                    "or a text file, one per line")
     strength: str | None = setting(None, "strength.parquet of an audit: adds the agreement-by-strength analysis")
     max_pairs: int | None = setting(None, "judge only the first N items (pairs, or rows of a compare table)")
 
@@ -521,7 +530,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
         if cfg.task == "pairs":
             pairs = cfg.read(cfg.data).pairs
             if cfg.ids:
-                wanted = [x.strip() for x in Path(cfg.ids).read_text().split() if x.strip()]
+                wanted = read_ids(cfg.ids)
                 by_id = {p.id: p for p in pairs}
                 unknown = [i for i in wanted if i not in by_id]
                 if unknown:

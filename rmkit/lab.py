@@ -439,14 +439,15 @@ class DenoiseCase:
     mean: np.ndarray
 
     def denoised(self, preset: str, strength: np.ndarray, fraction: float | None = 0.1,
-                 p_flip: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                 p_flip: np.ndarray | None = None, reviews: dict[str, str] | None = None) -> tuple[np.ndarray, ...]:
         """`rmkit.denoise` ``preset`` on the training pairs, by ``strength (N,)``: the lowest ``fraction``, or
-        (fraction None) where ``p_flip (N,)`` >= 0.5; posterior reads ``p_flip`` on every pair. Returns what
-        `grade` trains on: training weights, labels, margins and which pairs were swapped, each ``(N,)``."""
+        (fraction None) where ``p_flip (N,)`` >= 0.5; posterior reads ``p_flip`` on every pair; ``reviews`` (id ->
+        keep/flip/drop) win over the preset. Returns what `grade` trains on: training weights, labels, margins and
+        which pairs were swapped, each ``(N,)``."""
         bayes = fraction is None and preset in RANKED  # act where p_flip >= 0.5; posterior reads it on every pair
         cfg = DenoiseConfig(preset=preset, fraction=fraction if fraction is not None else 0.1,
                             min_confidence=0.5 if bayes else None, confidence="p_flipped")
-        out, _ = denoise_pairs(self.pairs, strength, cfg, eligible=self.train, p_label_wrong=p_flip)
+        out, _ = denoise_pairs(self.pairs, strength, cfg, eligible=self.train, p_label_wrong=p_flip, reviews=reviews)
         kept = {p.id: p for p in out}
         ids = [p.id for p in self.pairs]
         return (np.array([float(t and i in kept) for i, t in zip(ids, self.train)]),
@@ -456,16 +457,24 @@ class DenoiseCase:
 
     def grade(self, w_train: np.ndarray, labels: np.ndarray | None = None, margins: np.ndarray | None = None,
               swap: np.ndarray | None = None) -> float:
+        """`fit`'s head graded against the gold's sign on the test split."""
+        return self.accuracy(self.fit(w_train, labels, margins, swap))
+
+    def accuracy(self, rewards: np.ndarray) -> float:
+        """Accuracy of reward differences ``(N,)`` (sides as labelled) against the gold's sign on the test split."""
+        return gold_accuracy(rewards[self.test], self.gold[self.test])
+
+    def fit(self, w_train: np.ndarray, labels: np.ndarray | None = None, margins: np.ndarray | None = None,
+            swap: np.ndarray | None = None) -> np.ndarray:
         """A linear BT head trained on the pairs ``w_train (N,)`` weights (with soft ``labels``, ``margins`` and
-        sides ``swap``ped, each ``(N,)``, where given), graded against the gold's sign on the test split."""
+        sides ``swap``ped, each ``(N,)``, where given): its reward differences ``(N,)``, sides as labelled."""
         n = len(self.gold)
         labels = np.ones(n) if labels is None else labels
         swap = np.zeros(n, bool) if swap is None else swap
         dc, dr = orient(self.fc, self.fr, ~swap)
         l2 = select_l2(dc, dr, np.where(w_train > 0, self.fold, -1), labels=labels)[0]
         (w,) = train_bt_heads(dc, dr, w_train[None], l2=l2, labels=labels, margins=margins)
-        pred = (self.fc - self.fr) @ w  # sides as labelled, before any denoising
-        return gold_accuracy(pred[self.test], self.gold[self.test])
+        return (self.fc - self.fr) @ w  # sides as labelled, before any denoising
 
 
 def denoise_case(proxy: ProxyFeatures, gold_diff: np.ndarray, temperature: float, *, flips: float,

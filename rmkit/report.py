@@ -212,7 +212,10 @@ else '; flag_unjudged is on, so they are flagged anyway)')}.</li>
 <p>{rule}<b>{t['flagged']}</b> pairs are flagged ({_pct(t['flagged_share'])}; the paper's <code>mean &lt; 0</code> rule would
 flag {_pct(t['flagged_share_paper_rule'])}). Review them in <code>flagged.csv</code> (texts, probability, member
 diffs and a blank <code>review</code> column: keep, flip or drop), then <code>rmkit denoise STRENGTH --reviews
-flagged.csv</code>: reviewed decisions win over any preset.{soft} Do not flip pairs blindly: a refusal chosen over a
+flagged.csv</code>: reviewed decisions win over any preset. No reviewer? A judge that never saw these labels can
+decide the same pairs: <code>rmkit judge DATA --ids flagged.csv</code>, then <code>--reviews
+judge_labels.parquet</code> (this ensemble learns from the labels your RM learns from, so the flips it finds alone are
+mostly ones your RM would overrule anyway).{soft} Do not flip pairs blindly: a refusal chosen over a
 harmful answer is a correct label that a helpfulness-minded ensemble contradicts.</p>
 <table><tr><th>subset</th><th>pairs</th><th>agreement</th><th>95% CI</th><th>judged</th><th>flagged</th></tr>{rows}</table>
 </div>"""

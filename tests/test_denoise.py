@@ -188,3 +188,41 @@ def test_reviewed_decisions_win_over_the_preset(tmp_path):
     with pytest.raises(DataError, match=r"bad\.csv, row 2, field review: 'maybe'"):
         run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data),
                                   reviews=str(tmp_path / "bad.csv"), output_dir=str(tmp_path / "den2")))
+
+
+def test_a_judges_labels_decide_where_they_are_decided(tmp_path):
+    """`rmkit judge DATA --ids flagged.csv` then `rmkit denoise --reviews judge_labels.csv`: 0 flips, 1 keeps, and
+    a tie, a split two-order verdict or a failed judgment leaves the pair to the preset."""
+    from rmkit.data import DataError
+    from rmkit.denoise import read_reviews, run_denoise
+
+    data, mean, _ = _strength_fixture(tmp_path)
+    judge = pd.DataFrame({"id": ["p00", "p39", "p01", "p02", "p03"], "judge_label": [1.0, 0.0, 0.5, None, 0.25],
+                          "status": ["ok", "ok", "ok", "failed", "ok"]})
+    judge.to_csv(tmp_path / "judge_labels.csv", index=False)
+    assert read_reviews(tmp_path / "judge_labels.csv") == {"p00": "keep", "p39": "flip"}
+    run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                              fraction=0.5, reviews=str(tmp_path / "judge_labels.csv"), output_dir=str(tmp_path / "den")))
+    actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")["denoise_action"]
+    assert actions["p00"] == "kept (review)" and actions["p39"] == "flipped (review)"
+    # no decision from the judge: the preset's (p01..p03 are among the lowest half, which it flips on train)
+    assert not any(actions[i].endswith("(review)") for i in ("p01", "p02", "p03"))
+    pd.DataFrame({"id": ["p00", "p01"], "judge_label": [1.0, 2.0]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv, row 3, field judge_label: 2\.0"):
+        read_reviews(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_side_tables_keep_ids_as_written(tmp_path, suffix):
+    """Ids that look like numbers stay text: pandas alone reads "0012" as 12, which matches no pair."""
+    from rmkit.data import read_ids, read_table
+    from rmkit.denoise import read_reviews
+
+    table = pd.DataFrame({"id": ["0012", "12", "1.50"], "review": ["flip", "keep", "drop"]})
+    path = tmp_path / f"flagged{suffix}"
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_json(path, orient="records", lines=True)
+    assert read_table(path)["id"].tolist() == ["0012", "12", "1.50"]
+    assert read_reviews(path) == {"0012": "flip", "12": "keep", "1.50": "drop"}
+    assert read_ids(path) == ["0012", "12", "1.50"]
+    (tmp_path / "ids.txt").write_text("0012\n\nid with space\n")
+    assert read_ids(tmp_path / "ids.txt") == ["0012", "id with space"]

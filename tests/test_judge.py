@@ -192,7 +192,7 @@ def test_real_llama_cpp_server_with_the_openai_client(llama_server, shared_data,
     assert "sk-test-must-not-leak" not in (tmp_path / "j.jsonl").read_text() + json.dumps(res)
 
 
-def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
+def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch, capfd):
     from rmkit.cli import main
 
     monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "cache"))
@@ -202,6 +202,7 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
             "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
             "--output-dir", str(out)]
     assert main(args) == 0
+    assert "slot" not in capfd.readouterr().err  # llama.cpp's per-request log stays off the terminal
     assert main([*args, "--max-chars", "200"]) == 2  # verdicts on other prompts would mix with the held ones
     labels = __import__("pandas").read_parquet(out / "judge_labels.parquet")
     assert len(labels) == 3 and {"id", "judge_label", "status"} <= set(labels.columns)
@@ -209,3 +210,10 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch):
     assert summary["items"] == 3 and sum(summary["status"].values()) == 3
     assert "api_key" not in (out / "config.yaml").read_text().replace("api_key_env", "")
     assert os.environ.get("OPENAI_API_KEY") is None
+    # The audit's review export as the ids to judge (its id column; the rest of the table is ignored): those pairs
+    # alone, in its order. The same requests as above, so the cache answers them.
+    wanted = labels["id"].tolist()[::-2]
+    pd = __import__("pandas")
+    pd.DataFrame({"id": wanted, "p_label_wrong": [0.9, 0.8], "review": ""}).to_csv(tmp_path / "flagged.csv", index=False)
+    assert main([*args, "--ids", str(tmp_path / "flagged.csv"), "--output-dir", str(tmp_path / "judge_ids")]) == 0
+    assert pd.read_parquet(tmp_path / "judge_ids" / "judge_labels.parquet")["id"].tolist() == wanted

@@ -984,6 +984,11 @@ def read_ids(path: str | os.PathLike) -> list[str]:
     """Pair ids from a table's ``id`` column (a suffix of `TABLE_SUFFIXES`: e.g. an audit's flagged.csv) or from
     a text file, one per line (blank lines skipped)."""
     path = Path(path)
+    if path.suffix == ".json":
+        obj = json.loads(path.read_text())
+        if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):  # a splits.json
+            raise DataError(f"{path} holds id lists by split ({', '.join(map(str, obj))}), not a table: write the ids "
+                            f"of one split to a text file, one per line")
     if path.suffix in TABLE_SUFFIXES:
         table = read_table(path)
         if "id" not in table.columns:

@@ -215,7 +215,7 @@ def test_a_judges_labels_decide_where_they_are_decided(tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_side_tables_keep_ids_as_written(tmp_path, suffix):
     """Ids that look like numbers stay text: pandas alone reads "0012" as 12, which matches no pair."""
-    from rmkit.data import read_ids, read_table
+    from rmkit.data import DataError, read_ids, read_table
     from rmkit.denoise import read_reviews
 
     table = pd.DataFrame({"id": ["0012", "12", "1.50"], "review": ["flip", "keep", "drop"]})
@@ -226,3 +226,6 @@ def test_side_tables_keep_ids_as_written(tmp_path, suffix):
     assert read_ids(path) == ["0012", "12", "1.50"]
     (tmp_path / "ids.txt").write_text("0012\n\nid with space\n")
     assert read_ids(tmp_path / "ids.txt") == ["0012", "id with space"]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ["a", "b"], "validation": ["c"], "test": []}))
+    with pytest.raises(DataError, match=r"splits\.json holds id lists by split \(train, validation, test\)"):
+        read_ids(tmp_path / "splits.json")

@@ -41,6 +41,7 @@ from scipy.special import ndtr
 
 from hh_lab import ROOT, denoise_cases, lab_studies_inputs
 from lab_denoise_variants import summarize
+from rmkit.denoise import select_pairs
 from rmkit.files import write_json
 from rmkit.lab import proxy_features
 
@@ -48,9 +49,8 @@ DETECTORS = {"blocks12": [1, 2], "blocks45": [4, 5]}
 
 
 def pick(case, ranking: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the lowest ``fraction`` of training pairs by ``ranking (N,)``, as `rmkit.denoise` picks them."""
-    train = np.flatnonzero(case.train)
-    return train[np.argsort(ranking[train], kind="stable")[: int(fraction * len(train))]]
+    """Indices of the lowest ``fraction`` of training pairs by ``ranking (N,)``: `rmkit.denoise.select_pairs`'s."""
+    return np.flatnonzero(select_pairs(ranking, fraction=fraction, eligible=case.train))
 
 
 def composition(case, picked: np.ndarray, gold_pick: np.ndarray, rewards: np.ndarray) -> dict:
@@ -106,10 +106,10 @@ def main() -> None:
     runs: dict = {}
     detection: dict = {}
     for level, s, case in denoise_cases(inputs, seeds=args.seeds, noise=args.noise):
-        # the gold's difference at the ensemble's scale, so the margins stay comparable (as study_denoise)
-        rankings = {preset: case.mean, f"{preset}@gold": case.gold * np.std(case.mean) / np.std(case.gold)}
+        scale = np.std(case.mean) / np.std(case.gold)  # the gold at the ensemble's scale: margins stay comparable
+        rankings = {preset: case.mean, f"{preset}@gold": case.gold * scale}
         for a in noisy:
-            rankings[f"{preset}@gold~{a:g}"] = noisy_gold(case, a, s) * np.std(case.mean) / np.std(case.gold)
+            rankings[f"{preset}@gold~{a:g}"] = noisy_gold(case, a, s) * scale
         for name, layers in ({} if noisy else DETECTORS).items():
             diffs = proxy.ensemble(case.label, seed=s, cfg=replace(proxy.cfg, layers=layers))
             rankings[f"{preset}@{name}"] = np.nanmean(diffs, axis=0)

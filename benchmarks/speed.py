@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -44,6 +43,7 @@ from rmkit.files import write_json
 from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, native_bf16, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
+from rmkit.provenance import cpu_model
 from rmkit.scoring import score_token_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,17 +69,6 @@ def naive_scores(rm: RewardModel, texts: list[str], batch_size: int = 32) -> np.
                       return_tensors="pt").to(model.device)
             out.append(model(**enc).logits[:, 0].float().cpu().numpy())
     return np.concatenate(out)
-
-
-def cpu_model() -> str:
-    """The CPU's name (/proc/cpuinfo), so a result file says which machine it measured."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops() -> dict:

@@ -24,6 +24,27 @@ MPNET_PARTS = 5
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def load_pretrained(loader, path: str, **kwargs):
+    """``loader.from_pretrained(path, **kwargs)`` (any transformers Auto class) as every load in rmkit does it: no
+    remote code, ever (a folder whose config maps to custom code would otherwise ask "run custom code? [y/N]" or run
+    it), and a missing, damaged or truncated checkpoint is a ValueError naming the folder and the file, not a
+    traceback from deep in transformers or safetensors."""
+    kwargs.setdefault("trust_remote_code", False)
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path; the original stays attached as the cause
+        text = " ".join(str(e).split())[:400]
+        kind = type(e).__name__
+        if kind == "SafetensorError" or "safetensors" in text.lower() or "deserializ" in text.lower():
+            files = sorted(p.name for p in Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+            sizes = ", ".join(f"{f} ({(Path(path) / f).stat().st_size:,} bytes)" for f in files)
+            raise ValueError(f"{path}: a weights file is damaged or cut short ({sizes or 'no .safetensors file'}): "
+                             f"{text}") from e
+        if isinstance(e, (OSError, ValueError, KeyError, RuntimeError, ImportError)):
+            raise ValueError(f"{path}: cannot load it as {getattr(loader, '__name__', loader)} ({kind}: {text})") from e
+        raise
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RMKIT_CACHE", Path.home() / ".cache" / "rmkit"))
 

@@ -36,8 +36,8 @@ import numpy as np
 from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
                           flip_posterior, length_effect, reliability_table, spearman, symmetric_points)
 from .config import save_config, setting, to_dict, validate
-from .data import DataSource, PreferenceDataset, text_lengths, transcript
-from .files import write_json
+from .data import DataSource, PreferenceDataset, data_folder_guard, text_lengths, transcript
+from .files import check_output_dir, write_json, write_table
 from .hardware import resolve_device, resolve_precision
 from .ensemble import EnsembleConfig, EnsembleInfo, ensemble_diffs
 from .heads import fold_of
@@ -301,8 +301,7 @@ def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> A
     validate(cfg)  # before any model loads
     if data is None and not cfg.data:
         raise ValueError("rmkit audit needs a data source")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data if data is None else data))
     save_config(cfg, out / "config.yaml")
     if isinstance(data, PreferenceDataset):
         ds = data
@@ -318,10 +317,10 @@ def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = result.table
-    table.to_parquet(out / "strength.parquet", index=False)
+    write_table(out / "strength.parquet", table)
     flat = table.copy()
     flat["member_diffs"] = flat["member_diffs"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
-    flat.to_csv(out / "strength.csv", index=False)
+    write_table(out / "strength.csv", flat)
     write_review_export(table, ds, out, n=review_pairs)
     figures = write_figures(result, out)
     write_json(out / "summary.json", result.summary)
@@ -355,7 +354,7 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
     columns = ["id", "subset", "flagged", "category", "p_label_wrong", *(["p_flipped"] if "p_flipped" in picked else []),
                "mean", "std", "z", "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"]
     export = pd.DataFrame(rows, columns=columns)
-    export.to_csv(out / "flagged.csv", index=False)
-    export.to_json(out / "flagged.jsonl", orient="records", lines=True, force_ascii=False)
+    write_table(out / "flagged.csv", export)
+    write_table(out / "flagged.jsonl", export)
     return export
 

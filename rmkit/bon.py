@@ -38,8 +38,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .config import save_config, setting, validate
-from .data import DataSource
-from .files import atomic_path, model_identity, write_json, write_jsonl
+from .data import DataSource, data_folder_guard
+from .files import check_output_dir, model_identity, write_json, write_jsonl, write_table
 from .gold import gold_files, gold_scorer, prompt_aware_file
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .intervals import mean_interval
@@ -277,8 +277,7 @@ def _raw_scores(cfg: BonConfig, rm, gold_rm, ids: Sequence[str], prompts: Sequen
         if gold_rm is not None:
             part["gold"] = gold_rm.score(flat_p, flat_r, batch_size=cfg.rm_batch_size)
         kept = pd.concat([kept[~kept["id"].isin(blk)], part], ignore_index=True) if len(kept) else part
-        with atomic_path(path) as tmp:
-            kept.to_parquet(tmp, index=False)
+        write_table(path, kept)
         bar.update(len(part))
     bar.close()
     order = pd.DataFrame({"id": [i for i in ids for _ in done[i]], "k": [k for i in ids for k in range(len(done[i]))]})
@@ -321,8 +320,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
     ids, prompts, skipped = load_prompts(cfg.data, cfg)
     end = None if cfg.max_prompts is None else cfg.offset + cfg.max_prompts
     ids, prompts = ids[cfg.offset: end], prompts[cfg.offset: end]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     samples_path = out / "samples.jsonl"
     records = check_resume(samples_path, out / "config.yaml", cfg, ids, prompts)  # not n: a larger n extends them
     save_config(cfg, out / "config.yaml")
@@ -363,7 +361,7 @@ def run_bon(cfg: BonConfig, *, progress: bool = True) -> dict:
             print(f"rmkit bon: warning: the gold {cfg.gold} is also a reward model of this run: its curve grades "
                   "that RM against itself", file=sys.stderr)
     table = table[[c for c in table.columns if c != "gold"] + (["gold"] if "gold" in table else [])]
-    table.to_parquet(out / "scores.parquet", index=False)
+    write_table(out / "scores.parquet", table)
     best = table.loc[table.groupby("id", sort=False)["reward"].idxmax()]
     write_jsonl(out / "best.jsonl", ({"id": r.id, "k": int(r.k), "response": r.response, "reward": float(r.reward)}
                                      for r in best.itertuples()))

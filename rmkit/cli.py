@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .config import add_arguments, config_from_args
+from .config import JobFailed, add_arguments, config_from_args
 from .data import DataError
 from .files import json_text
 
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"rmkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:  # a job that ran and failed by its own measure (e.g. judge: most items got no verdict)
+        print(f"rmkit {args.command}: {e}", file=sys.stderr)
+        return 1
     if "torch.distributed" in sys.modules:  # the command ran torch; a multi-process run closes its group
         importlib.import_module("rmkit.hardware").end_distributed()
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,11 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class JobFailed(RuntimeError):
+    """A job that ran and failed by its own measure (e.g. most judge items got no verdict): its outputs are written,
+    and ``rmkit`` exits with code 1 and this message instead of 0."""
 
 
 def setting(default: Any, help: str, **kw) -> Any:
@@ -38,9 +44,15 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
     base = _base_type(tp)
     if value is None:
+        return None
+    if _optional(tp) and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
     if typing.get_origin(base) is typing.Literal:
         choices = typing.get_args(base)
@@ -61,17 +73,39 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if base in (int, float, str):
-            return base(value)
+        if base in (int, float):
+            if isinstance(value, bool) or isinstance(value, (list, dict)):
+                raise ValueError(value)
+            if base is int and isinstance(value, float):
+                if not value.is_integer():  # int(2.7) is 2: a setting silently other than written
+                    raise ValueError(value)
+                value = int(value)
+            value = base(value)
+            if base is float and not math.isfinite(value):
+                raise ValueError(value)
+            return value
+        if base is str:
+            if isinstance(value, (list, dict)):
+                raise ValueError(value)
+            return str(value)
         if typing.get_origin(base) in (list, tuple) or base in (list, tuple):
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+                value = load_yaml(name, text=value) if value.strip().startswith("[") else value.split(",")
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
             inner = typing.get_args(base)
             return [(_coerce(v, inner[0], name) if inner else v) for v in value]
         if typing.get_origin(base) is dict or base is dict:
-            return yaml.safe_load(value) if isinstance(value, str) else dict(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting '{name}': cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+            value = load_yaml(name, text=value) if isinstance(value, str) else value
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(value) if len(repr(value)) < 200 else repr(value)[:200] + "..."
+        kind = getattr(typing.get_origin(base), "__name__", None) or getattr(base, "__name__", base)
+        raise ValueError(f"setting '{name}': cannot read {shown} as {kind}") from None
     return value
 
 
@@ -118,7 +152,7 @@ def require_saved_settings(saved_config: str | Path, cfg: Any, names: Sequence[s
     the settings ``names`` its results depend on; nothing to compare where no config was saved."""
     if not Path(saved_config).exists():
         return
-    before = yaml.safe_load(Path(saved_config).read_text()) or {}
+    before = load_yaml(saved_config) or {}
     require_same_settings({k: before.get(k, getattr(cfg, k)) for k in names}, {k: getattr(cfg, k) for k in names},
                           where, hint)
 
@@ -140,11 +174,37 @@ def validate(cfg: T) -> T:
     return cfg
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a config never needs them, and nested aliases (a 'billion
+    laughs' file of 335 bytes) expand into gigabytes when the config is saved again."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not allowed in rmkit's YAML",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: str | Path, text: str | None = None) -> Any:
+    """A YAML file (or ``text``) as plain values, or a ValueError naming the file and what is wrong: no aliases, no
+    ``!!python/...`` tags (safe loading refuses them), no unreadable bytes."""
+    try:
+        text = Path(path).read_text(encoding="utf-8") if text is None else text
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not a YAML file rmkit reads ({' '.join(str(e).split())[:300]})") from None
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults, then the YAML file at ``path``, then ``overrides``."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        loaded = load_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must be a mapping of setting: value")
         data.update(loaded)
@@ -157,8 +217,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
+    from .files import atomic_write_text
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

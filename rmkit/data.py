@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from .assets import resolve_model
+from .assets import load_pretrained, resolve_model
 from .config import save_config, setting, validate
-from .files import write_json
+from .files import check_output_dir, write_json, write_table
 from .seeding import id_hash
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ STATUSES = {
     "empty_response": "a response is empty or whitespace",
     "missing_field": "a required field is missing or null",
     "bad_type": "a field has the wrong type",
+    "bad_value": "a field's value is out of its range (a label outside [0, 1] or NaN, a negative or infinite weight, "
+                 "an infinite margin)",
     "undecodable": "the line is not valid JSON / the record could not be decoded",
     "unparseable_transcript": "a transcript has no Human/Assistant turns to split",
     "tie": "the source says the two responses tie, and a preference was needed",
@@ -214,26 +216,14 @@ class PreferenceDataset:
         )
 
     def sample(self, n: int, seed: int = 0) -> "PreferenceDataset":
-        """A seeded random sample of ``n`` usable pairs, in input order, stratified by subset: each subset keeps its
-        share of the usable pairs (largest remainders round), so a capped audit of hh-rlhf's four subsets reads
-        each in proportion and its per-subset trust stays comparable with a full run's. Every other usable row
-        stays in ``rows`` with status ``not_sampled``, so a capped job's tables still account for every input row."""
+        """A seeded random sample of ``n`` usable pairs, in input order, stratified by subset (`stratified_sample`), so
+        a capped audit of hh-rlhf's four subsets reads each in proportion and its per-subset trust stays comparable
+        with a full run's. Every other usable row stays in ``rows`` with status ``not_sampled``, so a capped job's
+        tables still account for every input row."""
         usable = [k for k, r in enumerate(self.rows) if r.usable]
         if n >= len(usable):
             return self
-        strata: dict[str, list[int]] = {}
-        for k in usable:
-            strata.setdefault(self.rows[k].subset, []).append(k)
-        quota = {name: n * len(ks) / len(usable) for name, ks in strata.items()}
-        take = {name: int(q) for name, q in quota.items()}
-        # Largest remainders get the pairs rounding left over; ties go to the larger subset, then by name.
-        for name in sorted(strata, key=lambda s: (take[s] - quota[s], -len(strata[s]), s))[: n - sum(take.values())]:
-            take[name] += 1
-        rng = np.random.default_rng(seed)
-        keep: set[int] = set()
-        for name in sorted(strata):  # sorted: the draws do not depend on which subset's file was listed first
-            ks = np.asarray(strata[name])
-            keep.update(ks[rng.choice(len(ks), size=take[name], replace=False)].tolist())
+        keep = set(np.asarray(usable)[stratified_sample([self.rows[k].subset for k in usable], n, seed)].tolist())
         rows = [r if k in keep or not r.usable else
                 replace(r, status="not_sampled", detail=f"outside the seeded sample of {n} of {len(usable)} usable "
                                                         "pairs (stratified by subset)", pair=None)
@@ -244,6 +234,28 @@ class PreferenceDataset:
         keep = set(ids)
         return PreferenceDataset([r for r in self.rows if r.id in keep], dict(self.format_counts),
                                  list(self.file_errors), list(self.skipped_files))
+
+
+def stratified_sample(subsets: Sequence[str], n: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``n`` of the items whose subsets are ``subsets``: each subset keeps its
+    share (largest remainders round; ties go to the larger subset, then by name), drawn with ``seed``. What
+    ``max_pairs`` means in every command: a quick run reads every subset in proportion, never only the first."""
+    subsets = list(subsets)
+    if n >= len(subsets):
+        return np.arange(len(subsets))
+    strata: dict[str, list[int]] = {}
+    for k, s in enumerate(subsets):
+        strata.setdefault(s, []).append(k)
+    quota = {name: n * len(ks) / len(subsets) for name, ks in strata.items()}
+    take = {name: int(q) for name, q in quota.items()}
+    for name in sorted(strata, key=lambda s: (take[s] - quota[s], -len(strata[s]), s))[: n - sum(take.values())]:
+        take[name] += 1
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for name in sorted(strata):  # sorted: the draws do not depend on which subset's file was listed first
+        ks = np.asarray(strata[name])
+        keep += ks[rng.choice(len(ks), size=take[name], replace=False)].tolist()
+    return np.sort(np.asarray(keep, dtype=int))
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,15 +414,32 @@ def detect_format(columns: Iterable[str], sample: dict | None = None) -> str:
     )
 
 
+# The numeric fields a pair may carry: (lowest, highest) value, and whether NaN means "not given" (what pandas
+# writes for a missing value in a float column) or is an error (a label must say something).
+NUMERIC_FIELDS = {"label": (0.0, 1.0, False), "original_label": (0.0, 1.0, True),
+                  "weight": (0.0, math.inf, True), "margin": (-math.inf, math.inf, True)}
+
+
 def _num(rec: dict, key: str) -> float | None:
     v = rec.get(key)
     if v is None:
         return None
+    low, high, nan_is_missing = NUMERIC_FIELDS[key]
+    if isinstance(v, bool):
+        raise _RowError("bad_type", key, f"field '{key}' is a boolean ({v}), not a number")
     try:
         v = float(v)
-    except (TypeError, ValueError):
-        raise _RowError("bad_type", key, f"field '{key}' is not a number: {v!r}") from None
-    return None if math.isnan(v) else v
+    except (TypeError, ValueError, OverflowError):
+        raise _RowError("bad_type", key, f"field '{key}' is not a number: {str(v)[:50]!r}") from None
+    if math.isnan(v):
+        if nan_is_missing:
+            return None
+        raise _RowError("bad_value", key, f"field '{key}' is NaN: it must be a probability in [0, 1] that chosen is "
+                                          "preferred (leave it out for 1)")
+    if not (low <= v <= high) or math.isinf(v):
+        where = f"in [{low:g}, {high:g}]" if math.isfinite(high) else ("finite and >= 0" if low == 0 else "finite")
+        raise _RowError("bad_value", key, f"field '{key}' is {v!r}; it must be {where}")
+    return v
 
 
 def record_to_row(
@@ -447,7 +476,9 @@ def record_to_row(
         _check_responses(chosen, rejected)
         if label == 0.5 and not allow_ties:
             raise _RowError("tie", winner_key, "the source marks this pair a tie")
-        if rec.get("label") is not None:
+        # A pairwise file's winner column may be called `label` (winner_key="label"): it oriented the pair, and is
+        # no probability label.
+        if rec.get("label") is not None and not (fmt == "pairwise" and winner_key == "label"):
             label = _num(rec, "label")
         pair = PreferencePair(
             id=rid, prompt=prompt, chosen=chosen, rejected=rejected,
@@ -801,6 +832,28 @@ def _vote_format(records: Iterable[Any], sample: int = 200) -> tuple[str | None,
     return votes.most_common(1)[0][0], ""
 
 
+def pairs_fingerprint(pairs: Iterable[PreferencePair]) -> str:
+    """A hash of what a job learns from: every pair's id, texts and the fields training reads (label, margin, weight,
+    original_label), in order. A resumed or reused piece of work is valid only for the same fingerprint: size and
+    modification time miss an edit in place (chosen and rejected swapped, a label changed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.id, p.prompt, p.chosen, p.rejected, p.label, p.margin, p.weight, p.original_label],
+                            ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+def data_folder_guard(source: Any) -> dict:
+    """``{folder: why}`` for `files.check_output_dir`'s ``not_in``: where ``source`` is a local folder, outputs written
+    inside it would be read back as data by the next run (120 pairs instead of 40, prompts compounding)."""
+    if isinstance(source, (str, os.PathLike)) and str(source) and Path(source).is_dir():
+        return {Path(source): "the data folder: the next read of it would take the outputs for preference data"}
+    return {}
+
+
 # --------------------------------------------------------------------------------------------
 # Splits
 
@@ -934,10 +987,9 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
         prompt_turns = np.array([len(p.prompt) for p in pairs])
         report["prompt_turns"] = {"mean": float(prompt_turns.mean()), "max": int(prompt_turns.max())}
     if cfg.output_dir:
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
         save_config(cfg, out / "config.yaml")
-        ds.status_table().to_parquet(out / "rows.parquet", index=False)
+        write_table(out / "rows.parquet", ds.status_table())
         splits = split_ids(ds, fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
         save_splits(splits, out / "splits.json", seed=cfg.split_seed, fractions=list(cfg.split_fractions))
         report["splits"] = {k: len(v) for k, v in splits.items()}
@@ -953,7 +1005,7 @@ def text_lengths(texts: Sequence[str], tokenizer: str | None) -> tuple[np.ndarra
         try:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+            tok = load_pretrained(AutoTokenizer, resolve_model(tokenizer))
         except (OSError, ValueError, ImportError):
             tok = None
     if tok is None:
@@ -966,35 +1018,81 @@ TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
 
 def read_table(path: str | os.PathLike):
-    """A side table (judge labels, reviews, prompts, answers) as a DataFrame, by suffix: .parquet, .csv,
-    .jsonl (JSON lines) or .json. An ``id`` column stays text: pandas would read ids "0012" and "12" alike."""
+    """A side table (judge labels, reviews, prompts, answers) as a DataFrame, by suffix (any case): .parquet, .csv,
+    .jsonl (JSON lines) or .json. An ``id`` column stays text: pandas would read ids "0012" and "12" alike, and "NA"
+    as missing; in a CSV only an empty cell is missing (a text "NA" or "None" is text). CSV: UTF-8 (a byte-order mark
+    is fine), comma-, semicolon- or tab-delimited (what spreadsheets save in other locales), cells rmkit escaped for
+    spreadsheets (`files.spreadsheet_escape`) read back as written.
+    A file that cannot be read is a `DataError` naming it and saying what was expected."""
     import pandas as pd
 
+    from .files import spreadsheet_unescape
+
     path = Path(path)
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path, dtype={"id": str})
-    if path.suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=path.suffix == ".jsonl", dtype={"id": str})
-    raise DataError(f"{path}: tables are read from {', '.join(TABLE_SUFFIXES)} files")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: tables are read from {', '.join(TABLE_SUFFIXES)} files")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        if suffix == ".parquet":
+            table = pd.read_parquet(path)
+            return _ids_as_text(table)
+        if suffix == ".csv":
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); save it as "
+                                "'CSV UTF-8' (a spreadsheet's other CSV encodings, such as Windows-1252, are not read)"
+                                ) from None
+            header = next(csv.reader(io.StringIO(text.split("\n", 1)[0] + "\n")), [])
+            delimiter = ","
+            if len(header) <= 1:  # one column: maybe a spreadsheet that saved with ; or tabs
+                first = text.split("\n", 1)[0]
+                delimiter = max((";", "\t"), key=first.count) if (";" in first or "\t" in first) else ","
+                header = next(csv.reader(io.StringIO(first + "\n"), delimiter=delimiter), [])
+            table = pd.read_csv(io.StringIO(text), sep=delimiter, dtype={"id": str}, keep_default_na=False,
+                                na_values={c: [""] for c in header if c != "id"})
+            for col in table.select_dtypes(include=["object", "string"]).columns:
+                table[col] = table[col].map(spreadsheet_unescape)
+            return table
+        table = pd.read_json(path, lines=suffix == ".jsonl", dtype={"id": str})
+    except DataError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as e:  # pandas' and pyarrow's parse errors are ValueErrors
+        raise DataError(f"{path}: not a readable {suffix[1:]} table ({type(e).__name__}: {str(e)[:200]})") from None
+    return _ids_as_text(table)
+
+
+def _ids_as_text(table):
+    """A table's ``id`` column as text (parquet and JSON may hold numbers); a missing id stays missing, not "None"."""
+    if "id" in table.columns:
+        table["id"] = table["id"].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return table
 
 
 def read_ids(path: str | os.PathLike) -> list[str]:
     """Pair ids from a table's ``id`` column (a suffix of `TABLE_SUFFIXES`: e.g. an audit's flagged.csv) or from
     a text file, one per line (blank lines skipped)."""
     path = Path(path)
-    if path.suffix == ".json":
-        obj = json.loads(path.read_text())
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: not readable JSON ({e})") from None
         if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):  # a splits.json
             raise DataError(f"{path} holds id lists by split ({', '.join(map(str, obj))}), not a table: write the ids "
                             f"of one split to a text file, one per line")
-    if path.suffix in TABLE_SUFFIXES:
+    if path.suffix.lower() in TABLE_SUFFIXES:
         table = read_table(path)
         if "id" not in table.columns:
             raise DataError(f"{path}: an id table needs an id column (columns: {', '.join(map(str, table.columns))})")
         return table["id"].astype(str).tolist()
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable text file of ids, one per line ({e})") from None
 
 
 def inject_label_flips(

@@ -51,15 +51,16 @@ from typing import Literal, Sequence
 import numpy as np
 
 from .config import save_config, setting, validate
-from .data import DataError, DataSource, PreferencePair, load_splits, read_table, save_splits, split_ids
-from .files import write_jsonl
+from .data import USABLE, DataSource, PreferencePair, load_splits, save_splits, split_ids
+from .config import load_yaml
+from .files import atomic_write_text, check_output_dir, write_jsonl, write_table
+from .reviews import REVIEW_DECISIONS, read_review_table, read_reviews  # noqa: F401 - read_reviews re-exported
 
 Preset = Literal["flip", "margin", "flip+margin", "soft+margin", "drop", "posterior"]
 PRESETS: tuple[str, ...] = typing.get_args(Preset)
 # The presets that act on pairs picked by strength; posterior picks none (it reads p_flipped on every pair).
 RANKED: tuple[str, ...] = tuple(p for p in PRESETS if p != "posterior")
-REVIEW_DECISIONS = ("keep", "flip", "drop")
-OBJECTIVE_FOR = {"flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin", "soft+margin": "soft",
+OBJECTIVE_FOR = {None: "bt", "flip": "bt", "drop": "bt", "margin": "margin", "flip+margin": "margin", "soft+margin": "soft",
                  "posterior": "soft"}
 
 
@@ -69,9 +70,10 @@ class DenoiseConfig(DataSource):
 
     strength: str = setting("", "strength.parquet written by `rmkit audit` (its config.yaml names the data)")
     output_dir: str = setting("runs/denoised", "where pairs.jsonl, pairs.parquet, actions.parquet go")
-    preset: Preset = setting(
-        "flip", "flip, margin, flip+margin, soft+margin, drop (on the selected pairs), or posterior (every training "
-                "pair's label 1 - p_flipped; the audit run with --noise-rate R)")
+    preset: Preset | None = setting(
+        None, "what to do beyond the reviews: flip, margin, flip+margin, soft+margin, drop (on the pairs selected by "
+              "strength), or posterior (every training pair's label 1 - p_flipped; the audit run with --noise-rate "
+              "R); none: only the reviewed decisions act")
     fraction: float = setting(0.1, "select the lowest this fraction of training pairs by mean strength (paper: 0.1)")
     threshold: float | None = setting(None, "select pairs with mean strength below this instead of a fraction")
     min_confidence: float | None = setting(None, "select pairs whose calibrated p_label_wrong (from the audit) is at "
@@ -93,18 +95,21 @@ class DenoiseConfig(DataSource):
                                              "split_fractions, written to OUTPUT_DIR/splits.json)")
     split_seed: int = setting(0, "seed of the default split (as rmkit train's)")
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions of the default split")
+    act_unjudged: bool = setting(False, "let the preset act also in subsets the audit could not judge (category "
+                                        "unjudged: its agreement there is no better than chance); reviews act "
+                                        "everywhere")
 
     def check(self) -> None:
         # preset, negative and confidence are Literals: `config.validate` checks them before this
         if self.min_confidence is not None and not 0.5 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0.5, 1], got {self.min_confidence}")
-        if self.preset not in RANKED and (self.min_confidence is not None or self.threshold is not None):
+        if self.preset == "posterior" and (self.min_confidence is not None or self.threshold is not None):
             raise ValueError(f"preset {self.preset} acts on every training pair: min_confidence and threshold "
                              "select pairs for the other presets; leave them unset")
 
     def column(self) -> str:
         """The audit's probability column this config reads: p_flipped for posterior, else ``confidence``."""
-        return self.confidence if self.preset in RANKED else "p_flipped"
+        return "p_flipped" if self.preset == "posterior" else self.confidence
 
 
 def select_pairs(mean: np.ndarray, *, fraction: float | None = None, threshold: float | None = None,
@@ -149,7 +154,7 @@ def denoise_pairs(
     posterior = cfg.preset == "posterior"
     if posterior and p_label_wrong is None:
         raise ValueError("preset posterior needs the audit's p_flipped (run rmkit audit with --noise-rate R)")
-    selected = (np.zeros(len(pairs), bool) if posterior else
+    selected = (np.zeros(len(pairs), bool) if posterior or cfg.preset is None else
                 select_pairs(mean, fraction=cfg.fraction, threshold=cfg.threshold, p_label_wrong=p_label_wrong,
                              min_confidence=cfg.min_confidence, eligible=eligible))
     p_flip = np.asarray(p_label_wrong, float) if posterior else np.full(len(pairs), np.nan)
@@ -197,69 +202,35 @@ def denoise_pairs(
     return out, actions
 
 
-def read_reviews(path: str | Path) -> dict[str, str]:
-    """Reviewed decisions, id -> keep, flip or drop, from either
-
-    - a reviewed flagged.csv/.jsonl of `rmkit audit` (its ``review`` column; blank rows carry none), or
-    - a judge's labels (``rmkit judge``'s judge_labels.parquet/.csv: ``id``, ``judge_label``): 0 (the judge
-      prefers the rejected side) flips, 1 keeps; a tie (0.5), a judgment split between two orders or a failed
-      one carries no decision, so the preset decides there.
-    """
-    table = read_table(path)
-    if "review" not in table.columns and "judge_label" in table.columns:
-        return _judge_reviews(path, table)
-    for col in ("id", "review"):
-        if col not in table.columns:
-            raise DataError(f"{path}: a review table needs columns id and review (or judge_label, as rmkit judge "
-                            f"writes); {col!r} is missing")
-    out: dict[str, str] = {}
-    for row, (i, v) in enumerate(zip(table["id"].astype(str), table["review"])):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
-            continue
-        v = str(v).strip().lower()
-        if v not in REVIEW_DECISIONS:
-            raise DataError(f"{path}, row {_table_row(path, row)}, field review: {v!r} is not one of "
-                            f"{REVIEW_DECISIONS} (or blank)")
-        out[i] = v
-    return out
-
-
-def _table_row(path: str | Path, row: int) -> int:
-    """The row number a user sees: a CSV's header is line 1, JSON lines count from 1."""
-    return row + 2 if str(path).endswith(".csv") else row + 1
-
-
-def _judge_reviews(path: str | Path, table) -> dict[str, str]:
-    import pandas as pd
-
-    if "id" not in table.columns:
-        raise DataError(f"{path}: a judge table needs columns id and judge_label; 'id' is missing")
-    labels = pd.to_numeric(table["judge_label"], errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(np.isfinite(labels) & ((labels < 0) | (labels > 1)))
-    if len(bad):
-        raise DataError(f"{path}, row {_table_row(path, int(bad[0]))}, field judge_label: {float(labels[bad[0]])!r} is not "
-                        f"in [0, 1] (1: the chosen side is better, 0: the rejected, 0.5: a tie)")
-    return {i: ("flip" if v == 0.0 else "keep") for i, v in zip(table["id"].astype(str), labels) if v in (0.0, 1.0)}
-
-
 def run_denoise(cfg: DenoiseConfig) -> dict:
-    """Read an audit's strength table and its data, apply the preset to the training split, write the result."""
+    """Read an audit's strength table and its data, apply the reviews (and the preset, if one is asked for) to the
+    training split, write the result."""
     import pandas as pd
     import yaml
 
     validate(cfg)
     if not cfg.strength:
         raise ValueError("rmkit denoise needs the strength table of an audit")
+    if cfg.preset is None and not cfg.reviews:
+        raise ValueError("nothing to act on: pass --reviews FILE (a reviewed flagged.csv, or a judge's "
+                         "judge_labels.parquet) and/or --preset (flip, margin, flip+margin, soft+margin, drop, "
+                         "posterior: acts by the audit's strength; read the report's trust section first)")
     strength_path = Path(cfg.strength)
+    if strength_path.is_dir():
+        found = "found one there" if (strength_path / "strength.parquet").exists() else "the audit writes it"
+        raise FileNotFoundError(f"{strength_path} is a folder: pass the audit's table, {strength_path / 'strength.parquet'} "
+                                f"({found})")
     if not strength_path.is_file():
         raise FileNotFoundError(f"{strength_path} not found: the strength table is what rmkit audit writes "
                                 "(OUTPUT_DIR/strength.parquet)")
-    table = pd.read_parquet(strength_path)
+    out = check_output_dir(cfg.output_dir, not_at={strength_path.parent: "the audit's folder (its config.yaml and "
+                                                                        "tables would be overwritten)"})
+    table = _read_strength(strength_path)
     data, reader = cfg.data, cfg
     audit = {}
     audit_cfg = strength_path.parent / "config.yaml"
     if audit_cfg.exists():
-        audit = yaml.safe_load(audit_cfg.read_text()) or {}
+        audit = load_yaml(audit_cfg) or {}
     if data is None:
         if "data" not in audit:
             raise ValueError(f"{audit_cfg} not found: pass data= to name the audited data")
@@ -271,17 +242,16 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     ds = reader.read(data)
     mean_by_id = dict(zip(table["id"], table["mean"]))
     column = cfg.column()
-    if (cfg.min_confidence is not None or cfg.preset not in RANKED) and column not in table:
+    needs_column = cfg.preset == "posterior" or (cfg.preset is not None and cfg.min_confidence is not None)
+    if needs_column and column not in table:
         raise ValueError(f"{strength_path} has no {column} column for "
-                         + ("min_confidence" if cfg.preset in RANKED else f"preset {cfg.preset}")
+                         + (f"preset {cfg.preset}" if cfg.preset == "posterior" else "min_confidence")
                          + (" (run rmkit audit with --noise-rate R)" if column == "p_flipped" else ""))
     p_by_id = dict(zip(table["id"], table[column])) if column in table else {}
     pairs = ds.pairs
     missing = [p.id for p in pairs if p.id not in mean_by_id]
     if missing:
         raise ValueError(f"{len(missing)} pairs of {data} are not in {strength_path} (first: {missing[0]})")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.splits_file:
         splits = load_splits(cfg.splits_file)
     else:
@@ -289,12 +259,16 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     train = set(splits["train"])
     mean = np.array([mean_by_id[p.id] for p in pairs], dtype=float)
     p_wrong = np.array([p_by_id.get(p.id, np.nan) for p in pairs], dtype=float) if p_by_id else None
-    reviews = read_reviews(cfg.reviews) if cfg.reviews else {}
-    unknown = [i for i in reviews if i not in mean_by_id]
-    if unknown:
-        raise ValueError(f"{cfg.reviews}: {len(unknown)} reviewed ids are not in {strength_path} (first: {unknown[0]})")
-    cleaned, actions = denoise_pairs(pairs, mean, cfg, p_label_wrong=p_wrong,
-                                     eligible=np.array([p.id in train for p in pairs]), reviews=reviews)
+    review_table = read_review_table(cfg.reviews) if cfg.reviews else None
+    reviews = review_table.decisions if review_table else {}
+    _check_reviewed_ids(reviews, cfg.reviews, ds, strength_path)
+    # A preset acts only where the audit could judge: in an `unjudged` subset its agreement is no better than chance.
+    category = dict(zip(table["id"], table["category"])) if "category" in table else {}
+    unjudged = np.array([category.get(p.id) == "unjudged" for p in pairs], bool)
+    eligible = np.array([p.id in train for p in pairs]) & (~unjudged if not cfg.act_unjudged else True)
+    cleaned, actions = denoise_pairs(pairs, mean, cfg, p_label_wrong=p_wrong, eligible=eligible, reviews=reviews)
+    actions = [a.replace("kept (held out)", "kept (unjudged subset)") if u and p.id in train else a
+               for a, u, p in zip(actions, unjudged, pairs)]
 
     save_config(replace(cfg, data=data, **reader.source_settings()), out / "config.yaml")
     kept = {p.id for p in cleaned}
@@ -308,7 +282,7 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     for r in records:
         r["denoise_action"] = action_by_id[r["id"]]
     write_jsonl(out / "pairs.jsonl", records)
-    pd.DataFrame(records).to_parquet(out / "pairs.parquet", index=False)
+    write_table(out / "pairs.parquet", pd.DataFrame(records))
     rows = ds.status_table()
     rows["mean"] = rows["id"].map(mean_by_id)
     if p_by_id:
@@ -316,16 +290,61 @@ def run_denoise(cfg: DenoiseConfig) -> dict:
     split_of = {i: k for k, v in splits.items() for i in v}
     rows["split"] = rows["id"].map(split_of)
     rows["denoise_action"] = [action_by_id.get(i, f"not a pair ({s})") for i, s in zip(rows["id"], rows["status"])]
-    rows.to_parquet(out / "actions.parquet", index=False)
-    (out / "recommended.yaml").write_text(yaml.safe_dump({"data": str(out / "pairs.jsonl"),
-                                                          "splits_file": str(out / "splits.json"),
-                                                          "objective": OBJECTIVE_FOR[cfg.preset]}))
-    kinds = pd.Series([a.split(" ")[0].rstrip(";") for a in rows["denoise_action"]]).value_counts()
-    acted = [a for a, p in zip(actions, pairs) if not a.startswith(("kept", "dropped (review)", "flipped (review)"))
-             or "margin" in a]
-    return {"rows": len(rows), "training_pairs": len(records), "actions": kinds.to_dict(),
+    write_table(out / "actions.parquet", rows)
+    atomic_write_text(out / "recommended.yaml", yaml.safe_dump({"data": str(out / "pairs.jsonl"),
+                                                                "splits_file": str(out / "splits.json"),
+                                                                "objective": OBJECTIVE_FOR[cfg.preset]}))
+    changed = [a for a in actions if not a.startswith("kept")]
+    return {"rows": len(rows), "pairs_written": len(records),
+            "training_pairs": sum(p.id in train for p in cleaned), "actions": action_counts(rows["denoise_action"]),
+            "reviews": review_table.summary() if review_table else None,
+            "preset": cfg.preset, "changed_by_preset": sum("(review)" not in a for a in changed),
+            "changed_by_review": sum("(review)" in a for a in changed),
+            "kept_in_unjudged_subsets": int((unjudged & np.array([p.id in train for p in pairs])).sum()),
             "acted_on_train_only": all(p.id in train for a, p in zip(actions, pairs) if not a.startswith("kept")
                                        and "review" not in a),
-            "reviewed": len(reviews), "acted": len(acted),
             "objective": OBJECTIVE_FOR[cfg.preset], "output": str(out / "pairs.jsonl"),
             "train_with": f"rmkit train --config {out / 'recommended.yaml'}"}
+
+
+def _read_strength(path: Path):
+    """An audit's strength table: strength.parquet, or the strength.csv beside it (same rows)."""
+    from .data import DataError, read_table
+
+    table = read_table(path)
+    for col in ("id", "mean"):
+        if col not in table.columns:
+            raise DataError(f"{path}: not an audit's strength table (no {col!r} column); rmkit audit writes "
+                            "OUTPUT_DIR/strength.parquet")
+    return table
+
+
+def action_counts(actions) -> dict[str, int]:
+    """How many rows got each kind of action: flipped, dropped, kept, soft label, margin, not a pair; each split by
+    whether a review or the preset decided."""
+    counts: dict[str, int] = {}
+    for a in actions:
+        kind = ("not a pair" if a.startswith("not a pair") else
+                "kept (held out)" if a == "kept (held out)" else
+                "kept (unjudged subset)" if a == "kept (unjudged subset)" else a.split(" (")[0].split(" ")[0].rstrip(";"))
+        if "(review)" in a:
+            kind += " (review)"
+        elif kind in ("flipped", "dropped") or a.startswith("soft"):
+            kind += " (preset)"
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _check_reviewed_ids(reviews: dict[str, str], path, ds, strength_path: Path) -> None:
+    """Every reviewed id is a usable pair of the data: a review of an unknown id or of a row that is no pair (an
+    identical or empty one) cannot act, and is an error rather than a review counted as done."""
+    if not reviews:
+        return
+    status = {r.id: r.status for r in ds.rows}
+    unknown = [i for i in reviews if i not in status]
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} reviewed ids are not rows of the audited data (first: {unknown[0]})")
+    not_pairs = [i for i in reviews if status[i] not in USABLE]
+    if not_pairs:
+        raise ValueError(f"{path}: {len(not_pairs)} reviewed ids are rows that are no usable pair (first: "
+                         f"{not_pairs[0]}, status {status[not_pairs[0]]}); a review of them cannot act: remove them")

@@ -33,11 +33,11 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from .assets import cache_dir, resolve_model
-from .config import from_dict, setting, validate
-from .data import PreferencePair
+from .assets import cache_dir, load_pretrained, resolve_model
+from .config import from_dict, require_same_settings, setting, validate
+from .data import PreferencePair, pairs_fingerprint
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
-from .files import atomic_path, atomic_write_bytes, model_identity
+from .files import atomic_path, atomic_write_bytes, model_identity, write_json
 from .batching import length_sorted_batches
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
@@ -180,6 +180,8 @@ def encode_features(
     except ValueError:  # a truncated or foreign array file: start this entry again
         mode = "w+"
         feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
+    if mode == "w+":
+        _reserve(path, folder)
     done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
     todo = np.flatnonzero(~done)  # of the 2N texts: chosen, then rejected
     # Only the texts still to encode are tokenized: a rerun on a finished cache tokenizes nothing (17k texts took
@@ -207,6 +209,28 @@ def encode_features(
     del feats
     feats = np.load(path, mmap_mode="r")
     return feats[:n], feats[n:]
+
+
+def _reserve(path: Path, folder: Path) -> None:
+    """Give a new memory-mapped cache file its disk blocks now: a sparse file on a disk that fills up later kills the
+    process with SIGBUS, and no message, at the first write that finds no block."""
+    import os
+
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except AttributeError:  # no posix_fallocate (macOS, Windows): a check of the free space instead
+        import shutil
+
+        if shutil.disk_usage(folder).free < size:
+            path.unlink(missing_ok=True)
+            raise ValueError(f"the feature cache needs {size / 1e9:.2f} GB in {folder}, which has "
+                             f"{shutil.disk_usage(folder).free / 1e9:.2f} GB free: set cache_dir elsewhere") from None
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"the feature cache needs {size / 1e9:.2f} GB in {folder} and cannot have it ({e.strerror}): "
+                         "free space there or set cache_dir elsewhere") from None
 
 
 CACHE_VERSION = 2  # 1 recorded finished work by batch number, which a resume with another batch size misread
@@ -281,6 +305,10 @@ def plan_ensemble(cfg: EnsembleConfig, ids: Sequence[str], layers: Sequence[int]
         raise ValueError(f"layers names the layer of each member: {cfg.members} entries, got {len(layers)} "
                          "(member_layers(cfg, num_layers) gives them)")
     fold = fold_of(ids, cfg.folds, seed=cfg.seed) if cfg.mode == "crossfit" else np.zeros(n, dtype=int)
+    if cfg.mode == "crossfit" and len(set(fold.tolist())) < cfg.folds:
+        raise ValueError(f"{n} usable pairs are too few to cross-fit {cfg.members} members over {cfg.folds} folds (a "
+                         "fold gets no pair): give more pairs (dozens at least; hundreds for a verdict worth reading), "
+                         "or mode seeds for in-sample scores")
     boot = member_bootstrap(cfg, layers, backbone) if cfg.backbone != "finetune_members" else False
     train, score = member_masks(n, fold, members=cfg.members, mode=cfg.mode, seed=cfg.seed, bootstrap=boot)
     select_fold = fold if cfg.mode == "crossfit" else fold_of(ids, 2, seed=cfg.seed)
@@ -350,10 +378,10 @@ def ensemble_diffs(
         info.precision = resolve_precision(cfg.precision, device)
         model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)
     num_layers = model.num_layers if model is not None else (
-        AutoConfig.from_pretrained(resolve_model(cfg.model)).num_hidden_layers if cfg.backbone == "finetune_folds"
+        load_pretrained(AutoConfig, resolve_model(cfg.model)).num_hidden_layers if cfg.backbone == "finetune_folds"
         else None)
     if cfg.more_models:
-        sizes = [num_layers] + [AutoConfig.from_pretrained(resolve_model(m)).num_hidden_layers for m in cfg.more_models]
+        sizes = [num_layers] + [load_pretrained(AutoConfig, resolve_model(m)).num_hidden_layers for m in cfg.more_models]
         backbone, layers = mixed_members(cfg, sizes)
         plan = plan_ensemble(cfg, [p.id for p in pairs], layers, backbone)
         info.member_backbones = [([cfg.model, *cfg.more_models])[j] for j in backbone]
@@ -363,9 +391,34 @@ def ensemble_diffs(
     info.member_layers = plan.layers if cfg.pooling == "mean" and num_layers else None
     # Each pair's label (1 for ordinary pairs; 0.5 for ties, soft labels as given) is what the heads learn.
     labels = np.array([p.label for p in pairs], dtype=np.float64)
+    if cfg.backbone != "frozen":  # fine-tuned members are kept on disk and reused: only for the run they belong to
+        check_work(work, cfg, pairs)
     diffs = BACKBONES[cfg.backbone](cfg, pairs, plan, labels, info, work=work, model=model, progress=progress)
     info.seconds["ensemble_seconds"] = time.time() - t0
     return diffs, info
+
+
+# The settings fine-tuned members depend on (with the backbone's weights and the data's content).
+WORK_SETTINGS = ("model", "backbone", "members", "mode", "folds", "max_length", "seed", "pooling", "layers", "head_l2",
+                 "bootstrap", "finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_settings")
+
+
+def check_work(work: Path, cfg: EnsembleConfig, pairs: Sequence[PreferencePair]) -> None:
+    """Record what the members under ``work`` are for (``identity.json``), or refuse work made for another run,
+    naming what differs: finished members are reused, so members trained on other data or settings would otherwise
+    be scored under this run's name, silently."""
+    identity = {**{k: getattr(cfg, k) for k in WORK_SETTINGS}, "model weights": model_identity(cfg.model),
+                "data (content of the pairs)": pairs_fingerprint(pairs)}
+    identity = json.loads(json.dumps(identity))  # as the file holds it: lists, not tuples
+    path = work / "identity.json"
+    hint = f"use another output_dir, or delete {work} to train the members again"
+    if path.exists():
+        require_same_settings(json.loads(path.read_text()), identity, work, hint, what="holds members trained with")
+        return
+    if any(work.glob("member*")) or any(work.glob("fold*")):
+        raise ValueError(f"{work} holds members of a run that recorded no settings (made before rmkit recorded them): "
+                         f"they cannot be matched to this one; {hint}")
+    write_json(path, identity)
 
 
 def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo, *,

@@ -47,6 +47,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+def check_output_dir(path: str | os.PathLike, *, not_in: dict | None = None, not_at: dict | None = None) -> Path:
+    """Make the output folder ``path`` and return it, after refusing one that cannot be: a file, a folder inside one
+    of ``not_in`` (folder -> what it is: the data, whose next read would take the outputs for data), or one of
+    ``not_at`` (folder -> what it is: another job's outputs, which would be overwritten)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a folder")
+    here = out.resolve()
+    for folder, what in (not_in or {}).items():
+        f = Path(folder).resolve()
+        if here == f or f in here.parents:
+            raise ValueError(f"output_dir {out} is inside {folder}, {what}: choose a folder outside it")
+    for folder, what in (not_at or {}).items():
+        if here == Path(folder).resolve():
+            raise ValueError(f"output_dir {out} is {folder}, {what}: choose another folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output_dir {out} cannot be made ({e.strerror or e})") from None
+    return out
+
+
 def json_safe(x):
     """``x`` as plain JSON values: numpy scalars and arrays as numbers and lists, paths as strings, and every NaN
     or infinity (an undefined metric: no drop to recover, nothing flagged) as None, so the JSON written from it
@@ -178,3 +200,54 @@ def _hub_revision(repo_id: str) -> str | None:
     except Exception:  # not a valid repo id (e.g. a missing local path): no revision to add
         return None
     return Path(found).parent.name if isinstance(found, str) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables: one atomic writer for every output table, and the spreadsheet-safe text of CSV cells
+
+# A CSV cell starting with one of these runs as a formula when a spreadsheet opens the file (OWASP's CSV injection
+# rule). Such a cell, and one starting with the escape character itself, is written with a leading apostrophe, which
+# `spreadsheet_unescape` removes again, so a table round-trips exactly.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = "'"
+
+
+def spreadsheet_escape(text):
+    """``text`` as a spreadsheet reads it as text: a leading apostrophe where it starts like a formula (or with an
+    apostrophe); other values unchanged."""
+    if isinstance(text, str) and text[:1] in (*FORMULA_STARTS, _ESCAPE):
+        return _ESCAPE + text
+    return text
+
+
+def spreadsheet_unescape(text):
+    """The inverse of `spreadsheet_escape`: one leading apostrophe goes where `spreadsheet_escape` put it."""
+    if isinstance(text, str) and text[:1] == _ESCAPE and text[1:2] in (*FORMULA_STARTS, _ESCAPE):
+        return text[1:]
+    return text
+
+
+TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+def write_table(path: str | os.PathLike, table) -> None:
+    """Write a DataFrame by suffix (.parquet, .csv, .jsonl), atomically: a kill or a full disk leaves the previous
+    file or the whole new one, never part of one (a cut CSV reads as fewer rows, silently). CSV text cells are
+    `spreadsheet_escape`d: the data's own text must never run as a formula in the reviewer's spreadsheet."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise ValueError(f"{path}: tables are written as {', '.join(TABLE_FORMATS)}")
+    with atomic_path(path) as tmp:
+        if suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        elif suffix == ".csv":
+            safe = table.copy()
+            for col in safe.select_dtypes(include=["object", "string"]).columns:
+                safe[col] = safe[col].map(spreadsheet_escape)
+            # CRLF rows (RFC 4180, as spreadsheets write them): a text holding a lone \r is then quoted, not cut
+            safe.to_csv(tmp, index=False, lineterminator="\r\n")
+        else:
+            table.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        with open(tmp, "rb+") as f:  # on disk before it replaces the old file
+            os.fsync(f.fileno())

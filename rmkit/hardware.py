@@ -89,12 +89,9 @@ def probe_file() -> Path:
 
 
 def _machine_key() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), "unknown cpu")
-    except OSError:
-        model = "unknown cpu"
-    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    from .provenance import cpu_model
+
+    return f"{cpu_model() or 'unknown cpu'} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 @functools.lru_cache(maxsize=1)

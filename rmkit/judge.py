@@ -42,9 +42,10 @@ import numpy as np
 
 from .assets import cache_dir, smollm2_gguf
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
-from .config import require_saved_settings, save_config, setting, validate
-from .files import append_jsonl, atomic_write_text, read_appended_jsonl, trim_cut_line, write_json
-from .data import DataSource, Message, PreferencePair, as_messages, read_ids, read_table, transcript
+from .config import JobFailed, require_saved_settings, save_config, setting, validate
+from .files import (append_jsonl, atomic_write_text, check_output_dir, read_appended_jsonl, trim_cut_line, write_json,
+                    write_table)
+from .data import DataSource, Message, PreferencePair, as_messages, data_folder_guard, read_ids, read_table, transcript
 from .seeding import id_bucket
 
 JUDGE_SYSTEM = (
@@ -108,36 +109,48 @@ def build_messages(prompt: Sequence[Message], response_a: Sequence[Message], res
 
 
 _BRACKETED = re.compile(r"\[\[\s*([ABC])\s*\]\]", re.I)
+# "[[A]], [[B]] or [[C]]": the instruction quoted back, a list of every verdict, not one of them
+_LISTED = re.compile(r"\[\[\s*[ABC]\s*\]\]\s*(?:,|/|\bor\b|\band\b)\s*(?:\bor\b|\band\b)?\s*$", re.I)
 _LABELLED = re.compile(r"(?:verdict|answer|choice|winner|decision|better(?: response)? is|prefer)\s*(?:is)?\s*[:=]?\s*"
                        r"[\*\"'(\[]*\s*(?:response|assistant|option)?\s*([ABC])\b", re.I)
-_NAMED = re.compile(r"\b(?:response|assistant|option)\s+([AB])\b[^.\n]{0,40}?\b(?:is|was)\s+(?:better|preferred|"
-                    r"superior|more helpful)", re.I)
+_NAMED = re.compile(r"\b(?:response|assistant|option)\s+([AB])\s+(?:is|was)\s+(?:clearly\s+|much\s+|slightly\s+|the\s+)?"
+                    r"(?:better|preferred|superior|more helpful)", re.I)
+# What may follow a named side and turns the sentence against it: "A is worse than B", "A is not better"
+_AGAINST = re.compile(r"^[\s\*\"')\]]*(?:is|was)\s+(?:not\b|worse|inferior|less\b|weaker|the worse)", re.I)
 _TIE = re.compile(r"\b(?:it'?s a tie|tie|equally (?:good|bad|helpful)|both (?:are )?equally)\b", re.I)
+_NOT_TIE = re.compile(r"\b(?:not|no|isn'?t|neither)\s+(?:a\s+)?tie\b", re.I)
 
 
 def parse_verdict(text: str | None) -> str | None:
-    """``"A"``, ``"B"``, ``"C"`` (tie) or None (unparseable) from a judge's reply.
+    """``"A"``, ``"B"``, ``"C"`` (tie) or None (no verdict, or a doubtful one) from a judge's reply.
 
-    Accepts ``[[A]]`` (the last one counts), ``Verdict: B``, ``**A**``, a bare ``A``/``(B)``/``C.``,
-    ``Response A is better``, and ties said in words. Replies that name both sides in the same form
-    without a bracketed verdict are unparseable rather than guessed.
+    The final verdict counts: the last ``[[A]]``/``[[B]]``/``[[C]]`` (unless it ends a list of them, which is the
+    instruction quoted back), else ``Verdict: B``, ``**A**``, a bare ``A``/``(B)``/``C.``, ``Response A is better``,
+    and ties said in words. Doubt is no verdict: forms naming both sides, a side named against itself ("Answer: A is
+    worse than B"), "not a tie". A None is never a decision (`rmkit denoise` and evaluation leave such pairs out).
     """
     if not text:
         return None
     t = text.strip()
-    found = _BRACKETED.findall(t)
+    found = list(_BRACKETED.finditer(t))
     if found:
-        return found[-1].upper()
+        last = found[-1]
+        if _LISTED.search(t[: last.start()]):
+            return None
+        return last.group(1).upper()
     bare = re.fullmatch(r"[\s\*\"'(\[]*([ABC])[\s\*\"')\].:!]*", t, re.I)
     if bare:
         return bare.group(1).upper()
     for pattern in (_LABELLED, _NAMED):
-        hits = {h.upper() for h in pattern.findall(t)}
-        if len(hits) == 1:
-            return hits.pop()
-        if len(hits) > 1:
+        hits = list(pattern.finditer(t))
+        if any(_AGAINST.match(t[h.end():]) for h in hits):
             return None
-    if _TIE.search(t):
+        letters = {h.group(1).upper() for h in hits}
+        if len(letters) == 1:
+            return letters.pop()
+        if len(letters) > 1:
+            return None
+    if _TIE.search(t) and not _NOT_TIE.search(t):
         return "C"
     return None
 
@@ -170,12 +183,62 @@ def _retry_after(exc: Exception) -> float | None:
 def _retryable(exc: Exception) -> bool:
     import openai
 
+    if isinstance(exc, ReplyTooLarge) or isinstance(exc.__cause__, ReplyTooLarge):
+        return False  # the same request would bring the same flood
     if isinstance(exc, (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                         openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
     return not isinstance(exc, openai.OpenAIError)  # malformed bodies and our deadline surface as other errors
+
+
+class ReplyTooLarge(Exception):
+    """A reply body over the size a judge's answer can have: read no further (a flood would be held whole)."""
+
+
+def _capped_http_client(max_bytes: int, timeout: float):
+    """An httpx client whose responses stop being read past ``max_bytes``: the OpenAI client reads a whole body into
+    memory before anything can cut it (a 60 MB reply was held whole to keep 20,000 characters). openai 3 speaks
+    through ``httpx2``, earlier versions through ``httpx``: the same API."""
+    import importlib.util
+
+    httpx = importlib.import_module("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+
+    class CappedStream(httpx.SyncByteStream):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            seen = 0
+            for chunk in self.inner:
+                seen += len(chunk)
+                if seen > max_bytes:
+                    raise ReplyTooLarge(f"reply body over {max_bytes:,} bytes; not read further")
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class CappedTransport(httpx.HTTPTransport):
+        def handle_request(self, request):
+            response = super().handle_request(request)
+            response.stream = CappedStream(response.stream)
+            return response
+
+    return httpx.Client(transport=CappedTransport(), timeout=timeout)
+
+
+def _reply_text(content) -> str | None:
+    """The text of a reply's ``content``: a string, or the text parts of a list of content parts (some servers send
+    ``[{"type": "text", "text": ...}]``). Anything else (a number, an object) is a malformed reply: ValueError."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(c, dict) for c in content):
+        parts = [c.get("text") for c in content if c.get("type", "text") == "text"]
+        if all(isinstance(x, str) for x in parts):
+            return "".join(parts)
+    raise ValueError(f"reply content is {type(content).__name__}, not text")
 
 
 _BEARER = re.compile(r"(?i)((?:authorization[\"']?\s*[:=]\s*[\"']?)?(?:bearer|basic|token)\s+"
@@ -206,7 +269,9 @@ class JudgeClient:
                                  "for a local server)")
             key = "EMPTY"  # local OpenAI-compatible servers take any key
         # Retries are ours (counted, with jitter, also on garbage bodies), so the client's own are off.
-        self.client = OpenAI(base_url=url, api_key=key, timeout=cfg.timeout, max_retries=0)
+        # A reply is cut at max_reply_chars; its body is never read past what that many characters can take in JSON.
+        http = _capped_http_client(16 * cfg.max_reply_chars + 65536, cfg.timeout)
+        self.client = OpenAI(base_url=url, api_key=key, timeout=cfg.timeout, max_retries=0, http_client=http)
         self.base_url = str(self.client.base_url)
         self._secret = key if key != "EMPTY" else None
 
@@ -246,8 +311,8 @@ class JudgeClient:
     def complete(self, messages: list[dict[str, str]]) -> Reply:
         key = self._key(messages)
         path = self.cache / key[:2] / f"{key}.json"
-        if path.exists():
-            hit = json.loads(path.read_text())
+        hit = _read_cached(path)
+        if hit is not None:
             return Reply(hit["text"], "ok", 0, True, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
         error = None
         retry_after: float | None = None
@@ -261,7 +326,9 @@ class JudgeClient:
             retry_after = None
             try:
                 resp = self._create_with_deadline(messages)
-                text = resp.choices[0].message.content
+                text = _reply_text(resp.choices[0].message.content)
+                if text is None or not text.strip():
+                    raise ValueError("the reply is empty")  # retried; never cached as an answer
                 finish = getattr(resp.choices[0], "finish_reason", None)
                 usage = getattr(resp, "usage", None)
                 pt = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -280,6 +347,20 @@ class JudgeClient:
             atomic_write_text(path, json.dumps({"text": text, "prompt_tokens": pt, "completion_tokens": ct}))
             return Reply(text, "ok", attempt + 1, False, pt, ct)
         return Reply(None, "failed", self.cfg.max_retries + 1, False, error=error)
+
+
+def _read_cached(path: Path) -> dict | None:
+    """A cached reply, or None where there is none or it is not one (an empty, non-text or unreadable entry, e.g.
+    written by an older version): that request is asked again."""
+    if not path.exists():
+        return None
+    try:
+        hit = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    if not isinstance(hit, dict) or not isinstance(hit.get("text"), str) or not hit["text"].strip():
+        return None
+    return hit
 
 
 @contextmanager
@@ -382,7 +463,8 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
         for s in orders:
             first, second = (it["y"], it["x"]) if s else (it["x"], it["y"])
             reply = client.complete(build_messages(it["prompt"], first, second, max_chars=cfg.max_chars))
-            verdict = parse_verdict(reply.text) if reply.status in ("ok", "truncated") else None
+            # a cut reply's final verdict may lie past the cut: it decides nothing, whatever its first part says
+            verdict = parse_verdict(reply.text) if reply.status == "ok" else None
             statuses.append(reply.status if reply.status != "ok" else ("ok" if verdict else "unparseable"))
             scores.append(_score_of_first(verdict, not s))
             texts.append(reply.text)
@@ -392,7 +474,7 @@ def _run_items(items: list[dict[str, Any]], cfg: JudgeConfig, output: Path | Non
                 errors.append(reply.error)
         status = next((x for x in ("failed", "unparseable", "truncated") if x in statuses), "ok")
         valid = [x for x in scores if not math.isnan(x)]
-        scored = status == "ok" or (status == "truncated" and len(valid) == len(orders))
+        scored = status == "ok"
         rec = {"id": it["id"], "status": status, "score": float(np.mean(valid)) if scored else None,
                "swapped": swap, "verdicts": texts, "attempts": attempts, "prompt_tokens": pt,
                "completion_tokens": ct, "cached": cached, "error": errors[-1] if errors else None}
@@ -506,6 +588,16 @@ class JudgeRunConfig(JudgeConfig, DataSource):
                                     "or a text file, one per line")
     strength: str | None = setting(None, "strength.parquet of an audit: adds the agreement-by-strength analysis")
     max_pairs: int | None = setting(None, "judge only the first N items (pairs, or rows of a compare table)")
+    max_failed_share: float = setting(0.2, "fail the run (exit code 1, after writing every table) when more than this "
+                                           "share of items got no verdict (failed, unparseable or truncated)")
+
+    def check(self) -> None:
+        if not 0.0 <= self.max_failed_share <= 1.0:
+            raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
+
+
+class JudgeFailed(JobFailed):
+    """Too many items got no verdict: the tables are written, and the run says so with a non-zero exit."""
 
 
 VERDICT_SETTINGS = ("task", "model", "base_url", "local_model", "temperature", "max_tokens", "max_chars", "seed",
@@ -517,8 +609,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     import pandas as pd
 
     validate(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     if (out / "judgments.jsonl").exists():  # verdicts of another judge or prompt must not mix with the held ones
         require_saved_settings(out / "config.yaml", cfg, VERDICT_SETTINGS, out / "judgments.jsonl",
                                "use another output_dir, or delete judgments.jsonl to judge again")
@@ -538,8 +629,8 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
                 pairs = [by_id[i] for i in wanted]
             pairs = pairs[: cfg.max_pairs]
             table = judge_pairs(pairs, cfg, output=out / "judgments.jsonl", base_url=base_url)
-            table[["id", "judge_label", "status", "swapped"]].to_parquet(out / "judge_labels.parquet", index=False)
-            table[["id", "judge_label", "status", "swapped"]].to_csv(out / "judge_labels.csv", index=False)
+            write_table(out / "judge_labels.parquet", table[["id", "judge_label", "status", "swapped"]])
+            write_table(out / "judge_labels.csv", table[["id", "judge_label", "status", "swapped"]])
             recs = table.to_dict("records")
             decided = table["judge_label"][table["judge_label"].isin([0.0, 1.0])]
             summary: dict[str, Any] = {**_accounting(recs, cfg), "ties": int((table["judge_label"] == 0.5).sum()),
@@ -567,4 +658,26 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
     summary["seconds"] = time.time() - t0
     summary["model"] = cfg.model
     write_json(out / "summary.json", summary)
+    _check_failures(summary, cfg, out)
     return summary
+
+
+def _check_failures(summary: dict[str, Any], cfg: JudgeRunConfig, out: Path) -> None:
+    """Raise `JudgeFailed` when more than ``max_failed_share`` of the items got no verdict, saying why and what to
+    change: a run where most pairs failed must not look like a run that judged them."""
+    counts = summary["status"]
+    missing = counts["failed"] + counts["unparseable"] + counts["truncated"]
+    if not summary["items"] or missing / summary["items"] <= cfg.max_failed_share:
+        return
+    hints = []
+    if counts["failed"]:
+        hints.append(f"{counts['failed']} failed after {cfg.max_retries} retries (the errors are in "
+                     f"{out / 'judgments.jsonl'}; a timeout: raise --timeout, now {cfg.timeout:g} s)")
+    if counts["unparseable"]:
+        hints.append(f"{counts['unparseable']} replies had no verdict (a stronger --model, or more --max-tokens, now "
+                     f"{cfg.max_tokens})")
+    if counts["truncated"]:
+        hints.append(f"{counts['truncated']} replies were longer than --max-reply-chars {cfg.max_reply_chars}")
+    raise JudgeFailed(f"{missing} of {summary['items']} items got no verdict ({missing / summary['items']:.0%}, more "
+                      f"than max_failed_share {cfg.max_failed_share:g}): " + "; ".join(hints)
+                      + f". The tables in {out} hold every item with its status.")

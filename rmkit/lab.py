@@ -37,10 +37,10 @@ import torch
 from .audit import response_length_diff
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
 from .config import from_dict, save_config, setting, validate
-from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, split_ids
+from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, data_folder_guard, split_ids
 from .denoise import PRESETS, RANKED, DenoiseConfig, denoise_pairs
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
-from .files import write_json
+from .files import check_output_dir, write_json, write_table
 from .gold import fit_gold, fit_prompt_aware_gold, gold_files, load_gold
 from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
@@ -622,8 +622,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     validate(cfg)
     if not cfg.data:
         raise ValueError("rmkit lab needs data: real prompts and responses with labels")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     t0 = time.time()
     pairs = cfg.read(cfg.data).pairs
@@ -670,7 +669,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     length_diff, unit = response_length_diff(pairs, cfg.proxy_config().model)
     gold_info = {**gold_info, "length_spearman": spearman(gold_diff, length_diff), "length_unit": unit,
                  "abs_diff_median": float(np.median(np.abs(gold_diff)))}
-    pd.DataFrame({"id": ids, "gold_diff": gold_diff}).to_parquet(out / "gold.parquet", index=False)
+    write_table(out / "gold.parquet", pd.DataFrame({"id": ids, "gold_diff": gold_diff}))
     if prompt_aware is None:
         write_json(out / "gold.json", gold_info)
     else:  # its JSON names the base (gold_base.json, gold_base_head.npy): rmkit bon --gold reads the folder
@@ -678,7 +677,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
         prompt_aware.save(out / "gold.json", str(out / "gold_base.json"))
     temperature = cfg.temperature or choose_temperature(gold_diff, cfg.against_gold)
     labels = sample_labels(ids, gold_diff, temperature, seed=cfg.seed)
-    labels.to_parquet(out / "labels.parquet", index=False)
+    write_table(out / "labels.parquet", labels)
     result.update(gold=gold_info, temperature=temperature,
                   against_gold=float(labels["against_gold"].mean()))
     result["timings"] = {"gold_seconds": time.time() - t0}

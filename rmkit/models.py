@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .assets import resolve_model
+from .assets import load_pretrained, resolve_model
 from .batching import length_sorted_batches
 from .data import ROLE_NAMES, Message, PreferencePair, transcript
 
@@ -43,8 +43,8 @@ def _load_seq_cls(path: str, **kwargs) -> nn.Module:
     no_report = lambda record: "LOAD REPORT" not in record.getMessage()  # noqa: E731
     report_logger.addFilter(no_report)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, output_loading_info=True, **kwargs)
+        model, info = load_pretrained(AutoModelForSequenceClassification, path, num_labels=1, output_loading_info=True,
+                                      **kwargs)
     finally:
         report_logger.removeFilter(no_report)
     prefix = f"{model.base_model_prefix}."
@@ -144,7 +144,7 @@ class RewardModel(nn.Module):
         from transformers import AutoTokenizer
 
         path = resolve_model(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_pretrained(AutoTokenizer, path)
         if tokenizer.pad_token is None:  # decoders: pad with EOS, as TRL does
             tokenizer.pad_token = tokenizer.eos_token
         model = _load_seq_cls(path, dtype=dtype or torch.float32, **kwargs)

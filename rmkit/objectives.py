@@ -114,6 +114,24 @@ class ContrastiveTerm(torch.nn.Module):
                          sinkhorn_iters=self.sinkhorn_iters)
 
 
+def check_pair_fields(pairs: Sequence[PreferencePair], objective: str) -> None:
+    """Before any step: ``margin`` and ``weight`` are given for every training pair or for none (a batch mixing them
+    cannot be collated), and objective ``margin`` has a margin for each; the error names the first pair that breaks it
+    (its id, file and row), not a batch number mid-training."""
+    def where(p: PreferencePair) -> str:
+        return f"pair {p.id!r}" + (f" ({p.source_file}, row {p.source_row})" if p.source_file else "")
+
+    for key in ("margin", "weight"):
+        given = [getattr(p, key) is not None for p in pairs]
+        if objective == "margin" and key == "margin" and not all(given):
+            raise ValueError(f"objective 'margin' needs a margin for every training pair; {where(pairs[given.index(False)])}"
+                             f" has none ({given.count(False)} of {len(pairs)} lack one)")
+        if any(given) and not all(given):
+            lacking = pairs[given.index(False)]
+            raise ValueError(f"{given.count(True)} training pairs have a {key} and {given.count(False)} do not (first "
+                             f"without: {where(lacking)}); fill it for all or none")
+
+
 def make_batch(model, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
                idx: Sequence[int], device) -> dict[str, Any]:
     """Collate pairs ``idx`` into one padded (2B, T) batch plus per-pair fields."""

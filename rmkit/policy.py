@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .assets import resolve_model
+from .assets import load_pretrained, resolve_model
 from .batching import length_sorted_batches
 from .config import require_saved_settings, save_config, setting, validate
 from .data import DataSource, Message, as_messages, read_table
@@ -39,17 +39,17 @@ def load_policy(name_or_path: str = "smollm2", *, dtype: torch.dtype = torch.flo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name_or_path)
-    arch = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
+    arch = getattr(load_pretrained(AutoConfig, path), "architectures", None) or []
     if arch and all(a.endswith("ForSequenceClassification") for a in arch):
         # transformers would load it with a freshly initialised language-model head: a random policy, silently
         raise ValueError(f"policy {name_or_path}: a reward model ({', '.join(arch)}), not a causal LM; pass the "
                          "policy (e.g. the SFT model) instead")
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_pretrained(AutoTokenizer, path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation continues every row from its last real token
     tok.truncation_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = load_pretrained(AutoModelForCausalLM, path, dtype=dtype)
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
 

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .assets import load_pretrained
+
 
 def turn_text(turns) -> str:
     """The text relevance compares: a string as it is; of chat messages, a prompt's last user turn (the question
@@ -48,10 +50,10 @@ class SentenceEncoder:
 
         path = resolve_model(model)
         self.model_id, self.max_length = model, max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = load_pretrained(AutoTokenizer, path)
         # fp32 weights whatever the checkpoint's dtype (transformers 5 loads a bf16 checkpoint in bf16), as reward
         # models load: the relevance term is graded against, so its precision is not left to how a model was saved
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        self.model = load_pretrained(AutoModel, path, dtype=torch.float32).to(device).eval()
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Unit-norm embeddings ``(B, H)``; each distinct text is encoded once, in batches of similar length."""

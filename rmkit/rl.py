@@ -38,11 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .assets import load_pretrained
 from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
-from .files import append_jsonl, atomic_path, keep_logged_through, read_appended_jsonl, write_json
+from .files import (append_jsonl, atomic_path, check_output_dir, keep_logged_through, read_appended_jsonl, write_json,
+                    write_table)
 from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
 from .intervals import mean_interval
-from .data import DataSource, Message, load_preferences
+from .data import DataSource, Message, data_folder_guard, load_preferences
 from .gold import gold_scorer
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
@@ -426,7 +428,7 @@ def _load(path: Path, actor, critic, opt_a, opt_c, moments: RunningMoments, cfg:
 
     state = torch.load(path / "state.pt", weights_only=True)
     require_same_settings(state["identity"], _identity(cfg, precision), path, "use another output_dir or --resume false")
-    actor.load_state_dict(AutoModelForCausalLM.from_pretrained(path / "actor").state_dict())
+    actor.load_state_dict(load_pretrained(AutoModelForCausalLM, str(path / "actor")).state_dict())
     critic.load_state_dict(load_file(str(path / "critic.safetensors")))
     opt_a.load_state_dict(state["actor_opt"])
     opt_c.load_state_dict(state["critic_opt"])
@@ -446,8 +448,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     validate(cfg)  # before any model loads
     if not cfg.reward_model:
         raise ValueError("PPO needs a reward model: --reward-model PATH (train one with rmkit train)")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, training=True)
@@ -475,8 +476,9 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
     # Prompts: held-out evaluation prompts first, the rest feed rollouts in a seeded order.
     keep, enc, rows = usable_prompts(tok, ids, prompts, cfg.max_prompt_tokens)
-    pd.DataFrame(rows + [{"id": r["id"], "tokens": None, "status": r["status"]} for r in skipped]).to_csv(
-        out / "prompts.csv", index=False)  # every source row, with why it was or was not used
+    # every source row, with why it was or was not used
+    write_table(out / "prompts.csv", pd.DataFrame(rows + [{"id": r["id"], "tokens": None, "status": r["status"]}
+                                                          for r in skipped]))
     keep = keep[: cfg.max_prompts] if cfg.max_prompts else keep
     if len(keep) <= cfg.eval_prompts:
         raise ValueError(f"{cfg.data}: {len(keep)} prompts fit max_prompt_tokens={cfg.max_prompt_tokens}; need more "

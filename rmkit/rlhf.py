@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import check_positive, from_dict, require_saved_settings, save_config, setting, validate
-from .files import write_json, write_jsonl
+from .data import data_folder_guard
+from .files import check_output_dir, write_json, write_jsonl
 from .judge import JudgeConfig, LocalServer, compare_policies
 from .metarm import meta_J
 from .metaset import read_meta_set
@@ -97,8 +98,7 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
     validate(cfg)  # every stage's settings, before round 1 starts
     if not cfg.reward_model:
         raise ValueError("rmkit rlhf needs a starting reward model: --reward-model PATH")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     if (out / "round_1" / "summary.json").exists():  # finished rounds are kept: later ones must continue them
         require_saved_settings(out / "config.yaml", cfg,
                                [f.name for f in dataclasses.fields(cfg) if f.name not in ("rounds", "output_dir")],

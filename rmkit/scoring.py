@@ -17,8 +17,9 @@ import torch
 
 from .batching import length_sorted_batches
 from .config import check_positive, save_config, setting, validate
-from .data import DataSource, PreferenceDataset, PreferencePair, load_splits, read_table
-from .files import atomic_path, write_json
+from .data import DataSource, PreferenceDataset, PreferencePair, data_folder_guard, load_splits, pairs_fingerprint
+from .files import atomic_write_text, check_output_dir, write_json, write_table
+from .reviews import read_judge_labels  # noqa: F401 - rmkit.scoring.read_judge_labels, as before
 from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
 from .models import RewardModel
 from .prefix import score_pairs_shared_prefix, supports_shared_prefix
@@ -97,20 +98,6 @@ def accuracy_per_subset(chosen: np.ndarray, rejected: np.ndarray, labels: np.nda
     subsets = np.asarray(subsets)
     return {s: pair_metrics(chosen[subsets == s], rejected[subsets == s], labels[subsets == s])["accuracy"]
             for s in sorted(set(subsets))}
-
-
-def read_judge_labels(path: str | Path, ids: Sequence[str]) -> np.ndarray:
-    """Judge labels aligned with ``ids`` from a table with columns ``id`` and ``judge_label``
-    (1: the judge prefers the pair's chosen side, 0: its rejected side, 0.5: tie; what `rmkit judge`
-    writes). Pairs the table lacks, or whose judgment failed, get NaN and drop out of the judge views."""
-    import pandas as pd
-
-    table = read_table(path)
-    for col in ("id", "judge_label"):
-        if col not in table.columns:
-            raise ValueError(f"{path}: judge table needs columns id and judge_label; {col!r} is missing")
-    by_id = dict(zip(table["id"].astype(str), pd.to_numeric(table["judge_label"], errors="coerce")))
-    return np.array([by_id.get(str(i), np.nan) for i in ids], dtype=np.float64)
 
 
 def label_views(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray, judge: np.ndarray) -> dict[str, float]:
@@ -194,12 +181,13 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
     key = {"data": cfg.data, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
            "max_length": model.max_length, "split": cfg.split, "chunk_rows": cfg.chunk_rows,
            "rows": len(ds.rows), "first_id": ds.rows[0].id if ds.rows else None, "precision": precision,
+           "pairs": pairs_fingerprint(ds.pairs),  # an edit in place (a swapped pair) makes finished parts stale
            "shared_prefix": cfg.shared_prefix}
     meta = parts / "meta.json"
     if parts.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(key))
+    atomic_write_text(meta, json.dumps(key))
     tables = []
     starts = range(0, len(ds.rows), cfg.chunk_rows)
     for k, start in enumerate(tqdm(starts, desc="scoring parts", unit="part")):
@@ -209,8 +197,7 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
             continue
         table = score_pairs(model, PreferenceDataset(ds.rows[start: start + cfg.chunk_rows]), batch_size=cfg.batch_size,
                             precision=precision, shared_prefix=cfg.shared_prefix)
-        with atomic_path(path) as tmp:  # only whole parts count as done
-            table.to_parquet(tmp, index=False)
+        write_table(path, table)  # atomic: only whole parts count as done
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else score_pairs(model, ds, precision=precision)
 
@@ -220,8 +207,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     validate(cfg)
     if not cfg.data or not cfg.model:
         raise ValueError("rmkit score needs both data and model")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     ds = cfg.read(cfg.data)
     if cfg.split:
@@ -230,8 +216,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     precision = resolve_precision(cfg.precision, device)
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)
     table = _score_in_parts(model, ds, out / "parts", cfg, precision)
-    table.to_parquet(out / "scores.parquet", index=False)
-    table.to_csv(out / "scores.csv", index=False)
+    write_table(out / "scores.parquet", table)
+    write_table(out / "scores.csv", table)
     ok = table.dropna(subset=["diff"])
     rc, rr, labels = ok["reward_chosen"].to_numpy(), ok["reward_rejected"].to_numpy(), ok["label"].to_numpy()
     metrics = pair_metrics(rc, rr, labels)

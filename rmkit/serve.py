@@ -27,12 +27,10 @@ import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Literal, Sequence
 
 import torch
@@ -54,20 +52,32 @@ class ServeConfig:
     max_batch_texts: int = setting(64, "texts scored together in one forward pass at most")
     max_wait_ms: float = setting(5.0, "how long the batcher waits for more requests before scoring")
     max_request_texts: int = setting(512, "texts per request at most (413 beyond)")
-    max_body_bytes: int = setting(8_000_000, "request body size at most (413 beyond)")
+    max_body_bytes: int = setting(2_000_000, "request body size at most (413 beyond); with max_inflight it bounds the "
+                                             "memory requests take (tokenizing 1 MB of text takes about 150 MB)")
     device: str = setting("auto", DEVICES_HELP)
     precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP)
     api_key_env: str | None = setting(None, "name of an environment variable holding a bearer token; requests must "
                                             "send `Authorization: Bearer <token>` (401 otherwise)")
-    socket_timeout: float = setting(30.0, "seconds a connection may sit idle or half-sent before it is closed")
-    max_connections: int = setting(32, "connections served at once (worker threads); more wait their turn")
+    socket_timeout: float = setting(30.0, "seconds an idle keep-alive connection waits for its next request")
+    request_timeout: float = setting(10.0, "seconds a request may take to arrive whole (head and body), from its "
+                                           "first byte: a client that trickles it is cut off (408)")
+    max_connections: int = setting(256, "open connections at most; beyond, 503 at once (a waiting connection costs "
+                                        "a few kilobytes, no thread)")
+    max_inflight: int = setting(4, "requests processed at once (worker threads); the rest wait, already read whole")
+    max_header_bytes: int = setting(16_384, "request line and headers at most (431 beyond)")
+    backlog: int = setting(128, "connections the system queues before they are accepted (a burst beyond is reset)")
 
     def check(self) -> None:
         check_device(self.device)
-        if self.max_connections < 1 or self.socket_timeout <= 0:
-            raise ValueError("max_connections must be >= 1 and socket_timeout > 0")
-        if self.api_key_env and not os.environ.get(self.api_key_env):
-            raise ValueError(f"api_key_env names ${self.api_key_env}, which is not set")
+        if self.max_connections < 1 or self.max_inflight < 1 or self.socket_timeout <= 0 or self.request_timeout <= 0:
+            raise ValueError("max_connections and max_inflight must be >= 1, socket_timeout and request_timeout > 0")
+        if self.api_key_env:
+            token = os.environ.get(self.api_key_env)
+            if not token:
+                raise ValueError(f"api_key_env names ${self.api_key_env}, which is not set")
+            if not token.isascii() or any(c.isspace() for c in token):
+                raise ValueError(f"the token in ${self.api_key_env} holds non-ASCII or space characters: HTTP headers "
+                                 "carry ASCII, so no client could send it")
 
 
 class RequestError(Exception):
@@ -234,8 +244,7 @@ class RewardService:
                             for i in range(n)]}
 
     def health(self) -> dict:
-        return {"status": "ok", "max_length": self.model.max_length, "batches": sum(b.batches for b in self.batchers),
-                "members": len(self.members)}
+        return {"status": "ok"}  # open to probes without a token: it says nothing about the model or its load
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,115 +273,174 @@ def _parse_body(raw: bytes) -> dict:
     return body
 
 
-def _handler(service: RewardService, token: str | None):
-    routes = {"/get_reward": service.get_reward, "/score": service.score, "/score_pairs": service.score_pairs}
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
-        timeout = service.cfg.socket_timeout  # idle, slow or half-open connections are closed, not kept
-
-        def log_message(self, *args) -> None:  # one line per request is noise under load
-            pass
-
-        def _send(self, status: int, obj: dict) -> None:
-            data = json.dumps(obj).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status == 401:
-                    self.send_header("WWW-Authenticate", "Bearer")
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
-                log.info("client %s went away before its %d answer", self.client_address[0], status)
-                self.close_connection = True
-
-        def _authorized(self) -> bool:
-            if token is None:
-                return True
-            sent = self.headers.get("Authorization", "")
-            return sent.startswith("Bearer ") and _same(sent[7:].strip(), token)
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/health":
-                self._send(200, service.health())
-            elif not self._authorized():
-                self._send(401, {"error": "missing or wrong bearer token"})
-            elif self.path in routes:
-                self._send(405, {"error": f"{self.path} takes POST"})
-            else:
-                self._send(404, {"error": f"no endpoint {self.path}"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            try:
-                fn = routes.get(self.path)
-                raw_length = self.headers.get("Content-Length")
-                try:
-                    length = int(raw_length or 0)
-                except ValueError:
-                    length = -1
-                if length < 0:
-                    self.close_connection = True  # where the body ends is unknown: nothing more is read
-                    raise RequestError(400, f"Content-Length must be a whole number >= 0, got {raw_length!r}")
-                if length > service.cfg.max_body_bytes:
-                    self.close_connection = True  # the unread body must not be taken for the next request
-                    raise RequestError(413, f"body of {length} bytes; at most {service.cfg.max_body_bytes}")
-                raw = self.rfile.read(length)
-                if len(raw) < length:
-                    self.close_connection = True
-                    raise RequestError(400, f"body ended after {len(raw)} of {length} bytes")
-                if not self._authorized():
-                    raise RequestError(401, "missing or wrong bearer token")
-                if fn is None:
-                    raise RequestError(404, f"no endpoint {self.path}")
-                self._send(200, fn(_parse_body(raw)))
-            except RequestError as e:
-                self._send(e.status, {"error": str(e)})
-            except (socket.timeout, ConnectionResetError, BrokenPipeError):
-                log.info("client %s went away mid-request", self.client_address[0])
-                self.close_connection = True
-            except Exception as e:  # noqa: BLE001 - a bug in one request answers 500, the server stays up
-                log.exception("error in %s", self.path)
-                self._send(500, {"error": f"{type(e).__name__}: {e}"})
-
-    return Handler
-
-
-def _same(a: str, b: str) -> bool:
+def _same(a: bytes, b: bytes) -> bool:
     import hmac
 
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(a, b)
 
 
-class _PooledHTTPServer(HTTPServer):
-    """Connections served by a bounded pool of threads (a thread per connection lets held-open sockets pin an
-    unbounded number of them); a client that goes away is one log line, not a traceback."""
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large", 431: "Request Header Fields Too "
+            "Large", 500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 
-    def __init__(self, address, handler, *, workers: int):
-        super().__init__(address, handler)
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="rmkit-conn")
 
-    def process_request(self, request, client_address) -> None:
-        self.pool.submit(self._serve_one, request, client_address)
+class _HttpFront:
+    """HTTP/1.1 on an asyncio event loop in its own thread. A request is read whole (head and body) on the loop, within
+    a deadline for the whole request, before a worker thread sees it: a client that trickles its headers (one line every
+    5 s) holds a few kilobytes of buffer and no thread, and is cut off at ``request_timeout``, so it can never keep a
+    real request waiting. Workers (``max_inflight``) run the endpoints; connections beyond ``max_connections`` are
+    answered 503 at once; heads are capped at ``max_header_bytes``, bodies at ``max_body_bytes``."""
 
-    def _serve_one(self, request, client_address) -> None:
+    def __init__(self, service: "RewardService", cfg: "ServeConfig", token: bytes | None):
+        import asyncio
+
+        self.service, self.cfg, self.token = service, cfg, token
+        self.routes = {"/get_reward": service.get_reward, "/score": service.score, "/score_pairs": service.score_pairs}
+        self.workers = ThreadPoolExecutor(cfg.max_inflight, thread_name_prefix="rmkit-request")
+        self.open = 0
+        self.loop = asyncio.new_event_loop()
+        started: Future = Future()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True, name="rmkit-http")
+        self.thread.start()
+        self.port = started.result(timeout=30)
+
+    def _run(self, started: Future) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self.loop)
         try:
-            self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 - one connection's failure is logged, the server goes on
-            self.handle_error(request, client_address)
+            self.server = self.loop.run_until_complete(asyncio.start_server(
+                self._connection, self.cfg.host, self.cfg.port, backlog=self.cfg.backlog,
+                limit=self.cfg.max_header_bytes))
+        except BaseException as e:  # noqa: BLE001 - e.g. the port is taken: said in the caller's thread
+            started.set_exception(e)
+            return
+        started.set_result(self.server.sockets[0].getsockname()[1])
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop():
+            self.server.close()
+            await self.server.wait_closed()
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- one connection
+    async def _connection(self, reader, writer) -> None:
+        import asyncio
+
+        peer = (writer.get_extra_info("peername") or ("?",))[0]
+        if self.open >= self.cfg.max_connections:
+            await self._answer(writer, 503, {"error": f"more than {self.cfg.max_connections} connections; try again"},
+                               close=True)
+            return
+        self.open += 1
+        try:
+            while True:
+                try:  # an idle keep-alive connection waits socket_timeout for its next request
+                    first = await asyncio.wait_for(reader.read(1), self.cfg.socket_timeout)
+                except (asyncio.TimeoutError, ConnectionError):
+                    return
+                if not first:
+                    return
+                try:
+                    method, path, headers, body, keep = await asyncio.wait_for(
+                        self._read_request(first, reader), self.cfg.request_timeout)
+                except asyncio.TimeoutError:
+                    await self._answer(writer, 408, {"error": f"the request did not arrive within "
+                                                              f"{self.cfg.request_timeout:g} s"}, close=True)
+                    return
+                except RequestError as e:
+                    await self._answer(writer, e.status, {"error": str(e)}, close=True)
+                    return
+                status, obj = await asyncio.get_running_loop().run_in_executor(
+                    self.workers, self._respond, method, path, headers, body)
+                await self._answer(writer, status, obj, close=not keep)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("client %s went away mid-request", peer)
         finally:
-            self.shutdown_request(request)
+            self.open -= 1
+            writer.close()
 
-    def handle_error(self, request, client_address) -> None:
-        import sys
+    async def _read_request(self, first: bytes, reader):
+        import asyncio
 
-        exc = sys.exc_info()[1]
-        log.info("connection from %s ended: %s", client_address[0], type(exc).__name__ if exc else "closed")
+        try:
+            head = first + await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise RequestError(431, f"request head over {self.cfg.max_header_bytes} bytes") from None
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError from None
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise RequestError(400, f"not an HTTP/1.x request line: {lines[0][:80]!r}")
+        method, path, version = parts
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:
+            raise RequestError(411, "send the body with a Content-Length (chunked bodies are not read)")
+        raw_length = headers.get("content-length", "0")
+        if not raw_length.isdigit():
+            raise RequestError(400, f"Content-Length must be a whole number >= 0, got {raw_length!r}")
+        length = int(raw_length)
+        if length > self.cfg.max_body_bytes:
+            raise RequestError(413, f"body of {length} bytes; at most {self.cfg.max_body_bytes}")
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as e:
+            raise RequestError(400, f"body ended after {len(e.partial)} of {length} bytes") from None
+        connection = headers.get("connection", "").lower()
+        keep = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
+        return method, path.split("?", 1)[0], headers, body, keep
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, sent = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and _same(sent.strip().encode("latin-1", "replace"), self.token)
+
+    def _respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict]:
+        """Status and JSON answer of one whole request (on a worker thread)."""
+        try:
+            if path == "/health" and method == "GET":
+                return 200, self.service.health()
+            if not self._authorized(headers):
+                return 401, {"error": "missing or wrong bearer token"}
+            fn = self.routes.get(path)
+            if fn is None:
+                return 404, {"error": f"no endpoint {path}"}
+            if method != "POST":
+                return 405, {"error": f"{path} takes POST"}
+            return 200, fn(_parse_body(raw))
+        except RequestError as e:
+            return e.status, {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a bug in one request answers 500, the server stays up
+            log.exception("error in %s", path)
+            return 500, {"error": f"{type(e).__name__}: {e}"}
+
+    async def _answer(self, writer, status: int, obj: dict, *, close: bool) -> None:
+        data = json.dumps(obj).encode()
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}", "Content-Type: application/json",
+                f"Content-Length: {len(data)}", f"Connection: {'close' if close else 'keep-alive'}"]
+        if status == 401:
+            head.append("WWW-Authenticate: Bearer")
+        try:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            await writer.drain()
+        except ConnectionError:
+            pass
 
 
 def is_loopback(host: str) -> bool:
@@ -395,15 +463,12 @@ class RewardServer:
             log.warning("serving on %s without a bearer token: anyone who reaches this address can use the model; "
                         "set --api-key-env NAME", self.cfg.host)
         self.service = RewardService(model, self.cfg)
-        self.httpd = _PooledHTTPServer((self.cfg.host, self.cfg.port), _handler(self.service, token),
-                                       workers=self.cfg.max_connections)
-        self.url = f"http://{self.cfg.host}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="rmkit-http")
-        self.thread.start()
+        self.front = _HttpFront(self.service, self.cfg, token.encode("ascii") if token is not None else None)
+        self.url = f"http://{self.cfg.host}:{self.front.port}"
+        self.thread = self.front.thread
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.front.close()
         for b in self.service.batchers:
             b.close()
 
@@ -442,6 +507,16 @@ def serve(cfg: ServeConfig) -> None:
 # TRL's reward-function interface
 
 
+def _server_root(url: str) -> str:
+    """An ``rmkit serve`` address from either form users have: the server's root (``http://host:5000``) or an endpoint
+    under it, such as OpenRLHF's ``http://host:5000/get_reward``."""
+    url = url.rstrip("/")
+    for endpoint in ("/get_reward", "/score_pairs", "/score", "/health"):
+        if url.endswith(endpoint):
+            return url[: -len(endpoint)]
+    return url
+
+
 class RewardFunction:
     """A reward function as TRL's online trainers take it (``reward_funcs=[RewardFunction(...)]``):
     ``f(prompts, completions, **kwargs) -> list[float]``, prompts and completions as strings or chat
@@ -454,7 +529,8 @@ class RewardFunction:
         if (model is None) == (url is None):
             raise ValueError("RewardFunction needs exactly one of a model and a server url")
         self.model = load_reward_model(model) if isinstance(model, str) else model
-        self.url, self.batch_size, self.timeout = url.rstrip("/") if url else None, batch_size, timeout
+        self.url = _server_root(url) if url else None
+        self.batch_size, self.timeout = batch_size, timeout
         self.__name__ = "rmkit_reward"  # TRL logs each reward function under its __name__
         self.api_key_env = api_key_env  # the token is read from the environment at each call, never stored
 
@@ -463,12 +539,23 @@ class RewardFunction:
             import urllib.request
 
             body = json.dumps({"prompts": list(prompts), "completions": list(completions)}).encode()
+            import urllib.error
+
             headers = {"Content-Type": "application/json"}
             if self.api_key_env:
-                headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+                token = os.environ.get(self.api_key_env)
+                if not token:
+                    raise ValueError(f"RewardFunction: api_key_env names ${self.api_key_env}, which is not set (the "
+                                     "server's token, as rmkit serve --api-key-env reads it)")
+                headers["Authorization"] = f"Bearer {token}"
             req = urllib.request.Request(self.url + "/score", method="POST", data=body, headers=headers)
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())["rewards"]
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read())["rewards"]
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:300].decode("utf-8", "replace")
+                raise RuntimeError(f"RewardFunction: {self.url}/score answered {e.code}: {detail} (the url is an rmkit "
+                                   "serve address, e.g. http://127.0.0.1:5000, with or without /get_reward)") from None
         p = [_messages(x, f"prompts[{i}]", "user") for i, x in enumerate(prompts)]
         c = [_messages(x, f"completions[{i}]", "assistant") for i, x in enumerate(completions)]
         return self.model.score(p, c, batch_size=self.batch_size).tolist()

@@ -30,13 +30,14 @@ import torch
 
 from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
                      validate)
-from .files import append_jsonl, atomic_path, keep_logged_through, write_json
+from .files import append_jsonl, atomic_path, check_output_dir, keep_logged_through, write_json
 from .hardware import resolve_precision
-from .data import DataSource, PreferencePair, check_split_fractions, get_splits
+from .data import (DataSource, PreferencePair, check_split_fractions, data_folder_guard, get_splits, pairs_fingerprint,
+                   stratified_sample)
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
 from .batching import length_grouped_batches
-from .objectives import ContrastiveTerm, compute_loss, get_objective, make_batch
+from .objectives import ContrastiveTerm, check_pair_fields, compute_loss, get_objective, make_batch
 from .models import RewardModel, set_dropout, set_trainable
 from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
 
@@ -69,8 +70,8 @@ class TrainConfig(DataSource):
     eval_every: int = setting(100, "evaluate on the validation pairs every N optimizer steps (0: only at the end)")
     save_every: int = setting(100, "write a resumable checkpoint every N optimizer steps (0: never)")
     eval_batch_size: int = setting(64, "texts per forward pass when scoring")
-    max_pairs: int | None = setting(None, "use only the first N pairs of each split: training, validation and test "
-                                          "(quick runs, tests)")
+    max_pairs: int | None = setting(None, "a seeded sample of N usable pairs of the data (split_seed), each subset in "
+                                          "proportion, split as the whole data is (quick runs, tests)")
     max_steps: int | None = setting(None, "stop after N optimizer steps (overrides epochs)")
     resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
     eval_test: bool = setting(True, "after training, score the test split (overall and per subset)")
@@ -128,8 +129,13 @@ def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]
 _RESUMABLE_CHANGES = {"resume", "eval_every", "save_every", "eval_batch_size", "eval_test", "output_dir"}
 
 
-def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+def _run_identity(cfg: TrainConfig, data: str | None = None) -> dict[str, Any]:
+    """What a run's results depend on: its settings, and with ``data`` the fingerprint of the pairs it reads
+    (`pairs_fingerprint`: an edit in place, such as a swapped pair, is another run)."""
+    identity = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    if data is not None:
+        identity["data (content of the pairs)"] = data
+    return identity
 
 
 def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list,
@@ -254,14 +260,13 @@ def _mixed_precision(spec: str) -> str:
     return "no" if chosen == "fp32" else chosen
 
 
-def _finished_run(cfg: TrainConfig, out: Path, device: torch.device) -> "TrainResult | None":
-    """A finished run of the same settings in ``out``, loaded onto ``device`` (where a run that trains leaves its
-    model: a rerun does not train again, and returns what a first run does); other settings are refused, naming
-    them."""
+def _finished_run(cfg: TrainConfig, out: Path, device: torch.device, now: dict[str, Any]) -> "TrainResult | None":
+    """A finished run of the same settings and data (``now``, `_run_identity`) in ``out``, loaded onto ``device``
+    (where a run that trains leaves its model: a rerun does not train again, and returns what a first run does); other
+    settings or data are refused, naming them."""
     if not ((out / "results.json").exists() and (out / "model").exists() and cfg.resume):
         return None
     saved = json.loads((out / "results.json").read_text())
-    now = _run_identity(cfg)
     require_same_settings({k: v for k, v in saved.get("run_config", now).items() if k in now}, now, out,
                           "choose another output_dir, or set resume=false to overwrite it",
                           what="holds a finished run with")
@@ -277,8 +282,28 @@ def _split_pairs(cfg: TrainConfig, out: Path, *, write: bool
     splits = get_splits(ds, splits_path if write or splits_path.exists() else None,
                         fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
     by_id = {p.id: p for p in ds.pairs}
-    return ([by_id[i] for i in splits["train"]], [by_id[i] for i in splits["validation"]],
-            [by_id[i] for i in splits["test"]] if cfg.eval_test else [])
+    if cfg.max_pairs is not None:  # a seeded sample of the data, each subset in proportion; the split as for all of it
+        by_id = {p.id: p for p in ds.sample(cfg.max_pairs, seed=cfg.split_seed).pairs}
+    return ([by_id[i] for i in splits["train"] if i in by_id], [by_id[i] for i in splits["validation"] if i in by_id],
+            [by_id[i] for i in splits["test"] if i in by_id] if cfg.eval_test else [])
+
+
+def _training_data(cfg: TrainConfig, out: Path, train_pairs, eval_pairs, *, write: bool
+                   ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
+    """Train, validation and test pairs: `_split_pairs` of ``cfg.data`` unless pairs were given (then ``max_pairs`` is
+    the same seeded, stratified sample of them); checked for the fields the objective reads."""
+    test_pairs: list[PreferencePair] = []
+    if train_pairs is None:
+        train_pairs, split_eval, test_pairs = _split_pairs(cfg, out, write=write)
+        eval_pairs = split_eval if eval_pairs is None else eval_pairs
+    elif cfg.max_pairs is not None:
+        train_pairs, eval_pairs = ([x[k] for k in stratified_sample([p.subset for p in x], cfg.max_pairs, cfg.split_seed)]
+                                   for x in (list(train_pairs), list(eval_pairs or [])))
+    train_pairs, eval_pairs, test_pairs = (list(x or []) for x in (train_pairs, eval_pairs, test_pairs))
+    if not train_pairs:
+        raise ValueError("no training pairs")
+    check_pair_fields(train_pairs, cfg.objective)
+    return train_pairs, eval_pairs, test_pairs
 
 
 def _batch_plan(lengths: Sequence[int], cfg: TrainConfig, world: int, rank: int) -> tuple[list[list[int]], int]:
@@ -386,22 +411,20 @@ def train_reward_model(
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     out = Path(cfg.output_dir)
-    finished = _finished_run(cfg, out, accelerator.device)
+    if accelerator.is_main_process:
+        check_output_dir(out, not_in=data_folder_guard(cfg.data) if train_pairs is None else {})
+
+    # ---- data: the saved split of cfg.data (or a seeded sample of it: max_pairs), unless pairs were given
+    train_pairs, eval_pairs, test_pairs = _training_data(cfg, out, train_pairs, eval_pairs,
+                                                         write=accelerator.is_main_process)
+    # A finished or resumable run is valid for these settings and this data only.
+    identity = _run_identity(cfg, pairs_fingerprint([*train_pairs, *eval_pairs, *test_pairs]))
+    finished = _finished_run(cfg, out, accelerator.device, identity)
     if finished is not None:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
         return finished
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-
-    # ---- data: the saved split of cfg.data, unless pairs were given
-    test_pairs: list[PreferencePair] = []
-    if train_pairs is None:
-        train_pairs, split_eval, test_pairs = _split_pairs(cfg, out, write=accelerator.is_main_process)
-        eval_pairs = split_eval if eval_pairs is None else eval_pairs
-    train_pairs, eval_pairs, test_pairs = (list(x or [])[: cfg.max_pairs] for x in (train_pairs, eval_pairs, test_pairs))
-    if not train_pairs:
-        raise ValueError("no training pairs")
 
     # ---- model (the head's init depends on the seed)
     torch.manual_seed(cfg.seed)
@@ -436,7 +459,7 @@ def train_reward_model(
     ckpt = out / "checkpoint"
     step, log_buffer, timing = 0, [], {}
     if cfg.resume and ckpt.exists():
-        step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, _run_identity(cfg), contrastive)
+        step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, identity, contrastive)
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -515,7 +538,7 @@ def train_reward_model(
             log_buffer = []
         if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
                                             or (stop_after_steps is not None and step >= stop_after_steps)):
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, _run_identity(cfg), contrastive,
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, identity, contrastive,
                              timing={"train_seconds": time.time() - t0, "step_seconds": step_seconds,
                                      "steps_timed": steps_timed, "seen_pairs": seen_pairs})
         if stop_after_steps is not None and step >= stop_after_steps and not is_last:
@@ -533,7 +556,7 @@ def train_reward_model(
                                "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9),
                                "s_per_step": step_seconds / max(steps_timed, 1),
                                "eval_labels": _eval_labels_note(eval_pairs, test_pairs),
-                               "run_config": _run_identity(cfg)}
+                               "run_config": identity}
     results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
     if test_pairs:
         results.update(evaluate_pairs(wrapped, test_pairs, prefix="test", batch_size=cfg.eval_batch_size,

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .config import check_positive, save_config, setting, validate
-from .data import DataSource, PreferencePair, get_splits, load_splits
-from .files import write_json
+from .data import DataSource, PreferencePair, data_folder_guard, get_splits, load_splits
+from .files import check_output_dir, write_json
 from .models import RewardModel
 
 
@@ -95,8 +95,7 @@ def run_tsne(cfg: TsneConfig) -> dict:
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     ds = cfg.read(cfg.data)
     pairs = ds.pairs

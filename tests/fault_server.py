@@ -11,6 +11,8 @@ What it does with a request is chosen by a marker in the request's text:
 - ``CUT``: a verdict cut by the token limit (``finish_reason: length``);
 - ``RETRYAFTERxN``: 429 with ``Retry-After: 7`` to the first N attempts;
 - ``HUGE``: a verdict after 50,000 characters of reasoning;
+- the markers of ``FaultServer.CONTENTS``: content as a list of parts, a number, empty, null, a doubtful verdict, the
+  instruction quoted back, a final verdict past any cut, a 3 MB flood;
 - otherwise: ``[[A]]``.
 
 Every request is counted per marker and text, so tests can check the retries that happened.
@@ -27,6 +29,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultServer:
+    # Replies whose content is not a plain verdict (the judge must not cache or trust them):
+    CONTENTS = {
+        "LISTCONTENT": [{"type": "text", "text": "B is better. "}, {"type": "text", "text": "[[B]]"}],  # parts: text
+        "INTCONTENT": 7,  # not text at all
+        "EMPTYCONTENT": "",
+        "NULLCONTENT": None,
+        "WORSE": "Answer: A is worse than B.",  # names A against itself
+        "ECHO": "Hard to say. End with [[A]], [[B]] or [[C]]",  # the instruction quoted back
+        "LATEVERDICT": lambda: "[[A]] at first, but " + "more thought " * 2500 + "finally [[B]]",  # past the cut
+        "FLOOD": lambda: "x" * 3_000_000,  # a body far over any verdict's size
+    }
+
     def __init__(self, slow_seconds: float = 3.0):
         self.counts: Counter = Counter()
         self.slow_seconds = slow_seconds
@@ -73,6 +87,9 @@ class FaultServer:
                 content = "I think both have merits, hard to say." if "RAMBLE" in text else "Response A is clearer. [[A]]"
                 if "HUGE" in text:
                     content = "hmm " * 12_500 + "[[A]]"
+                for marker, value in outer.CONTENTS.items():
+                    if marker in text:
+                        content = value() if callable(value) else value
                 body = {"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
                         "choices": [{"index": 0, "finish_reason": "length" if "CUT" in text else "stop",
                                      "message": {"role": "assistant", "content": content}}],

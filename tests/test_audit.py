@@ -333,8 +333,45 @@ def test_a_capped_audit_says_what_it_left_out_and_denoise_keeps_those_pairs(tiny
     again = run_audit(replace(cfg, output_dir=str(tmp_path / "again")), progress=False)  # same seed, same sample
     assert list(again.table["status"]) == list(result.table["status"])
     run_denoise(DenoiseConfig(strength=str(tmp_path / "audit" / "strength.parquet"), preset="flip", fraction=0.1,
-                              output_dir=str(tmp_path / "den")))
+                              output_dir=str(tmp_path / "den"), act_unjudged=True))  # a tiny model judges nothing
     actions = pd.read_parquet(tmp_path / "den" / "actions.parquet").set_index("id")["denoise_action"]
     left = table.loc[table["status"] == "not_sampled", "id"]
     assert len(actions) == 80 and set(actions[left]) == {"kept (no strength)", "kept (held out)"}
     assert actions[~actions.index.isin(left)].str.startswith("flipped").sum() > 0  # the sample's pairs were acted on
+
+
+def test_finetuned_members_of_another_run_are_refused(tiny_bert, tmp_path):
+    """Issue 41, item 1: finished members are reused only for the run they belong to; another file or other settings
+    in the same output folder are refused, naming what changed, instead of scoring the first run's members."""
+    recs = [{"id": f"q{i}", "prompt": f"question {i}", "chosen": "a helpful, polite answer", "rejected": "go away"}
+            for i in range(16)]
+    other = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} if i == 3 else r for i, r in enumerate(recs)]
+    common = dict(model=tiny_bert, members=2, folds=2, backbone="finetune_members", max_length=16,
+                  finetune_epochs=1, finetune_batch_size=4, finetune_lr=1e-3, device="cpu")
+    ensemble_diffs(EnsembleConfig(**common), load_preferences(recs).pairs, work_dir=tmp_path / "work", progress=False)
+    with pytest.raises(ValueError, match=r"holds members trained with other settings \(data \(content of the pairs\)\)"):
+        ensemble_diffs(EnsembleConfig(**common), load_preferences(other).pairs, work_dir=tmp_path / "work",
+                       progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(finetune_lr\)"):
+        ensemble_diffs(EnsembleConfig(**{**common, "finetune_lr": 2e-3}), load_preferences(recs).pairs,
+                       work_dir=tmp_path / "work", progress=False)
+    (tmp_path / "work" / "identity.json").unlink()  # work of a run that recorded nothing cannot be matched either
+    with pytest.raises(ValueError, match="recorded no settings"):
+        ensemble_diffs(EnsembleConfig(**common), load_preferences(recs).pairs, work_dir=tmp_path / "work",
+                       progress=False)
+
+
+def test_outputs_never_land_in_the_data_folder(separable, tmp_path):
+    """Issue 41, item 6: an output folder inside a data folder would be read back as data by the next run (120 pairs
+    instead of 40, prompts compounding): refused before anything loads; an output_dir that is a file too."""
+    path, _, _ = separable
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pairs.jsonl").write_text(path.read_text())
+    for out in (data_dir, data_dir / "audit"):
+        with pytest.raises(ValueError, match="inside .*the data folder"):
+            run_audit(AuditConfig(data=str(data_dir), output_dir=str(out), members=2))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        run_audit(AuditConfig(data=str(path), output_dir=str(tmp_path / "file"), members=2))
+    assert sorted(p.name for p in data_dir.iterdir()) == ["pairs.jsonl"]  # nothing written there

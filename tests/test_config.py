@@ -49,3 +49,35 @@ def test_shipped_configs_load():
         cfg = load_config(kinds[path.name.split("_")[0]], path)
         if isinstance(cfg, (AuditConfig, LabConfig)):
             cfg.check()
+
+
+def test_yaml_that_would_run_code_or_explode_is_refused(tmp_path):
+    """Issue 41, item 11 and its clear-errors list: a YAML alias bomb (335 bytes -> 48 s and a 17.5 MB config.yaml)
+    and !!python/object tags are refused by name; values that are not what a setting holds never pass silently."""
+    import time
+
+    from rmkit.audit import AuditConfig
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text('finetune_settings:\n  a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+                    + "".join(f"  {c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+                              for p, c in zip("abcdefgh", "bcdefghi")))
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"bomb\.yaml: not a YAML file rmkit reads \(aliases"):
+        load_config(AuditConfig, bomb)
+    assert time.time() - t0 < 5
+    tag = tmp_path / "tag.yaml"
+    tag.write_text("data: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ValueError, match=r"tag\.yaml: not a YAML file rmkit reads"):
+        load_config(AuditConfig, tag)
+    with pytest.raises(ValueError, match=r"setting 'members': cannot read 2\.7 as int"):
+        load_config(AuditConfig, None, {"members": 2.7})
+    assert load_config(AuditConfig, None, {"members": 2.0}).members == 2
+    with pytest.raises(ValueError, match=r"setting 'finetune_settings': cannot read 'not a dict' as dict"):
+        load_config(AuditConfig, None, {"finetune_settings": "not a dict"})
+    with pytest.raises(ValueError, match=r"setting 'members': cannot read True as int"):
+        load_config(AuditConfig, None, {"members": True})
+    with pytest.raises(ValueError, match=r"setting 'min_confidence': cannot read nan as float"):
+        load_config(AuditConfig, None, {"min_confidence": "nan"})
+    with pytest.raises(FileNotFoundError, match="no such config file"):
+        load_config(AuditConfig, tmp_path / "missing.yaml")

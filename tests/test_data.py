@@ -372,3 +372,42 @@ def test_a_capped_sample_keeps_each_subsets_share():
         assert Counter(p.subset for p in got.pairs) == {"big": 9, "small": 1}
         assert got.status_counts() == {"ok": 10, "not_sampled": 10}
     assert "stratified by subset" in next(r.detail for r in got.rows if r.status == "not_sampled")
+
+
+@pytest.mark.parametrize("field,value,status", [
+    ("label", float("nan"), "bad_value"), ("label", 2.0, "bad_value"), ("label", -1.0, "bad_value"),
+    ("label", True, "bad_type"), ("weight", -5, "bad_value"), ("weight", float("inf"), "bad_value"),
+    ("margin", float("inf"), "bad_value"), ("original_label", 1.5, "bad_value"),
+    ("label", 0.25, "ok"), ("weight", 0.0, "ok"), ("margin", -3.0, "ok"), ("margin", float("nan"), "ok"),
+])
+def test_numeric_fields_out_of_range_get_a_status(field, value, status):
+    """Issue 41, item 7: a NaN label loaded as ok and crashed the audit; labels 2 or -1, weight -5 or inf and margin
+    inf were accepted (training logged loss null and 'succeeded'). Each is now a row status naming the field; a NaN
+    margin, weight or original label is 'not given' (what pandas writes for a missing value)."""
+    row = load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b", field: value}]).rows[0]
+    assert row.status == status, row.detail
+    if status != "ok":
+        assert field in row.detail
+    with pytest.raises(DataError, match=f"row 0 .*{field}") if status != "ok" else __import__("contextlib").nullcontext():
+        load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b", field: value}], strict=True)
+
+
+def test_a_winner_column_named_label_is_not_also_a_probability():
+    """Issue 41, item 7: ``winner_key="label"`` on rows {input, output_1, output_2, label: 1|2} oriented every pair
+    right but also read label 2 as the pair's probability label."""
+    recs = [{"query": f"q{i}", "response1": f"one {i}", "response2": f"two {i}", "label": 1 + i % 2} for i in range(6)]
+    ds = load_preferences(recs, winner_key="label")
+    assert [r.status for r in ds.rows] == ["ok"] * 6
+    assert all(p.label == 1.0 for p in ds.pairs)
+    assert [p.chosen[0]["content"].split()[0] for p in ds.pairs] == ["one", "two"] * 3
+
+
+def test_outputs_of_rmkit_data_never_go_into_the_data_folder(tmp_path):
+    from rmkit.data import DataConfig, run_data
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(ValueError, match="the data folder"):
+        run_data(DataConfig(data=str(folder), output_dir=str(folder / "out"), tokenizer=None))
+    assert run_data(DataConfig(data=str(folder), output_dir=str(tmp_path / "out"), tokenizer=None))["rows"] == 1

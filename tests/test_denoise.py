@@ -61,8 +61,15 @@ def test_denoise_cli_then_train(tiny_bert, shared_data, tmp_path):
     audit = run("audit", small, "--model", tiny_bert, "--output-dir", tmp_path / "audit", "--members", "2",
                 "--max-length", "32", "--cache-dir", tmp_path / "cache")
     assert audit.returncode == 0, audit.stderr[-2000:]
+    # A tiny random model cannot judge this subset: the preset leaves it alone unless told to act there anyway.
+    assert (pd.read_parquet(tmp_path / "audit" / "strength.parquet")["category"] == "unjudged").all()
     den = run("denoise", tmp_path / "audit" / "strength.parquet", "--preset", "soft+margin", "--output-dir",
-              tmp_path / "den")
+              tmp_path / "den0")
+    assert den.returncode == 0, den.stderr[-2000:]
+    assert json.loads(den.stdout)["changed_by_preset"] == 0
+    assert (pd.read_json(tmp_path / "den0" / "pairs.jsonl", lines=True)["label"] == 1.0).all()
+    den = run("denoise", tmp_path / "audit" / "strength.parquet", "--preset", "soft+margin", "--output-dir",
+              tmp_path / "den", "--act-unjudged", "true")
     assert den.returncode == 0, den.stderr[-2000:]
     summary = json.loads(den.stdout)
     actions = pd.read_parquet(tmp_path / "den" / "actions.parquet")
@@ -167,7 +174,8 @@ def test_posterior_gives_every_training_pair_its_flip_posterior_as_soft_label(tm
     assert written.loc[train, "label"].to_numpy() == pytest.approx([1 - by_id[i] for i in train])
     held = sorted(set(written.index) - set(train))
     assert held and (written.loc[held, "label"] == 1.0).all()  # validation and test keep their labels
-    assert out["objective"] == "soft" and out["training_pairs"] == len(p_flip) and out["acted_on_train_only"]
+    assert out["objective"] == "soft" and out["pairs_written"] == len(p_flip) and out["acted_on_train_only"]
+    assert out["training_pairs"] == len(train)
 
 
 def test_reviewed_decisions_win_over_the_preset(tmp_path):
@@ -229,3 +237,87 @@ def test_side_tables_keep_ids_as_written(tmp_path, suffix):
     (tmp_path / "splits.json").write_text(json.dumps({"train": ["a", "b"], "validation": ["c"], "test": []}))
     with pytest.raises(DataError, match=r"splits\.json holds id lists by split \(train, validation, test\)"):
         read_ids(tmp_path / "splits.json")
+
+
+def test_one_review_reader_with_one_set_of_rules(tmp_path):
+    """Issue 41, item 4: duplicate ids with conflicting decisions, judge labels A/B, a table with judge labels and an
+    empty review column, a judge row whose status is not ok; plus the spreadsheets' other CSV dialects."""
+    from rmkit.data import DataError
+    from rmkit.reviews import read_review_table, read_reviews
+
+    def table(name, **cols):
+        path = tmp_path / name
+        pd.DataFrame(cols).to_csv(path, index=False)
+        return path
+
+    with pytest.raises(DataError, match=r"'p1' is reviewed twice with different decisions \(row 2: flip, row 4: keep"):
+        read_reviews(table("dup.csv", id=["p1", "p2", "p1"], review=["flip", "", "keep"]))
+    assert read_reviews(table("same.csv", id=["p1", "p1"], review=["flip", "FLIP"])) == {"p1": "flip"}
+    with pytest.raises(DataError, match=r"row 2, field judge_label: 'A' is not a number"):
+        read_reviews(table("ab.csv", id=["p1", "p2"], judge_label=["A", "B"]))
+    # both columns: the person's review wins where given; elsewhere the judge's label (none was read before)
+    both = read_review_table(table("both.csv", id=["p1", "p2", "p3", "p4"], review=["keep", None, None, None],
+                                   judge_label=[0.0, 0.0, 1.0, 0.5], status=["ok", "ok", "ok", "ok"]))
+    assert both.decisions == {"p1": "keep", "p2": "flip", "p3": "keep"} and both.undecided == {"p4": "tie"}
+    assert (both.from_review, both.from_judge) == (1, 2)
+    # a judge's truncated, unparseable or failed judgment decides nothing, whatever its label column says
+    doubtful = read_review_table(table("status.csv", id=["p1", "p2", "p3"], judge_label=[0.0, 0.0, 0.0],
+                                       status=["truncated", "unparseable", "ok"]))
+    assert doubtful.decisions == {"p3": "flip"} and doubtful.undecided == {"p1": "truncated", "p2": "unparseable"}
+    (tmp_path / "semi.csv").write_text("id;review\np1;flip\np2;keep\n")  # a spreadsheet in a ;-locale
+    assert read_reviews(tmp_path / "semi.csv") == {"p1": "flip", "p2": "keep"}
+    (tmp_path / "tab.csv").write_text("id\treview\np1\tdrop\n")
+    assert read_reviews(tmp_path / "tab.csv") == {"p1": "drop"}
+    (tmp_path / "cp.csv").write_bytes("id,review\ncaf\xe9,flip\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"cp\.csv: not UTF-8 .*CSV UTF-8"):
+        read_reviews(tmp_path / "cp.csv")
+    (tmp_path / "na.CSV").write_text("id,review\nNA,flip\nnan,keep\n")  # ids are names; an upper-case suffix is fine
+    assert read_reviews(tmp_path / "na.CSV") == {"NA": "flip", "nan": "keep"}
+
+
+def test_reviews_act_alone_and_a_preset_only_where_the_audit_can_judge(tmp_path):
+    """Issue 46, item 1: five reviewed rows flipped 67 more pairs by the default preset. Reviews now act alone unless
+    a preset is asked for; a preset never acts in a subset the audit marked unjudged; a review of a row that is no
+    pair is an error, not a review counted as done."""
+    from rmkit.denoise import run_denoise
+
+    data, mean, _ = _strength_fixture(tmp_path)
+    table = pd.read_parquet(tmp_path / "strength.parquet")
+    table["category"] = ["unjudged" if i % 4 == 0 else "not_flagged" for i in range(len(table))]
+    table.to_parquet(tmp_path / "strength.parquet")
+    pd.DataFrame({"id": ["p00", "p01", "p02"], "review": ["flip", "drop", "keep"]}).to_csv(tmp_path / "r.csv", index=False)
+    out = run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data),
+                                    reviews=str(tmp_path / "r.csv"), output_dir=str(tmp_path / "den")))
+    assert out["changed_by_preset"] == 0 and out["changed_by_review"] == 2 and out["preset"] is None
+    assert out["reviews"]["decisions"] == 3
+    with pytest.raises(ValueError, match="nothing to act on"):
+        run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data),
+                                  output_dir=str(tmp_path / "den2")))
+    out = run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                                    fraction=0.5, output_dir=str(tmp_path / "den3")))
+    actions = pd.read_parquet(tmp_path / "den3" / "actions.parquet").set_index("id")["denoise_action"]
+    flipped = [i for i, a in actions.items() if a.startswith("flipped")]
+    assert flipped and all(int(i[1:]) % 4 != 0 for i in flipped)  # none in the unjudged quarter
+    assert out["kept_in_unjudged_subsets"] > 0 and "flipped (preset)" in out["actions"]
+    # the audit's folder is not an output folder: its config.yaml would be overwritten
+    with pytest.raises(ValueError, match="the audit's folder"):
+        run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data), preset="flip",
+                                  output_dir=str(tmp_path)))
+    # the strength table as CSV reads too; a folder is named for what it lacks
+    pd.read_parquet(tmp_path / "strength.parquet").to_csv(tmp_path / "strength.csv", index=False)
+    assert run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.csv"), data=str(data), preset="flip",
+                                     output_dir=str(tmp_path / "den4")))["pairs_written"] == 40
+    with pytest.raises(FileNotFoundError, match="is a folder: pass the audit's table"):
+        run_denoise(DenoiseConfig(strength=str(tmp_path), data=str(data), preset="flip", output_dir=str(tmp_path / "x")))
+
+
+def test_a_review_of_a_row_that_is_no_pair_is_an_error(tmp_path):
+    from rmkit.denoise import run_denoise
+
+    data, _, _ = _strength_fixture(tmp_path)
+    with data.open("a") as f:
+        f.write(json.dumps({"id": "same", "prompt": "q", "chosen": "x", "rejected": "x"}) + "\n")
+    pd.DataFrame({"id": ["p00", "same"], "review": ["flip", "flip"]}).to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(ValueError, match=r"no usable pair \(first: same, status identical\)"):
+        run_denoise(DenoiseConfig(strength=str(tmp_path / "strength.parquet"), data=str(data),
+                                  reviews=str(tmp_path / "r.csv"), output_dir=str(tmp_path / "den")))

@@ -21,6 +21,9 @@ from fault_server import FaultServer
     ("Assistant A is better because it answers the question.", "A"), ("Both are equally good.", "C"),
     ("It's a tie", "C"), ("I cannot decide.", None), ("", None), (None, None),
     ("Response A is better for tone but Response B is better for accuracy.", None),
+    # issue 41, item 3: doubt is no verdict; the final verdict counts, not an instruction quoted back
+    ("Answer: A is worse than B.", None), ("Response A is not better; B is.", None), ("It is not a tie, A wins", None),
+    ("Hard to say. End with [[A]], [[B]] or [[C]]", None), ("End with [[A]], [[B]] or [[C]] (tie). I pick [[B]]", "B"),
 ])
 def test_parse_verdict_accepts_the_forms_models_give(reply, verdict):
     assert parse_verdict(reply) == verdict
@@ -145,6 +148,65 @@ def test_retry_after_cut_resume_and_huge_replies(tmp_path, monkeypatch):
         server.close()
 
 
+def test_bad_replies_are_never_decisions_nor_cached(tmp_path, monkeypatch):
+    """Issue 41, items 3 and 9: content that is not a verdict (a number, empty, null, a flood) fails and is never
+    cached; a doubtful or quoted verdict and a reply whose final verdict lies past the cut decide nothing; text parts
+    are joined."""
+    import rmkit.judge as judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(judge.time, "sleep", lambda s: None)
+    server = FaultServer()
+    markers = ["LISTCONTENT", "INTCONTENT", "EMPTYCONTENT", "NULLCONTENT", "WORSE", "ECHO", "LATEVERDICT", "FLOOD"]
+    pairs = _items(markers)
+    cfg = JudgeConfig(model="fake", max_retries=1, cache_dir=str(tmp_path / "cache"), max_reply_chars=1000)
+    try:
+        table = judge_pairs(pairs, cfg, output=tmp_path / "run.jsonl", base_url=server.url, progress=False)
+        by = dict(zip(markers, table.to_dict("records")))
+        assert by["LISTCONTENT"]["status"] == "ok" and by["LISTCONTENT"]["judge_label"] in (0.0, 1.0)
+        for m in ("INTCONTENT", "EMPTYCONTENT", "NULLCONTENT"):
+            assert by[m]["status"] == "failed" and by[m]["attempts"] == 2, m  # retried, then failed
+        assert "not text" in by["INTCONTENT"]["error"] and "empty" in by["EMPTYCONTENT"]["error"]
+        assert by["FLOOD"]["status"] == "failed" and by["FLOOD"]["attempts"] == 1  # not asked for a second flood
+        assert "ReplyTooLarge" in by["FLOOD"]["error"] or "not read further" in by["FLOOD"]["error"]
+        assert by["WORSE"]["status"] == "unparseable" and by["ECHO"]["status"] == "unparseable"
+        assert by["LATEVERDICT"]["status"] == "truncated"
+        for m in markers[1:]:
+            assert math.isnan(by[m]["judge_label"]), m
+        cached = [json.loads(p.read_text())["text"] for p in (tmp_path / "cache").rglob("*.json")]
+        assert all(isinstance(t, str) and t.strip() for t in cached)  # no empty, null or number cached
+        # A rerun asks the failed ones again (nothing bad came back from the cache)
+        before = server.counts.copy()
+        judge_pairs(pairs, cfg, output=tmp_path / "run2.jsonl", base_url=server.url, progress=False)
+        for i, m in enumerate(markers):
+            if by[m]["status"] == "failed":
+                assert server.counts[f"item-{i}"] > before[f"item-{i}"], m
+    finally:
+        server.close()
+
+
+def test_judge_run_fails_loudly_when_most_items_get_no_verdict(tmp_path, monkeypatch, capsys):
+    """Issue 46, item 4: a run where most items failed writes its tables and exits 1, saying why and what to change."""
+    from rmkit.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    server = FaultServer()
+    recs = [{"id": f"r{i}", "prompt": f"item-{i} {m} q?", "chosen": "a", "rejected": "b"}
+            for i, m in enumerate(["RAMBLE", "RAMBLE", "plain"])]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = ["judge", str(data), "--model", "fake", "--base-url", server.url, "--cache-dir", str(tmp_path / "c"),
+            "--output-dir", str(tmp_path / "out")]
+    try:
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "2 of 3 items got no verdict" in err and "--max-tokens" in err
+        assert len(__import__("pandas").read_parquet(tmp_path / "out" / "judge_labels.parquet")) == 3
+        assert main([*args, "--max-failed-share", "0.7"]) == 0
+    finally:
+        server.close()
+
+
 def test_secrets_redacted_from_errors():
     from rmkit.judge import redact
 
@@ -201,6 +263,7 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch, capfd):
     args = ["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
             "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
             "--output-dir", str(out)]
+    args += ["--max-failed-share", "1"]  # a 135M judge with 16 tokens gives few verdicts
     assert main(args) == 0
     assert "slot" not in capfd.readouterr().err  # llama.cpp's per-request log stays off the terminal
     assert main([*args, "--max-chars", "200"]) == 2  # verdicts on other prompts would mix with the held ones

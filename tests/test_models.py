@@ -1,5 +1,6 @@
 """The reward model: rendering, truncation, features, and the round trip through plain transformers."""
 
+import json
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -111,3 +112,26 @@ def test_load_reports_new_head_in_one_line_and_warns_on_missing_backbone_weights
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "rmkit.models"]
     assert len(warned) == 1 and "lacks 1 backbone weights" in warned[0]
     assert "encoder.layer.1.output.dense.weight" in warned[0]
+
+
+def test_model_folders_that_ask_for_remote_code_or_are_damaged_fail_clearly(tiny_bert, tmp_path):
+    """Issue 41, item 12: an unknown model_type with auto_map made transformers ask "run custom code? [y/N]" (a hang
+    in a batch job); a truncated or empty safetensors file failed with a traceback naming no file."""
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_bert, custom)
+    cfg = json.loads((custom / "config.json").read_text())
+    cfg.update(model_type="evil-bert", auto_map={"AutoConfig": "evil.EvilConfig",
+                                                 "AutoModelForSequenceClassification": "evil.EvilModel"})
+    (custom / "config.json").write_text(json.dumps(cfg))
+    (custom / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(ValueError, match=str(custom)):
+        RewardModel.from_pretrained(str(custom))
+    for name, cut in (("truncated", 0.5), ("empty", 0.0)):
+        bad = tmp_path / name
+        shutil.copytree(tiny_bert, bad)
+        weights = bad / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: int(weights.stat().st_size * cut)])
+        with pytest.raises(ValueError, match=rf"{bad}: a weights file is damaged or cut short \(model\.safetensors"):
+            RewardModel.from_pretrained(str(bad))

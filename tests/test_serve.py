@@ -155,21 +155,69 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served):
     assert status == 200 and len(out["rewards"]) == 1
 
 
-def test_held_open_connections_do_not_pin_threads(tiny_llama):
+def test_slow_clients_cannot_stall_real_requests(tiny_llama):
+    """Issue 41, item 8: 32 connections sending one header line every 5 s stalled every real request and /health (the
+    timeout was per read, not per request). Requests are now read whole on an event loop before a thread sees them:
+    64 trickling clients hold sockets, no threads, and a real request is answered at once; a trickler is cut off at
+    request_timeout; connections past max_connections get 503 at once."""
     import socket
+    import time
     from urllib.parse import urlparse
 
     rm = RewardModel.from_pretrained(tiny_llama, max_length=32).eval()
     before = threading.active_count()
-    with RewardServer(rm, ServeConfig(port=0, max_connections=4, socket_timeout=1.0)) as srv:
+    cfg = ServeConfig(port=0, request_timeout=3.0, max_connections=80, precision="fp32")
+    with RewardServer(rm, cfg) as srv:
         u = urlparse(srv.url)
-        held = [socket.create_connection((u.hostname, u.port)) for _ in range(40)]
-        held[0].sendall(b"POST /score HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # half a request
-        assert threading.active_count() - before <= 4 + 2  # the pool, the batcher and the accept loop
+        slow = [socket.create_connection((u.hostname, u.port)) for _ in range(64)]
+        stop = threading.Event()
+
+        def trickle():
+            k = 0
+            while not stop.is_set():
+                for s in slow:
+                    try:
+                        s.sendall(b"POST /score HTTP/1.1\r\n" if k == 0 else f"X-Slow-{k}: 1\r\n".encode())
+                    except OSError:
+                        pass
+                k += 1
+                stop.wait(0.5)
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        time.sleep(1.0)
+        t0 = time.time()
         status, out = post(srv.url + "/score", {"prompts": ["hi"], "completions": ["hello"]})
-        assert status == 200  # served once the held sockets time out
-        for s in held:
+        took = time.time() - t0
+        assert status == 200 and took < 2.0, took
+        with urllib.request.urlopen(srv.url + "/health", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "ok"}  # says nothing about the model or its load
+        assert threading.active_count() - before <= cfg.max_inflight + 3  # workers, batcher, event loop
+        # past request_timeout the tricklers are answered 408 and closed
+        time.sleep(cfg.request_timeout + 0.5)
+        slow[0].settimeout(2)
+        assert slow[0].recv(100).startswith(b"HTTP/1.1 408")
+        stop.set()
+        t.join()
+        for s in slow:
             s.close()
+        # connections beyond max_connections: 503 at once, not a wait
+        held = [socket.create_connection((u.hostname, u.port)) for _ in range(cfg.max_connections)]
+        time.sleep(0.3)
+        extra = socket.create_connection((u.hostname, u.port), timeout=5)
+        assert extra.recv(100).startswith(b"HTTP/1.1 503")
+        for s in [*held, extra]:
+            s.close()
+
+
+def test_oversized_heads_and_bodies_are_refused_before_they_are_read(served):
+    _, srv = served
+    reply = _raw(srv, b"POST /score HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:100]
+    reply = _raw(srv, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    reply = _raw(srv, b"POST /score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 411"), reply[:100]
 
 
 def test_bearer_token(tiny_llama, monkeypatch):
@@ -182,6 +230,20 @@ def test_bearer_token(tiny_llama, monkeypatch):
         assert len(ok) == 1
         with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:  # health stays open for probes
             assert r.status == 200
+        lower = urllib.request.Request(srv.url + "/score", method="POST", data=json.dumps(
+            {"prompts": ["hi"], "completions": ["hello"]}).encode(), headers={"Authorization": "bearer s3cret-token"})
+        with urllib.request.urlopen(lower, timeout=10) as r:  # the scheme is case-insensitive (RFC 7235)
+            assert r.status == 200
+        # RewardFunction takes the server's root or OpenRLHF's /get_reward address alike
+        assert RewardFunction(url=srv.url + "/get_reward", api_key_env="RMKIT_TEST_TOKEN")(["hi"], ["hello"]) == \
+            pytest.approx(ok)
+        with pytest.raises(ValueError, match=r"\$RMKIT_UNSET_TOKEN, which is not set"):
+            RewardFunction(url=srv.url, api_key_env="RMKIT_UNSET_TOKEN")(["hi"], ["hello"])
+        with pytest.raises(RuntimeError, match="answered 401"):
+            RewardFunction(url=srv.url)(["hi"], ["hello"])
     monkeypatch.delenv("RMKIT_TEST_TOKEN")
     with pytest.raises(ValueError, match="RMKIT_TEST_TOKEN"):
+        ServeConfig(api_key_env="RMKIT_TEST_TOKEN").check()
+    monkeypatch.setenv("RMKIT_TEST_TOKEN", "sécret")
+    with pytest.raises(ValueError, match="non-ASCII"):
         ServeConfig(api_key_env="RMKIT_TEST_TOKEN").check()

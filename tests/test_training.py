@@ -52,8 +52,9 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
     assert json.loads(cut_log[-1])["eval/accuracy"] == json.loads(full_log[-1])["eval/accuracy"]
     # A finished run is not redone: the saved model is loaded back; other settings are refused.
     with pytest.raises(ValueError, match=r"finished run with other settings \(epochs\)"):
-        train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **{**common, "epochs": 3}), train_pairs=train)
-    again = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train)
+        train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **{**common, "epochs": 3}), train_pairs=train,
+                           eval_pairs=ev)
+    again = train_reward_model(TrainConfig(output_dir=str(tmp_path / "full"), **common), train_pairs=train, eval_pairs=ev)
     assert again.model.device == full.model.device  # where a first run leaves its model (the GPU, where there is one)
     torch.testing.assert_close(again.model.state_dict()["model.classifier.weight"], a["model.classifier.weight"])
 
@@ -81,8 +82,16 @@ def test_short_real_training_lowers_the_training_loss(hh_pairs, tmp_path):
 def test_margin_objective_needs_margins(tiny_bert, hh_pairs, tmp_path):
     cfg = TrainConfig(model=tiny_bert, output_dir=str(tmp_path), objective="margin", max_length=32, epochs=1,
                       batch_size=4, eval_every=0, save_every=0)
-    with pytest.raises(ValueError, match="needs a margin"):
+    with pytest.raises(ValueError, match=r"needs a margin for every training pair; pair 'helpful-base-000000' \("):
         train_reward_model(cfg, train_pairs=hh_pairs[:8])
+    # a margin on some pairs only (a NaN margin is 'not given'): named before the first step, not mid-training
+    from dataclasses import replace
+
+    mixed = [replace(p, margin=1.0) for p in hh_pairs[:7]] + [hh_pairs[7]]
+    with pytest.raises(ValueError, match=r"7 training pairs have a margin and 1 do not \(first without: pair "
+                                         r"'helpful-base-000007'"):
+        train_reward_model(TrainConfig(model=tiny_bert, output_dir=str(tmp_path / "b"), max_length=32, eval_every=0,
+                                       save_every=0), train_pairs=mixed)
     with pytest.raises(ValueError, match="objective must be one of"):
         train_reward_model(TrainConfig(model=tiny_bert, objective="hinge", output_dir=str(tmp_path)),
                            train_pairs=hh_pairs[:8])
@@ -246,3 +255,37 @@ def test_end_distributed_closes_the_process_group(tmp_path):
     assert dist.is_initialized()
     end_distributed()
     assert not dist.is_initialized()
+
+
+def test_resume_or_reuse_on_data_changed_in_place_is_refused(tiny_bert, shared_data, tmp_path):
+    """Issue 41, item 2: the data file edited in place (one pair's chosen and rejected swapped) between a kill and
+    the resume, or after a finished run: both refuse, naming the data; the same data resumes as before."""
+    import gzip
+
+    rows = [json.loads(x) for x in gzip.open(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", "rt")][:40]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(data=str(data), model=tiny_bert, max_length=32, batch_size=4, epochs=1, eval_every=0,
+                      save_every=2, output_dir=str(tmp_path / "rm"), eval_test=False)
+    train_reward_model(cfg, stop_after_steps=3)
+    swapped = [dict(r) for r in rows]
+    swapped[5]["chosen"], swapped[5]["rejected"] = rows[5]["rejected"], rows[5]["chosen"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in swapped))  # same size, other content
+    with pytest.raises(ValueError, match=r"other settings \(data \(content of the pairs\)\)"):
+        train_reward_model(cfg)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = train_reward_model(cfg)  # the same data again: resumes and finishes
+    assert done.metrics["train_pairs"] == 28
+    data.write_text("".join(json.dumps(r) + "\n" for r in swapped))
+    with pytest.raises(ValueError, match=r"finished run with other settings \(data \(content of the pairs\)\)"):
+        train_reward_model(cfg)
+
+
+def test_max_pairs_is_a_seeded_sample_of_every_subset(tiny_bert, shared_data, tmp_path):
+    """Issue 46, item 2: ``max_pairs`` reads a seeded sample of the data, each subset in proportion, split as the
+    whole data is: a quick run trains and tests on every subset, not on the first file's pairs only."""
+    cfg = TrainConfig(data=str(shared_data / "hh-rlhf"), model=tiny_bert, max_length=32, batch_size=8, max_steps=1,
+                      eval_every=0, save_every=0, max_pairs=200, output_dir=str(tmp_path / "rm"))
+    res = train_reward_model(cfg).metrics
+    assert res["train_pairs"] + res["eval_pairs"] == pytest.approx(160, abs=8)
+    assert set(res["test/per_subset"]) == {"harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"}

@@ -185,6 +185,39 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return _HUB_OK[endpoint]
 
 
+def tiny_model(kind: str, out: str | os.PathLike) -> str:
+    """Save a random 2-layer model with a default model's tokenizer into ``out`` and return its path: ``bert`` (a
+    reward model with MiniLM's tokenizer), ``llama`` (a decoder reward model with SmolLM2's tokenizer and chat
+    template) or ``policy`` (a causal Llama of ``llama``'s shapes, so a ``llama`` RM shares its backbone). Built in
+    milliseconds: for tests, and for benchmarks that measure rmkit's own behaviour rather than a model's."""
+    import torch
+    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                              LlamaForSequenceClassification)
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        tok = AutoTokenizer.from_pretrained(minilm_path())
+        model = BertForSequenceClassification(BertConfig(
+            vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=512, num_labels=1))
+    elif kind in ("llama", "policy"):
+        tok = AutoTokenizer.from_pretrained(smollm2_path())
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        if kind == "llama":
+            cfg.num_labels = 1
+            model = LlamaForSequenceClassification(cfg)
+        else:
+            cfg.eos_token_id, cfg.tie_word_embeddings = tok.eos_token_id, True
+            model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(f"tiny_model kind must be bert, llama or policy, got {kind!r}")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def setup() -> dict[str, str]:
     """Prepare every offline default once (the README's setup step calls this)."""
     return {"minilm": minilm_path(), "smollm2": smollm2_path()}

@@ -201,8 +201,7 @@ class RewardService:
 
     @staticmethod
     def _texts_ids(model: RewardModel, texts: list[str]) -> list[list[int]]:
-        return model.tokenizer(texts, add_special_tokens=not model.use_chat_template, truncation=True,
-                               max_length=model.max_length)["input_ids"]
+        return model.tokenize(texts, add_special_tokens=not model.use_chat_template)
 
     def get_reward(self, body: dict) -> dict:
         texts = _list(body, "query", self.cfg.max_request_texts)

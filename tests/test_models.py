@@ -135,3 +135,18 @@ def test_model_folders_that_ask_for_remote_code_or_are_damaged_fail_clearly(tiny
         weights.write_bytes(weights.read_bytes()[: int(weights.stat().st_size * cut)])
         with pytest.raises(ValueError, match=rf"{bad}: a weights file is damaged or cut short \(model\.safetensors"):
             RewardModel.from_pretrained(str(bad))
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_llama"])
+def test_a_huge_text_is_cut_before_tokenizing_with_the_same_ids(name, request):
+    """Issue 41, item 8: one 7.9 MB text cost ~1.2 GB of tokenizer memory in the server. A text far longer than what
+    the RM keeps is cut at a word boundary first: the ids equal those of the whole text, truncated from the left."""
+    import random
+
+    rm = RewardModel.from_pretrained(request.getfixturevalue(name), max_length=64)
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 12))) for _ in range(40_000)]
+    texts = [" ".join(words), "x" * 20_000 + " tail", " ".join(words[:500]), "short", "y" * 9000]
+    for t in texts:
+        whole = rm.tokenizer(t, add_special_tokens=True, truncation=True, max_length=64)["input_ids"]
+        assert rm.tokenize([t], add_special_tokens=True)[0] == whole

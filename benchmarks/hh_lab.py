@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from rmkit.data import PreferenceDataset, PreferencePair, load_preferences, split_ids
 from rmkit.config import load_config
-from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, denoise_case, lab_pairs, proxy_features,
+from rmkit.lab import (LabConfig, LabInputs, choose_temperature, denoise_case, lab_pairs, load_lab_inputs,
                        read_gold_scores, sample_labels)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,23 +85,13 @@ def load_hh_lab(seed: int = 0, gold: str = "mpnet") -> HHLab:
     return HHLab(ds, ids, gold_diff, choose_temperature(gold_diff, AGAINST_GOLD), split_ids(ds, seed=seed))
 
 
-class LabInputs(NamedTuple):
-    """What `rmkit.lab`'s studies take, as `lab.py` builds it."""
-
-    cfg: LabConfig  # configs/lab_cpu.yaml with the gold's settings
-    gold: np.ndarray  # the committed gold difference of every pair (N,), source sides
-    proxy: ProxyFeatures  # the proxy's cached features
-    pairs: list[PreferencePair]  # the source pairs, in the order of the other three (to encode with another model)
-
-
 def lab_studies_inputs(gold: str = "smollm2") -> LabInputs:
-    """`LabInputs` for the gold ``gold``: configs/lab_cpu.yaml with its settings, its committed scores and the
-    proxy's cached features of the same pairs."""
+    """`rmkit.lab.LabInputs` for the gold ``gold``: configs/lab_cpu.yaml with its settings, its committed scores and
+    the proxy's cached features of the same pairs."""
     the = GOLDS[gold]
     cfg = replace(load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml"), **the.settings)
-    pairs = cfg.read(str((ROOT / cfg.data).resolve())).pairs
-    return LabInputs(cfg, read_gold_scores(the.file(".parquet"), [p.id for p in pairs]),
-                     proxy_features(cfg.proxy_config(), pairs), pairs)
+    cfg.data = str((ROOT / cfg.data).resolve())
+    return load_lab_inputs(cfg, the.file(".parquet"))
 
 
 def denoise_cases(inputs: LabInputs, *, seeds: int, noise: float):

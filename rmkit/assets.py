@@ -45,6 +45,20 @@ def load_pretrained(loader, path: str, **kwargs):
         raise
 
 
+# The hub ids of the offline aliases' models (what a model card names as its base model).
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+           "mpnet": "sentence-transformers/all-mpnet-base-v2"}
+
+
+def hub_id_of(name: str) -> str | None:
+    """The hub id behind a model name: an alias's, a hub id as it is, None for a local folder."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return None
+    return name
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RMKIT_CACHE", Path.home() / ".cache" / "rmkit"))
 

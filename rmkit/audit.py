@@ -29,76 +29,26 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from .calibration import (METHODS, agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
-                          flip_posterior, length_effect, reliability_table, spearman, symmetric_points)
-from .config import save_config, setting, to_dict, validate
-from .data import DataSource, PreferenceDataset, data_folder_guard, text_lengths, transcript
+from .calibration import (agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
+                          flip_posterior, length_effect, length_share, reliability_table, spearman, symmetric_points)
+from .config import save_config, to_dict, validate
+from .detectors import review_budget
+from .data import PreferenceDataset, data_folder_guard, no_pairs_message, text_lengths, transcript
 from .files import check_output_dir, write_json, write_table
 from .hardware import resolve_device, resolve_precision
-from .ensemble import EnsembleConfig, EnsembleInfo, ensemble_diffs
+from .ensemble import EnsembleInfo, ensemble_diffs
 from .heads import fold_of
 from .models import RewardModel
+from .progress import Phases
 from .report import write_figures, write_html_report
 from .scoring import score_token_pairs
-from .strength import (CATEGORIES, CategoryRules, StrengthReport, group_statistics, preference_strength,
+from .strength import (CATEGORIES, StrengthReport, group_statistics, preference_strength,
                        strength_table)
-
-
-@dataclass
-class AuditConfig(EnsembleConfig, DataSource):
-    """Settings of ``rmkit audit``: the ensemble's, plus data, outputs, calibration and category rules."""
-
-    data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
-    output_dir: str = setting("runs/audit", "where strength.parquet, summary.json, figures and report.html go")
-    rules: Literal["calibrated", "paper"] = setting(
-        "calibrated", "how pairs are flagged likely_mislabeled: calibrated (p_label_wrong >= "
-        "min_confidence, only in subsets the ensemble can judge) or paper (mean < "
-        "mislabeled_below, the paper's rule, for reproducing its analyses)")
-    min_confidence: float = setting(0.8, "calibrated rules: the p_label_wrong (or p_flipped) a flag needs")
-    noise_rate: float | None = setting(
-        None, "the share of labels you know are flipped, e.g. the share a reviewer flips in a random sample of "
-              "100 pairs; calibrated rules then flag by p_flipped = P(this label was flipped | the ensemble's view), "
-              "which, unlike p_label_wrong, does not count the ensemble's own errors (calibration.flip_posterior)")
-    calibration: Literal["temperature", "isotonic"] = setting(
-        "temperature", "map from mean strength to p_label_wrong, cross-fitted on the data's "
-        "own labels: temperature (Platt) or isotonic")
-    flag_unjudged: bool = setting(False, "calibrated rules: flag pairs also in subsets whose held-out agreement "
-                                         "interval includes chance (by default the audit says nothing there)")
-    length_correction: bool = setting(False, "remove each member's linear effect of the response-length "
-                                             "difference (cross-fitted) before strength and calibration")
-    mislabeled_below: float = setting(0.0, "paper rules: likely mislabeled when mean strength is below this")
-    ambiguous_z: float = setting(1.0, "ambiguous: mean below this many of the pair's own stds")
-    strong_quantile: float = setting(0.9, "strong: mean at or above this quantile")
-    n_groups: int = setting(20, "groups for the paper's mean/std-by-strength figure")
-    report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
-    review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
-                                     "this many, for review")
-    max_pairs: int | None = setting(None, "audit a seeded random sample of this many usable pairs, each subset in "
-                                          "proportion (a quick look at a large dataset); the others stay in every "
-                                          "table with status not_sampled")
-    member_models: list[str] | None = setting(None, "score every pair with reward models you already have (paths or "
-                                                    "hub ids, any mix of backbones) instead of training an ensemble; "
-                                                    "their scores are in-sample if they saw this data, and the "
-                                                    "report says so")
-
-    @property
-    def category_rules(self) -> CategoryRules:
-        return CategoryRules(self.mislabeled_below, self.ambiguous_z, self.strong_quantile, self.rules,
-                             self.min_confidence)
-
-    def check(self) -> None:
-        super().check()
-        self.category_rules.check()
-        if self.noise_rate is not None and not 0.0 <= self.noise_rate < 0.5:
-            raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate}")
-        if self.max_pairs is not None and self.max_pairs < 2:
-            raise ValueError(f"max_pairs must be at least 2 (or unset for every pair), got {self.max_pairs}")
-        if self.calibration not in METHODS:
-            raise ValueError(f"calibration must be one of {METHODS}, got {self.calibration!r}")
+from .configs.audit import AuditConfig  # noqa: F401 - the settings, beside the job
 
 
 @dataclass
@@ -132,7 +82,8 @@ class AuditResult:
             lines.append(f"{unjudged} pairs of those subsets are `unjudged`; below, the pairs the audit can judge:")
         print("\n".join(lines))
         judged = self.table[~self.table["category"].isin(["unscored", "unjudged"])]
-        return "\n".join(lines) + "\n" + StrengthReport(judged).report()
+        what = "pairs in the subsets the audit can judge" if unjudged else "pairs"
+        return "\n".join(lines) + "\n" + StrengthReport(judged).report(what=what)
 
 
 def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
@@ -143,7 +94,7 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
         ds = ds.sample(cfg.max_pairs, seed=cfg.seed)
     pairs = ds.pairs
     if not pairs:
-        raise ValueError(f"{cfg.data}: no usable pairs to audit (statuses: {ds.status_counts()})")
+        raise ValueError(no_pairs_message(cfg.data, ds))
     if cfg.member_models:
         diffs, info = member_model_diffs(cfg.member_models, pairs, batch_size=cfg.batch_size, device=cfg.device,
                                          precision=cfg.precision)
@@ -151,7 +102,7 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
                    "(agreement and p_label_wrong are then optimistic)")
         return audit_diffs(ds, diffs, cfg, info=info, scoring=scoring)
     diffs, info = ensemble_diffs(cfg, pairs, work_dir=Path(cfg.output_dir) / "work", progress=progress)
-    return audit_diffs(ds, diffs, cfg, info=info)
+    return audit_diffs(ds, diffs, cfg, info=info, progress=progress)
 
 
 def member_model_diffs(models: list[str], pairs, *, batch_size: int = 64, device: str = "auto",
@@ -172,7 +123,8 @@ def member_model_diffs(models: list[str], pairs, *, batch_size: int = 64, device
 
 
 def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, info: EnsembleInfo | None = None,
-                scoring: str | None = None, length_diff: np.ndarray | None = None) -> AuditResult:
+                scoring: str | None = None, length_diff: np.ndarray | None = None,
+                progress: bool = False) -> AuditResult:
     """The audit of any ensemble's reward differences ``(M, N)`` over ``ds.pairs`` (in that order): strength,
     calibrated ``p_label_wrong``, per-subset trust, length bias, categories, joined onto every row.
 
@@ -181,6 +133,7 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     (chosen minus rejected) in tokens; default: counted with ``cfg.model``'s tokenizer, else characters.
     """
     t0 = time.time()
+    phase = Phases("audit", enabled=progress)
     info = info or EnsembleInfo(len(diffs), "given", "given differences")
     pairs = ds.pairs
     diffs = np.asarray(diffs, dtype=np.float64)
@@ -190,6 +143,7 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     labels = np.array([p.label for p in pairs], dtype=np.float64)
     subsets = np.array([p.subset for p in pairs])
     if length_diff is None:
+        phase(f"counting the response lengths of {len(pairs)} pairs")
         length_diff, length_unit = response_length_diff(pairs, cfg.model)
     else:
         length_unit = "given"
@@ -199,7 +153,10 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     if cfg.length_correction:
         diffs = diffs - length_effect(diffs, length_diff, cal_fold)
     mean, _ = preference_strength(diffs)
-    p_right = crossfit_calibration(mean, cal_fold, labels, method=cfg.calibration)
+    phase(f"calibrating p_label_wrong ({cfg.calibration}, cross-fitted) and per-subset trust")
+    coef: dict = {}
+    p_right = crossfit_calibration(mean, cal_fold, labels, method=cfg.calibration, length_diff=length_diff,
+                                   coefficients=coef)
     p_wrong = 1.0 - p_right
     per_subset = {s: agreement(mean[subsets == s], labels[subsets == s]) for s in sorted(set(subsets))}
     overall = agreement(mean, labels)
@@ -216,6 +173,8 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         strength["p_label_wrong"] = p_wrong
         strength.insert(6, "p_flipped", p_flag)
     strength["length_diff"] = length_diff
+    if cfg.calibration == "length":  # how much of each verdict the length term makes
+        strength["length_share"] = length_share(mean, length_diff, coef["a"], coef["b"])
     strength["label"] = labels
     table = ds.status_table().merge(strength, on="id", how="left")
     table["category"] = table["category"].fillna("unscored")
@@ -252,6 +211,11 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "flagged_by": "p_label_wrong" if cfg.noise_rate is None else f"p_flipped (noise_rate {cfg.noise_rate})",
         "length_bias": length_bias,
         "members_per_pair": int(np.median(members_per_pair)) if len(members_per_pair) else 0,
+        "length_term": _length_term(coef, length_unit) if cfg.calibration == "length" else None,
+        # what reviewing the k most suspect pairs it can judge is expected to find (calibrated on these labels)
+        "review_budget": review_budget(np.where(judged, p_flag, np.nan),
+                                       budgets=[int(flagged.sum()), getattr(cfg, "review_pairs", 200)],
+                                       min_precision=cfg.min_confidence),
     }
     mode = getattr(cfg, "mode", "crossfit")
     summary = {
@@ -275,7 +239,17 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "ensemble": info.settings(),  # layers and L2 it used
         "timings": {**info.seconds, "audit_seconds": time.time() - t0},
     }
+    phase.done()
     return AuditResult(table, summary, Path(cfg.output_dir))
+
+
+def _length_term(coef: dict, unit: str) -> dict:
+    """What the calibration's length term says about these labels (its coefficients, medians over the folds)."""
+    a, b = float(np.median(coef["a"])), float(np.median(coef["b"]))
+    favours = "longer" if b > 0 else "shorter"
+    return {"a_strength": a, "b_length": b, "unit": unit,
+            "says": f"beyond what the ensemble's strength says, these labels favour the {favours} response "
+                    f"(log-odds {abs(b):.2f} per unit of sign(d) log(1 + |d|), d the length difference in {unit})"}
 
 
 def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:
@@ -308,23 +282,29 @@ def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> A
     else:
         ds = cfg.read(cfg.data if data is None else data)
     result = audit_pairs(ds, cfg, progress=progress)
-    write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=cfg.review_pairs)
+    write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=cfg.review_pairs, progress=progress)
     return result
 
 
-def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10, review_pairs: int = 200) -> None:
+def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10, review_pairs: int = 200,
+                progress: bool = False) -> None:
     """Every output of an audit into ``result.output_dir``: tables, review export, summary, figures, report."""
+    phase = Phases("audit", enabled=progress)
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
+    phase(f"writing the tables ({len(result.table)} rows) and the review export")
     table = result.table
     write_table(out / "strength.parquet", table)
     flat = table.copy()
     flat["member_diffs"] = flat["member_diffs"].map(lambda v: json.dumps(v) if isinstance(v, list) else "")
     write_table(out / "strength.csv", flat)
     write_review_export(table, ds, out, n=review_pairs)
+    phase("drawing the figures")
     figures = write_figures(result, out)
     write_json(out / "summary.json", result.summary)
+    phase("writing report.html")
     write_html_report(result, ds, figures, out / "report.html", n_pairs=n_pairs)
+    phase.done()
 
 
 REVIEW_DECISIONS = ("keep", "flip", "drop")
@@ -337,7 +317,9 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
     import pandas as pd
 
     by_id = {p.id: p for p in ds.pairs}
-    scored = table[table["category"] != "unscored"]
+    # The flagged pairs, then the most suspect of the pairs it can judge (a subset it cannot judge has nothing to
+    # review: its agreement with the labels is no better than chance).
+    scored = table[~table["category"].isin(["unscored", "unjudged"])]
     flagged = scored[scored["category"] == "likely_mislabeled"]
     rest = scored[scored["category"] != "likely_mislabeled"].nsmallest(max(0, n - len(flagged)), "rank")
     picked = pd.concat([flagged.sort_values("rank"), rest])
@@ -345,14 +327,17 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
     for r in picked.itertuples():
         p = by_id[r.id]
         rows.append({"id": r.id, "subset": r.subset, "flagged": r.category == "likely_mislabeled",
+                     "listed_because": "flagged: p_label_wrong at or above the threshold" if
+                     r.category == "likely_mislabeled" else "not flagged: among the most suspect below the threshold",
                      "category": r.category, "p_label_wrong": r.p_label_wrong, "mean": r.mean, "std": r.std,
                      "z": r.z, "length_diff": r.length_diff,
                      "member_diffs": json.dumps([round(d, 4) for d in r.member_diffs if np.isfinite(d)]),
                      "prompt": transcript(p.prompt), "chosen": transcript(p.chosen),
                      "rejected": transcript(p.rejected), "review": "",
                      **({"p_flipped": r.p_flipped} if hasattr(r, "p_flipped") else {})})
-    columns = ["id", "subset", "flagged", "category", "p_label_wrong", *(["p_flipped"] if "p_flipped" in picked else []),
-               "mean", "std", "z", "length_diff", "member_diffs", "prompt", "chosen", "rejected", "review"]
+    columns = ["id", "subset", "flagged", "listed_because", "category", "p_label_wrong",
+               *(["p_flipped"] if "p_flipped" in picked else []), "mean", "std", "z", "length_diff", "member_diffs",
+               "prompt", "chosen", "rejected", "review"]
     export = pd.DataFrame(rows, columns=columns)
     write_table(out / "flagged.csv", export)
     write_table(out / "flagged.jsonl", export)

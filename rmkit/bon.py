@@ -31,21 +31,21 @@ import functools
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .config import save_config, setting, validate
-from .data import DataSource, data_folder_guard
+from .config import save_config, validate
+from .data import data_folder_guard
 from .files import check_output_dir, model_identity, write_json, write_jsonl, write_table
-from .gold import gold_files, gold_scorer, prompt_aware_file
-from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
+from .gold import gold_scorer
+from .hardware import autocast, resolve_device, resolve_precision
 from .intervals import mean_interval
 from .metaset import read_sample_records
 from .policy import SamplingConfig, check_resume, load_policy, load_prompts, sample_responses
-from .reward_ensemble import AGGREGATIONS, ENSEMBLE_FILE, EnsembleRewardModel, aggregate, load_reward_model
+from .reward_ensemble import EnsembleRewardModel, aggregate, load_reward_model
+from .configs.bon import BonConfig  # noqa: F401 - the settings, beside the job
 
 
 def kl_bon(n: int) -> float:
@@ -195,51 +195,6 @@ def each_member_alone(tables: dict[str, np.ndarray], gold: np.ndarray, members: 
                 "gold_reward": avg.mean(axis=0).tolist(), "drop": drop_interval(avg, seed=seed),
                 "aggregations_vs_it_at_largest_n": {k: gap_interval(tables[k], avg, seed=seed)
                                                     for k in ("mean", "min", "uwo")}}}
-
-
-@dataclass
-class BonConfig(SamplingConfig, DataSource):
-    """Settings of ``rmkit bon``."""
-
-    data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
-    policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
-    reward_model: str = setting("", "a reward model folder or hub id; an ensemble folder (rmkit_ensemble.json); or "
-                                    "comma-separated members")
-    aggregation: Literal["mean", "min", "uwo"] | None = setting(
-        None, "ensembles: mean, min or uwo (default: the ensemble's own)")
-    uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo = mean - lambda * var (Coste et al.: 0.5 for "
-                                             "best-of-n)")
-    n: int = setting(16, "samples per prompt")
-    batch_size: int = setting(8, "samples drawn together (one generate call, seeded by its place): a prompt's samples "
-                                 "come in whole batches, so up to batch_size - 1 more than n are drawn and kept for a "
-                                 "larger n")
-    gold: str | None = setting(None, "a gold RM that grades every sample: an `rmkit lab` output folder or a saved "
-                                     "gold's JSON (e.g. benchmarks/lab/gold_hh.json), or any RM folder, hub id or "
-                                     "ensemble; adds the overoptimization curve (gold reward of the pick at every n) "
-                                     "to summary.json, and bon_curve.png")
-    output_dir: str = setting("runs/bon", "where samples.jsonl, scores.parquet, best.jsonl and summary.json go")
-    max_prompts: int | None = setting(None, "use N prompts (after the first `offset`)")
-    offset: int = setting(0, "skip the first N prompts")
-    rm_batch_size: int = setting(32, "texts per reward-model forward pass")
-    device: str = setting("auto", DEVICES_HELP)
-    precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP + " (the reward model's scoring)")
-
-    def check(self) -> None:
-        check_device(self.device)
-        if not self.reward_model:
-            raise ValueError("rmkit bon needs a reward model (--reward-model PATH, an ensemble folder, or A,B,C)")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        if self.gold and gold_files(self.gold) is None and prompt_aware_file(self.gold) is None:
-            g = Path(self.gold)
-            if g.suffix == ".json":
-                raise ValueError(f"gold: {g} is not a saved gold (a JSON with {g.stem}_head.npy beside it, or a "
-                                 "prompt-aware gold's JSON)")
-            if g.is_dir() and not any((g / f).is_file() for f in ("config.json", ENSEMBLE_FILE)):
-                raise ValueError(f"gold: {g} holds neither a saved lab gold (gold.json, gold_head.npy) nor a "
-                                 "reward model (config.json)")
 
 
 def _raw_scores(cfg: BonConfig, rm, gold_rm, ids: Sequence[str], prompts: Sequence, done: dict, out: Path,

@@ -7,7 +7,14 @@ opposite label), so every calibration map here is symmetric, ``g(-s) = 1 - g(s)`
 
 - ``temperature``: ``P(label right | s) = sigmoid(a * s)``, one scale ``a >= 0`` fitted by maximum
   likelihood on the data's own labels (Platt scaling; by the symmetry its bias is 0);
-- ``isotonic``: a monotone map fitted on the points ``(s, 1)`` and ``(-s, 0)``.
+- ``isotonic``: a monotone map fitted on the points ``(s, 1)`` and ``(-s, 0)``;
+- ``length`` (the audit's default): ``P(label right | s, x) = sigmoid(a * s + b * x)`` with ``x`` the signed log
+  length difference (`signed_log_length`), both fitted on the data's own labels: the label modelled as Bradley-Terry
+  on the ensemble's strength plus a length term. Where the labels follow length more (or less) than the ensemble
+  does, ``b`` takes up the difference, so a label that length alone explains is not called wrong because the
+  ensemble does not see length (mean-pooled features barely do), and the ensemble's own length lean does not flag
+  labels either. `length_share` says how much of a pair's verdict the length term makes. In the length-confounded
+  lab (benchmarks/verdicts.py) it lifts flip AUROC from 0.79 to 0.83; in the plain lab it changes nothing.
 
 Maps are cross-fitted too (`crossfit_calibration`): fitted on the other folds, applied to a fold, so no
 pair's probability comes from a map that saw its label. ``p_label_wrong = 1 - P(label right | s)``.
@@ -23,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-METHODS = ("temperature", "isotonic")
+METHODS = ("temperature", "isotonic", "length")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -78,8 +85,49 @@ class IsotonicMap:
         return out
 
 
+def fit_length_aware(scores: np.ndarray, length_diff: np.ndarray, labels: np.ndarray | None = None,
+                     *, l2: float = 1e-4) -> tuple[float, float]:
+    """``(a, b)`` of ``P(label right) = sigmoid(a * s + b * x)``, ``x = signed_log_length(length_diff)``: a
+    logistic regression without intercept (a pair written the other way round negates ``s``, ``x`` and the label),
+    by Newton's method on the concave log-likelihood with a tiny ridge ``l2`` (per pair) that keeps it defined
+    where the two columns are collinear. Scores and lengths are scaled to unit variance inside; the returned
+    coefficients apply to the raw values."""
+    s = np.asarray(scores, np.float64)
+    x = signed_log_length(length_diff)
+    y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
+    ok = np.isfinite(s) & np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        return 0.0, 0.0
+    scale = np.array([s[ok].std() or 1.0, x[ok].std() or 1.0])
+    X = np.stack([s[ok], x[ok]], 1) / scale
+    y = y[ok]
+    w = np.zeros(2)
+    lam = l2 * len(y)
+    for _ in range(50):
+        p = _sigmoid(X @ w)
+        grad = X.T @ (y - p) - lam * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + lam * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    a, b = w / scale
+    return float(a), float(b)
+
+
+def length_share(scores: np.ndarray, length_diff: np.ndarray, a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
+    """How much of each pair's verdict against its label the length term makes, in [0, 1]: of the log-odds that
+    push toward "label wrong" (``a * s`` and ``b * x`` where negative), the length term's part. 0 where nothing
+    pushes that way."""
+    es = np.minimum(np.asarray(a) * np.asarray(scores, np.float64), 0.0)
+    el = np.minimum(np.asarray(b) * signed_log_length(length_diff), 0.0)
+    total = es + el
+    return np.divide(el, total, out=np.zeros_like(total), where=total < 0)
+
+
 def fit_calibration(scores: np.ndarray, labels: np.ndarray | None = None, method: str = "temperature"):
-    """A callable map from scores to P(label right), fitted on these scores and labels."""
+    """A callable map from scores to P(label right), fitted on these scores and labels (``length`` needs the length
+    differences: `crossfit_calibration` with ``length_diff``)."""
     if method == "temperature":
         a = fit_temperature(scores, labels)
         return lambda s: np.where(np.isfinite(s), _sigmoid(a * np.nan_to_num(np.asarray(s, np.float64))), np.nan)
@@ -89,8 +137,11 @@ def fit_calibration(scores: np.ndarray, labels: np.ndarray | None = None, method
 
 
 def crossfit_calibration(scores: np.ndarray, fold: np.ndarray, labels: np.ndarray | None = None,
-                         method: str = "temperature") -> np.ndarray:
-    """P(label right) for every pair from a map fitted on the other folds ``(N,)``; NaN where the score is."""
+                         method: str = "temperature", *, length_diff: np.ndarray | None = None,
+                         coefficients: dict | None = None) -> np.ndarray:
+    """P(label right) for every pair from a map fitted on the other folds ``(N,)``; NaN where the score is.
+    ``method="length"`` needs ``length_diff (N,)``; its fitted ``(a, b)`` per pair are written into
+    ``coefficients`` (``{"a": (N,), "b": (N,)}``) when a dict is given, for `length_share`."""
     s = np.asarray(scores, np.float64)
     fold = np.asarray(fold)
     y = np.ones_like(s) if labels is None else np.asarray(labels, np.float64)
@@ -98,10 +149,21 @@ def crossfit_calibration(scores: np.ndarray, fold: np.ndarray, labels: np.ndarra
     folds = np.unique(fold)
     if len(folds) < 2:
         raise ValueError("crossfit_calibration needs at least 2 folds")
+    if method == "length" and length_diff is None:
+        raise ValueError("calibration 'length' needs the pairs' length differences")
+    ab = np.zeros((2, len(s)))
     for k in folds:
         held = fold == k
-        g = fit_calibration(s[~held], y[~held], method)
-        out[held] = g(s[held])
+        if method == "length":
+            x = np.asarray(length_diff, np.float64)
+            a, b = fit_length_aware(s[~held], x[~held], y[~held])
+            ab[:, held] = [[a], [b]]
+            z = a * np.nan_to_num(s[held]) + b * signed_log_length(x[held])
+            out[held] = np.where(np.isfinite(s[held]), _sigmoid(z), np.nan)
+        else:
+            out[held] = fit_calibration(s[~held], y[~held], method)(s[held])
+    if coefficients is not None:
+        coefficients.update(a=ab[0], b=ab[1])
     return out
 
 

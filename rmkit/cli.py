@@ -122,8 +122,15 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# Commands whose settings live in rmkit.configs (their job modules import torch); the others' in the job module.
+_CONFIG_MODULES = {"training", "scoring", "audit", "tsne", "policy", "rl", "rlhf", "serve", "bon", "lab"}
+
+
 def _config_class(cmd: Command) -> type:
-    return getattr(importlib.import_module(f"rmkit.{cmd.module}"), cmd.config)
+    """The command's config dataclass, imported without its job module (torch and transformers load only when the
+    command runs, not for ``--help`` or a mistyped setting)."""
+    where = f"rmkit.configs.{cmd.module}" if cmd.module in _CONFIG_MODULES else f"rmkit.{cmd.module}"
+    return getattr(importlib.import_module(where), cmd.config)
 
 
 def _run(name: str, args: argparse.Namespace) -> None:
@@ -144,6 +151,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"rmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(subparsers={})
     p = sub.add_parser("setup", help="prepare the offline default models (MiniLM, SmolLM2) once",
                        description="prepare the offline default models (MiniLM, SmolLM2) once", allow_abbrev=False)
     p.set_defaults(fn=lambda args: _print(importlib.import_module("rmkit.assets").setup()))
@@ -155,13 +163,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             p.add_argument("--config", help="YAML file of settings (flags override it)")
             add_arguments(p, _config_class(cmd))
         p.set_defaults(fn=lambda args, name=name: _run(name, args))
+        parser.get_default("subparsers")[name] = p
     return parser
+
+
+def _unknown(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> None:
+    """A mistyped flag is an error of the command it was given to, with its usage and the closest flag it has."""
+    import difflib
+
+    sub = parser.get_default("subparsers").get(command) if command else None
+    target = sub or parser
+    flags = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{arg}: did you mean {close[0]}?")
+    target.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
+    parser = build_parser(only=chosen if chosen in COMMANDS else "")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown(parser, getattr(args, "command", None), unknown)
     try:
         args.fn(args)
     except (DataError, ValueError, FileNotFoundError) as e:

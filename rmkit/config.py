@@ -237,10 +237,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             dashed, dest=f.name, default=argparse.SUPPRESS,
             metavar="{" + ",".join(map(str, choices)) + "}" if choices else tp.upper(),
             # argparse %-formats help strings: a literal % must be doubled
-            help=f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%"),
+            help=_help_text(f.metadata.get("help", ""), default).replace("%", "%%"),
         )
         if "_" in f.name:  # the field's own spelling works too, unlisted: each option shows once in --help
             parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _help_text(text: str, default: Any) -> str:
+    """A setting's help with its default, said once: a help that names its own default ("default: lr") keeps it."""
+    if "(default:" in text or "default:" in text.split(";")[-1]:
+        return text
+    return f"{text} (default: {default!r})"
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, positional: dict[str, Any] | None = None) -> T:

@@ -236,6 +236,11 @@ class PreferenceDataset:
                                  list(self.file_errors), list(self.skipped_files))
 
 
+# What ``max_pairs`` means in every command that reads pairs: one seeded, stratified sample.
+MAX_PAIRS_HELP = ("a seeded sample of N usable pairs, each subset in proportion (a quick look; the rest stay in the "
+                  "outputs as not_sampled)")
+
+
 def stratified_sample(subsets: Sequence[str], n: int, seed: int = 0) -> np.ndarray:
     """Sorted positions of a seeded sample of ``n`` of the items whose subsets are ``subsets``: each subset keeps its
     share (largest remainders round; ties go to the larger subset, then by name), drawn with ``seed``. What
@@ -410,7 +415,8 @@ def detect_format(columns: Iterable[str], sample: dict | None = None) -> str:
         return "hh"
     raise DataError(
         f"cannot tell the format from columns {sorted(cols)}: expected prompt/chosen/rejected, "
-        "chosen/rejected, or response1/response2 with a winner; pass format= and columns= to map yours"
+        "chosen/rejected, or response1/response2 with a winner; map yours with --columns (and --data-format) on the "
+        "command line, columns= (and format=) in Python"
     )
 
 
@@ -830,6 +836,14 @@ def _vote_format(records: Iterable[Any], sample: int = 200) -> tuple[str | None,
     if not votes:
         return None, error
     return votes.most_common(1)[0][0], ""
+
+
+def no_pairs_message(source: Any, ds: "PreferenceDataset") -> str:
+    """Why a job has nothing to work on, in words: an empty source, or the statuses of its rows."""
+    if not ds.rows:
+        return f"{source}: no rows at all (an empty file?)"
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(ds.status_counts().items(), key=lambda kv: -kv[1]))
+    return f"{source}: none of its {len(ds.rows)} rows is a usable pair ({counts}; `rmkit data {source}` lists them)"
 
 
 def pairs_fingerprint(pairs: Iterable[PreferencePair]) -> str:

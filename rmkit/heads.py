@@ -140,3 +140,25 @@ def select_l2(
     scored = max(1, int((fold >= 0).sum()))
     losses = {a: v / scored for a, v in losses.items()}
     return min(losses, key=losses.get), losses
+
+
+def sgd_margins(diff_features: np.ndarray, *, epochs: int = 20, lr: float = 0.05, batch_size: int = 64,
+                l2: float = 1e-3, seed: int = 0) -> np.ndarray:
+    """Training dynamics of one linear BT head on ``diff_features (N, H)`` (chosen minus rejected, as labelled,
+    standardised by the caller): minibatch SGD over every pair, and every pair's margin ``w . d`` after each epoch,
+    ``(epochs, N)``: what `rmkit.detectors.aum` and ``cartography`` read, at the cost of a few seconds where a
+    fine-tune's take an hour."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.as_tensor(np.asarray(diff_features), dtype=torch.float32)
+    w = torch.zeros(d.shape[1], requires_grad=True)
+    opt = torch.optim.SGD([w], lr=lr)
+    out = np.zeros((epochs, d.shape[0]))
+    for e in range(epochs):
+        for idx in torch.randperm(d.shape[0], generator=gen).split(batch_size):
+            loss = F.softplus(-(d[idx] @ w)).mean() + l2 * (w * w).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out[e] = (d @ w).numpy()
+    return out

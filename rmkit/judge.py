@@ -45,7 +45,8 @@ from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judg
 from .config import JobFailed, require_saved_settings, save_config, setting, validate
 from .files import (append_jsonl, atomic_write_text, check_output_dir, read_appended_jsonl, trim_cut_line, write_json,
                     write_table)
-from .data import DataSource, Message, PreferencePair, as_messages, data_folder_guard, read_ids, read_table, transcript
+from .data import (MAX_PAIRS_HELP, DataSource, Message, PreferencePair, as_messages, data_folder_guard, read_ids,
+                   read_table, stratified_sample, transcript)
 from .seeding import id_bucket
 
 JUDGE_SYSTEM = (
@@ -587,11 +588,15 @@ class JudgeRunConfig(JudgeConfig, DataSource):
     ids: str | None = setting(None, "judge only these pair ids: a table's id column (e.g. an audit's flagged.csv) "
                                     "or a text file, one per line")
     strength: str | None = setting(None, "strength.parquet of an audit: adds the agreement-by-strength analysis")
-    max_pairs: int | None = setting(None, "judge only the first N items (pairs, or rows of a compare table)")
+    max_pairs: int | None = setting(None, MAX_PAIRS_HELP)  # of the pairs (or of --ids); a compare table: its rows
+    first: int | None = setting(None, "judge only the first N ids of --ids (an audit's flagged.csv lists the most "
+                                      "suspect first: a review budget)")
     max_failed_share: float = setting(0.2, "fail the run (exit code 1, after writing every table) when more than this "
                                            "share of items got no verdict (failed, unparseable or truncated)")
 
     def check(self) -> None:
+        if self.first is not None and not self.ids:
+            raise ValueError("first takes the first N of --ids; without --ids use max_pairs (a seeded sample)")
         if not 0.0 <= self.max_failed_share <= 1.0:
             raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
 
@@ -627,7 +632,9 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
                 if unknown:
                     raise ValueError(f"{cfg.ids}: {len(unknown)} ids are not pairs of {cfg.data} (first: {unknown[0]})")
                 pairs = [by_id[i] for i in wanted]
-            pairs = pairs[: cfg.max_pairs]
+            pairs = pairs[: cfg.first]
+            if cfg.max_pairs is not None:
+                pairs = [pairs[k] for k in stratified_sample([p.subset for p in pairs], cfg.max_pairs, cfg.seed)]
             table = judge_pairs(pairs, cfg, output=out / "judgments.jsonl", base_url=base_url)
             write_table(out / "judge_labels.parquet", table[["id", "judge_label", "status", "swapped"]])
             write_table(out / "judge_labels.csv", table[["id", "judge_label", "status", "swapped"]])
@@ -645,7 +652,8 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
             for col in ("prompt", "answer_a", "answer_b"):
                 if col not in df.columns:
                     raise ValueError(f"{path}: task compare needs columns prompt, answer_a, answer_b; {col!r} is missing")
-            df = df.iloc[: cfg.max_pairs]
+            if cfg.max_pairs is not None:  # a compare table has no subsets: a seeded sample of its rows
+                df = df.iloc[stratified_sample([""] * len(df), cfg.max_pairs, cfg.seed)]
             prompts = [as_messages(p) for p in df["prompt"]]
             ids = df["id"].astype(str).tolist() if "id" in df.columns else None
             summary = compare_policies(prompts, df["answer_a"].tolist(), df["answer_b"].tolist(), cfg, ids=ids,

@@ -29,20 +29,21 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .audit import response_length_diff
 from .calibration import crossfit_calibration, expected_calibration_error, flip_posterior, spearman
-from .config import from_dict, save_config, setting, validate
-from .data import DataSource, PreferenceDataset, PreferencePair, RowResult, data_folder_guard, split_ids
+from .config import save_config, validate
+from .data import PreferenceDataset, PreferencePair, RowResult, data_folder_guard, split_ids
 from .denoise import PRESETS, RANKED, DenoiseConfig, denoise_pairs
+from .detectors import cleanlab_label_issues
 from .ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from .files import check_output_dir, write_json, write_table
 from .gold import fit_gold, fit_prompt_aware_gold, gold_files, load_gold
-from .hardware import DEVICES_HELP, PRECISION_HELP, check_device, resolve_device, resolve_precision
+from .hardware import resolve_device, resolve_precision
 from .heads import fold_of, select_l2, train_bt_heads
 from .intervals import mean_interval
 from .losses import difference_loss
@@ -51,82 +52,8 @@ from .models import RewardModel, RewardOutput
 from .objectives import compute_loss, get_objective
 from .relevance import SentenceEncoder, other_prompt
 from .strength import pair_quality_scores
+from .configs.lab import STUDIES, LabConfig  # noqa: F401 - the settings, beside the job
 
-STUDIES = ("learnability", "strength", "flips", "denoise")
-
-
-@dataclass
-class LabConfig(DataSource):
-    """Settings of ``rmkit lab``."""
-
-    data: str = setting("", "real prompts and responses with human labels (the gold's head learns from them)")
-    output_dir: str = setting("runs/lab", "where gold.parquet, labels.parquet, lab.json go")
-    gold_model: str = setting("mpnet", "the gold's frozen backbone: hub id, local path or alias (mpnet, minilm, smollm2; "
-                                       "configs/lab_cpu.yaml: smollm2 at layer 10, the most learnable gold measured)")
-    gold_layer: int | None = setting(None, "hidden layer whose token mean the gold head reads (default: the last)")
-    gold_max_length: int = setting(128, "tokens per text for the gold (left-truncated)")
-    gold_head_l2: float | None = setting(None, "L2 of the gold's head (default: picked by cross-fitted log-loss)")
-    gold_scores: str | None = setting(None, "a gold.parquet (id, gold_diff) written before: reuse it, encode nothing")
-    gold_head: str | None = setting(None, "a gold head (.npy) saved by an earlier run, e.g. on other data: that gold "
-                                          "labels this data (a second domain) on gold_model's features; fit nothing")
-    gold_relevance: str | None = setting(None, "a sentence encoder (alias mpnet, hub id or path): its prompt-response "
-                                               "cosine joins the gold, weighted so the gold prefers an answer to the "
-                                               "question asked over another question's answer (rmkit.gold."
-                                               "fit_prompt_aware_gold); without it a gold fitted on same-prompt pairs "
-                                               "may not read the prompt")
-    gold_relevance_slack: float = setting(0.1, "share of such contrasts the fitted gold may still lose, beyond those "
-                                               "the encoder itself loses (sets the relevance weight; on hh-rlhf 0.1 "
-                                               "keeps the term under half the pairs' gold variance, 0.02 makes the "
-                                               "gold 94% relevance: benchmarks/lab_gold_relevance.py)")
-    against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
-                                         "temperature; the paper reports 20-25% on hh-rlhf)")
-    temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
-                                              "against_gold)")
-    flip_levels: list[float] = setting([0.1, 0.2, 0.3], "planted-flip shares the flips study runs")
-    denoise_noise: float = setting(0.2, "planted-flip share the denoising study trains on")
-    denoise_reviewed: int | None = setting(100, "the denoising study also runs each preset on the flip rate a "
-                                                "reviewer finds in this many random training pairs (null: only "
-                                                "the paper's 10%)")
-    denoise_ceiling: list[str] = setting([], "presets the denoising study also runs on the gold's own ranking "
-                                             "(PRESET@gold: what a perfect detector would buy; a bound, not a method)")
-    seeds: int = setting(3, "seeds of every study (labels, flips, folds)")
-    seed: int = setting(0, "base seed")
-    studies: list[str] = setting(list(STUDIES), f"studies to run: {', '.join(STUDIES)}")
-    proxy: dict = setting({}, "the proxy ensemble's settings (EnsembleConfig: model, members, layers, max_length, "
-                              "...); default: the audit's")
-    batch_size: int = setting(32, "texts per forward pass when encoding")
-    device: str = setting("auto", DEVICES_HELP + " (the gold's and the proxies' encoding; a proxy setting of its own "
-                                                 "wins)")
-    precision: Literal["auto", "fp32", "bf16"] = setting(
-        "auto", PRECISION_HELP + " (encoding the gold's and the proxies' features; a proxy setting of its own wins)")
-
-    def check(self) -> None:
-        unknown = [s for s in self.studies if s not in STUDIES]
-        if unknown:
-            raise ValueError(f"unknown studies {unknown}: choose from {STUDIES}")
-        if not 0.0 < self.against_gold < 0.5:
-            raise ValueError(f"against_gold must be in (0, 0.5), got {self.against_gold}")
-        if any(not 0.0 <= f < 0.5 for f in self.flip_levels) or not 0.0 <= self.denoise_noise < 0.5:
-            raise ValueError("flip shares must be in [0, 0.5)")
-        # a ceiling replaces the ranking a preset acts on
-        if unknown := [p for p in self.denoise_ceiling if p not in RANKED]:
-            raise ValueError(f"denoise_ceiling: unknown presets {unknown}: choose from {list(RANKED)}")
-        if self.gold_relevance and self.gold_scores:
-            raise ValueError("gold_relevance fits a term on top of a gold this run makes; gold_scores reuses scores "
-                             "already made (a prompt-aware gold's included): set one")
-        if not 0.0 <= self.gold_relevance_slack < 1.0:
-            raise ValueError(f"gold_relevance_slack must be in [0, 1), got {self.gold_relevance_slack}")
-        if self.gold_head and self.gold_scores:
-            raise ValueError("set gold_scores (reuse scores of this data) or gold_head (score it with a saved "
-                             "gold), not both")
-        for name in ("gold_head", "gold_scores"):
-            if getattr(self, name) and not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name}: {getattr(self, name)} is not a file")
-        check_device(self.device)
-        self.proxy_config()  # from_dict validates the proxy settings, naming them
-
-    def proxy_config(self) -> EnsembleConfig:
-        return from_dict(EnsembleConfig, {"device": self.device, "precision": self.precision, **self.proxy}, source="proxy")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,6 +101,19 @@ def sample_labels(ids: Sequence[str], gold_diff: np.ndarray, temperature: float,
     return pd.DataFrame({"id": list(ids), "gold_diff": g, "p_chosen": p, "sampled": sampled.astype(int),
                          "flipped": flipped, "label": label.astype(int),
                          "against_gold": (label != (g > 0)) & (g != 0)})
+
+
+def length_confounded(gold_diff: np.ndarray, length_diff: np.ndarray, bonus: float) -> np.ndarray:
+    """The label law of the length-confounded lab: the gold difference plus a length term the gold does not have,
+    ``gold + bonus * std(gold) * x / std(x)`` with ``x`` the signed log length difference (chosen minus rejected).
+    Labels sampled from it (`sample_labels`, with the temperature chosen on it) favour the longer response more
+    often than the gold does; detectors and RMs are still graded against the gold alone. ``bonus`` 1: a length
+    difference one std wide moves the label as much as a gold difference one std wide."""
+    from .calibration import signed_log_length
+
+    g = np.asarray(gold_diff, np.float64)
+    x = signed_log_length(length_diff)
+    return g + bonus * g.std() * x / (x.std() or 1.0)
 
 
 def read_gold_scores(path: str | Path, ids: Sequence[str]) -> np.ndarray:
@@ -230,14 +170,8 @@ def detection_metrics(suspicion: np.ndarray, truth: np.ndarray) -> dict[str, flo
 
 
 def cleanlab_suspicion(diff: np.ndarray, *, seed: int) -> np.ndarray:
-    """cleanlab's label quality on pairs as 2-class examples (the chosen side's position drawn at random)."""
-    from cleanlab.rank import get_label_quality_scores
-
-    rng = np.random.default_rng(seed)
-    swap = rng.random(len(diff)) < 0.5
-    p_a = _sigmoid(np.where(swap, -diff, diff))
-    pred = np.clip(np.stack([p_a, 1 - p_a], 1), 1e-6, 1 - 1e-6)
-    return 1.0 - get_label_quality_scores(swap.astype(int), pred)
+    """cleanlab's label quality on pairs as 2-class examples (`rmkit.detectors.cleanlab_label_issues`)."""
+    return cleanlab_label_issues(diff, seed=seed)
 
 
 @dataclass
@@ -296,6 +230,34 @@ def proxy_features(cfg: EnsembleConfig, pairs: Sequence[PreferencePair], *, batc
                              precision=precision)
     return ProxyFeatures(np.asarray(fc), np.asarray(fr), views, replace(cfg, precision=precision),
                          [p.id for p in pairs], rm.num_layers)
+
+
+class LabInputs(NamedTuple):
+    """What the lab's studies take: the settings, the gold difference of every pair ``(N,)`` (source sides), the
+    proxy's cached features, the source pairs (in the order of the other three) and their response length
+    differences ``(N,)`` (chosen minus rejected, in the proxy's tokens)."""
+
+    cfg: LabConfig
+    gold: np.ndarray
+    proxy: "ProxyFeatures"
+    pairs: list[PreferencePair]
+    length_diff: np.ndarray
+
+
+def lab_source_pairs(cfg: LabConfig) -> list[PreferencePair]:
+    """The real pairs the lab runs on: the data, read as ``cfg`` says, or its seeded sample (``max_pairs``)."""
+    ds = cfg.read(cfg.data)
+    return (ds if cfg.max_pairs is None else ds.sample(cfg.max_pairs, seed=cfg.seed)).pairs
+
+
+def load_lab_inputs(cfg: LabConfig, gold_scores: str | Path, *, progress: bool = True) -> LabInputs:
+    """The lab of ``cfg`` (its data, read as it says) with a gold already made (a gold.parquet, e.g. the committed
+    benchmarks/lab/gold_hh_smollm2.parquet) and the proxy's features (encoded once, then cached)."""
+    pairs = lab_source_pairs(cfg)
+    ids = [p.id for p in pairs]
+    proxy = proxy_features(cfg.proxy_config(), pairs, progress=progress)
+    length_diff, _ = response_length_diff(pairs, proxy.cfg.model)
+    return LabInputs(cfg, read_gold_scores(gold_scores, ids), proxy, pairs, length_diff)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,7 +587,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     t0 = time.time()
-    pairs = cfg.read(cfg.data).pairs
+    pairs = lab_source_pairs(cfg)
     ids = [p.id for p in pairs]
     result: dict[str, Any] = {"data": cfg.data, "pairs": len(pairs)}
     prompt_aware = None

@@ -7,7 +7,6 @@ Used for MetaRM's meta set (k responses per prompt from the current policy) and 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,23 +14,11 @@ import torch
 
 from .assets import load_pretrained, resolve_model
 from .batching import length_sorted_batches
-from .config import require_saved_settings, save_config, setting, validate
+from .config import require_saved_settings, save_config, validate
 from .data import DataSource, Message, as_messages, read_table
 from .files import trim_cut_line
 from .metaset import read_sample_records, write_meta_set
-
-
-@dataclass
-class SamplingConfig:
-    """How responses are sampled (the paper's PPO settings: T 0.8, top-p 0.9, repetition penalty 1.1)."""
-
-    temperature: float = setting(0.8, "sampling temperature (0: greedy)")
-    top_p: float = setting(0.9, "nucleus sampling mass")
-    repetition_penalty: float = setting(1.1, "penalty on repeated tokens (1: none)")
-    max_new_tokens: int = setting(64, "longest response in tokens")
-    max_prompt_tokens: int = setting(384, "prompts are cut from the left to this many tokens")
-    batch_size: int = setting(8, "prompts sampled together")
-    seed: int = setting(0, "sampling seed")
+from .configs.policy import SamplingConfig, SampleConfig  # noqa: F401 - the settings, beside the job
 
 
 def load_policy(name_or_path: str = "smollm2", *, dtype: torch.dtype = torch.float32):
@@ -114,19 +101,6 @@ def sample_responses(model, tokenizer, prompts: Sequence[Sequence[Message]], cfg
         for j, r in zip(idx, resp):
             texts[j] = tokenizer.decode(r, skip_special_tokens=True).strip()
     return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
-
-
-@dataclass
-class SampleConfig(SamplingConfig, DataSource):
-    """Settings of ``rmkit sample``: MetaRM's meta set from a policy (slightly hotter than PPO's sampling)."""
-
-    data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
-    policy: str = setting("smollm2", "causal LM: hub id, local path, or the alias smollm2")
-    output: str = setting("runs/meta/meta.jsonl", "the meta set (JSONL); a rerun resumes after the prompts it holds")
-    k: int = setting(4, "responses per prompt")
-    temperature: float = setting(1.0, "sampling temperature: a little above PPO's 0.8, as the paper samples the meta set")
-    max_prompts: int | None = setting(None, "use N prompts (after the first `offset`)")
-    offset: int = setting(0, "skip the first N prompts")
 
 
 def load_prompts(source: str, reader: DataSource | None = None

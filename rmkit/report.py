@@ -206,19 +206,46 @@ benchmarks/README.md) its calibration error is 0.13&ndash;0.23, where <code>p_fl
 ' (held-out agreement interval includes chance: no pair there is flagged' + (')' if not settings.get('flag_unjudged')
 else '; flag_unjudged is on, so they are flagged anyway)')}.</li>
 <li><b>Length bias:</b> Spearman of mean strength with the length difference (chosen minus rejected, in
-{lb['unit']}) is {lb['spearman']:+.2f}{corrected}; {flagged_lb}. {advice}</li>
+{lb['unit']}) is {lb['spearman']:+.2f}{corrected}; {flagged_lb}. {advice}{_length_term_html(t)}</li>
 </ul>
 <h3>What to do</h3>
-<p>{rule}<b>{t['flagged']}</b> pairs are flagged ({_pct(t['flagged_share'])}; the paper's <code>mean &lt; 0</code> rule would
-flag {_pct(t['flagged_share_paper_rule'])}). Review them in <code>flagged.csv</code> (texts, probability, member
-diffs and a blank <code>review</code> column: keep, flip or drop), then <code>rmkit denoise STRENGTH --reviews
-flagged.csv</code>: reviewed decisions win over any preset. No reviewer? A judge that never saw these labels can
-decide the same pairs: <code>rmkit judge DATA --ids flagged.csv</code>, then <code>--reviews
-judge_labels.parquet</code> (this ensemble learns from the labels your RM learns from, so the flips it finds alone are
-mostly ones your RM would overrule anyway).{soft} Do not flip pairs blindly: a refusal chosen over a
-harmful answer is a correct label that a helpfulness-minded ensemble contradicts.</p>
+<p>{rule}<b>{t['flagged']}</b> {'pair is' if t['flagged'] == 1 else 'pairs are'} flagged ({_pct(t['flagged_share'])};
+the paper's <code>mean &lt; 0</code> rule would flag {_pct(t['flagged_share_paper_rule'])}). Review them in
+<code>flagged.csv</code> (texts, probability, member diffs and a blank <code>review</code> column: keep, flip or
+drop), then <code>rmkit denoise STRENGTH --reviews flagged.csv</code>: reviewed decisions win over any preset. No
+reviewer? A judge that never saw these labels can decide the same pairs: <code>rmkit judge DATA --ids
+flagged.csv</code>, then <code>--reviews judge_labels.parquet</code> (this ensemble learns from the labels your RM
+learns from, so the flips it finds alone are mostly ones your RM would overrule anyway).{soft} Do not flip pairs
+blindly: a refusal chosen over a harmful answer is a correct label that a helpfulness-minded ensemble contradicts.</p>
 <table><tr><th>subset</th><th>pairs</th><th>agreement</th><th>95% CI</th><th>judged</th><th>flagged</th></tr>{rows}</table>
+{_budget_html(t)}
 </div>"""
+
+
+def _length_term_html(t: dict) -> str:
+    term = t.get("length_term")
+    if not term:
+        return ""
+    return (f" The calibration models each label on the ensemble's strength <i>and</i> the length difference: "
+            f"{html.escape(term['says'])}. A label that length alone explains is therefore not called wrong; each "
+            "flagged pair below says how much of its verdict length makes (<code>length_share</code> in the "
+            "tables).")
+
+
+def _budget_html(t: dict) -> str:
+    """What reviewing the k most suspect pairs is expected to find: precision and recall from the calibration."""
+    rows = t.get("review_budget") or []
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{r['k']}</td><td>{_pct(r['share'])}</td><td>{_pct(r['expected_precision'])}</td>"
+                   f"<td>{_pct(r['expected_recall'])}</td></tr>" for r in rows)
+    return ("<h3>What a review budget buys</h3><p>Review the <i>k</i> most suspect pairs (the order of "
+            "<code>flagged.csv</code>; <code>--review-pairs k</code> lists them): the share of their labels the "
+            "calibrated ensemble expects to be wrong, and the share of all such labels they hold. Calibrated on "
+            "these labels, so <i>wrong</i> includes the ensemble's own mistakes: in rmkit's lab, where the truth is "
+            "known, the real precision against planted flips is lower (benchmarks/results/verdicts.json).</p>"
+            "<table><tr><th>k</th><th>of the judged pairs</th><th>expected precision</th><th>expected recall</th>"
+            f"</tr>{body}</table>")
 
 
 def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pairs: int = 10) -> None:
@@ -258,7 +285,9 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
                 + (f", p_flipped {r.p_flipped:.2f}" if hasattr(r, "p_flipped") else "")
                 + f", mean {_num(r.mean)}, std {_num(r.std)}, "
                 f"z {r.z:+.2f}, category {html.escape(r.category)}, rank {r.rank}, length difference "
-                f"{r.length_diff:+.0f}<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
+                f"{r.length_diff:+.0f}" + (f"; <b>length makes {r.length_share:.0%} of this verdict</b>"
+                                           if hasattr(r, "length_share") and r.length_share > 0 else "")
+                + f"<br><small>members: {diffs}</small></div>{_dialogue_html(by_id[r.id])}</div>")
         return "".join(parts)
 
     scored = t[t["category"] != "unscored"]

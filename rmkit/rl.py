@@ -30,98 +30,27 @@ import functools
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .assets import load_pretrained
-from .config import check_layers_spec, check_positive, require_same_settings, save_config, setting, validate
+from .config import require_same_settings, save_config, validate
 from .files import (append_jsonl, atomic_path, check_output_dir, keep_logged_through, read_appended_jsonl, write_json,
                     write_table)
-from .hardware import DEVICES_HELP, autocast, check_device, resolve_device, resolve_precision
+from .hardware import autocast, resolve_device, resolve_precision
 from .intervals import mean_interval
-from .data import DataSource, Message, data_folder_guard, load_preferences
+from .data import Message, data_folder_guard, load_preferences
 from .gold import gold_scorer
 from .losses import masked_mean, ppo_policy_loss, ppo_value_loss
 from .models import RewardModel, set_trainable
-from .policy import SamplingConfig, encode_prompts, generate, load_policy, load_prompts
+from .policy import encode_prompts, generate, load_policy, load_prompts
 from .reward_ensemble import EnsembleRewardModel, load_reward_model
-
-
-@dataclass
-class PPOConfig(SamplingConfig, DataSource):
-    """Settings of ``rmkit ppo`` (and of `train_ppo`). The sampling settings are the paper's."""
-
-    data: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
-                        "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
-    policy: str = setting("smollm2", "the policy to optimise (causal LM): hub id, local path, or the alias smollm2")
-    reward_model: str = setting("", "an rmkit / sequence-classification reward model (path or hub id), an ensemble "
-                                    "folder (rmkit_ensemble.json) or comma-separated members")
-    aggregation: Literal["mean", "min", "uwo"] | None = setting(
-        None, "ensembles: mean, min (worst case) or uwo (mean - lambda * var); default: "
-        "the ensemble's own")
-    uwo_lambda: float | None = setting(None, "ensembles: lambda of uwo (Coste et al. use 0.1 for PPO)")
-    output_dir: str = setting("runs/ppo", "metrics, checkpoints and the final policy go here")
-    steps: int = setting(30, "PPO steps (one rollout batch each)")
-    batch_size: int = setting(8, "prompts per rollout")
-    samples_per_prompt: int = setting(1, "responses sampled for each rollout prompt; above 1, each RM score has the "
-                                         "mean of its prompt's other responses subtracted before normalisation "
-                                         "(RLOO's leave-one-out baseline, Ahmadian et al. 2024), so the reward says "
-                                         "how much better a response is than its siblings, not how easy its prompt is")
-    max_new_tokens: int = setting(48, "longest response in tokens")
-    max_prompt_tokens: int = setting(160, "prompts longer than this (in the policy's template) are not used; "
-                                          "prompts.csv lists each prompt's status")
-    minibatch_size: int = setting(4, "rollouts (responses) per gradient step")
-    ppo_epochs: int = setting(2, "passes over each rollout batch")
-    actor_lr: float = setting(3e-6, "actor learning rate (the paper: 5e-7 at 7B)")
-    critic_lr: float = setting(1e-5, "critic learning rate (the paper: 1.5e-6 at 7B)")
-    kl_coef: float = setting(0.05, "beta of the token-level KL penalty to the reference policy")
-    reward_clip: float = setting(0.8, "normalised RM scores are clipped to [-c, c] (the paper's 0.8)")
-    normalize_reward: bool = setting(True, "standardise RM scores with running mean and std before clipping")
-    gamma: float = setting(1.0, "discount")
-    lam: float = setting(0.95, "GAE lambda")
-    clip_range: float = setting(0.2, "policy ratio clip")
-    value_clip: float = setting(0.2, "value clip around the rollout's values")
-    max_grad_norm: float = setting(1.0, "global gradient-norm clip for actor and critic")
-    entropy_coef: float = setting(0.0, "entropy bonus")
-    ptx_coef: float = setting(0.0, "weight of the pretraining (SFT) LM loss mixed into the actor loss (0: off)")
-    ptx_data: str | None = setting(None, "preference data whose chosen responses are the ptx LM data")
-    missing_eos_penalty: float | None = setting(None, "subtract this from the RM score of responses cut at max_new_tokens")
-    critic_train_layers: str = setting("all", "what of the critic trains: all, head, or top:N (top N blocks + head); "
-                                              "top:N makes its backward pass cheap on a CPU")
-    critic_init: Literal["auto", "reward_model", "policy"] = setting(
-        "auto", "auto (reward_model if it shares the policy's architecture and tokenizer, "
-        "else policy), reward_model, or policy")
-    kl_budget: float = setting(4.0, "KL to the reference (nats per response) the run should stay under; "
-                                    "reported as kl_within_budget")
-    eval_prompts: int = setting(32, "held-out prompts scored at the start, every eval_every steps and the end")
-    eval_every: int = setting(0, "evaluate every N steps (0: start and end only)")
-    gold: str | None = setting(None, "a reward model that scores the held-out evaluation samples only, never the "
-                                     "rollouts (a lab gold: rmkit lab's output folder or NAME.json beside "
-                                     "NAME_head.npy; or any RM): eval/gold beside eval/score shows whether the "
-                                     "RM's gains are real (overoptimization, Gao et al.)")
-    save_every: int = setting(10, "checkpoint every N steps (0: only at the end)")
-    resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint when it is there")
-    rm_batch_size: int = setting(32, "texts per reward-model forward pass")
-    device: str = setting("auto", DEVICES_HELP)
-    precision: Literal["auto", "fp32", "bf16"] = setting(
-        "auto", "autocast of every forward pass (rollouts, reward model, updates; weights and optimizer stay fp32): "
-                "auto (bf16 on a GPU that supports it; fp32 on CPUs, where PPO was not measured in bf16), fp32 or bf16")
-    max_prompts: int | None = setting(None, "use the first N usable prompts")
-
-    def check(self) -> None:
-        if self.ptx_coef > 0 and not self.ptx_data:
-            raise ValueError("ptx_coef > 0 needs ptx_data (preference data whose chosen responses are the LM data)")
-        check_layers_spec("critic_train_layers", self.critic_train_layers)
-        check_positive(self, "steps", "batch_size", "samples_per_prompt", "minibatch_size", "ppo_epochs", "actor_lr",
-                       "critic_lr", "max_new_tokens", "max_prompt_tokens", "rm_batch_size", "max_prompts")
-        check_positive(self, "kl_coef", "reward_clip", "clip_range", "value_clip", "max_grad_norm", "eval_prompts",
-                       "eval_every", "save_every", "ptx_coef", "uwo_lambda", allow_zero=True)
-        check_device(self.device)
+from .configs.rl import PPOConfig  # noqa: F401 - the settings, beside the job
 
 
 # ------------------------------------------------------------------------------------------
@@ -346,8 +275,12 @@ def rollout(actor, ref, critic, rm: RewardModel, tokenizer, prompts: Sequence[Se
     ref_logp, _ = response_logprobs(ref, seq, cfg.temperature)
     values = response_values(critic, seq) if critic is not None else None
     kl = ((logp - ref_logp) * seq["response_mask"]).sum(1)
+    # k3 (Schulman 2020): per token exp(-x) - 1 + x with x = logp - ref_logp; unbiased like kl above and never
+    # negative, which the plain sum of log-ratios is on a few short samples near the reference.
+    x = (logp - ref_logp) * seq["response_mask"]
+    kl_k3 = ((torch.exp(-x) - 1 + x) * seq["response_mask"]).sum(1)
     return {"seq": seq, "responses": responses, "texts": texts, "scores": scores, "ended": ended, "logp": logp,
-            "ref_logp": ref_logp, "values": values, "kl": kl.cpu(), "generate_s": t_gen,
+            "ref_logp": ref_logp, "values": values, "kl": kl.cpu(), "kl_k3": kl_k3.cpu(), "generate_s": t_gen,
             "tokens": int(sum(len(r) for r in responses))}
 
 
@@ -359,13 +292,14 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
     the same responses' gold rewards too (``eval/gold``, per prompt ``gold``); a prompt-aware gold's relevance term
     as well (``eval/gold_relevance``, per prompt ``gold_relevance``: gold = base + beta * relevance), so whether a
     policy leaves the question can be read from the log without encoding the responses again."""
-    scores, kls, lengths, golds, rels, texts = [], [], [], [], [], []
+    scores, kls, k3s, lengths, golds, rels, texts = [], [], [], [], [], [], []
     rows = cfg.batch_size * cfg.samples_per_prompt  # as many sequences at once as a rollout
     for s in range(0, len(prompts), rows):
         r = rollout(actor, ref, None, rm, tokenizer, prompts[s: s + rows], prompt_ids[s: s + rows],
                     cfg, seed=cfg.seed * 7919 + s, device=device)
         scores.append(r["scores"])
         kls.append(r["kl"])
+        k3s.append(r["kl_k3"])
         lengths += [len(x) for x in r["responses"]]
         texts += r["texts"]
         if gold is not None:
@@ -377,7 +311,7 @@ def evaluate_policy(actor, ref, rm, tokenizer, prompts, prompt_ids, cfg: PPOConf
             else:
                 golds.append(np.asarray(gold.score(*args, batch_size=cfg.rm_batch_size), dtype=np.float64))
     score, kl = torch.cat(scores), torch.cat(kls)
-    out = {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(),
+    out = {"eval/score": score.mean().item(), "eval/kl": kl.mean().item(), "eval/kl_k3": torch.cat(k3s).mean().item(),
            "eval/response_length": float(np.mean(lengths)),
            "per_prompt": {"score": score.tolist(), "kl": kl.tolist(), "response": texts}}
     if gold is not None:
@@ -625,11 +559,14 @@ def summarize_ppo(run_dir: str | Path, cfg: PPOConfig) -> dict[str, Any]:
             for x in read_appended_jsonl(run_dir / "metrics.jsonl")]
     evals = [x for x in recs if "eval/score" in x]
     steps = [x for x in recs if "time/step_s" in x]
-    kl_end = evals[-1]["eval/kl"]
+    # KL to the reference: the k3 estimate (never negative) where the log has it; the plain sum of log-ratios
+    # (kl_end_k1, what earlier runs logged) can come out below 0 on a few short samples.
+    kl_key = "eval/kl_k3" if "eval/kl_k3" in evals[-1] else "eval/kl"
+    kl_end = evals[-1][kl_key]
     out = {
         "steps": max(x["step"] for x in recs),
         "reward_start": evals[0]["eval/score"], "reward_end": evals[-1]["eval/score"],
-        "kl_start": evals[0]["eval/kl"], "kl_end": kl_end, "kl_budget": cfg.kl_budget,
+        "kl_start": evals[0][kl_key], "kl_end": kl_end, "kl_end_k1": evals[-1]["eval/kl"], "kl_budget": cfg.kl_budget,
         "kl_within_budget": bool(kl_end <= cfg.kl_budget),
         "train_score_first5": float(np.mean([x["reward/score_mean"] for x in steps[:5]])) if steps else None,
         "train_score_last5": float(np.mean([x["reward/score_mean"] for x in steps[-5:]])) if steps else None,

@@ -8,21 +8,21 @@ not usable pairs stay in the output table with their status and empty rewards.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .batching import length_sorted_batches
-from .config import check_positive, save_config, setting, validate
-from .data import DataSource, PreferenceDataset, PreferencePair, data_folder_guard, load_splits, pairs_fingerprint
+from .config import save_config, validate
+from .data import PreferenceDataset, PreferencePair, data_folder_guard, load_splits, pairs_fingerprint
 from .files import atomic_write_text, check_output_dir, write_json, write_table
 from .reviews import read_judge_labels  # noqa: F401 - rmkit.scoring.read_judge_labels, as before
-from .hardware import DEVICES_HELP, PRECISION_HELP, autocast, check_device, resolve_device, resolve_precision
+from .hardware import autocast, resolve_device, resolve_precision
 from .models import RewardModel
 from .prefix import score_pairs_shared_prefix, supports_shared_prefix
+from .configs.scoring import ScoreConfig  # noqa: F401 - the settings, beside the job
 
 
 def score_token_pairs(
@@ -142,31 +142,6 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
     return out
 
 
-@dataclass
-class ScoreConfig(DataSource):
-    """Settings of ``rmkit score``."""
-
-    data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
-    model: str = setting("", "a saved rmkit reward model (or any sequence-classification checkpoint)")
-    output_dir: str = setting("runs/score", "where scores.parquet, scores.csv, metrics.json and config.yaml go")
-    batch_size: int = setting(64, "texts per forward pass")
-    max_length: int | None = setting(None, "truncate inputs to this many tokens (default: the model's)")
-    split: Literal["train", "validation", "test"] | None = setting(
-        None, "score only this split (train/validation/test) of the splits file")
-    splits_file: str | None = setting(None, "the splits JSON written by `rmkit data` or `rmkit train`")
-    chunk_rows: int = setting(1024, "rows scored and written per part file (a killed run redoes one part at most)")
-    device: str = setting("auto", DEVICES_HELP)
-    precision: Literal["auto", "fp32", "bf16"] = setting("auto", PRECISION_HELP)
-    shared_prefix: bool = setting(True, "decoder RMs: run each pair's prompt once and both responses on its KV cache "
-                                        "(equal rewards up to float rounding; encoders always take the plain path)")
-
-    def check(self) -> None:
-        check_device(self.device)
-        if self.split and not self.splits_file:
-            raise ValueError("split needs splits_file (the splits JSON of rmkit data or rmkit train)")
-        check_positive(self, "batch_size", "max_length", "chunk_rows")
-
-
 def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig, precision: str):
     """Score ``ds`` a chunk at a time, each chunk saved as it finishes; a rerun reuses finished chunks.
 
@@ -180,6 +155,7 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
 
     key = {"data": cfg.data, "model": str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
            "max_length": model.max_length, "split": cfg.split, "chunk_rows": cfg.chunk_rows,
+           "max_pairs": cfg.max_pairs, "seed": cfg.seed,
            "rows": len(ds.rows), "first_id": ds.rows[0].id if ds.rows else None, "precision": precision,
            "pairs": pairs_fingerprint(ds.pairs),  # an edit in place (a swapped pair) makes finished parts stale
            "shared_prefix": cfg.shared_prefix}
@@ -212,6 +188,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     ds = cfg.read(cfg.data)
     if cfg.split:
         ds = ds.subset(load_splits(cfg.splits_file)[cfg.split])
+    if cfg.max_pairs is not None:
+        ds = ds.sample(cfg.max_pairs, seed=cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)

@@ -207,11 +207,14 @@ def strength_table(
         "members_scored": np.isfinite(diffs).sum(0),
         "category": categorize(mean, std, rules, p_label_wrong=p_label_wrong, judged=judged),
     })
+    # Pairs the audit can judge rank first: rank 1 is the most suspect pair it would flag, not one of a subset it
+    # cannot judge.
+    unjudged = np.zeros(len(mean), bool) if judged is None else ~np.asarray(judged, bool)
     if p_label_wrong is not None:
         table.insert(5, "p_label_wrong", np.asarray(p_label_wrong, float))
-        order = np.lexsort((mean, -np.nan_to_num(np.asarray(p_label_wrong, float), nan=-np.inf)))
+        order = np.lexsort((mean, -np.nan_to_num(np.asarray(p_label_wrong, float), nan=-np.inf), unjudged))
     else:
-        order = np.lexsort((mean, np.nan_to_num(quality, nan=np.inf)))
+        order = np.lexsort((mean, np.nan_to_num(quality, nan=np.inf), unjudged))
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(1, len(order) + 1)
     table["rank"] = np.where(np.isfinite(mean), rank, -1)
@@ -241,10 +244,11 @@ class StrengthReport:
                                  for s, g in t.groupby("subset")}
         return out
 
-    def report(self, n: int = 5) -> str:
-        """Print (and return) a summary and the most suspect pairs."""
+    def report(self, n: int = 5, *, what: str = "pairs") -> str:
+        """Print (and return) a summary and the most suspect pairs (``what``: how to name the table's rows)."""
         s = self.summary()
-        lines = [f"{s['pairs']} pairs, {s['scored']} scored; {s['share_mean_below_zero']:.1%} have mean strength < 0"]
+        lines = [f"{s['pairs']} {what}, {s['scored']} scored; {s['share_mean_below_zero']:.1%} of them have mean "
+                 "strength < 0"]
         lines += [f"  {c:18s} {k}" for c, k in s["categories"].items() if k]
         top = self.table[self.table["rank"] > 0].nsmallest(n, "rank")
         lines.append(f"most suspect {len(top)}:")

@@ -23,16 +23,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .config import (check_layers_spec, check_positive, require_same_settings, save_config, setting, to_dict,
+from .config import (require_same_settings, save_config, to_dict,
                      validate)
+from .assets import hub_id_of
 from .files import append_jsonl, atomic_path, check_output_dir, keep_logged_through, write_json
 from .hardware import resolve_precision
-from .data import (DataSource, PreferencePair, check_split_fractions, data_folder_guard, get_splits, pairs_fingerprint,
+from .data import (PreferencePair, data_folder_guard, get_splits, pairs_fingerprint,
                    stratified_sample)
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
@@ -40,69 +41,7 @@ from .batching import length_grouped_batches
 from .objectives import ContrastiveTerm, check_pair_fields, compute_loss, get_objective, make_batch
 from .models import RewardModel, set_dropout, set_trainable
 from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
-
-
-@dataclass
-class TrainConfig(DataSource):
-    """Settings of ``rmkit train`` (and of `train_reward_model`)."""
-
-    data: str = setting("../shared/data/hh-rlhf", "preference data: a file, a directory, or a hub dataset name")
-    model: str = setting("minilm", "backbone or reward model: hub id, local path, or the alias minilm/smollm2")
-    output_dir: str = setting("runs/rm", "where the model, metrics, splits and checkpoints go")
-    splits_file: str | None = setting(None, "splits JSON to reuse or create (default: OUTPUT_DIR/splits.json)")
-    split_seed: int = setting(0, "seed of the train/validation/test split")
-    split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
-    max_length: int = setting(256, "tokens per text; longer texts lose their beginning, never the response")
-    train_layers: str = setting("all", "what trains: all, head, or top:N (top N blocks + head)")
-    objective: Literal["bt", "margin", "soft"] = setting(
-        "bt", "per-pair loss: bt (Bradley-Terry, Eq. 1), margin (BT minus the pair's margin, Eq. 6), "
-        "or soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one)")
-    epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
-    batch_size: int = setting(16, "pairs per micro-batch (each pair is two texts)")
-    grad_accum: int = setting(1, "micro-batches per optimizer step")
-    lr: float = setting(3e-5, "peak learning rate of the backbone")
-    head_lr: float | None = setting(None, "learning rate of the scalar head (default: lr)")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    warmup_ratio: float = setting(0.05, "share of the steps spent warming up linearly")
-    lr_schedule: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup: linear, cosine, or constant")
-    max_grad_norm: float = setting(1.0, "global gradient-norm clip (0 disables)")
-    seed: int = setting(0, "seed for the head's init, batch order and dropout")
-    eval_every: int = setting(100, "evaluate on the validation pairs every N optimizer steps (0: only at the end)")
-    save_every: int = setting(100, "write a resumable checkpoint every N optimizer steps (0: never)")
-    eval_batch_size: int = setting(64, "texts per forward pass when scoring")
-    max_pairs: int | None = setting(None, "a seeded sample of N usable pairs of the data (split_seed), each subset in "
-                                          "proportion, split as the whole data is (quick runs, tests)")
-    max_steps: int | None = setting(None, "stop after N optimizer steps (overrides epochs)")
-    resume: bool = setting(True, "continue from OUTPUT_DIR/checkpoint if one is there")
-    eval_test: bool = setting(True, "after training, score the test split (overall and per subset)")
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = setting(
-        "auto", "accelerate's mixed precision: auto (bf16 on a GPU that supports it; none on CPUs, where training "
-        "stays fp32), no, fp16 or bf16")
-    contrastive: Literal["none", "simcse", "simcse-diff", "swav", "swav-diff"] = setting(
-        "none", "contrastive term added to the RM loss (Section 3): none, or a preset: "
-        "simcse, simcse-diff (beta 1), swav (K 50, beta 0.1), swav-diff (K 20, beta 0.5)")
-    contrastive_beta: float | None = setting(None, "weight beta of the contrastive term (default: the preset's)")
-    contrastive_temperature: float | None = setting(None, "temperature (default: 0.05 SimCSE, 0.1 SwAV)")
-    contrastive_dropout: float = setting(0.05, "dropout that makes the two views, set on every dropout layer (or "
-                                                "added after every block of backbones that have none)")
-    swav_prototypes: int | None = setting(None, "SwAV: number of prototypes K (default: the preset's)")
-    meta_data: str | None = setting(None, "MetaRM (rmkit metarm): meta set JSONL (prompt + k policy responses per line); "
-                                          "each step adapts by gradient ascent on J over it, then takes the RM loss there")
-    meta_inner_lr: float = setting(0.05, "MetaRM's inner ascent step eta (the paper gives none). The inner step is "
-                                         "plain gradient ascent: 0.05 makes it about one AdamW step at lr 1e-5 for "
-                                         "MiniLM (|grad J| ~ 1.2)")
-    meta_prompts: int = setting(4, "meta-set prompts per step (m)")
-    judge_labels: str | None = setting(None, "table (parquet/CSV/JSONL) with columns id, judge_label (1 chosen, "
-                                            "0 rejected, 0.5 tie): adds the judge and agreement views to every evaluation")
-
-    def check(self) -> None:
-        check_layers_spec("train_layers", self.train_layers)
-        check_positive(self, "epochs", "batch_size", "grad_accum", "lr", "max_length", "eval_batch_size", "meta_prompts",
-                       "max_pairs", "max_steps", "head_lr", "swav_prototypes")
-        check_positive(self, "eval_every", "save_every", "warmup_ratio", "weight_decay", "max_grad_norm",
-                       "meta_inner_lr", allow_zero=True)
-        check_split_fractions(self.split_fractions)
-
+from .configs.training import TrainConfig  # noqa: F401 - the settings, beside the job
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -220,15 +159,16 @@ def write_model_card(path: Path, cfg: TrainConfig, results: dict[str, Any]) -> N
                          if k.startswith(("eval/", "test/")) and isinstance(v, float))
     extras = (f", contrastive `{cfg.contrastive}`" if cfg.contrastive != "none" else "") + \
         (", MetaRM" if cfg.meta_data else "")
+    hub_id = hub_id_of(cfg.model)  # the hub's metadata names a hub id: an alias's, never a local path
+    base = f"base_model: {hub_id}\n" if hub_id else ""
     card = f"""---
 library_name: transformers
 pipeline_tag: text-classification
 tags: [reward-model, rlhf, rmkit]
-base_model: {cfg.model}
----
+{base}---
 # Reward model trained with rmkit
 
-- base model: `{cfg.model}` (max length {cfg.max_length} tokens, left-truncated so the response is kept)
+- base model: `{hub_id or cfg.model}` (max length {cfg.max_length} tokens, left-truncated so the response is kept)
 - data: `{cfg.data or "pairs given in Python"}`; {results.get("train_pairs")} training pairs, split seed {cfg.split_seed}
 - objective: `{cfg.objective}`{extras}
 - steps: {results.get("steps")}, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}
@@ -240,11 +180,18 @@ base_model: {cfg.model}
 
 ## Load
 
+With rmkit (its rendering and truncation): `RewardModel.from_pretrained("{path.name}").score(prompts, responses)`.
+With plain transformers, the same rewards for conversations within {cfg.max_length} tokens: the tokenizer carries the
+chat template that renders a conversation as the model read it in training (special tokens included, so none are
+added). Longer ones lose their beginning in both; an encoder's leading special token survives only in rmkit's.
+
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("{path.name}"); tok.truncation_side = "left"  # keep the response
 model = AutoModelForSequenceClassification.from_pretrained("{path.name}")  # num_labels=1: the logit is the reward
-from rmkit.models import RewardModel
-rm = RewardModel.from_pretrained("{path.name}")   # rmkit's rendering and truncation; rm.score(prompts, responses)
+text = tok.apply_chat_template(prompt_messages + response_messages, tokenize=False)
+ids = tok(text, add_special_tokens=False, truncation=True, max_length={cfg.max_length}, return_tensors="pt")
+reward = model(**ids).logits[0, 0].item()
 ```
 """
     (path / "README.md").write_text(card)
@@ -346,6 +293,20 @@ def _trim_log(metrics_path: Path, step: int) -> None:
         metrics_path.unlink()
         return
     keep_logged_through(metrics_path, step)
+
+
+def _margins_log(cfg: TrainConfig, out: Path, world: int, rank: int, step: int) -> Path | None:
+    """Where the training dynamics go (``log_pair_margins``; each process its own file), trimmed to ``step``."""
+    if not cfg.log_pair_margins:
+        return None
+    path = out / (f"pair_margins.rank{rank}.jsonl" if world > 1 else "pair_margins.jsonl")
+    _trim_log(path, step)
+    return path
+
+
+def _log_margins(path: Path, step: int, ids: list[str], parts: dict) -> None:
+    """Training dynamics (AUM, cartography): each pair's margin as the step that trains on it computed it."""
+    append_jsonl(path, {"step": step, "id": ids, "margin": (parts["chosen"] - parts["rejected"]).detach().float().tolist()})
 
 
 def _average_grads_outside_ddp(accelerator, meta_model: RewardModel | None, contrastive: ContrastiveTerm | None):
@@ -464,6 +425,7 @@ def train_reward_model(
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         _trim_log(metrics_path, step)
+    margins_path = _margins_log(cfg, out, world, rank, step)
 
     def log(record: dict[str, Any]) -> None:
         if accelerator.is_main_process:
@@ -509,6 +471,8 @@ def train_reward_model(
                     with accelerator.autocast():
                         loss, parts = compute_loss(wrapped, batch, objective, contrastive)
                     accelerator.backward(loss / len(micro))
+            if margins_path is not None:
+                _log_margins(margins_path, step + 1, [train_pairs[i].id for i in idx], parts)
             step_loss += loss.item() / len(micro)
             step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
             step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0

@@ -13,39 +13,17 @@ reward model. A picture is not a measurement, so `feature_separation` reports, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .config import check_positive, save_config, setting, validate
-from .data import DataSource, PreferencePair, data_folder_guard, get_splits, load_splits
+from .config import save_config, validate
+from .data import PreferencePair, data_folder_guard, get_splits, load_splits, stratified_sample
 from .files import check_output_dir, write_json
 from .models import RewardModel
-
-
-@dataclass
-class TsneConfig(DataSource):
-    """Settings of ``rmkit tsne``."""
-
-    data: str = setting("", "preference data (held-out pairs are drawn from its test split)")
-    models: list[str] = setting([], "one or more reward models (comma-separated on the command line)")
-    output_dir: str = setting("runs/tsne", "where tsne.png and separation.json go")
-    split: Literal["train", "validation", "test", "all"] = setting(
-        "test", "which split to draw pairs from (or 'all')")
-    splits_file: str | None = setting(None, "the splits JSON of the run whose models are shown (rmkit train writes "
-                                            "OUTPUT_DIR/splits.json), so its held-out pairs are the ones drawn; "
-                                            "default: the seeded 70/10/20 split rmkit train makes by default")
-    max_pairs: int = setting(500, "pairs drawn (seeded) from that split")
-    max_length: int | None = setting(None, "tokens per text (default: each model's own)")
-    perplexity: float = setting(30.0, "t-SNE perplexity")
-    knn_k: int = setting(10, "neighbours of the k-NN separation score")
-    seed: int = setting(0, "seed of the pair sample, t-SNE and folds")
-
-    def check(self) -> None:
-        check_positive(self, "max_pairs", "max_length", "perplexity", "knn_k")
+from .configs.tsne import TsneConfig  # noqa: F401 - the settings, beside the job
 
 
 def model_features(model: RewardModel, pairs: Sequence[PreferencePair], *, batch_size: int = 32):
@@ -103,8 +81,7 @@ def run_tsne(cfg: TsneConfig) -> dict:
         splits = load_splits(cfg.splits_file) if cfg.splits_file else get_splits(ds, None, seed=0)
         keep = set(splits[cfg.split])
         pairs = [p for p in pairs if p.id in keep]
-    rng = np.random.default_rng(cfg.seed)
-    pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(cfg.max_pairs, len(pairs)), replace=False))]
+    pairs = [pairs[i] for i in stratified_sample([p.subset for p in pairs], cfg.max_pairs, cfg.seed)]
     fig, axes = plt.subplots(1, len(cfg.models), figsize=(5 * len(cfg.models), 4.6), squeeze=False)
     results = {"pairs": len(pairs), "split": cfg.split, "splits_file": cfg.splits_file, "models": {}}
     for ax, name in zip(axes[0], cfg.models):

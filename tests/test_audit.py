@@ -375,3 +375,15 @@ def test_outputs_never_land_in_the_data_folder(separable, tmp_path):
     with pytest.raises(ValueError, match="is a file, not a folder"):
         run_audit(AuditConfig(data=str(path), output_dir=str(tmp_path / "file"), members=2))
     assert sorted(p.name for p in data_dir.iterdir()) == ["pairs.jsonl"]  # nothing written there
+
+
+def test_every_phase_of_an_audit_says_what_it_does(separable, tmp_path, capfd):
+    """Issue 46, item 3: after encoding, a 1,000-pair audit ran ~8 minutes without a line. Each phase now reports."""
+    path, _, _ = separable
+    run_audit(AuditConfig(data=str(path), output_dir=str(tmp_path / "a"), members=4, max_length=32,
+                          cache_dir=str(tmp_path / "cache")), progress=True)
+    err = capfd.readouterr().err
+    for phase in ("encoding", "heads (L2 search, then the members), by layer", "counting the response lengths",
+                  "calibrating p_label_wrong (length, cross-fitted)", "writing the tables", "drawing the figures",
+                  "writing report.html", "rmkit audit: done"):
+        assert phase in err, phase

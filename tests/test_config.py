@@ -81,3 +81,22 @@ def test_yaml_that_would_run_code_or_explode_is_refused(tmp_path):
         load_config(AuditConfig, None, {"min_confidence": "nan"})
     with pytest.raises(FileNotFoundError, match="no such config file"):
         load_config(AuditConfig, tmp_path / "missing.yaml")
+
+
+def test_max_pairs_means_one_thing_in_every_command():
+    """Issue 46, item 2: train --max-pairs took the first pairs of each split, the audit a seeded stratified sample,
+    score had none. Every command that reads pairs now takes max_pairs with one help text and one sampler."""
+    import dataclasses
+    import importlib
+
+    from rmkit.cli import COMMANDS, _config_class
+    from rmkit.data import MAX_PAIRS_HELP
+
+    reads_pairs = {"train", "score", "audit", "tsne", "judge", "lab", "metarm"}
+    for name in reads_pairs:
+        fields = {f.name: f for f in dataclasses.fields(_config_class(COMMANDS[name]))}
+        assert "max_pairs" in fields, name
+        assert fields["max_pairs"].metadata["help"] == MAX_PAIRS_HELP, name
+    for module in ("rmkit.tsne", "rmkit.judge", "rmkit.scoring", "rmkit.lab", "rmkit.training", "rmkit.audit"):
+        src = importlib.import_module(module).__loader__.get_source(module)
+        assert "stratified_sample" in src or ".sample(" in src, module

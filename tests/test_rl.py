@@ -140,6 +140,8 @@ def test_ppo_runs_logs_and_resumes_exactly(tiny_policy, tiny_bert, shared_data, 
     for key in ("reward_start", "reward_end", "kl_end", "rollout_tokens_per_s", "s_per_step"):
         assert math.isfinite(full[key]), key
     recs = [json.loads(x) for x in (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    # issue 46, item 7: the reported KL is the k3 estimate, never negative (the sum of log-ratios can be)
+    assert full["kl_start"] >= 0 and full["kl_end"] >= 0 and all(r["eval/kl_k3"] >= 0 for r in recs if "eval/kl_k3" in r)
     steps = [r for r in recs if "loss/policy" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     for key in ("reward/score_mean", "reward/score_std", "kl/ref", "policy/entropy", "policy/response_length",

@@ -43,7 +43,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_bert, hh_pairs, t
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
     assert not (tmp_path / "cut" / "checkpoint").exists()  # cleaned up once finished
     card = (tmp_path / "full" / "model" / "README.md").read_text()  # a model card beside the weights
-    assert f"base_model: {tiny_bert}" in card and "| eval/accuracy |" in card
+    assert "base_model:" not in card and f"base model: `{tiny_bert}`" in card and "| eval/accuracy |" in card
     assert "AutoModelForSequenceClassification" in card
     # The metrics log of the resumed run matches the uninterrupted one line for line.
     full_log = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
@@ -289,3 +289,24 @@ def test_max_pairs_is_a_seeded_sample_of_every_subset(tiny_bert, shared_data, tm
     res = train_reward_model(cfg).metrics
     assert res["train_pairs"] + res["eval_pairs"] == pytest.approx(160, abs=8)
     assert set(res["test/per_subset"]) == {"harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"}
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_llama"])
+def test_the_model_cards_plain_transformers_lines_give_rmkits_rewards(name, hh_pairs, tmp_path, request):
+    """Issue 46, item 8: the card names a hub id as base model (never an alias or a local path) and shows the lines
+    that make plain transformers give rmkit's rewards; they are run here as written."""
+    import re
+
+    res = train_reward_model(TrainConfig(model=request.getfixturevalue(name), output_dir=str(tmp_path / "rm"),
+                                         max_length=48, max_steps=1, eval_every=0, save_every=0),
+                             train_pairs=hh_pairs[:8])
+    card = (tmp_path / "rm" / "model" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace('"model"', repr(str(tmp_path / "rm" / "model")))
+    prompt = [{"role": "user", "content": "How do I boil an egg?"}]
+    response = [{"role": "assistant", "content": "Eight minutes in boiling water."}]
+    scope = {"prompt_messages": prompt, "response_messages": response}
+    exec(code, scope)  # noqa: S102 - the card's own lines
+    assert scope["reward"] == pytest.approx(res.model.score([prompt], [response]).item(), abs=1e-4)
+    trained = train_reward_model(TrainConfig(model="minilm", output_dir=str(tmp_path / "m"), max_length=32,
+                                             max_steps=1, eval_every=0, save_every=0), train_pairs=hh_pairs[:4])
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (trained.output_dir / "model" / "README.md").read_text()

@@ -1,0 +1,265 @@
+"""Do the audit's verdicts beat simple baselines? Every detector on the same features, splits and seeds, graded
+against a truth it never saw.
+
+- ``lab``: the gold-standard lab (SmolLM2's layer 10 plays the human, 22.5% of sampled labels against it), 20%
+  planted flips; AUROC and top-5% precision against the flips for the audit's ``default`` and every baseline.
+- ``confounded``: the same with labels drawn from the gold plus a length bonus the gold lacks
+  (`rmkit.lab.length_confounded`, ``--bonus``): longer responses win more often than the gold says; the flips are
+  still the truth. ``--bonus-sweep`` reruns it at other strengths.
+- ``llmeval2``: LLMEval²'s 482 human ties as the truth for "ambiguous" (`tie_auroc` per tie score), and why the
+  ensemble's std ranks them below chance.
+- ``hh``: the audit of the real hh-rlhf pairs under the new default and the previous one: flagged share, agreement.
+
+Detectors (suspicion: higher = more likely a wrong label): ``default`` (the audit's: the ensemble's mean strength
+calibrated with a length term, `rmkit.calibration`), ``plain_ensemble`` (the audit before: ensemble strength, no
+length term), ``best_single_by_validation`` (the ensemble's one block whose heads agree best with the data's own
+labels out of fold), ``all_layers_head`` (one cross-fitted head on every block concatenated), ``cleanlab_ensemble``
+and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's out-of-sample differences),
+``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features), and with
+``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2 epochs, cross-fitted over 2 folds),
+``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics). ``gold_oracle``: the
+gold itself ranking labels by how far they go against the label law: the ceiling no detector can pass.
+
+    .venv/bin/python benchmarks/verdicts.py                      # lab, confounded, llmeval2, hh: ~25 min on 2 cores
+    .venv/bin/python benchmarks/verdicts.py --finetune           # adds the fine-tuned baselines: ~2 hours more
+
+Writes benchmarks/results/verdicts.json (the blocks a run computes replace those of an earlier run; the rest stay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rmkit.audit import AuditConfig, response_length_diff, run_audit
+from rmkit.calibration import crossfit_calibration, expected_calibration_error, spearman
+from rmkit.config import load_config
+from rmkit.data import load_preferences
+from rmkit.detectors import aum, cartography, cleanlab_label_issues, read_pair_margins, review_budget, tie_scores
+from rmkit.ensemble import heads_on_features, member_layers
+from rmkit.heads import fold_of, select_l2, sgd_margins, train_bt_heads
+from rmkit.lab import (LabConfig, as_labelled, choose_temperature, detection_metrics, lab_pairs, length_confounded,
+                       load_lab_inputs, orient, proxy_features, sample_labels)
+from rmkit.provenance import write_result
+from rmkit.strength import pair_quality_scores
+from rmkit.training import TrainConfig, train_reward_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
+FLIPS = 0.2
+
+
+def _mean_std(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
+    return {**{k: float(np.mean([r[k] for r in rows])) for k in keys},
+            **{f"{k}_std": float(np.std([r[k] for r in rows])) for k in keys}, "seeds": len(rows)}
+
+
+def cross_fitted_head(F: np.ndarray, ids: list[str], seed: int) -> np.ndarray:
+    """One linear BT head on features ``F (N, D)`` (chosen minus rejected, as labelled), two folds: each pair scored
+    by the head of the other fold, its L2 picked by cross-fitted log-loss inside that fold."""
+    fold, inner = fold_of(ids, 2, seed=seed), fold_of(ids, 2, seed=seed + 1)
+    zero = np.zeros_like(F)
+    out = np.full(len(ids), np.nan)
+    for k in (0, 1):
+        train = fold != k
+        l2 = select_l2(F, zero, np.where(train, inner, -1))[0]
+        (w,) = train_bt_heads(F, zero, train[None].astype(np.float32), l2=l2)
+        out[fold == k] = F[fold == k] @ w
+    return out
+
+
+def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MiniLM fine-tuned on the lab's labels, cross-fitted over two folds: its out-of-fold reward differences
+    ``(N,)`` (sides as labelled) and its training dynamics ``(E, N)`` (each pair's margins in the fold that trained
+    on it). Finished folds are reused (a killed run resumes)."""
+    import pandas as pd
+
+    from rmkit.models import RewardModel
+    from rmkit.scoring import score_token_pairs
+
+    ids = inputs.proxy.ids
+    pairs = lab_pairs(inputs.pairs, pd.DataFrame({"id": ids, "label": label.astype(int)}))
+    fold = fold_of(ids, 2, seed=seed + 11)
+    diff = np.full(len(ids), np.nan)
+    margins = []
+    for k in (0, 1):
+        out = work / f"seed{seed}_fold{k}"
+        cfg = TrainConfig(model="minilm", output_dir=str(out), max_length=128, batch_size=16, epochs=2, lr=5e-5,
+                          train_layers="top:2", eval_every=0, save_every=50, eval_test=False, log_pair_margins=True,
+                          seed=seed)
+        res = train_reward_model(cfg, train_pairs=[p for p, f in zip(pairs, fold) if f != k], eval_pairs=[])
+        rm = RewardModel.from_pretrained(str(out / "model"))
+        held = [p for p, f in zip(pairs, fold) if f == k]
+        c, r = rm.encode_pairs(held)
+        rc, rr = score_token_pairs(rm, c, r, batch_size=64)
+        diff[fold == k] = rc - rr
+        margins.append(read_pair_margins(out / "pair_margins.jsonl", ids))
+        del res
+    rows = max(m.shape[0] for m in margins)
+    both = np.full((rows, len(ids)), np.nan)
+    for m in margins:  # each pair is trained in one fold: its visits come from that fold's run
+        both[: m.shape[0]] = np.where(np.isnan(both[: m.shape[0]]), m, both[: m.shape[0]])
+    return diff, both
+
+
+def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None) -> tuple[dict, dict]:
+    """Every detector's metrics against the planted flips for one seed of labels drawn from ``law``; and the
+    default's expected vs actual precision at its top 5%."""
+    proxy, ids = inputs.proxy, inputs.proxy.ids
+    temperature = choose_temperature(law, inputs.cfg.against_gold)
+    lab = sample_labels(ids, law, temperature, flips=FLIPS, seed=seed)
+    y = lab["label"].to_numpy().astype(bool)
+    flipped = lab["flipped"].to_numpy()
+    length = as_labelled(inputs.length_diff, y)
+    diffs = proxy.ensemble(y, seed=seed)
+    mean = np.nanmean(diffs, axis=0)
+    cal_fold = fold_of(ids, 2, seed=seed + 101)  # the audit's calibration folds
+    p_wrong = 1 - crossfit_calibration(mean, cal_fold, method="length", length_diff=length)
+    suspicion = {"default": p_wrong, "plain_ensemble": 1 - pair_quality_scores(diffs)}
+    by_layer = proxy.by_layer(diffs, seed=seed)
+    best = max(by_layer, key=lambda x: float(np.mean(by_layer[x] > 0)))  # agreement with the data's own labels
+    suspicion["best_single_by_validation"] = -by_layer[best]
+    c, r = orient(proxy.fc, proxy.fr, y)
+    F = (c - r).reshape(len(ids), -1).astype(np.float64)
+    suspicion["all_layers_head"] = -cross_fitted_head(F, ids, seed)
+    suspicion["cleanlab_ensemble"] = cleanlab_label_issues(mean, seed=seed)
+    suspicion["cleanlab_single"] = cleanlab_label_issues(by_layer[best], seed=seed)
+    margins = sgd_margins(F / (F.std(0) + 1e-9), seed=seed)
+    suspicion["aum_heads"] = aum(margins)
+    suspicion["cartography_heads"] = 1 - cartography(margins)[0]
+    if finetune_dir is not None:
+        ft, dynamics = finetuned(inputs, y, seed, finetune_dir)
+        suspicion["finetuned_single"] = -ft
+        suspicion["cleanlab_finetuned"] = cleanlab_label_issues(ft, seed=seed)
+        suspicion["aum"] = aum(dynamics)
+        suspicion["cartography"] = 1 - cartography(dynamics)[0]
+    suspicion["gold_oracle"] = -as_labelled(law, y)
+    metrics = {name: detection_metrics(s, flipped) for name, s in suspicion.items()}
+    top = review_budget(p_wrong, budgets=[int(round(0.05 * len(ids)))])
+    k = int(round(0.05 * len(ids)))
+    order = np.argsort(-p_wrong, kind="stable")[:k]
+    calib = {"k": k, "expected_precision_vs_labels": next(b["expected_precision"] for b in top if b["k"] == k),
+             "precision_vs_flips": float(flipped[order].mean()),
+             "precision_vs_gold": float((as_labelled(law, y)[order] < 0).mean()),
+             "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
+             "length_coefficient_median": None}
+    return metrics, calib
+
+
+def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None) -> dict:
+    law = inputs.gold if bonus == 0 else length_confounded(inputs.gold, inputs.length_diff, bonus)
+    runs: dict[str, list] = {}
+    calib = []
+    for s in range(seeds):
+        t0 = time.time()
+        metrics, c = detectors(inputs, law, s, finetune_dir=finetune_dir / f"bonus{bonus:g}" if finetune_dir else None)
+        for name, m in metrics.items():
+            runs.setdefault(name, []).append(m)
+        calib.append(c)
+        print(f"bonus {bonus:g} seed {s}: {time.time() - t0:.0f} s",
+              {k: round(v["auroc"], 3) for k, v in metrics.items()}, flush=True)
+    table = {k: _mean_std(v) for k, v in runs.items()}
+    baselines = [k for k in table if k not in ("default", "gold_oracle")]
+    best = max(baselines, key=lambda k: table[k]["auroc"])
+    labels = sample_labels(inputs.proxy.ids, law, choose_temperature(law, inputs.cfg.against_gold), seed=0)
+    return {"bonus": bonus, "flips": FLIPS, "detectors": table, "best_baseline_by_auroc": best,
+            "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
+            "default_review_top5pct": _mean_std([{k: v for k, v in c.items() if v is not None} for c in calib]),
+            "labels_length_spearman": spearman(labels["label"] * 2 - 1.0, inputs.length_diff),
+            "labels_against_gold": float(labels["against_gold"].mean())}
+
+
+def llmeval2_block(seed: int = 0) -> dict:
+    """Tie scores against LLMEval²'s human ties, and why std fails: it grows with how far apart the responses are."""
+    from sklearn.metrics import roc_auc_score
+
+    ds = load_preferences(DATA / "llmeval2", allow_ties=True)
+    pairs = ds.pairs
+    ids = [p.id for p in pairs]
+    labels = np.array([p.label for p in pairs])
+    tie = labels == 0.5
+    cfg = AuditConfig(data=str(DATA / "llmeval2"), precision="fp32")
+    proxy = proxy_features(cfg, pairs)
+    layers = member_layers(cfg, proxy.num_layers)
+    pick = [proxy.views.index(x) for x in sorted(set(layers))]
+    diffs, _, _ = heads_on_features(replace(cfg, seed=seed), proxy.fc[:, pick], proxy.fr[:, pick], ids, layers,
+                                    labels=labels)
+    scores = tie_scores(diffs)
+    distance = np.linalg.norm((proxy.fc - proxy.fr).reshape(len(ids), -1), axis=1)
+    length_diff, _ = response_length_diff(pairs, cfg.model)
+    scores["responses_alike"] = -distance
+    scores["small_length_gap"] = -np.abs(length_diff)
+    from scipy.stats import rankdata
+
+    scores["small_mean_and_alike"] = -(rankdata(np.abs(np.nanmean(diffs, 0))) + rankdata(distance))
+    aurocs = {k: float(roc_auc_score(tie, v)) for k, v in scores.items()}
+    best = max((k for k in aurocs if k != "std"), key=aurocs.get)
+    return {"pairs": len(pairs), "ties": int(tie.sum()), "tie_auroc": aurocs[best], "tie_detector": best,
+            "tie_auroc_by_score": aurocs,
+            "why_std_fails": {"spearman_std_vs_response_distance": spearman(np.nanstd(diffs, 0), distance),
+                              "std_tie_auroc": aurocs["std"],
+                              "std_over_distance_tie_auroc": float(roc_auc_score(tie, np.nanstd(diffs, 0) / distance))}}
+
+
+def hh_block(work: Path) -> dict:
+    """The audit of the real hh-rlhf pairs: the new default (length calibration) and the previous (temperature)."""
+    out = {}
+    for name, calibration in (("default", "length"), ("previous_default", "temperature")):
+        res = run_audit(AuditConfig(data=str(DATA / "hh-rlhf"), output_dir=str(work / f"hh_{name}"),
+                                    calibration=calibration), progress=False)
+        t = res.summary["trust"]
+        out[name] = {"calibration": calibration, "flagged": t["flagged"], "flagged_share": t["flagged_share"],
+                     "agreement": t["agreement"]["agreement"], "ece": t["ece"],
+                     "max_p_label_wrong": t["max_p_label_wrong"], "unjudged_subsets": t["unjudged_subsets"],
+                     "length_term": t.get("length_term"), "review_budget": t.get("review_budget")}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", default="lab,confounded,llmeval2,hh")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--bonus", type=float, default=1.0, help="length bonus of the confounded lab")
+    parser.add_argument("--bonus-sweep", default="", help="more confounded labs, e.g. 0.5,2")
+    parser.add_argument("--finetune", action="store_true", help="add the fine-tuned baselines (about 2 hours)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "verdicts"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "verdicts.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1 if args.finetune else torch.get_num_threads())
+    out_path = Path(args.out)
+    result = json.loads(out_path.read_text()) if out_path.exists() else {}
+    result.pop("provenance", None)
+    blocks = args.blocks.split(",")
+    work = Path(args.work)
+    ft = work / "finetune" if args.finetune else None
+    if "lab" in blocks or "confounded" in blocks:
+        cfg = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml")
+        cfg.data = str((ROOT / cfg.data).resolve())
+        inputs = load_lab_inputs(cfg, GOLD)
+        if "lab" in blocks:
+            result.setdefault("lab", {}).setdefault("flips", {})[str(FLIPS)] = lab_block(inputs, 0.0, args.seeds, ft)
+            write_result(out_path, result)
+        if "confounded" in blocks:
+            for bonus in [args.bonus] + [float(b) for b in args.bonus_sweep.split(",") if b]:
+                key = "confounded" if bonus == args.bonus else f"confounded_bonus{bonus:g}"
+                result.setdefault(key, {}).setdefault("flips", {})[str(FLIPS)] = lab_block(inputs, bonus, args.seeds, ft)
+                write_result(out_path, result)
+    if "llmeval2" in blocks:
+        result["llmeval2"] = llmeval2_block()
+        write_result(out_path, result)
+    if "hh" in blocks:
+        result["hh"] = hh_block(work)
+        write_result(out_path, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=1)[:3000])
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import yaml
-from hh_lab import GOLDS, ROOT
+from rmkit.lab.hh import GOLDS, ROOT
 from rmkit.config import load_config
 from rmkit.files import write_json
 from rmkit.lab import LabConfig, run_lab

@@ -31,7 +31,7 @@ import json
 import time
 from pathlib import Path
 
-from hh_lab import GOLDS, ROOT, lab_studies_inputs
+from rmkit.lab.hh import GOLDS, ROOT, lab_studies_inputs
 from rmkit.files import write_json
 from rmkit.lab import choose_temperature, expected_against, study_denoise, study_flips, study_learnability
 

@@ -42,14 +42,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
+from rmkit.lab.hh import DATA, GOLDS, ROOT, load_hh_lab, train_proxy, training_pool
 from rmkit.bon import bon_ns, bon_variant_tables, each_member_alone, read_samples, study_bon, summarize_bon
 from rmkit.config import load_config, to_dict
 from rmkit.files import write_json
 from rmkit.hardware import autocast, resolve_precision
-from rmkit.lab import gold_accuracy, load_gold
+from rmkit.gold import load_gold
+from rmkit.lab import gold_accuracy
 from rmkit.scoring import score_pairs
-from rmkit.training import TrainConfig, train_reward_model
+from rmkit.training import TrainConfig
 
 
 def picked_prompts(hl, prompts: int, seed: int):
@@ -62,25 +63,6 @@ def picked_prompts(hl, prompts: int, seed: int):
 def samples_key(ids: list[str], samples: dict, n: int) -> str:
     """A short hash of the first ``n`` samples of each prompt: what a cache of their scores is valid for."""
     return hashlib.sha256(json.dumps([ids, [samples[i][:n] for i in ids]]).encode()).hexdigest()[:12]
-
-
-def training_pool(hl, seed: int, flips: float) -> tuple[list, np.ndarray]:
-    """The proxies' training pairs: hh-rlhf's train split in lab_bon.py's seeded order (a size-k proxy trains on the
-    first k), with the lab's labels as their sides, and whether each label is a planted flip."""
-    order = np.random.default_rng(seed + 1).permutation(len(hl.ids))
-    train_order = order[np.isin(order, np.flatnonzero(hl.mask("train")))]
-    labelled = dict(zip(hl.splits["train"], hl.labelled("train", seed, flips)))
-    flipped = hl.labels(seed, flips)["flipped"].to_numpy()
-    return [labelled[hl.ids[k]] for k in train_order], flipped[train_order]
-
-
-def train_proxy(run: Path, pairs: list, seed: int, epochs: float | None = None):
-    """`rmkit train` with configs/train_default.yaml on ``pairs`` (the lab's labels), seed ``seed``, into ``run``
-    (resumed or reloaded when already there). Returns the trained RewardModel."""
-    base = load_config(TrainConfig, ROOT / "configs" / "train_default.yaml")
-    cfg = replace(base, data=str(DATA), output_dir=str(run), seed=seed, eval_every=0, save_every=50,
-                  epochs=base.epochs if epochs is None else epochs)
-    return train_reward_model(cfg, train_pairs=pairs, eval_pairs=[]).model
 
 
 def earlier_scores(run: Path, pid: list[str], have: dict, n: int, precision: str):

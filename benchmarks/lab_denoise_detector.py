@@ -37,20 +37,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtr
 
-from hh_lab import ROOT, denoise_cases, lab_studies_inputs
-from lab_denoise_variants import summarize
-from rmkit.denoise import select_pairs
+from rmkit.lab.hh import ROOT, denoise_cases, denoise_summary, lab_studies_inputs, noisy_gold, pick
 from rmkit.files import write_json
 from rmkit.lab import proxy_features
 
 DETECTORS = {"blocks12": [1, 2], "blocks45": [4, 5]}
-
-
-def pick(case, ranking: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the lowest ``fraction`` of training pairs by ``ranking (N,)``: `rmkit.denoise.select_pairs`'s."""
-    return np.flatnonzero(select_pairs(ranking, fraction=fraction, eligible=case.train))
 
 
 def composition(case, picked: np.ndarray, gold_pick: np.ndarray, rewards: np.ndarray) -> dict:
@@ -60,18 +52,6 @@ def composition(case, picked: np.ndarray, gold_pick: np.ndarray, rewards: np.nda
     return {"planted": float(case.flipped[picked].mean()), "against_gold": float((case.gold[picked] < 0).mean()),
             "overlap_with_gold_pick": float(np.isin(picked, gold_pick).mean()),
             "flips_baseline_already_right": float(((rewards[flips] > 0) == (case.gold[flips] > 0)).mean())}
-
-
-def noisy_gold(case, accuracy: float, seed: int) -> np.ndarray:
-    """The gold's difference as labelled ``(N,)`` plus independent Gaussian noise, its scale chosen so the sum's
-    sign agrees with the gold's on an expected ``accuracy`` of the training pairs: a detector of that accuracy
-    whose errors owe nothing to the RM's (E[agree] = mean Phi(|g| / s), solved for s by bisection)."""
-    g = np.abs(case.gold[case.train])
-    lo, hi = 1e-6 * g.std(), 1e3 * g.std()
-    for _ in range(100):
-        s = np.sqrt(lo * hi)
-        lo, hi = (s, hi) if ndtr(g / s).mean() > accuracy else (lo, s)
-    return case.gold + np.random.default_rng(1_000 + seed).normal(0.0, np.sqrt(lo * hi), len(case.gold))
 
 
 def agreement(case, ranking: np.ndarray) -> float:
@@ -129,7 +109,8 @@ def main() -> None:
                                                                   gold_pick, rewards)
                                                       | {"agreement_with_gold": agreement(case, ranking)})
         print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
-    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise, reference=preset)
+    out = denoise_summary(runs, detection, seeds=args.seeds, noise=args.noise, reference=preset,
+                          what=__doc__.split("\n")[0])
     out["what"] = __doc__.split("\n")[0]
     out["fraction"], out["preset"] = args.fraction, preset
     out["detectors"] = {preset: "the audit's ensemble, blocks 1, 2, 4, 5, 6",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import ROOT, denoise_cases, lab_studies_inputs
+from rmkit.lab.hh import ROOT, denoise_cases, denoise_summary, lab_studies_inputs
 from rmkit.files import write_json
 from rmkit.lab import detection_metrics, p_flipped, p_label_right
 
@@ -56,32 +56,6 @@ def variants(proxy, case, *, seed: int, rates=(0.1, 0.2, 0.3), fraction: float =
     return acc, detect
 
 
-def summarize(runs: dict, detection: dict, *, seeds: int, noise: float, reference: str = "flip+margin") -> dict:
-    """The result from each variant's accuracy per level and seed (``runs[level][variant]``, lists over seeds):
-    the share of the lost accuracy recovered (as study_denoise's, with its 95% interval over resampled seeds), and
-    each variant's gain over the baseline and over ``reference`` at each level, paired by seed (same resamples)."""
-    clean, noisy = (np.asarray(runs[lv]["baseline"]) for lv in ("0.0", f"{noise}"))
-    draw = np.random.default_rng(0).integers(0, seeds, (2000, seeds))  # seeds resampled, as study_denoise
-    ok = clean[draw].mean(1) > noisy[draw].mean(1)
-    share = {}
-    for k, v in runs[f"{noise}"].items():
-        v = np.asarray(v)
-        boot = (v[draw].mean(1) - noisy[draw].mean(1))[ok] / (clean[draw].mean(1) - noisy[draw].mean(1))[ok]
-        share[k] = {"point": float((v.mean() - noisy.mean()) / (clean.mean() - noisy.mean())),
-                    "ci95": np.quantile(boot, [0.025, 0.975]).tolist()}
-
-    def gain(v, ref):  # accuracy points, paired by seed
-        d = 100 * (np.asarray(v) - np.asarray(ref))
-        return {"points": float(d.mean()), "ci95": np.quantile(d[draw].mean(1), [0.025, 0.975]).tolist()}
-
-    return {"what": __doc__.split("\n")[0], "seeds": seeds, "noise": noise,
-            "lost": float(clean.mean() - noisy.mean()), "recovered_share": share,
-            "gain": {lv: {k: {"over_baseline": gain(v, d["baseline"]), f"over_{reference}": gain(v, d[reference])}
-                          for k, v in d.items() if k != "baseline"} for lv, d in runs.items()},
-            "accuracy": {lv: {k: {"mean": float(np.mean(v)), "runs": v} for k, v in d.items()} for lv, d in runs.items()},
-            "detection": {k: {m: float(np.mean([x[m] for x in v])) for m in v[0]} for k, v in detection.items()}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
@@ -93,7 +67,8 @@ def main() -> None:
     if args.summarize_only:
         old = json.loads(Path(args.result).read_text())
         runs = {lv: {k: v["runs"] for k, v in d.items()} for lv, d in old["accuracy"].items()}
-        out = summarize(runs, {k: [v] for k, v in old["detection"].items()}, seeds=old["seeds"], noise=old["noise"])
+        out = denoise_summary(runs, {k: [v] for k, v in old["detection"].items()}, seeds=old["seeds"], noise=old["noise"],
+                              what=__doc__.split("\n")[0])
         write_json(args.result, out)
         return
     inputs = lab_studies_inputs("smollm2")
@@ -106,7 +81,8 @@ def main() -> None:
         for k, v in detect.items():
             detection.setdefault(k, []).append(v)
         print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
-    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise)
+    out = denoise_summary(runs, detection, seeds=args.seeds, noise=args.noise,
+                          what=__doc__.split("\n")[0])
     write_json(args.result, out)
     print({k: round(v["point"], 3) for k, v in out["recovered_share"].items()}, out["detection"])
 

@@ -31,9 +31,7 @@ import argparse
 
 import numpy as np
 
-from hh_lab import ROOT, denoise_cases, lab_studies_inputs
-from lab_denoise_detector import noisy_gold, pick
-from lab_denoise_variants import summarize
+from rmkit.lab.hh import ROOT, denoise_cases, denoise_summary, lab_studies_inputs, noisy_gold, pick
 from rmkit.files import write_json
 
 
@@ -77,7 +75,8 @@ def main() -> None:
         for k, v in acc.items():
             runs.setdefault(f"{level}", {}).setdefault(k, []).append(v)
         print(level, s, {k: round(v, 4) for k, v in acc.items()}, flush=True)
-    out = summarize(runs, detection, seeds=args.seeds, noise=args.noise, reference="flip")
+    out = denoise_summary(runs, detection, seeds=args.seeds, noise=args.noise, reference="flip",
+                          what=__doc__.split("\n")[0])
     out["what"] = __doc__.split("\n")[0]
     out["candidates"], out["judge_accuracies"] = shares, accuracies
     out["judge"] = ("the gold's difference plus independent Gaussian noise, its sign right on the stated share of "

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import ROOT, load_hh_lab
+from rmkit.lab.hh import ROOT, load_hh_lab
 from rmkit.config import load_config
 from rmkit.data import load_preferences
 from rmkit.files import write_json

@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
+from rmkit.lab.hh import DATA, GOLDS, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json

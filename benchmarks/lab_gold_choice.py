@@ -31,7 +31,7 @@ from rmkit.lab import (LabConfig, as_labelled, choose_temperature, gold_accuracy
                        sample_labels, study_learnability)
 from rmkit.models import RewardModel
 
-from hh_lab import DATA, ROOT
+from rmkit.lab.hh import DATA, ROOT
 
 
 def grade_gold(proxy, gold_diff: np.ndarray, length_diff: np.ndarray, *, seeds: int, against: float) -> dict:

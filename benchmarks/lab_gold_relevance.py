@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from hh_lab import GOLDS, ROOT, load_hh_lab
+from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab
 from rmkit.audit import response_length_diff
 from rmkit.calibration import spearman
 from rmkit.config import load_config

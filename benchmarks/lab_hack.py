@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import GOLDS, ROOT, load_hh_lab
+from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab
 from rmkit.config import load_config
 from rmkit.files import read_appended_jsonl, write_json
 from rmkit.gold import gold_scorer

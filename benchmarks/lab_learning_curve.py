@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from hh_lab import ROOT, load_hh_lab
+from rmkit.lab.hh import ROOT, load_hh_lab
 from rmkit.ensemble import EnsembleConfig
 from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads, sample_labels
 

@@ -49,8 +49,7 @@ import pandas as pd
 
 import numpy as np
 
-from hh_lab import DATA, GOLDS, ROOT, load_hh_lab
-from lab_bon_finetuned import training_pool
+from rmkit.lab.hh import DATA, GOLDS, ROOT, load_hh_lab, training_pool
 from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
 from rmkit.lab import grade_sample_pairs

@@ -36,22 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import GOLDS, ROOT, load_hh_lab
-from lab_bon_finetuned import train_proxy, training_pool
+from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab, prompt_file, train_proxy, training_pool
 from rmkit.bon import recovery_share
 from rmkit.config import load_config, to_dict
 from rmkit.files import read_appended_jsonl, write_json
 from rmkit.rl import PPOConfig, paired_gain, train_ppo
-
-
-def prompt_file(hl, path: Path) -> int:
-    """The test split's single-turn prompts (under 300 characters, lab_bon.py's rule) as a JSONL of id + prompt:
-    pairs the proxies never saw. Returns how many."""
-    test = set(hl.splits["test"])
-    rows = [{"id": p.id, "prompt": list(p.prompt)} for p in hl.ds.pairs
-            if p.id in test and len(p.prompt) == 1 and len(p.prompt[0]["content"]) < 300]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return len(rows)
 
 
 def curve(run: Path) -> dict[str, list]:

@@ -39,9 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import GOLDS, ROOT, load_hh_lab
-from lab_bon_finetuned import training_pool
-from lab_ppo import prompt_file
+from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab, prompt_file, training_pool
 from rmkit.bon import BonConfig, recovery_share, run_bon
 from rmkit.config import load_config
 from rmkit.files import read_appended_jsonl, write_json

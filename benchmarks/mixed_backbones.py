@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hh_lab import GOLDS, load_hh_lab
+from rmkit.lab.hh import GOLDS, load_hh_lab
 from rmkit.data import load_preferences
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.lab import detection_metrics, orient, sample_labels

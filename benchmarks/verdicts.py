@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rmkit.audit import AuditConfig, response_length_diff, run_audit
+from rmkit.audit import AuditConfig, run_audit
 from rmkit.calibration import crossfit_calibration, expected_calibration_error, spearman
 from rmkit.config import load_config
-from rmkit.data import load_preferences
+from rmkit.data import load_preferences, text_lengths
 from rmkit.detectors import aum, cartography, cleanlab_label_issues, read_pair_margins, review_budget, tie_scores
 from rmkit.ensemble import heads_on_features, member_layers
 from rmkit.heads import fold_of, select_l2, sgd_margins, train_bt_heads
@@ -192,21 +192,19 @@ def llmeval2_block(seed: int = 0) -> dict:
     pick = [proxy.views.index(x) for x in sorted(set(layers))]
     diffs, _, _ = heads_on_features(replace(cfg, seed=seed), proxy.fc[:, pick], proxy.fr[:, pick], ids, layers,
                                     labels=labels)
-    scores = tie_scores(diffs)
+    n, _ = text_lengths([p.chosen_text for p in pairs] + [p.rejected_text for p in pairs], cfg.model)
+    scores = tie_scores(diffs, lengths=(n[: len(pairs)], n[len(pairs):]))
     distance = np.linalg.norm((proxy.fc - proxy.fr).reshape(len(ids), -1), axis=1)
-    length_diff, _ = response_length_diff(pairs, cfg.model)
-    scores["responses_alike"] = -distance
-    scores["small_length_gap"] = -np.abs(length_diff)
-    from scipy.stats import rankdata
-
-    scores["small_mean_and_alike"] = -(rankdata(np.abs(np.nanmean(diffs, 0))) + rankdata(distance))
+    scores["responses_alike"] = -distance  # in the encoder's features
+    scores["small_length_gap"] = -np.abs(n[: len(pairs)] - n[len(pairs):])  # tokens, not their ratio
     aurocs = {k: float(roc_auc_score(tie, v)) for k, v in scores.items()}
     best = max((k for k in aurocs if k != "std"), key=aurocs.get)
     return {"pairs": len(pairs), "ties": int(tie.sum()), "tie_auroc": aurocs[best], "tie_detector": best,
             "tie_auroc_by_score": aurocs,
             "why_std_fails": {"spearman_std_vs_response_distance": spearman(np.nanstd(diffs, 0), distance),
                               "std_tie_auroc": aurocs["std"],
-                              "std_over_distance_tie_auroc": float(roc_auc_score(tie, np.nanstd(diffs, 0) / distance))}}
+                              "std_over_distance_tie_auroc": float(roc_auc_score(tie, np.divide(
+                                  np.nanstd(diffs, 0), distance, out=np.zeros(len(ids)), where=distance > 0)))}}
 
 
 def hh_block(work: Path) -> dict:

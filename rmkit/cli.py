@@ -17,6 +17,7 @@ calls one library function, and prints what it returned.
     rmkit judge  DATA                LLM-judge labels or win/tie/lose (rmkit.judge.run_judge)
     rmkit serve  MODEL               reward model over HTTP          (rmkit.serve.serve)
     rmkit lab    DATA                gold-standard lab and studies   (rmkit.lab.run_lab)
+    rmkit average RUN RUN ...        weight-average reward models (WARM) (rmkit.warm.run_average)
     rmkit bon    PROMPTS             best-of-n with an RM or ensemble (rmkit.bon.run_bon)
 """
 
@@ -115,6 +116,9 @@ COMMANDS: dict[str, Command] = {
                      (("model_path", "model", "a saved reward model"),), show=lambda _: None),
     "bon": Command("bon", "BonConfig", "run_bon",
                    "best-of-n sampling from a policy, picked by a reward model or an ensemble", _PROMPTS),
+    "average": Command("warm", "AverageConfig", "run_average",
+                       "average the weights of reward models trained from one initialisation (WARM)",
+                       (("members", "models", "the members (rmkit train output folders), space-separated"),)),
     "lab": Command("lab", "LabConfig", "run_lab",
                    "gold-standard lab: a gold RM labels real pairs; studies grade proxies against it",
                    (("source", "data", "real prompts and responses with human labels (the gold's head learns from "
@@ -123,7 +127,7 @@ COMMANDS: dict[str, Command] = {
 
 
 # Commands whose settings live in rmkit.configs (their job modules import torch); the others' in the job module.
-_CONFIG_MODULES = {"training", "scoring", "audit", "tsne", "policy", "rl", "rlhf", "serve", "bon", "lab"}
+_CONFIG_MODULES = {"training", "scoring", "audit", "tsne", "policy", "rl", "rlhf", "serve", "bon", "lab", "warm"}
 
 
 def _config_class(cmd: Command) -> type:
@@ -158,7 +162,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         for arg, _, arg_help in cmd.positionals:
-            p.add_argument(arg, nargs="?", default=None, help=arg_help)
+            p.add_argument(arg, nargs="*" if arg == "members" else "?", default=None, help=arg_help)
         if only is None or only == name:
             p.add_argument("--config", help="YAML file of settings (flags override it)")
             add_arguments(p, _config_class(cmd))

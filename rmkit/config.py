@@ -254,5 +254,5 @@ def config_from_args(cls: type[T], args: argparse.Namespace, positional: dict[st
     """The config for a CLI call: ``--config`` YAML, then flags given, then positional arguments."""
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    overrides.update({k: v for k, v in (positional or {}).items() if v is not None})
+    overrides.update({k: v for k, v in (positional or {}).items() if v is not None and v != []})
     return load_config(cls, getattr(args, "config", None), overrides)

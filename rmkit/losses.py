@@ -151,3 +151,23 @@ def difference_loss(rewards: torch.Tensor) -> torch.Tensor:
     gaps = (rewards.unsqueeze(2) - rewards.unsqueeze(1)).abs()  # (P, k, k)
     upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=rewards.device), diagonal=1)
     return (2.0 / k ** 2) * torch.sigmoid(gaps[:, upper]).sum(1).mean()
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of two ``(N,)`` vectors, differentiable (ODIN's correlation losses)."""
+    a, b = a - a.mean(), b.to(a.dtype) - b.to(a.dtype).mean()
+    return (a * b).sum() / (a.norm() * b.norm()).clamp_min(eps)
+
+
+def odin_length_loss(quality: torch.Tensor, length_reward: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """ODIN's length loss (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", Eq. 4):
+    ``-rho(r_L, L) + |rho(r_Q, L)|`` over ``(N,)`` responses (or, as `objectives.LengthTerm` uses it, pairs'
+    differences): the length head carries the correlation with the length ``L``, the quality head (the served
+    reward) none."""
+    return -pearson(length_reward, lengths) + pearson(quality, lengths).abs()
+
+
+def orthogonality_loss(w_quality: torch.Tensor, w_length: torch.Tensor) -> torch.Tensor:
+    """ODIN's orthogonality loss (Eq. 5) on the two heads' weights ``(H,)``: ``|cos(w_Q, w_L)|``, so the heads read
+    different directions of the shared features."""
+    return F.cosine_similarity(w_quality.flatten(), w_length.flatten(), dim=0).abs()

@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data import PreferencePair
-from .losses import bradley_terry_loss, contrastive_instances, simcse_loss, soft_label_loss, swav_loss
+from .losses import (bradley_terry_loss, contrastive_instances, odin_length_loss, orthogonality_loss, simcse_loss,
+                     soft_label_loss, swav_loss)
 
 
 def _bt(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -32,7 +33,9 @@ def _soft(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict[str, Any]) -
 
 
 Objective = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
-OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin, "soft": _soft}
+# odin: Bradley-Terry on the quality reward plus the length head's (`LengthTerm`), whose losses keep length out of the
+# served reward.
+OBJECTIVES: dict[str, Objective] = {"bt": _bt, "margin": _bt_margin, "soft": _soft, "odin": _bt}
 
 
 def get_objective(name: str) -> Objective:
@@ -42,7 +45,8 @@ def get_objective(name: str) -> Objective:
 
 
 def compute_loss(model, batch: dict[str, Any], objective: Objective,
-                 contrastive: "ContrastiveTerm | None" = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 contrastive: "ContrastiveTerm | None" = None,
+                 length_term: "LengthTerm | None" = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass over chosen and rejected texts together; returns the loss and its parts.
 
     ``batch`` holds ``input_ids``/``attention_mask`` of shape (2B, T) (chosen rows first), and
@@ -52,6 +56,10 @@ def compute_loss(model, batch: dict[str, Any], objective: Objective,
     row draws its own dropout mask, so the copies are the two views (as two passes would give, but
     one graph, which DDP needs). The RM loss reads the first copy's rewards; the total is
     ``L_rm + beta * L_cl``.
+
+    With a ``length_term`` (objective odin) the ranking loss reads the quality reward plus the length head's, and
+    ODIN's length and orthogonality losses join it; ``parts["chosen"]``/``["rejected"]`` stay the quality reward,
+    which is the model's (served) reward. The batch then carries ``length (2B,)``, each text's response length.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     b = ids.shape[0] // 2
@@ -59,14 +67,56 @@ def compute_loss(model, batch: dict[str, Any], objective: Objective,
         ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
     out = model(input_ids=ids, attention_mask=mask)
     chosen, rejected = out.rewards[:b], out.rewards[b: 2 * b]  # (B,), (B,)
-    loss = objective(chosen, rejected, batch)
+    if length_term is None:
+        loss = objective(chosen, rejected, batch)
+    else:
+        r_len = length_term(out.features[: 2 * b])  # (2B,)
+        loss = objective(chosen + r_len[:b], rejected + r_len[b:], batch)
     parts = {"chosen": chosen, "rejected": rejected, "features": out.features[: 2 * b], "rm_loss": loss.detach()}
+    if length_term is not None:
+        odin = length_term.loss(out.rewards[: 2 * b], r_len, batch["length"], model)
+        parts["odin_loss"] = odin.detach()
+        loss = loss + odin
     if contrastive is not None:
         f = out.features
         cl = contrastive(f[:b], f[b: 2 * b], f[2 * b: 3 * b], f[3 * b:])
         parts["contrastive_loss"] = cl.detach()
         loss = loss + contrastive.beta * cl
     return loss, parts
+
+
+class LengthTerm(torch.nn.Module):
+    """ODIN's length head (Chen et al. 2024): a second linear head on the RM's features, trained so that the sum of
+    the two heads ranks the pairs while the length head carries the reward's correlation with response length and
+    the quality head (the model's own, served) carries none. Only training uses it; the saved RM is the quality
+    head, a plain checkpoint."""
+
+    def __init__(self, hidden: int, *, length_weight: float = 1.0, orth_weight: float = 1.0):
+        super().__init__()
+        self.head = torch.nn.Linear(hidden, 1, bias=False)
+        torch.nn.init.normal_(self.head.weight, std=hidden ** -0.5)
+        self.length_weight, self.orth_weight = float(length_weight), float(orth_weight)
+
+    @classmethod
+    def from_config(cls, cfg: Any, hidden: int) -> "LengthTerm | None":
+        if cfg.objective != "odin":
+            return None
+        return cls(hidden, length_weight=cfg.odin_length_weight, orth_weight=cfg.odin_orth_weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.to(self.head.weight.dtype)).squeeze(-1)
+
+    def loss(self, quality: torch.Tensor, length_reward: torch.Tensor, lengths: torch.Tensor, model) -> torch.Tensor:
+        """``length_weight * L_len + orth_weight * L_orth`` (`losses.odin_length_loss`, `orthogonality_loss`) on
+        rows ``(2B,)``, chosen then rejected. The correlations are taken over the pairs' differences (chosen minus
+        rejected): across texts of different prompts, a reward can hide its length dependence behind how much it
+        varies from prompt to prompt (measured on a tiny model: Pearson with length -0.9 within a prompt while
+        the batch correlation across prompts read -0.1); within a pair the prompt cancels."""
+        b = quality.shape[0] // 2
+        core = getattr(model, "module", model)  # under DDP the RewardModel is wrapped
+        return (self.length_weight * odin_length_loss(quality[:b] - quality[b:], length_reward[:b] - length_reward[b:],
+                                                      lengths[:b] - lengths[b:])
+                + self.orth_weight * orthogonality_loss(core.head.weight, self.head.weight))
 
 
 CONTRASTIVE_PRESETS: dict[str, dict[str, Any]] = {
@@ -133,9 +183,13 @@ def check_pair_fields(pairs: Sequence[PreferencePair], objective: str) -> None:
 
 
 def make_batch(model, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
-               idx: Sequence[int], device) -> dict[str, Any]:
-    """Collate pairs ``idx`` into one padded (2B, T) batch plus per-pair fields."""
+               idx: Sequence[int], device, lengths: tuple[Sequence[int], Sequence[int]] | None = None) -> dict[str, Any]:
+    """Collate pairs ``idx`` into one padded (2B, T) batch plus per-pair fields; with ``lengths`` (each pair's chosen
+    and rejected response length) also ``length (2B,)``, what ODIN correlates with."""
     batch: dict[str, Any] = model.collate([chosen_ids[i] for i in idx] + [rejected_ids[i] for i in idx], device)
+    if lengths is not None:
+        batch["length"] = torch.tensor([lengths[0][i] for i in idx] + [lengths[1][i] for i in idx],
+                                       dtype=torch.float32, device=device)
     for key in ("margin", "weight"):
         vals = [getattr(pairs[i], key) for i in idx]
         if all(v is not None for v in vals):

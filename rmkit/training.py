@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +31,7 @@ import torch
 from .config import (require_same_settings, save_config, to_dict,
                      validate)
 from .assets import hub_id_of
+from .warm import average_reward_models
 from .files import append_jsonl, atomic_path, check_output_dir, keep_logged_through, write_json
 from .hardware import resolve_precision
 from .data import (PreferencePair, data_folder_guard, get_splits, pairs_fingerprint,
@@ -38,7 +39,7 @@ from .data import (PreferencePair, data_folder_guard, get_splits, pairs_fingerpr
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
 from .batching import length_grouped_batches
-from .objectives import ContrastiveTerm, check_pair_fields, compute_loss, get_objective, make_batch
+from .objectives import ContrastiveTerm, LengthTerm, check_pair_fields, compute_loss, get_objective, make_batch
 from .models import RewardModel, set_dropout, set_trainable
 from .scoring import accuracy_per_subset, label_views, pair_metrics, read_judge_labels, score_token_pairs
 from .configs.training import TrainConfig  # noqa: F401 - the settings, beside the job
@@ -262,26 +263,95 @@ def _batch_plan(lengths: Sequence[int], cfg: TrainConfig, world: int, rank: int)
         n_micro = cfg.max_steps * cfg.grad_accum * world
     plan: list[list[int]] = []
     epoch = 0
+    # ODIN reads the correlation of rewards with length inside a batch: batches grouped by length would leave it
+    # nothing to see, so its batches are drawn at random (more padding).
+    mega = 1 if cfg.objective == "odin" else 50
     while len(plan) < n_micro:
-        plan += length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        plan += length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch, mega=mega)
         epoch += 1
     return plan[:n_micro][rank::world][: n_micro // world], per_epoch
 
 
-def _optimizer(model: RewardModel, contrastive: ContrastiveTerm | None, cfg: TrainConfig, total_steps: int):
-    """AdamW over what trains (the head, and SwAV's prototypes, at ``head_lr``), warmup then ``lr_schedule``."""
+def _optimizer(model: RewardModel, aux: torch.nn.Module | None, cfg: TrainConfig, total_steps: int):
+    """AdamW over what trains (the head, SwAV's prototypes and ODIN's length head at ``head_lr``), warmup then
+    ``lr_schedule``."""
     head_ids = {id(p) for p in model.head.parameters()}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
     groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
     if body:
         groups.append({"params": body, "lr": cfg.lr})
-    if contrastive is not None and contrastive.prototypes is not None:
-        groups.append({"params": [contrastive.prototypes], "lr": cfg.head_lr or cfg.lr})
+    extra = [p for p in aux.parameters() if p.requires_grad] if aux is not None else []
+    if extra:
+        groups.append({"params": extra, "lr": cfg.head_lr or cfg.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(cfg.lr_schedule, int(cfg.warmup_ratio * total_steps), total_steps))
     return optimizer, scheduler
+
+
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    # On a CPU-only machine launched with several processes (torchrun), accelerate sets up gloo only when told it
+    # runs on the CPU.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
+
+
+def train_warm(cfg: TrainConfig, *, train_pairs: Sequence[PreferencePair] | None = None,
+               eval_pairs: Sequence[PreferencePair] | None = None) -> "TrainResult":
+    """WARM (Rame et al. 2024): ``cfg.warm`` members fine-tuned from one initialisation (the base model and head
+    seed ``init_seed``, default ``seed``), member m with seed ``seed + m`` (its data order and dropout), each in
+    OUTPUT_DIR/members/m (resumable like any run), then their weights averaged into OUTPUT_DIR/model
+    (`rmkit.warm.average_reward_models`): the ensemble's robustness at one model's inference cost. The result's
+    metrics are the averaged model's on the validation and test pairs."""
+    out = Path(cfg.output_dir)
+    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    members = []
+    for m in range(cfg.warm):
+        sub = replace(cfg, warm=0, seed=cfg.seed + m, init_seed=init_seed, output_dir=str(out / "members" / str(m)))
+        res = train_reward_model(sub, train_pairs=train_pairs, eval_pairs=eval_pairs)
+        members.append(str(res.output_dir / "model"))
+    model = average_reward_models(members, out / "model")
+    results = {"warm_members": members, "base_model": cfg.model, "init_seed": init_seed}
+    _, eval_pairs, test_pairs = _training_data(replace(cfg, warm=0), out, train_pairs, eval_pairs, write=True)
+    for prefix, pairs in (("eval", eval_pairs), ("test", test_pairs)):
+        if pairs:
+            results.update(evaluate_pairs(model, pairs, prefix=prefix, batch_size=cfg.eval_batch_size))
+    write_json(out / "results.json", results)
+    save_config(cfg, out / "config.yaml")
+    return TrainResult(model, out, results)
+
+
+def _terms(cfg: TrainConfig, model: RewardModel, device) -> tuple[ContrastiveTerm | None, LengthTerm | None, list]:
+    """The training terms beside the RM loss (a contrastive term, ODIN's length head) on ``device``, and the hooks that
+    add dropout for the contrastive views."""
+    contrastive = ContrastiveTerm.from_config(cfg, model.head.in_features)
+    length_term = LengthTerm.from_config(cfg, model.head.in_features)
+    hooks = set_dropout(model, cfg.contrastive_dropout) if contrastive is not None else []
+    model.to(device)
+    for term in (contrastive, length_term):
+        if term is not None:
+            term.to(device)
+    return contrastive, length_term, hooks
+
+
+def _response_lengths(model: RewardModel, pairs: Sequence[PreferencePair]) -> tuple[list[int], list[int]]:
+    """Each pair's chosen and rejected response length in the RM's tokens (what ODIN keeps out of the reward)."""
+    count = lambda texts: [len(x) for x in model.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]  # noqa: E731
+    return count([p.chosen_text for p in pairs]), count([p.rejected_text for p in pairs])
+
+
+def init_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a model's weights before training: WARM averages only members that started from the same ones."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def _trim_log(metrics_path: Path, step: int) -> None:
@@ -309,15 +379,16 @@ def _log_margins(path: Path, step: int, ids: list[str], parts: dict) -> None:
     append_jsonl(path, {"step": step, "id": ids, "margin": (parts["chosen"] - parts["rejected"]).detach().float().tolist()})
 
 
-def _average_grads_outside_ddp(accelerator, meta_model: RewardModel | None, contrastive: ContrastiveTerm | None):
+def _average_grads_outside_ddp(accelerator, meta_model: RewardModel | None, aux: torch.nn.Module | None):
     """Gradients DDP does not see, averaged over processes by hand: MetaRM's (computed on the unwrapped model
-    with torch.func) and SwAV's prototypes (they live outside the wrapped model)."""
+    with torch.func), SwAV's prototypes and ODIN's length head (they live outside the wrapped model)."""
     if meta_model is not None:
         for p in meta_model.parameters():
             if p.grad is not None:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
-    if contrastive is not None and contrastive.prototypes is not None:
-        contrastive.prototypes.grad = accelerator.reduce(contrastive.prototypes.grad, reduction="mean")
+    for p in (aux.parameters() if aux is not None else []):
+        if p.grad is not None:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
 
 
 def _train_record(accelerator, log_buffer: list, *, step: int, epoch: float, lr: float, contrastive: bool,
@@ -362,15 +433,13 @@ def train_reward_model(
     ends the run early after writing a checkpoint, as a kill would (used to test resuming). Under
     torchrun or ``accelerate launch``, end the script with :func:`rmkit.hardware.end_distributed`.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     validate(cfg)  # before any model loads
+    if cfg.warm:
+        return train_warm(cfg, train_pairs=train_pairs, eval_pairs=eval_pairs)
     objective = get_objective(cfg.objective)
-    # On a CPU-only machine launched with several processes (torchrun), accelerate sets up gloo only
-    # when told it runs on the CPU.
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
+    accelerator = _accelerator(cfg)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         check_output_dir(out, not_in=data_folder_guard(cfg.data) if train_pairs is None else {})
@@ -387,22 +456,23 @@ def train_reward_model(
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
 
-    # ---- model (the head's init depends on the seed)
-    torch.manual_seed(cfg.seed)
+    # ---- model (the head's init depends on the seed, or on init_seed: WARM's members share one)
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     if model is None:
         model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    if cfg.init_seed is not None:
+        torch.manual_seed(cfg.seed)  # batch order and dropout from the member's own seed
+    init = init_fingerprint(model)
     n_trainable = set_trainable(model, cfg.train_layers)
-    contrastive = ContrastiveTerm.from_config(cfg, model.head.in_features)
-    dropout_hooks = set_dropout(model, cfg.contrastive_dropout) if contrastive is not None else []
-    model.to(accelerator.device)
-    if contrastive is not None:
-        contrastive.to(accelerator.device)
+    contrastive, length_term, dropout_hooks = _terms(cfg, model, accelerator.device)
+    aux = contrastive if contrastive is not None else length_term  # trained and checkpointed beside the model
     # Tokenize once; every epoch and every evaluation reuses the ids.
     c_ids, r_ids = model.encode_pairs(train_pairs)
     ev_c, ev_r = model.encode_pairs(eval_pairs) if eval_pairs else ([], [])
     ev_labels = grading_labels(eval_pairs)
     ev_judge = read_judge_labels(cfg.judge_labels, [p.id for p in eval_pairs]) if cfg.judge_labels else None
     lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
+    responses = _response_lengths(model, train_pairs) if length_term is not None else None
 
     meta_items = read_meta_set(cfg.meta_data) if cfg.meta_data else None
     meta_ids = tokenize_meta_items(model, meta_items) if meta_items else None  # once, like the pairs
@@ -413,14 +483,14 @@ def train_reward_model(
     total_steps = len(plan) // cfg.grad_accum
 
     # ---- optimizer and schedule
-    optimizer, scheduler = _optimizer(model, contrastive, cfg, total_steps)
+    optimizer, scheduler = _optimizer(model, aux, cfg, total_steps)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     # ---- resume
     ckpt = out / "checkpoint"
     step, log_buffer, timing = 0, [], {}
     if cfg.resume and ckpt.exists():
-        step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, identity, contrastive)
+        step, log_buffer, timing = _load_checkpoint(ckpt, model, optimizer, scheduler, identity, aux)
         accelerator.print(f"resuming from {ckpt} at step {step}/{total_steps}")
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -454,7 +524,7 @@ def train_reward_model(
         micro = plan[step * cfg.grad_accum: (step + 1) * cfg.grad_accum]
         step_loss, step_acc, step_cl, step_j = 0.0, 0.0, 0.0, 0.0
         for k, idx in enumerate(micro):
-            batch = make_batch(model, train_pairs, c_ids, r_ids, idx, accelerator.device)
+            batch = make_batch(model, train_pairs, c_ids, r_ids, idx, accelerator.device, lengths=responses)
             if meta_items is not None:
                 # MetaRM: the meta items of this micro-step are drawn from (step, k), so a resumed run draws the same.
                 pick = np.random.default_rng([cfg.seed, step, k]).choice(len(meta_items), cfg.meta_prompts,
@@ -469,7 +539,7 @@ def train_reward_model(
                 # Only the last micro-batch syncs gradients across processes.
                 with accelerator.no_sync(wrapped) if k < len(micro) - 1 else nullcontext():
                     with accelerator.autocast():
-                        loss, parts = compute_loss(wrapped, batch, objective, contrastive)
+                        loss, parts = compute_loss(wrapped, batch, objective, contrastive, length_term)
                     accelerator.backward(loss / len(micro))
             if margins_path is not None:
                 _log_margins(margins_path, step + 1, [train_pairs[i].id for i in idx], parts)
@@ -478,7 +548,7 @@ def train_reward_model(
             step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0
             seen_pairs += len(idx)
         if world > 1:
-            _average_grads_outside_ddp(accelerator, model if meta_items is not None else None, contrastive)
+            _average_grads_outside_ddp(accelerator, model if meta_items is not None else None, aux)
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
         optimizer.step()
@@ -502,7 +572,7 @@ def train_reward_model(
             log_buffer = []
         if accelerator.is_main_process and ((cfg.save_every and step % cfg.save_every == 0)
                                             or (stop_after_steps is not None and step >= stop_after_steps)):
-            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, identity, contrastive,
+            _save_checkpoint(ckpt, model, optimizer, scheduler, step, log_buffer, identity, aux,
                              timing={"train_seconds": time.time() - t0, "step_seconds": step_seconds,
                                      "steps_timed": steps_timed, "seen_pairs": seen_pairs})
         if stop_after_steps is not None and step >= stop_after_steps and not is_last:
@@ -520,7 +590,7 @@ def train_reward_model(
                                "train_pairs_per_s": seen_pairs * world / max(train_s, 1e-9),
                                "s_per_step": step_seconds / max(steps_timed, 1),
                                "eval_labels": _eval_labels_note(eval_pairs, test_pairs),
-                               "run_config": identity}
+                               "run_config": identity, "init_fingerprint": init}
     results.update(last_eval or evaluate())  # the loop evaluated at its last step, unless resumed past it
     if test_pairs:
         results.update(evaluate_pairs(wrapped, test_pairs, prefix="test", batch_size=cfg.eval_batch_size,

@@ -97,6 +97,6 @@ def test_max_pairs_means_one_thing_in_every_command():
         fields = {f.name: f for f in dataclasses.fields(_config_class(COMMANDS[name]))}
         assert "max_pairs" in fields, name
         assert fields["max_pairs"].metadata["help"] == MAX_PAIRS_HELP, name
-    for module in ("rmkit.tsne", "rmkit.judge", "rmkit.scoring", "rmkit.lab", "rmkit.training", "rmkit.audit"):
+    for module in ("rmkit.tsne", "rmkit.judge", "rmkit.scoring", "rmkit.lab.proxies", "rmkit.training", "rmkit.audit"):
         src = importlib.import_module(module).__loader__.get_source(module)
         assert "stratified_sample" in src or ".sample(" in src, module

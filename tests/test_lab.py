@@ -8,9 +8,10 @@ import pytest
 
 from rmkit.data import load_preferences
 from rmkit.gold import gold_scorer
-from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, fit_gold,
-                       lab_pairs, lab_summary, load_gold, orient, read_gold_scores, run_lab, sample_labels, study_denoise,
-                       study_flips, study_learnability)
+from rmkit.gold import fit_gold, load_gold
+from rmkit.lab import (LabConfig, ProxyFeatures, choose_temperature, detection_metrics, expected_against, lab_pairs,
+                       lab_summary, orient, read_gold_scores, run_lab, sample_labels, study_denoise, study_flips,
+                       study_learnability)
 from rmkit.ensemble import EnsembleConfig, member_layers
 
 
@@ -69,11 +70,11 @@ def _proxy(n=600, dim=8, layers=2, seed=0):
 def test_proxy_trains_an_ensemble_once_per_labels_and_seed(monkeypatch):
     """Learnability and strength fidelity train the same ensemble on the same labels: the second call reuses the
     first's heads, other labels or seeds train anew, and a caller writing into its diffs changes no later call."""
-    import rmkit.lab
+    import rmkit.lab.proxies
 
     proxy, gold = _proxy(n=200)
-    calls, heads = [], rmkit.lab.heads_on_features
-    monkeypatch.setattr(rmkit.lab, "heads_on_features", lambda *a, **k: calls.append(1) or heads(*a, **k))
+    calls, heads = [], rmkit.lab.proxies.heads_on_features
+    monkeypatch.setattr(rmkit.lab.proxies, "heads_on_features", lambda *a, **k: calls.append(1) or heads(*a, **k))
     y = gold > 0
     first = proxy.ensemble(y, seed=0)
     first[:] = 0.0
@@ -342,12 +343,8 @@ def test_gold_accuracy_counts_sign_agreement():
 def test_lab_bon_repeated_draws_pool_the_draws_curves(monkeypatch):
     """benchmarks/lab_bon.py --draws: each draw trains on other pairs of the training split, and the pooled curve
     of every variant is the average of the draws' curves (one member: the average of the members alone)."""
-    from pathlib import Path
-
     from rmkit.bon import bon_ns, bon_table
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import lab_bon
+    from rmkit.lab import draws as lab_bon
 
     train = np.array([True] * 30 + [False] * 10)
     subs = [lab_bon.train_subset(train, "10", seed=0, draw=d) for d in range(3)]
@@ -371,7 +368,8 @@ def test_lab_bon_repeated_draws_pool_the_draws_curves(monkeypatch):
 
 
 def test_prompt_sensitivity_tells_an_answer_judge_from_a_response_scorer():
-    from rmkit.lab import other_prompt, prompt_sensitivity
+    from rmkit.lab import prompt_sensitivity
+    from rmkit.relevance import other_prompt
 
     topics = ["cats", "rivers", "chess", "bread", "volcanoes"]
     prompts = [[{"role": "user", "content": f"tell me about {t}"}] for t in topics for _ in range(3)]  # 3 samples each
@@ -397,3 +395,55 @@ def test_prompt_sensitivity_tells_an_answer_judge_from_a_response_scorer():
     assert seen[1] == [prompts[3 * cycle[i // 3]] for i in range(15)]
     with pytest.raises(ValueError, match="2 distinct prompts"):
         prompt_sensitivity(overlap, prompts[:3], responses[:3])
+
+
+def test_detectors_find_planted_flips_on_a_problem_whose_answer_is_known():
+    """Issue 42: each detector on a tiny planted-flip problem where the answer is known by construction: rewards that
+    know the truth up to noise, 20% of labels flipped; every detector ranks the flips above the rest."""
+    from rmkit.detectors import aum, cartography, cleanlab_label_issues, review_budget, tie_scores
+
+    rng = np.random.default_rng(0)
+    n = 400
+    truth = np.abs(rng.normal(0, 2, n)) + 0.5  # the clean label is "chosen", with this much margin
+    flipped = rng.random(n) < 0.2
+    diff = np.where(flipped, -truth, truth) + rng.normal(0, 0.5, n)  # an out-of-sample RM sees the flip
+    margins = np.stack([diff * (e + 1) / 5 + rng.normal(0, 0.2, n) for e in range(5)])  # dynamics: margins grow
+    assert detection_metrics(cleanlab_label_issues(diff), flipped)["auroc"] > 0.7
+    assert detection_metrics(aum(margins), flipped)["auroc"] > 0.7
+    assert detection_metrics(1 - cartography(margins)[0], flipped)["auroc"] > 0.7
+    p_wrong = 1 / (1 + np.exp(diff))
+    budget = review_budget(p_wrong, budgets=[50], min_precision=0.9)
+    top = [b for b in budget if b["k"] == 50][0]
+    assert top["expected_precision"] == pytest.approx(np.sort(p_wrong)[::-1][:50].mean())
+    assert 0 < top["expected_recall"] < 1 and max(b["expected_precision"] for b in budget) >= 0.9
+    # ties: pairs whose members disagree around zero and whose responses are alike in length
+    diffs = np.stack([np.r_[rng.normal(0, 0.1, 50), rng.normal(3, 0.1, 50)] for _ in range(4)])
+    is_tie = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    scores = tie_scores(diffs, lengths=(np.r_[np.full(50, 20), np.full(50, 40)], np.full(100, 20)))
+    assert detection_metrics(scores["small_mean"], is_tie)["auroc"] > 0.95
+    assert detection_metrics(scores["similar_length"], is_tie)["auroc"] > 0.95
+
+
+def test_length_calibration_fits_a_planted_length_term():
+    """The length-aware calibration recovers a label law that mixes strength and length, and says how much of each
+    verdict length makes."""
+    from rmkit.calibration import crossfit_calibration, fit_length_aware, length_share, signed_log_length
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    s = rng.normal(0, 1, n)
+    length = rng.integers(-200, 200, n).astype(float)
+    x = signed_log_length(length)
+    label = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * s + 0.8 * x)))).astype(float)
+    a, b = fit_length_aware(s, length, label)
+    assert a == pytest.approx(1.5, rel=0.15) and b == pytest.approx(0.8, rel=0.15)
+    fold = np.arange(n) % 2
+    coef: dict = {}
+    p = crossfit_calibration(s, fold, label, method="length", length_diff=length, coefficients=coef)
+    p_plain = crossfit_calibration(s, fold, label, method="temperature")
+    ll = lambda q: -np.mean(label * np.log(q) + (1 - label) * np.log(1 - q))  # noqa: E731
+    assert ll(p) < ll(p_plain)
+    share = length_share(s, length, coef["a"], coef["b"])
+    assert share.min() >= 0 and share.max() <= 1
+    only_length = (s > 0) & (x < -3)  # the ensemble agrees with the label, length alone goes against it
+    assert np.all(share[only_length] == 1.0)

@@ -21,9 +21,13 @@ class TrainConfig(DataSource):
     split_fractions: list[float] = setting([0.7, 0.1, 0.2], "train, validation, test fractions")
     max_length: int = setting(256, "tokens per text; longer texts lose their beginning, never the response")
     train_layers: str = setting("all", "what trains: all, head, or top:N (top N blocks + head)")
-    objective: Literal["bt", "margin", "soft"] = setting(
+    objective: Literal["bt", "margin", "soft", "odin"] = setting(
         "bt", "per-pair loss: bt (Bradley-Terry, Eq. 1), margin (BT minus the pair's margin, Eq. 6), "
-        "or soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one)")
+        "soft (cross-entropy on the pair's label, Eq. 5; with its margin if it has one), or odin (BT on the served "
+        "reward plus a length head that carries the correlation with response length: Chen et al. 2024)")
+    odin_length_weight: float = setting(1.0, "odin: weight of the length loss (length head correlated with response "
+                                             "length, the served reward not)")
+    odin_orth_weight: float = setting(1.0, "odin: weight of the orthogonality of the two heads' weights")
     epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
     batch_size: int = setting(16, "pairs per micro-batch (each pair is two texts)")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -34,6 +38,12 @@ class TrainConfig(DataSource):
     lr_schedule: Literal["linear", "cosine", "constant"] = setting("linear", "after warmup: linear, cosine, or constant")
     max_grad_norm: float = setting(1.0, "global gradient-norm clip (0 disables)")
     seed: int = setting(0, "seed for the head's init, batch order and dropout")
+    init_seed: int | None = setting(None, "seed of the head's initialisation alone (default: seed); members that share "
+                                          "it and the base model start from the same weights, which weight averaging "
+                                          "(rmkit average, train --warm) needs")
+    warm: int = setting(0, "train this many members from one initialisation (init_seed, default seed), member m with "
+                           "seed + m, and average their weights into OUTPUT_DIR/model (WARM, Rame et al. 2024); 0: one "
+                           "model")
     eval_every: int = setting(100, "evaluate on the validation pairs every N optimizer steps (0: only at the end)")
     save_every: int = setting(100, "write a resumable checkpoint every N optimizer steps (0: never)")
     eval_batch_size: int = setting(64, "texts per forward pass when scoring")
@@ -65,6 +75,11 @@ class TrainConfig(DataSource):
                                             "0 rejected, 0.5 tie): adds the judge and agreement views to every evaluation")
 
     def check(self) -> None:
+        if self.objective == "odin" and (self.contrastive != "none" or self.meta_data):
+            raise ValueError("objective odin trains a length head beside the RM: use it without contrastive and "
+                             "meta_data")
+        if self.warm == 1 or self.warm < 0:
+            raise ValueError(f"warm: the number of members to average, >= 2 (0: one model), got {self.warm}")
         check_layers_spec("train_layers", self.train_layers)
         check_positive(self, "epochs", "batch_size", "grad_accum", "lr", "max_length", "eval_batch_size", "meta_prompts",
                        "max_pairs", "max_steps", "head_lr", "swav_prototypes")

@@ -244,7 +244,7 @@ def judge_replies(a: Attacks) -> None:
                "GARBAGE", "ALWAYS500", "FAULT429x1", "HUGE", "RAMBLE", "plain"]
     pairs = lp([{"prompt": f"item-{i} {m} q?", "chosen": "a", "rejected": "b"} for i, m in enumerate(markers)]).pairs
     server = FaultServer(slow_seconds=0.5)
-    cfg = judge.JudgeConfig(model="fake", max_retries=1, backoff_base=0.01, backoff_max=0.02,
+    cfg = judge.JudgeConfig(judge_model="fake", max_retries=1, backoff_base=0.01, backoff_max=0.02,
                             cache_dir=str(a.work / "judge_cache"), max_reply_chars=1000, timeout=5)
     try:
         table = judge.judge_pairs(pairs, cfg, output=a.work / "judge.jsonl", base_url=server.url, progress=False)
@@ -426,13 +426,13 @@ def stale_work(a: Attacks, tiny: str) -> None:
                               pd.read_parquet(d / "score_fresh" / "scores.parquet")["diff"]))
     (d / "judge").mkdir()
     (d / "judge" / "judgments.jsonl").write_text("")
-    JudgeRunConfig(output_dir=str(d / "judge"), model="a")  # settings of a first judge, saved below
+    JudgeRunConfig(output_dir=str(d / "judge"), judge_model="a")  # settings of a first judge, saved below
     from rmkit.config import save_config
 
-    save_config(JudgeRunConfig(data=str(data), output_dir=str(d / "judge"), model="a"), d / "judge" / "config.yaml")
+    save_config(JudgeRunConfig(data=str(data), output_dir=str(d / "judge"), judge_model="a"), d / "judge" / "config.yaml")
     a.expect_error("stale_work", "judge resumed with another model",
-                   lambda: run_judge(JudgeRunConfig(data=str(data), output_dir=str(d / "judge"), model="b",
-                                                    base_url="http://127.0.0.1:9")), names="model")
+                   lambda: run_judge(JudgeRunConfig(data=str(data), output_dir=str(d / "judge"), judge_model="b",
+                                                    base_url="http://127.0.0.1:9")), names="judge_model")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ The denoising goal (75% of what 20% flips cost recovered) is missed at 22.5% wit
 presets recover 0.52 on the ensemble's ranking, 1.22 on the gold's: `lab.py --set denoise_ceiling=...`); ``--studies
 denoise`` asks whether a lower base share, where detection passes 0.85, lifts it too (10 seeds: one seed's flips
 cost 0.6 points, another's 3), with the paper's presets on the ensemble's ranking and flip+margin on the gold's.
-It does not (about half at every share: benchmarks/README.md).
+It does not (about half at every share: docs/lab-notebook.md).
 
     .venv/bin/python benchmarks/lab_base_noise.py                       # flips: about 10 minutes on 2 cores
     .venv/bin/python benchmarks/lab_base_noise.py --studies denoise --against 0.1   # about 30 minutes a share

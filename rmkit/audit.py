@@ -215,7 +215,7 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         # what reviewing the k most suspect pairs it can judge is expected to find (calibrated on these labels)
         "review_budget": review_budget(np.where(judged, p_flag, np.nan),
                                        budgets=[int(flagged.sum()), getattr(cfg, "review_pairs", 200)],
-                                       min_precision=cfg.min_confidence),
+                                       min_precision=getattr(cfg, "review_precision", None) or cfg.min_confidence),
     }
     mode = getattr(cfg, "mode", "crossfit")
     summary = {
@@ -282,8 +282,17 @@ def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> A
     else:
         ds = cfg.read(cfg.data if data is None else data)
     result = audit_pairs(ds, cfg, progress=progress)
-    write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=cfg.review_pairs, progress=progress)
+    write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=review_count(result.summary, cfg), progress=progress)
     return result
+
+
+def review_count(summary: dict, cfg: AuditConfig) -> int:
+    """How many pairs flagged.csv lists: ``review_pairs``, or with ``review_precision`` the most suspect pairs whose
+    expected precision (from the calibration) stays at or above it."""
+    if cfg.review_precision is None:
+        return cfg.review_pairs
+    ok = [b["k"] for b in summary["trust"]["review_budget"] if b["expected_precision"] >= cfg.review_precision]
+    return max(ok, default=0)
 
 
 def write_audit(result: AuditResult, ds: PreferenceDataset, *, n_pairs: int = 10, review_pairs: int = 200,

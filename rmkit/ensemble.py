@@ -10,7 +10,7 @@ Backbones (``EnsembleConfig.backbone``):
   layers (mean-pooled, all taken from the same pass), so they disagree where the features do; heads
   on one layer differ only by a bootstrap resample and nearly coincide. Each layer's L2 penalty is
   picked by cross-fitted log-loss on the labels (`heads.select_l2`). On hh-rlhf with planted flips
-  (benchmarks/README.md) the picked penalty gained 1.5 points of AUROC and layers instead of
+  (docs/lab-notebook.md) the picked penalty gained 1.5 points of AUROC and layers instead of
   resamples another half point.
 - ``finetune_folds``: per fold k, a backbone fine-tuned on the other folds (so it never saw fold k)
   encodes every pair; the members of fold k are heads on those features. K fine-tunes on (K-1)/K of

@@ -67,7 +67,7 @@ JUDGE_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"
 class JudgeConfig:
     """Settings of ``rmkit judge`` (and of `judge_pairs`, `compare_policies`)."""
 
-    model: str = setting("gpt-4o", "the judge model's name at the endpoint")
+    judge_model: str = setting("gpt-4o", "the judge LLM's name at the endpoint (e.g. gpt-4o)")
     base_url: str | None = setting(None, "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
     api_key_env: str = setting("OPENAI_API_KEY", "environment variable that holds the API key (never logged)")
     local_model: str | None = setting(None, "start llama.cpp's server on 127.0.0.1 with this GGUF file "
@@ -288,7 +288,7 @@ class JudgeClient:
         def call() -> None:
             try:
                 box["resp"] = self.client.chat.completions.create(
-                    model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
+                    model=self.cfg.judge_model, messages=messages, temperature=self.cfg.temperature,
                     max_tokens=self.cfg.max_tokens)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 box["error"] = e
@@ -305,7 +305,7 @@ class JudgeClient:
     def _key(self, messages: list[dict[str, str]]) -> str:
         # The endpoint is part of the answer: a local server's reply under `--model gpt-4o` must never come
         # back later as gpt-4o's.
-        req = {"endpoint": self.base_url.rstrip("/"), "model": self.cfg.model, "messages": messages,
+        req = {"endpoint": self.base_url.rstrip("/"), "model": self.cfg.judge_model, "messages": messages,
                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         return hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
 
@@ -605,7 +605,7 @@ class JudgeFailed(JobFailed):
     """Too many items got no verdict: the tables are written, and the run says so with a non-zero exit."""
 
 
-VERDICT_SETTINGS = ("task", "model", "base_url", "local_model", "temperature", "max_tokens", "max_chars", "seed",
+VERDICT_SETTINGS = ("task", "judge_model", "base_url", "local_model", "temperature", "max_tokens", "max_chars", "seed",
                     "both_orders")  # what a held verdict depends on
 
 
@@ -664,7 +664,7 @@ def run_judge(cfg: JudgeRunConfig) -> dict[str, Any]:
         if server is not None:
             server.close()
     summary["seconds"] = time.time() - t0
-    summary["model"] = cfg.model
+    summary["model"] = cfg.judge_model
     write_json(out / "summary.json", summary)
     _check_failures(summary, cfg, out)
     return summary

@@ -197,7 +197,7 @@ map fitted on the data's own labels, cross-fitted (no pair's probability comes f
 Expected calibration error {t['ece']:.3f}; the highest <code>p_label_wrong</code> of any pair is
 {t['max_p_label_wrong']:.2f}. Calibrated on these labels, it is the chance that a label disagrees with what the
 ensemble learned, its own mistakes included: against a known truth (rmkit's gold-standard lab,
-benchmarks/README.md) its calibration error is 0.13&ndash;0.23, where <code>p_flipped</code> (an audit given
+docs/lab-notebook.md) its calibration error is 0.13&ndash;0.23, where <code>p_flipped</code> (an audit given
 <code>--noise-rate</code>) stays within 0.06.</li>
 <li><b>Estimated share of labels the ensemble contradicts:</b> {_pct(t['wrong_share']['share'])}
 (95% CI {_pct(t['wrong_share']['ci_low'])}&ndash;{_pct(t['wrong_share']['ci_high'])}): the sum of

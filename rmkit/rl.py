@@ -382,6 +382,8 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     validate(cfg)  # before any model loads
     if not cfg.reward_model:
         raise ValueError("PPO needs a reward model: --reward-model PATH (train one with rmkit train)")
+    if not cfg.data:
+        raise ValueError("PPO needs prompts: rmkit ppo PROMPTS (preference data or a file with a prompt column)")
     out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)

@@ -59,6 +59,9 @@ def run_rlhf(cfg: RLHFConfig) -> list[dict[str, Any]]:
     validate(cfg)  # every stage's settings, before round 1 starts
     if not cfg.reward_model:
         raise ValueError("rmkit rlhf needs a starting reward model: --reward-model PATH")
+    if not cfg.data or not cfg.prompts:
+        raise ValueError("rmkit rlhf needs data (rmkit rlhf DATA: preference data for the reward model) and --prompts "
+                         "(for PPO and the meta set)")
     out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data))
     if (out / "round_1" / "summary.json").exists():  # finished rounds are kept: later ones must continue them
         require_saved_settings(out / "config.yaml", cfg,

@@ -225,6 +225,8 @@ def _split_pairs(cfg: TrainConfig, out: Path, *, write: bool
                  ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
     """Train, validation and test pairs of ``cfg.data`` by its saved split (created, and written by the main
     process only, when missing: splits are deterministic, so every process computes the same ones)."""
+    if not cfg.data:
+        raise ValueError("rmkit train needs data: a file, a directory or a hub dataset name (rmkit train DATA)")
     ds = cfg.read(cfg.data)
     splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
     splits = get_splits(ds, splits_path if write or splits_path.exists() else None,

@@ -387,3 +387,17 @@ def test_every_phase_of_an_audit_says_what_it_does(separable, tmp_path, capfd):
                   "calibrating p_label_wrong (length, cross-fitted)", "writing the tables", "drawing the figures",
                   "writing report.html", "rmkit audit: done"):
         assert phase in err, phase
+
+
+def test_a_review_budget_by_precision_lists_as_many_pairs_as_keep_it(separable, tmp_path):
+    """Issue 42, item 5: the user says the precision they need; flagged.csv lists the most suspect pairs, as many as
+    keep the calibration's expected precision at or above it, and the summary shows what every budget buys."""
+    path, _, _ = separable
+    res = run_audit(AuditConfig(data=str(path), output_dir=str(tmp_path / "a"), members=4, max_length=32,
+                                cache_dir=str(tmp_path / "cache"), review_precision=0.6), progress=False)
+    budget = res.summary["trust"]["review_budget"]
+    k = max(b["k"] for b in budget if b["expected_precision"] >= 0.6)
+    listed = pd.read_csv(tmp_path / "a" / "flagged.csv")
+    assert len(listed) == k > 0
+    assert all(0 <= b["expected_recall"] <= 1 for b in budget)
+    assert "What a review budget buys" in (tmp_path / "a" / "report.html").read_text()

@@ -100,3 +100,41 @@ def test_max_pairs_means_one_thing_in_every_command():
     for module in ("rmkit.tsne", "rmkit.judge", "rmkit.scoring", "rmkit.lab.proxies", "rmkit.training", "rmkit.audit"):
         src = importlib.import_module(module).__loader__.get_source(module)
         assert "stratified_sample" in src or ".sample(" in src, module
+
+
+# Settings whose name is shared by commands that describe it with their own details, each with the meaning they
+# share (every help text of the name must say it). Any other name shared by two commands has one help text.
+SAME_MEANING = {
+    "output_dir": "", "data": "", "seed": "seed", "batch_size": "", "max_length": "token", "model": "",
+    "precision": "auto", "device": "where models run", "splits_file": "splits", "split": "split",
+    "split_seed": "seed", "split_fractions": "fractions", "eval_every": "every N", "save_every": "every N",
+    "resume": "checkpoint", "max_grad_norm": "gradient-norm clip", "policy": "causal LM", "reward_model": "reward model",
+    "aggregation": "mean, min", "uwo_lambda": "lambda of uwo", "gold": "gold", "temperature": "sampling temperature",
+    "max_prompt_tokens": "prompts", "max_prompts": "N", "meta_prompts": "prompts", "eval_prompts": "prompts",
+    "cache_dir": "cache", "api_key_env": "environment variable", "min_confidence": "p_label_wrong",
+    "strength": "strength.parquet", "models": "comma-separated",
+}
+
+
+def test_a_setting_name_means_one_thing_across_commands():
+    """Issue 45: `--temperature` had four meanings (the lab's was a label temperature: now label_temperature),
+    `--model` an LLM in judge and an RM elsewhere (now --judge-model). A name two commands share has one help text,
+    or is one of SAME_MEANING, every one of whose help texts states the shared meaning."""
+    import dataclasses
+
+    from rmkit.cli import COMMANDS, _config_class
+
+    helps: dict[str, dict[str, list[str]]] = {}
+    for name, cmd in COMMANDS.items():
+        for f in dataclasses.fields(_config_class(cmd)):
+            helps.setdefault(f.name, {}).setdefault(f.metadata.get("help", ""), []).append(name)
+    bad = []
+    for field, texts in helps.items():
+        if len(texts) == 1:
+            continue
+        if field not in SAME_MEANING:
+            bad.append(f"--{field}: {len(texts)} help texts ({', '.join(c for cs in texts.values() for c in cs)})")
+        else:
+            bad += [f"--{field} in {cmds}: does not say '{SAME_MEANING[field]}'" for text, cmds in texts.items()
+                    if SAME_MEANING[field].lower() not in text.lower()]
+    assert not bad, bad

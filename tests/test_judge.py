@@ -56,7 +56,7 @@ def test_faults_retries_statuses_cache_and_resume(tmp_path, monkeypatch):
     server = FaultServer(slow_seconds=2.0)
     markers = ["FAULT429x2", "FAULT500x1", "ALWAYS500", "SLOW", "GARBAGE", "GARBAGEx1", "RAMBLE", "plain"]
     pairs = _items(markers)
-    cfg = JudgeConfig(model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, timeout=0.5, concurrency=4,
+    cfg = JudgeConfig(judge_model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, timeout=0.5, concurrency=4,
                       cache_dir=str(tmp_path / "cache"))
     try:
         table = judge_pairs(pairs, cfg, output=tmp_path / "run1.jsonl", base_url=server.url, progress=False)
@@ -100,7 +100,7 @@ def test_cache_keyed_by_endpoint_and_cut_replies_not_cached(tmp_path, monkeypatc
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
     one, two = FaultServer(), FaultServer()
-    cfg = JudgeConfig(model="gpt-4o", cache_dir=str(tmp_path / "cache"), max_retries=0)
+    cfg = JudgeConfig(judge_model="gpt-4o", cache_dir=str(tmp_path / "cache"), max_retries=0)
     msgs = [{"role": "user", "content": "item-1 which is better?"}]
     cut = [{"role": "user", "content": "item-2 CUT which is better?"}]
     try:
@@ -125,7 +125,7 @@ def test_retry_after_cut_resume_and_huge_replies(tmp_path, monkeypatch):
     monkeypatch.setattr(judge.time, "sleep", lambda s: waits.append(s))
     server = FaultServer()
     pairs = _items(["RETRYAFTERx1", "HUGE", "plain"])
-    cfg = JudgeConfig(model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, max_retry_after=5.0,
+    cfg = JudgeConfig(judge_model="fake", max_retries=2, backoff_base=0.01, backoff_max=0.05, max_retry_after=5.0,
                       cache_dir=str(tmp_path / "cache"), concurrency=1, max_reply_chars=1000)
     out = tmp_path / "run.jsonl"
     try:
@@ -159,7 +159,7 @@ def test_bad_replies_are_never_decisions_nor_cached(tmp_path, monkeypatch):
     server = FaultServer()
     markers = ["LISTCONTENT", "INTCONTENT", "EMPTYCONTENT", "NULLCONTENT", "WORSE", "ECHO", "LATEVERDICT", "FLOOD"]
     pairs = _items(markers)
-    cfg = JudgeConfig(model="fake", max_retries=1, cache_dir=str(tmp_path / "cache"), max_reply_chars=1000)
+    cfg = JudgeConfig(judge_model="fake", max_retries=1, cache_dir=str(tmp_path / "cache"), max_reply_chars=1000)
     try:
         table = judge_pairs(pairs, cfg, output=tmp_path / "run.jsonl", base_url=server.url, progress=False)
         by = dict(zip(markers, table.to_dict("records")))
@@ -195,7 +195,7 @@ def test_judge_run_fails_loudly_when_most_items_get_no_verdict(tmp_path, monkeyp
             for i, m in enumerate(["RAMBLE", "RAMBLE", "plain"])]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    args = ["judge", str(data), "--model", "fake", "--base-url", server.url, "--cache-dir", str(tmp_path / "c"),
+    args = ["judge", str(data), "--judge-model", "fake", "--base-url", server.url, "--cache-dir", str(tmp_path / "c"),
             "--output-dir", str(tmp_path / "out")]
     try:
         assert main(args) == 1
@@ -238,7 +238,7 @@ def test_real_llama_cpp_server_with_the_openai_client(llama_server, shared_data,
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-must-not-leak")
     assert llama_server.url.startswith("http://127.0.0.1:")
     pairs = load_preferences(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz", limit=4).pairs
-    cfg = JudgeConfig(model="smollm2", max_tokens=24, max_chars=400, concurrency=2, cache_dir=str(tmp_path / "c"),
+    cfg = JudgeConfig(judge_model="smollm2", max_tokens=24, max_chars=400, concurrency=2, cache_dir=str(tmp_path / "c"),
                       both_orders=True)
     table = judge_pairs(pairs, cfg, output=tmp_path / "j.jsonl", base_url=llama_server.url, progress=False)
     assert len(table) == 4 and set(table["status"]) <= {"ok", "unparseable", "failed"}
@@ -261,7 +261,7 @@ def test_cli_judge_with_local_server(shared_data, tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "judge"
     args = ["judge", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), "--local-model", "smollm2",
-            "--model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
+            "--judge-model", "smollm2", "--max-pairs", "3", "--max-tokens", "16", "--max-chars", "300",
             "--output-dir", str(out)]
     args += ["--max-failed-share", "1"]  # a 135M judge with 16 tokens gives few verdicts
     assert main(args) == 0

@@ -261,7 +261,7 @@ def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, 
                                    "eval_test": False},
                          ppo={"steps": 1, "batch_size": 2, "minibatch_size": 2, "max_new_tokens": 4, "eval_prompts": 2,
                               "max_prompts": 12, "max_prompt_tokens": 96},
-                         judge={"model": "fake", "base_url": server.url, "cache_dir": str(tmp_path / "cache")})
+                         judge={"judge_model": "fake", "base_url": server.url, "cache_dir": str(tmp_path / "cache")})
         (r,) = run_rlhf(cfg)
     finally:
         server.close()

@@ -8,19 +8,36 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "rmkit"
 
 
+def _name(path: Path) -> str:
+    """A module's dotted name inside rmkit: ``data``, ``lab.labels``; a package's ``__init__`` is the package."""
+    parts = list(path.relative_to(PKG).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imports(path: Path) -> set[str]:
-    """rmkit modules a module imports, anywhere in its body (``from .x import``, ``from rmkit.x import``,
-    ``from . import x``)."""
+    """rmkit modules a module imports, anywhere in its body (``from .x import``, ``from ..x import``, ``from rmkit.x
+    import``, ``from . import x``), as dotted names of modules that exist (a package stands for its ``__init__``)."""
+    me = _name(path)
+    package = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+    modules = {_name(p) for p in PKG.rglob("*.py")}
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                out.add(node.module.split(".")[0])
-            elif node.level == 1:
-                out.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
-            elif node.module and node.module.startswith("rmkit."):
-                out.add(node.module.split(".")[1])
-    return out - {path.stem, "__init__"}
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            targets = [".".join(base + node.module.split("."))] if node.module else \
+                [".".join(base + [a.name]) for a in node.names]
+        elif node.module and node.module.startswith("rmkit."):
+            targets = [node.module[len("rmkit."):]]
+        else:
+            continue
+        for t in targets:
+            while t and t not in modules:  # from .lab.hh import X names module lab.hh; from .lab import X, lab
+                t = t.rpartition(".")[0]
+            if t:
+                out.add(t)
+    return out - {me}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -52,13 +69,13 @@ def test_find_cycle_finds_one():
 
 
 def test_no_import_cycle_in_rmkit():
-    graph = {p.stem: _imports(p) for p in PKG.glob("*.py")}
+    graph = {_name(p): _imports(p) for p in PKG.rglob("*.py")}
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
 def test_no_function_over_180_lines():
     long = []
-    for p in PKG.glob("*.py"):
+    for p in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 180:
                 long.append(f"{p.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
@@ -73,7 +90,7 @@ def test_committed_results_are_standard_json():
     def refuse(token):
         raise ValueError(f"non-standard JSON token {token}")
 
-    results = sorted((PKG.parent / "benchmarks" / "results").glob("*.json"))
+    results = sorted((PKG.parent / "benchmarks" / "results").rglob("*.json"))
     assert results
     for path in results:
         json.loads(path.read_text(), parse_constant=refuse)
@@ -115,3 +132,78 @@ def test_relative_paths_by_hand(tmp_path):
                                          "list": ["b", 3, None], "root_itself": "../repo", "beside": "../shared/data"}
     write_json(tmp_path / "r.json", obj, relative_to=root)
     assert '"runs/a/policy"' in (tmp_path / "r.json").read_text()
+
+
+BENCH = PKG.parent / "benchmarks"
+
+
+def test_the_suite_has_an_index_and_its_scripts_import_only_rmkit():
+    """Issue 45: benchmarks/INDEX.md lists every script; no benchmark imports another (a helper two scripts share
+    belongs in the library), and no benchmark reaches into the tests."""
+    scripts = sorted(p.name for p in BENCH.glob("*.py"))
+    index = (BENCH / "INDEX.md").read_text()
+    assert not [s for s in scripts if f"`{s}" not in index], [s for s in scripts if f"`{s}" not in index]
+    names = {p.stem for p in BENCH.glob("*.py")}
+    for p in BENCH.glob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            bad = [m for m in mods if m.split(".")[0] in names]
+            assert not bad, f"{p.name} imports {bad}"
+
+
+def test_every_result_says_where_it_came_from():
+    """Issue 45: every result JSON carries provenance.argv and provenance.commit (`rmkit.provenance.write_result`;
+    results older than it carry a backfilled one)."""
+    import json
+
+    missing = []
+    for path in sorted((BENCH / "results").rglob("*.json")):
+        prov = json.loads(path.read_text()).get("provenance") or {}
+        if not prov.get("argv") or "commit" not in prov:
+            missing.append(path.name)
+    assert not missing, missing
+
+
+def test_no_config_default_points_outside_the_repository():
+    """Issue 45: a default like ../shared/data/hh-rlhf works only beside this project's clone; data is given."""
+    import dataclasses
+    import importlib
+
+    bad = []
+    for p in sorted((PKG / "configs").glob("*.py")) + [PKG / "data.py", PKG / "denoise.py", PKG / "judge.py"]:
+        mod = importlib.import_module("rmkit." + _name(p))
+        for cls in vars(mod).values():
+            if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+                for f in dataclasses.fields(cls):
+                    if isinstance(f.default, str) and ("../" in f.default or f.default.startswith("/")):
+                        bad.append(f"{cls.__name__}.{f.name} = {f.default}")
+    assert not bad, bad
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    """Issues 45 and 46: `rmkit <cmd> --help` took 2-20 s importing torch for the settings; the settings live in
+    rmkit.configs, so help and a mistyped flag need neither (measured: 1.2 s -> 0.15 s)."""
+    import subprocess
+    import sys
+
+    from rmkit.cli import COMMANDS
+
+    code = ("import sys, contextlib, io\nfrom rmkit.cli import main\nfor name in sys.argv[1:]:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n        try:\n            main([name, '--help'])\n"
+            "        except SystemExit:\n            pass\nprint(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *COMMANDS], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_the_readme_pitches_before_it_explains():
+    """Issue 45: the README's first paragraph is a pitch of at most 60 words, its first code example at most 8 lines,
+    and its first two commands set up and audit, then run the tests."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    first = text.split("\n\n")[1]
+    assert not first.startswith(("```", "#")) and len(first.split()) <= 60, first
+    blocks = re.findall(r"```\w*\n(.*?)```", text, re.S)
+    assert len(blocks[0].strip().splitlines()) <= 8
+    assert "rmkit audit" in blocks[0] and "scripts/setup.sh" in blocks[0] and "pytest" in blocks[1]

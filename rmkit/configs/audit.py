@@ -43,6 +43,10 @@ class AuditConfig(EnsembleConfig, DataSource):
     report_pairs: int = setting(10, "suspect and ambiguous pairs shown in report.html")
     review_pairs: int = setting(200, "flagged.csv/.jsonl: the flagged pairs, then the most suspect others up to "
                                      "this many, for review")
+    review_precision: float | None = setting(
+        None, "a review budget by precision: flagged.csv lists the most suspect pairs, as many as keep the expected "
+              "share of wrong labels among them at or above this (instead of review_pairs); the report shows what "
+              "every budget buys")
     max_pairs: int | None = setting(None, MAX_PAIRS_HELP)
     member_models: list[str] | None = setting(None, "score every pair with reward models you already have (paths or "
                                                     "hub ids, any mix of backbones) instead of training an ensemble; "
@@ -57,6 +61,8 @@ class AuditConfig(EnsembleConfig, DataSource):
     def check(self) -> None:
         super().check()
         self.category_rules.check()
+        if self.review_precision is not None and not 0.0 < self.review_precision <= 1.0:
+            raise ValueError(f"review_precision must be in (0, 1], got {self.review_precision}")
         if self.noise_rate is not None and not 0.0 <= self.noise_rate < 0.5:
             raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate}")
         if self.max_pairs is not None and self.max_pairs < 2:

@@ -40,7 +40,7 @@ class LabConfig(DataSource):
                                                "gold 94% relevance: benchmarks/lab_gold_relevance.py)")
     against_gold: float = setting(0.225, "share of sampled labels that go against the gold's sign (sets the "
                                          "temperature; the paper reports 20-25% on hh-rlhf)")
-    temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
+    label_temperature: float | None = setting(None, "Bradley-Terry temperature of the sampled labels (default: from "
                                               "against_gold)")
     flip_levels: list[float] = setting([0.1, 0.2, 0.3], "planted-flip shares the flips study runs")
     denoise_noise: float = setting(0.2, "planted-flip share the denoising study trains on")

@@ -15,8 +15,8 @@ from .policy import SamplingConfig
 class PPOConfig(SamplingConfig, DataSource):
     """Settings of ``rmkit ppo`` (and of `train_ppo`). The sampling settings are the paper's."""
 
-    data: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
-                        "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` column")
+    data: str = setting("", "prompts: preference data (each pair's prompt) or a JSONL/parquet file with a `prompt` "
+                            "column")
     policy: str = setting("smollm2", "the policy to optimise (causal LM): hub id, local path, or the alias smollm2")
     reward_model: str = setting("", "an rmkit / sequence-classification reward model (path or hub id), an ensemble "
                                     "folder (rmkit_ensemble.json) or comma-separated members")

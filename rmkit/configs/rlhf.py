@@ -15,9 +15,8 @@ from .training import TrainConfig
 class RLHFConfig:
     """Settings of ``rmkit rlhf`` (and of `run_rlhf`)."""
 
-    data: str = setting("../shared/data/hh-rlhf", "preference data the reward model trains on")
-    prompts: str = setting("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz",
-                           "prompts for PPO and the meta set: preference data or a file with a `prompt` column")
+    data: str = setting("", "preference data the reward model trains on")
+    prompts: str = setting("", "prompts for PPO and the meta set: preference data or a file with a `prompt` column")
     policy: str = setting("smollm2", "the starting policy (causal LM)")
     reward_model: str = setting("", "the starting reward model (e.g. from rmkit train)")
     output_dir: str = setting("runs/rlhf", "one folder per round, and rounds.jsonl")
@@ -28,8 +27,8 @@ class RLHFConfig:
     eval_prompts: int = setting(16, "prompts whose k fresh responses measure J after each round")
     rm_train: dict = setting({}, "TrainConfig settings for each round's MetaRM training (e.g. {epochs: 0.1, lr: 1e-5})")
     ppo: dict = setting({}, "PPOConfig settings for each round's PPO (e.g. {steps: 20, actor_lr: 3e-6})")
-    judge: dict = setting({}, "JudgeConfig settings for win/tie/lose against the starting policy, e.g. {model: gpt-4o} "
-                              "or {local_model: smollm2}; empty: no judge")
+    judge: dict = setting({}, "JudgeConfig settings for win/tie/lose against the starting policy, e.g. "
+                              "{judge_model: gpt-4o} or {local_model: smollm2}; empty: no judge")
     seed: int = setting(0, "seed of every stage (offset by the round)")
 
     def check(self) -> None:

@@ -13,7 +13,7 @@ from ..data import MAX_PAIRS_HELP, DataSource, check_split_fractions
 class TrainConfig(DataSource):
     """Settings of ``rmkit train`` (and of `train_reward_model`)."""
 
-    data: str = setting("../shared/data/hh-rlhf", "preference data: a file, a directory, or a hub dataset name")
+    data: str = setting("", "preference data: a file, a directory, or a hub dataset name")
     model: str = setting("minilm", "backbone or reward model: hub id, local path, or the alias minilm/smollm2")
     output_dir: str = setting("runs/rm", "where the model, metrics, splits and checkpoints go")
     splits_file: str | None = setting(None, "splits JSON to reuse or create (default: OUTPUT_DIR/splits.json)")

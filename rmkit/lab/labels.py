@@ -62,7 +62,7 @@ def length_confounded(gold_diff: np.ndarray, length_diff: np.ndarray, bonus: flo
     Labels sampled from it (`sample_labels`, with the temperature chosen on it) favour the longer response more
     often than the gold does; detectors and RMs are still graded against the gold alone. ``bonus`` 1: a length
     difference one std wide moves the label as much as a gold difference one std wide."""
-    from .calibration import signed_log_length
+    from ..calibration import signed_log_length
 
     g = np.asarray(gold_diff, np.float64)
     x = signed_log_length(length_diff)

@@ -85,7 +85,7 @@ def run_lab(cfg: LabConfig, *, progress: bool = True) -> dict[str, Any]:
     else:  # its JSON names the base (gold_base.json, gold_base_head.npy): rmkit bon --gold reads the folder
         prompt_aware.info = gold_info
         prompt_aware.save(out / "gold.json", str(out / "gold_base.json"))
-    temperature = cfg.temperature or choose_temperature(gold_diff, cfg.against_gold)
+    temperature = cfg.label_temperature or choose_temperature(gold_diff, cfg.against_gold)
     labels = sample_labels(ids, gold_diff, temperature, seed=cfg.seed)
     write_table(out / "labels.parquet", labels)
     result.update(gold=gold_info, temperature=temperature,

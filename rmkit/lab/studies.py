@@ -315,7 +315,7 @@ def prompt_sensitivity(score, prompts: Sequence, responses: Sequence, *, seed: i
 
     A gold that judges answers prefers the own prompt nearly always; one that scores responses alone does so as
     often as not, and a policy that leaves the question but keeps the register it likes then hacks the gold along
-    with the proxy (benchmarks/README.md: PPO to KL 127, benchmarks/lab_hack.py). ``prompts`` (chat messages or
+    with the proxy (docs/lab-notebook.md: PPO to KL 127, benchmarks/lab_hack.py). ``prompts`` (chat messages or
     strings) may repeat, e.g. k samples per prompt; ``score(prompts, responses)`` gives ``(B,)`` rewards. Returns
     the mean gap with its 95% interval over responses (`rmkit.intervals`), and ``prefers_own``, the share of
     responses rewarded more under their own prompt."""

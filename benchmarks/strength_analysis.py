@@ -15,9 +15,9 @@ On the training split (seeded 70/10/20, as `rmkit train`), with the audit's defa
 L2 picked once on the training labels; several bootstrap seeds), the cheap stand-in that makes ten
 trainings affordable on a CPU; every number says which scoring it used.
 
-    .venv/bin/python analysis/strength_analysis.py [--members 10]
+    .venv/bin/python benchmarks/strength_analysis.py [--members 10]
 
-Writes analysis/results/strength_analysis.json and analysis/results/*.png.
+Writes benchmarks/results/strength_analysis/strength_analysis.json and its figures there.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--slice-seeds", type=int, default=5, help="head seeds (bootstraps) per decile")
-    parser.add_argument("--out", default=str(ROOT / "analysis" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "strength_analysis"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """The GPU checks of ../shared/GPU-CHECKS.md, one part per call of a lent GPU machine, each step timed and written
 to the result file as soon as it ends (a call cut short keeps what finished).
 
-    .venv/bin/python benchmarks/gpu_checks.py --pack .gpu                  # here: what the calls carry (git-ignored)
-    python3 benchmarks/gpu_checks.py --part smollm2 --work /tmp/gpu --out $OUT --budget 300          # there
-    python3 benchmarks/gpu_checks.py --part minilm  --work /tmp/gpu --out $OUT --budget 420 --reference .gpu/m/ref.npz
-    .venv/bin/python benchmarks/gpu_checks.py --collect FOLDER... --cpu-audit runs/gpu_ref/audit_cpu \
+    .venv/bin/python scripts/gpu_checks.py --pack .gpu                  # here: what the calls carry (git-ignored)
+    python3 scripts/gpu_checks.py --part smollm2 --work /tmp/gpu --out $OUT --budget 300          # there
+    python3 scripts/gpu_checks.py --part minilm  --work /tmp/gpu --out $OUT --budget 420 --reference .gpu/m/ref.npz
+    .venv/bin/python scripts/gpu_checks.py --collect FOLDER... --cpu-audit runs/gpu_ref/audit_cpu \
         --out benchmarks/results/gpu_checks.json                           # here: the one committed result
 
 - ``smollm2``: 30 steps of SmolLM2 training under torch's profiler (the GPU's busy share and the ops that take

@@ -29,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .config import JobFailed, add_arguments, config_from_args
+from .config import JobFailed, add_arguments, check_inputs, config_from_args
 from .data import DataError
 from .files import json_text
 
@@ -140,6 +140,7 @@ def _config_class(cmd: Command) -> type:
 def _run(name: str, args: argparse.Namespace) -> None:
     cmd = COMMANDS[name]
     cfg = config_from_args(_config_class(cmd), args, {field: getattr(args, arg) for arg, field, _ in cmd.positionals})
+    check_inputs(cfg)  # a mistyped path fails now, before the job's module (torch) is imported
     if cmd.before is not None:
         cmd.before(cfg)
     cmd.show(getattr(importlib.import_module(f"rmkit.{cmd.module}"), cmd.function)(cfg))

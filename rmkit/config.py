@@ -198,6 +198,32 @@ def load_yaml(path: str | Path, text: str | None = None) -> Any:
         raise ValueError(f"{path}: not a YAML file rmkit reads ({' '.join(str(e).split())[:300]})") from None
 
 
+# Settings that name something a job reads (as opposed to writes): a local path among them must exist.
+INPUT_SETTINGS = ("data", "model", "models", "policy", "reward_model", "strength", "reviews", "ids", "gold_scores",
+                  "gold_head", "meta_data", "judge_labels", "ptx_data", "prompts")
+_DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv", ".zip", ".npy", ".yaml")
+
+
+def _looks_local(name: str) -> bool:
+    """A name meant as a local path (not an alias or a hub id ``owner/name``)."""
+    return (name.startswith((".", "/", "~")) or name.lower().endswith(_DATA_SUFFIXES) or name.count("/") > 1
+            or "\\" in name)
+
+
+def check_inputs(cfg: Any) -> None:
+    """Every input setting that names a local path names one that exists: checked as the command line builds the
+    config, before the job's module (torch, transformers) is even imported, so a typo in a path costs no model load.
+    Hub ids and aliases are checked where they load."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in INPUT_SETTINGS:
+            continue
+        value = getattr(cfg, f.name)
+        names = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else []
+        for name in (n.strip() for n in names):
+            if name and _looks_local(name) and not Path(name).expanduser().exists():
+                raise FileNotFoundError(f"{f.name}: {name}: no such file or directory")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults, then the YAML file at ``path``, then ``overrides``."""
     data: dict[str, Any] = {}

@@ -206,3 +206,18 @@ def test_a_typo_fails_before_any_model_or_data_loads(argv, message, monkeypatch,
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_mistyped_path_fails_before_any_model_or_torch_loads(tmp_path):
+    """Issue 46, item 5: a wrong data path was reported after the model loaded (22-35 s on a loaded machine). The
+    command line checks every input path as it builds the config, before torch is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rmkit.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('RC', rc, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    for args in (["train", str(tmp_path / "missing.jsonl")], ["audit", "./nope/pairs.jsonl"],
+                 ["score", str(tmp_path), str(tmp_path / "no_model")], ["denoise", str(tmp_path / "strength.parquet")]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert "RC 2 []" in out.stdout, (args, out.stdout, out.stderr[-500:])
+        assert "no such file or directory" in out.stderr, out.stderr

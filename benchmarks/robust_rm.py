@@ -17,7 +17,7 @@ odin), ``flip`` and ``margin`` (the paper's presets on the audit ensemble's stre
 CPU budget: the pool, sequence length and blocks trained are cut so that every model trains in about two minutes on
 2 cores; all methods see the same cut, so the comparison stays fair, but absolute accuracies are below a full run.
 
-    .venv/bin/python benchmarks/robust_rm.py                 # 2 labs x 3 seeds x 8 models: about 2 hours on 2 cores
+    .venv/bin/python benchmarks/robust_rm.py                 # 2 labs x 3 seeds x 6 models trained: ~2 hours, 2 cores
 
 Writes benchmarks/results/robust_rm.json (finished runs are reused from --work: a killed run resumes).
 """
@@ -141,10 +141,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labs", default="confounded,flips_0.2")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--bonus", type=float, default=1.0)
-    parser.add_argument("--pool", type=int, default=1200, help="training pairs (a seeded sample of the train split)")
-    parser.add_argument("--test", type=int, default=1000, help="test pairs graded (a seeded sample of the test split)")
+    parser.add_argument("--pool", type=int, default=800, help="training pairs (a seeded sample of the train split)")
+    parser.add_argument("--test", type=int, default=800, help="test pairs graded (a seeded sample of the test split)")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--work", default=str(ROOT / "runs" / "robust_rm"))

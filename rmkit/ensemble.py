@@ -454,6 +454,9 @@ def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: 
                       "bootstrap": plan.bootstrap}
 
 
+HEAD_MEMORY = 2 * 10**9  # bytes of one layer's chosen and rejected features in float64 the heads hold at once
+
+
 def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.ndarray, score: np.ndarray,
                layers: list[int], views: list[int], select_fold: np.ndarray,
                labels: np.ndarray | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -465,13 +468,18 @@ def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.nd
     W = np.zeros((len(layers), fc.shape[2]))
     penalties: dict = {}
     blocks = views if cfg.pooling == "mean" else [None]
+    n, width = fc.shape[0], fc.shape[2]
+    # One layer's features in float64 past HEAD_MEMORY bytes: the heads read the memory-mapped cache a chunk at a time
+    chunk = cfg.head_chunk_rows or (max(1, HEAD_MEMORY // (16 * width)) if 16 * n * width > HEAD_MEMORY else None)
+    device = resolve_device(cfg.device)  # a GPU where the job has one (float32 there), else the CPU in float64
     for v, layer in enumerate(tqdm(blocks, desc="heads (L2 search, then the members), by layer", unit="layer",
                                    disable=not progress)):
         mine = [j for j, lay in enumerate(layers) if cfg.pooling != "mean" or lay == layer]
-        c, r = np.asarray(fc[:, v]), np.asarray(fr[:, v])
-        l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold, labels=labels)[0]
+        c, r = (fc[:, v], fr[:, v]) if chunk else (np.asarray(fc[:, v]), np.asarray(fr[:, v]))
+        kw = dict(labels=labels, chunk_rows=chunk, device=device)
+        l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold, **kw)[0]
         penalties[str(layer if cfg.pooling == "mean" else "native")] = l2
-        W[mine] = train_bt_heads(c, r, train[mine], l2=l2, labels=labels)
+        W[mine] = train_bt_heads(c, r, train[mine], l2=l2, **kw)
         diffs[mine] = head_diffs(W[mine], c, r, score[mine])
     return diffs, W, penalties
 

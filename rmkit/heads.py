@@ -62,6 +62,8 @@ def train_bt_heads(
     max_iter: int = 200,
     labels: np.ndarray | None = None,
     margins: np.ndarray | None = None,
+    chunk_rows: int | None = None,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Fit M linear BT heads at once; returns ``W (M, H)``.
 
@@ -69,35 +71,72 @@ def train_bt_heads(
     allowed). ``l2``: one penalty for all heads, or one per head ``(M,)``. ``labels (N,)``, if given,
     is the probability that chosen is preferred (1 by default; soft labels and ties welcome).
     ``margins (N,)``: the loss reads ``w · (f_c - f_r) - m`` (Eq. 6, as `losses.bradley_terry_loss`).
+
+    Full-batch L-BFGS on the exact loss. ``chunk_rows``: read the features (e.g. a memory-mapped cache larger than
+    memory) ``chunk_rows`` pairs at a time in every evaluation, accumulating the same loss and gradient, so memory
+    holds one chunk, not ``(N, H)``; the solution is the full-batch one up to the order of float sums. ``device``: where
+    the heads train (a GPU: float32 there; the CPU keeps float64).
     """
-    d = torch.as_tensor(np.asarray(chosen_features) - np.asarray(rejected_features), dtype=torch.float64)  # (N, H)
-    w_train = torch.as_tensor(train_weights, dtype=torch.float64)  # (M, N)
-    y = torch.ones(d.shape[0], dtype=torch.float64) if labels is None else torch.as_tensor(labels, dtype=torch.float64)
-    m = torch.zeros(d.shape[0], dtype=torch.float64) if margins is None else torch.as_tensor(margins, dtype=torch.float64)
+    device = torch.device(device or "cpu")
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    n = len(chosen_features)
+    stream = chunk_rows is not None and chunk_rows < n
+    w_train = torch.as_tensor(train_weights, dtype=dtype, device=device)  # (M, N)
+    y = torch.ones(n, dtype=dtype, device=device) if labels is None else torch.as_tensor(labels, dtype=dtype,
+                                                                                          device=device)
+    m = torch.zeros(n, dtype=dtype, device=device) if margins is None else torch.as_tensor(margins, dtype=dtype,
+                                                                                            device=device)
     counts = w_train.sum(1).clamp_min(1.0)  # (M,)
-    penalty = torch.as_tensor(np.broadcast_to(np.asarray(l2, dtype=np.float64), (w_train.shape[0],)).copy())
-    W = torch.zeros(w_train.shape[0], d.shape[1], dtype=torch.float64, requires_grad=True)
+    penalty = torch.as_tensor(np.broadcast_to(np.asarray(l2, dtype=np.float64), (w_train.shape[0],)).copy(),
+                              dtype=dtype, device=device)
+    width = np.shape(chosen_features)[1]
+    W = torch.zeros(w_train.shape[0], width, dtype=dtype, device=device, requires_grad=True)
     opt = torch.optim.LBFGS([W], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
     # Hard labels (every pair's chosen preferred, the audit's case): the (1 - y) term is exactly zero, so leaving it
     # out gives the same loss and gradient bit for bit, for a fifth less of the heads' time.
     hard = bool((y == 1).all())
 
-    def closure():
-        opt.zero_grad()
-        z = W @ d.T - m  # (M, N) reward differences, less each pair's margin
-        per_pair = -F.logsigmoid(z) if hard else -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
-        loss = ((per_pair * w_train).sum(1) / counts).sum() + (penalty * (W ** 2).sum(1)).sum()
-        loss.backward()
-        return loss
+    def pairs_loss(d: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        z = W @ d.T - m[s:e]  # (M, rows) reward differences, less each pair's margin
+        per_pair = -F.logsigmoid(z) if hard else -(y[s:e] * F.logsigmoid(z) + (1 - y[s:e]) * F.logsigmoid(-z))
+        return ((per_pair * w_train[:, s:e]).sum(1) / counts).sum()
+
+    if not stream:
+        d = torch.as_tensor(np.asarray(chosen_features) - np.asarray(rejected_features), dtype=dtype, device=device)
+
+        def closure():
+            opt.zero_grad()
+            loss = pairs_loss(d, 0, n) + (penalty * (W ** 2).sum(1)).sum()
+            loss.backward()
+            return loss
+    else:
+        def closure():
+            opt.zero_grad()
+            total = (penalty * (W ** 2).sum(1)).sum()
+            total.backward()
+            total = total.detach()
+            for s in range(0, n, chunk_rows):
+                e = min(n, s + chunk_rows)
+                d = torch.as_tensor(np.asarray(chosen_features[s:e], np.float64)
+                                    - np.asarray(rejected_features[s:e], np.float64), dtype=dtype, device=device)
+                part = pairs_loss(d, s, e)
+                part.backward()  # gradients add up chunk by chunk: one chunk in memory at a time
+                total = total + part.detach()
+            return total
 
     opt.step(closure)
-    return W.detach().numpy()
+    return W.detach().cpu().numpy()
 
 
 def head_diffs(W: np.ndarray, chosen_features: np.ndarray, rejected_features: np.ndarray,
                score_mask: np.ndarray | None = None) -> np.ndarray:
     """Reward differences ``(M, N)`` of every head on every pair; NaN where ``score_mask`` is False."""
-    diffs = W @ (np.asarray(chosen_features, np.float64) - np.asarray(rejected_features, np.float64)).T
+    n = len(chosen_features)
+    diffs = np.empty((len(W), n))
+    for s in range(0, n, 65536):  # in chunks: a memory-mapped cache is never held whole
+        e = min(n, s + 65536)
+        diffs[:, s:e] = W @ (np.asarray(chosen_features[s:e], np.float64)
+                             - np.asarray(rejected_features[s:e], np.float64)).T
     if score_mask is not None:
         diffs = np.where(score_mask, diffs, np.nan)
     return diffs
@@ -113,6 +152,8 @@ def select_l2(
     *,
     grid: Sequence[float] = L2_GRID,
     labels: np.ndarray | None = None,
+    chunk_rows: int | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[float, dict[float, float]]:
     """The L2 penalty of the grid with the lowest cross-fitted BT log-loss on the data's own labels.
 
@@ -120,18 +161,18 @@ def select_l2(
     on the other folds and is scored on its own, all penalties in one batch. Uses nothing but the
     labels an audit already has (no clean labels), so the audit can pick it itself; with label noise
     the best penalty is larger than on clean data, which is the point of picking it on the data.
-    Returns the chosen penalty and the log-loss of each.
+    ``chunk_rows`` and ``device`` as `train_bt_heads`. Returns the chosen penalty and the log-loss of each.
     """
     fold = np.asarray(fold)
     folds = [k for k in np.unique(fold) if k >= 0]
     if len(folds) < 2:
         raise ValueError("select_l2 needs at least 2 folds")
-    d = np.asarray(chosen_features, np.float64) - np.asarray(rejected_features, np.float64)
-    y = np.ones(len(d)) if labels is None else np.asarray(labels, np.float64)
+    y = np.ones(len(fold)) if labels is None else np.asarray(labels, np.float64)
     members = [(a, k) for a in grid for k in folds]
     train = np.stack([(fold != k) & (fold >= 0) for _, k in members]).astype(np.float32)
-    W = train_bt_heads(chosen_features, rejected_features, train, l2=np.array([a for a, _ in members]), labels=y)
-    z = W @ d.T  # (G*K, N)
+    W = train_bt_heads(chosen_features, rejected_features, train, l2=np.array([a for a, _ in members]), labels=y,
+                       chunk_rows=chunk_rows, device=device)
+    z = head_diffs(W, chosen_features, rejected_features)  # (G*K, N)
     nll = y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)
     losses: dict[float, float] = {}
     for j, (a, k) in enumerate(members):

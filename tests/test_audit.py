@@ -401,3 +401,23 @@ def test_a_review_budget_by_precision_lists_as_many_pairs_as_keep_it(separable, 
     assert len(listed) == k > 0
     assert all(0 <= b["expected_recall"] <= 1 for b in budget)
     assert "What a review budget buys" in (tmp_path / "a" / "report.html").read_text()
+
+
+def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path):
+    """Issue 44, item 3: heads read a memory-mapped feature cache a chunk at a time (memory: one chunk, not (N, H))
+    and reach the full-batch solution."""
+    rng = np.random.default_rng(0)
+    n, h = 3000, 24
+    fc = np.lib.format.open_memmap(tmp_path / "c.npy", mode="w+", dtype=np.float32, shape=(n, h))
+    fr = np.lib.format.open_memmap(tmp_path / "r.npy", mode="w+", dtype=np.float32, shape=(n, h))
+    w_true = rng.normal(size=h)
+    fc[:], fr[:] = rng.normal(size=(n, h)), rng.normal(size=(n, h))
+    flip = rng.random(n) < 1 / (1 + np.exp((np.asarray(fc) - np.asarray(fr)) @ w_true))
+    fc[flip], fr[flip] = np.asarray(fr[flip]), np.asarray(fc[flip])
+    train = (rng.random((3, n)) < 0.7).astype(np.float32)
+    labels = np.where(rng.random(n) < 0.1, 0.5, 1.0)
+    full = train_bt_heads(np.asarray(fc), np.asarray(fr), train, l2=[1e-3, 1e-2, 1e-1], labels=labels)
+    streamed = train_bt_heads(fc, fr, train, l2=[1e-3, 1e-2, 1e-1], labels=labels, chunk_rows=700)
+    np.testing.assert_allclose(streamed, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head_diffs(streamed, fc, fr), head_diffs(full, np.asarray(fc), np.asarray(fr)),
+                               rtol=1e-5, atol=1e-5)

@@ -41,6 +41,9 @@ class EnsembleConfig:
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", PRECISION_HELP + "; bf16 features are cached apart from fp32 ones")
     cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
+    head_chunk_rows: int | None = setting(
+        None, "the heads read the feature cache this many pairs at a time (memory: one chunk, the solution the "
+              "full-batch one); default: all at once, unless one layer's features pass 2 GB")
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
     finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
     finetune_batch_size: int = setting(16, "pairs per batch of each fine-tune")

@@ -85,11 +85,17 @@ def encode_features(
     chunk_batches: int = 16,
     progress: bool = True,
     precision: str = "fp32",
+    store: str = "float32",
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every chosen and rejected text, ``(N, V, H)`` each, cached and memory-mapped.
 
     ``precision``: ``fp32``, or ``bf16`` (autocast: matmuls in bfloat16, features stored in float32).
     The precision is part of the cache key, so bf16 features are never mixed with fp32 ones.
+    Bounded caches (the cache holds 2 N V H numbers: 160 GB for an 8B decoder's 5 layers of 1M pairs in float32):
+    ``store`` ``float16`` halves it; ``dim`` projects each view to ``dim`` numbers with a seeded Gaussian random
+    projection (`random_projection`, Johnson-Lindenstrauss: inner products, hence linear heads, are kept up to
+    ``~1/sqrt(dim)``). Both are part of the cache key; benchmarks/bounded_features.py measures what each costs.
 
     V views: one per entry of ``layers`` (mean pooling; default the middle block), or 1 (native).
     Texts are encoded in length order; every ``chunk_batches`` batches the arrays are flushed and the
@@ -106,19 +112,25 @@ def encode_features(
     extra = {"max_length": model.max_length, "pooling": pooling, "layers": layers, "cache_version": CACHE_VERSION}
     if precision != "fp32":  # fp32 keys stay as they were
         extra["precision"] = precision
+    if store not in ("float32", "float16"):
+        raise ValueError(f"store must be float32 or float16, got {store!r}")
+    if store != "float32" or dim is not None:  # the default keys stay as they were
+        extra.update(store=store, dim=dim)
     key = _fingerprint(model_id, pairs, extra)
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     n = len(pairs)
-    dim = int(model.model.config.hidden_size)
+    hidden = int(model.model.config.hidden_size)
+    proj = None if dim is None else torch.as_tensor(random_projection(hidden, dim), device=model.device)
+    width = hidden if dim is None else dim
     views = 1 if layers is None else len(layers)
     path = folder / "features.npy"
     mode = "r+" if path.exists() else "w+"
     try:
-        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
+        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=(2 * n, views, width))
     except ValueError:  # a truncated or foreign array file: start this entry again
         mode = "w+"
-        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(2 * n, views, dim))
+        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=(2 * n, views, width))
     if mode == "w+":
         _reserve(path, folder)
     done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
@@ -139,7 +151,11 @@ def encode_features(
         for s in range(0, len(batches), chunk_batches):
             for idx in batches[s: s + chunk_batches]:
                 batch = model.collate([ids[i] for i in idx], model.device)
-                feats[idx] = model.embed(**batch, pooling=pooling, layers=layers).float().cpu().numpy()
+                f = model.embed(**batch, pooling=pooling, layers=layers).float()
+                if proj is not None:
+                    with torch.autocast(model.device.type, enabled=False):  # the projection in float32
+                        f = f @ proj
+                feats[idx] = f.cpu().numpy().astype(store)
                 bar.update(len(idx))
                 done[idx] = True
             feats.flush()  # rows on disk before the record says they are done
@@ -148,6 +164,14 @@ def encode_features(
     del feats
     feats = np.load(path, mmap_mode="r")
     return feats[:n], feats[n:]
+
+
+def random_projection(hidden: int, dim: int, seed: int = 0) -> np.ndarray:
+    """``(hidden, dim)`` Gaussian matrix scaled by ``1/sqrt(dim)``, from its own seeded generator: every run, machine
+    and cache entry projects the same way."""
+    if not 0 < dim <= hidden:
+        raise ValueError(f"dim must be in [1, {hidden}], got {dim}")
+    return (np.random.default_rng([seed, hidden, dim]).standard_normal((hidden, dim)) / np.sqrt(dim)).astype(np.float32)
 
 
 def _reserve(path: Path, folder: Path) -> None:
@@ -374,7 +398,8 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
         t0 = time.time()
         fc, fr = encode_features(rm, pairs, cache_dir=cfg.cache_dir or default_cache_dir(), model_id=name,
                                  pooling=cfg.pooling, layers=views, batch_size=cfg.batch_size,
-                                 progress=progress, precision=info.precision)
+                                 progress=progress, precision=info.precision, store=cfg.feature_store,
+                                 dim=cfg.feature_dim)
         info.seconds["encode_seconds"] = info.seconds.get("encode_seconds", 0.0) + time.time() - t0
         diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
                                         plan.select_fold, labels, progress=progress)

@@ -102,7 +102,10 @@ def train_bt_heads(
         return ((per_pair * w_train[:, s:e]).sum(1) / counts).sum()
 
     if not stream:
-        d = torch.as_tensor(np.asarray(chosen_features) - np.asarray(rejected_features), dtype=dtype, device=device)
+        c, r = np.asarray(chosen_features), np.asarray(rejected_features)
+        if c.dtype == np.float16:  # a float16 cache: subtract in float64, not in float16
+            c, r = c.astype(np.float64), r.astype(np.float64)
+        d = torch.as_tensor(c - r, dtype=dtype, device=device)
 
         def closure():
             opt.zero_grad()

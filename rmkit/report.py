@@ -21,6 +21,9 @@ COLORS = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": 
           "unjudged": "#dddddd"}
 
 
+SCATTER_POINTS = 20_000
+
+
 def write_figures(result, out: Path) -> dict[str, Path]:
     """fig_*.png: strength histogram, 20 groups, std vs mean, categories per subset, reliability, length bias."""
     import matplotlib
@@ -30,6 +33,10 @@ def write_figures(result, out: Path) -> dict[str, Path]:
     import pandas as pd
 
     t = result.table[result.table["category"] != "unscored"]
+    # Scatter plots draw a seeded sample: their time and size stay flat as N grows (the histogram and the tables
+    # keep every pair); the flagged pairs are always drawn.
+    dots = t if len(t) <= SCATTER_POINTS else pd.concat([t[t["category"] == "likely_mislabeled"], t.sample(
+        SCATTER_POINTS, random_state=0)]).drop_duplicates("id")
     s = result.summary
     groups = pd.DataFrame(s["groups"])
     scoring = s["scoring"]
@@ -64,8 +71,8 @@ def write_figures(result, out: Path) -> dict[str, Path]:
 
     lb = s["trust"]["length_bias"]
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    x = np.sign(t["length_diff"]) * np.log1p(np.abs(t["length_diff"]))
-    for cat, g in t.groupby("category"):
+    x = np.sign(dots["length_diff"]) * np.log1p(np.abs(dots["length_diff"]))
+    for cat, g in dots.groupby("category"):
         gx = np.sign(g["length_diff"]) * np.log1p(np.abs(g["length_diff"]))
         ax.scatter(gx, g["mean"], s=3, alpha=0.4, color=COLORS.get(cat, "k"), label=cat)
     ax.axhline(0, color="k", lw=0.6)
@@ -87,7 +94,7 @@ def write_figures(result, out: Path) -> dict[str, Path]:
     save("groups", fig, "fig_groups.png")
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for cat, g in t.groupby("category"):
+    for cat, g in dots.groupby("category"):
         ax.scatter(g["mean"], g["std"], s=3, alpha=0.5, color=COLORS.get(cat, "k"), label=cat)
     ax.set(xlabel="mean", ylabel="std", title="Std against mean")
     ax.legend(markerscale=4, fontsize=7)

@@ -421,3 +421,26 @@ def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path):
     np.testing.assert_allclose(streamed, full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head_diffs(streamed, fc, fr), head_diffs(full, np.asarray(fc), np.asarray(fr)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bounded_feature_caches_store_half_or_projected(separable, tmp_path):
+    """Issue 44, item 2: the cache's size is the user's to choose: float16 halves it, a seeded random projection
+    sets its width; each is a cache entry of its own, and the ensemble runs on either."""
+    path, _, _ = separable
+    pairs = load_preferences(path).pairs[:40]
+    rm = RewardModel.from_pretrained("minilm", max_length=32)
+    full = encode_features(rm, pairs, cache_dir=tmp_path, model_id="minilm", layers=[3], progress=False)
+    half = encode_features(rm, pairs, cache_dir=tmp_path, model_id="minilm", layers=[3], progress=False,
+                           store="float16")
+    proj = encode_features(rm, pairs, cache_dir=tmp_path, model_id="minilm", layers=[3], progress=False, dim=64)
+    assert half[0].dtype == np.float16 and half[0].nbytes * 2 == full[0].nbytes
+    np.testing.assert_allclose(half[0].astype(np.float32), full[0], rtol=2e-3, atol=2e-3)
+    assert proj[0].shape == (40, 1, 64)
+    from rmkit.ensemble import random_projection
+
+    np.testing.assert_allclose(proj[0][:, 0], full[0][:, 0] @ random_projection(384, 64), rtol=1e-4, atol=1e-4)
+    assert len({p.name for p in tmp_path.iterdir()}) == 3  # three cache entries
+    res = run_audit(AuditConfig(data=str(path), output_dir=str(tmp_path / "a"), members=2, max_length=32,
+                                cache_dir=str(tmp_path / "c2"), feature_store="float16", feature_dim=128),
+                    progress=False)
+    assert res.summary["scored_pairs"] > 0

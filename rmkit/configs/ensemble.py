@@ -41,6 +41,12 @@ class EnsembleConfig:
     precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", PRECISION_HELP + "; bf16 features are cached apart from fp32 ones")
     cache_dir: str | None = setting(None, "feature cache (default: $RMKIT_CACHE/features or ~/.cache/rmkit/features)")
+    feature_store: Literal["float32", "float16"] = setting(
+        "float32", "how the feature cache stores numbers: float16 halves its size (benchmarks/bounded_features.py "
+                   "measures what it costs)")
+    feature_dim: int | None = setting(None, "project each cached view to this many numbers (a seeded random "
+                                            "projection): the cache's size is yours to choose; default: the "
+                                            "backbone's width")
     head_chunk_rows: int | None = setting(
         None, "the heads read the feature cache this many pairs at a time (memory: one chunk, the solution the "
               "full-batch one); default: all at once, unless one layer's features pass 2 GB")

@@ -39,7 +39,7 @@ from .config import save_config, to_dict, validate
 from .detectors import review_budget
 from .data import PreferenceDataset, data_folder_guard, no_pairs_message, text_lengths, transcript
 from .files import check_output_dir, write_json, write_table
-from .hardware import resolve_device, resolve_precision
+from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .ensemble import EnsembleInfo, ensemble_diffs
 from .heads import fold_of
 from .models import RewardModel
@@ -86,9 +86,10 @@ class AuditResult:
         return "\n".join(lines) + "\n" + StrengthReport(judged).report(what=what)
 
 
-def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult:
+def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = True) -> AuditResult | None:
     """Score every usable pair (or ``cfg.max_pairs`` of them, drawn with ``cfg.seed``) with the ensemble, then
-    `audit_diffs`."""
+    `audit_diffs`. Under a multi-process launch (``accelerate launch --num_processes K``) the processes share the
+    frozen encoding; rank 0 returns the result, the others None."""
     validate(cfg)
     if cfg.max_pairs is not None:
         ds = ds.sample(cfg.max_pairs, seed=cfg.seed)
@@ -102,6 +103,8 @@ def audit_pairs(ds: PreferenceDataset, cfg: AuditConfig, *, progress: bool = Tru
                    "(agreement and p_label_wrong are then optimistic)")
         return audit_diffs(ds, diffs, cfg, info=info, scoring=scoring)
     diffs, info = ensemble_diffs(cfg, pairs, work_dir=Path(cfg.output_dir) / "work", progress=progress)
+    if diffs is None:  # another process of a sharded run: its share of the encoding is done, rank 0 audits
+        return None
     return audit_diffs(ds, diffs, cfg, info=info, progress=progress)
 
 
@@ -269,19 +272,26 @@ def _u_shape(groups) -> dict:
             "u_shaped": bool(ends_low > mid and ends_high > mid)}
 
 
-def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> AuditResult:
+def run_audit(cfg: AuditConfig, *, data: Any = None, progress: bool = True) -> AuditResult | None:
     """Load the data (``cfg.data``, or ``data``: a `PreferenceDataset` or anything `load_preferences` reads, such
-    as a DataFrame or a list of dicts), audit it, and write every output (see the module docstring)."""
+    as a DataFrame or a list of dicts), audit it, and write every output (see the module docstring). Under a
+    multi-process launch the encoding is shared out and rank 0 writes the outputs and returns the result; the other
+    processes return None."""
     validate(cfg)  # before any model loads
     if data is None and not cfg.data:
         raise ValueError("rmkit audit needs a data source")
-    out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data if data is None else data))
-    save_config(cfg, out / "config.yaml")
+    rank = process_group()[0]
+    if rank == 0:  # one process checks and claims the output folder
+        out = check_output_dir(cfg.output_dir, not_in=data_folder_guard(cfg.data if data is None else data))
+        save_config(cfg, out / "config.yaml")
+    barrier()
     if isinstance(data, PreferenceDataset):
         ds = data
     else:
         ds = cfg.read(cfg.data if data is None else data)
     result = audit_pairs(ds, cfg, progress=progress)
+    if result is None:  # a sharded run's other process: rank 0 writes the outputs
+        return None
     write_audit(result, ds, n_pairs=cfg.report_pairs, review_pairs=review_count(result.summary, cfg), progress=progress)
     return result
 

@@ -36,7 +36,7 @@ import torch
 from .assets import cache_dir, load_pretrained, resolve_model
 from .config import from_dict, require_same_settings, validate
 from .data import PreferencePair, pairs_fingerprint
-from .hardware import resolve_device, resolve_precision
+from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .files import atomic_path, atomic_write_bytes, model_identity, write_json
 from .batching import length_sorted_batches
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
@@ -103,6 +103,11 @@ def encode_features(
     atomically), so a killed run resumes where it stopped whatever batch size the resumed run uses.
     Batch size does not change the features (one text's features do not depend on its batch-mates
     beyond float rounding), so it is not part of the cache key.
+
+    Under a multi-process launch (``accelerate launch --num_processes K rmkit audit ...``, GPUs or CPU processes)
+    process r encodes every K-th text still to do into the same cache and records its own progress
+    (``done.rank{r}.npy``); rank 0 joins the records when all are done. A killed process's texts are encoded again by
+    the next run, whatever its number of processes.
     """
     from tqdm.auto import tqdm
 
@@ -125,16 +130,29 @@ def encode_features(
     width = hidden if dim is None else dim
     views = 1 if layers is None else len(layers)
     path = folder / "features.npy"
-    mode = "r+" if path.exists() else "w+"
-    try:
-        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=(2 * n, views, width))
-    except ValueError:  # a truncated or foreign array file: start this entry again
-        mode = "w+"
-        feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=(2 * n, views, width))
-    if mode == "w+":
-        _reserve(path, folder)
-    done = _read_done(folder / "done.npy", 2 * n) if mode == "r+" else np.zeros(2 * n, dtype=bool)
-    todo = np.flatnonzero(~done)  # of the 2N texts: chosen, then rejected
+    shape = (2 * n, views, width)
+    rank, world = process_group()
+    if rank == 0:  # one process makes the file; the others open it once it is there
+        mode = "r+" if path.exists() else "w+"
+        try:
+            feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=shape)
+        except ValueError:  # a truncated or foreign array file: start this entry again
+            mode = "w+"
+            feats = np.lib.format.open_memmap(path, mode=mode, dtype=np.dtype(store), shape=shape)
+        if mode == "w+":
+            _reserve(path, folder)
+            for stale in folder.glob("done*.npy"):  # the records of a file that is no longer there
+                stale.unlink()
+        feats.flush()
+    barrier()
+    if rank != 0:
+        feats = np.lib.format.open_memmap(path, mode="r+", dtype=np.dtype(store), shape=shape)
+    done = np.zeros(2 * n, dtype=bool)
+    for record in sorted(folder.glob("done*.npy")):  # done.npy, and the records of a sharded run's processes
+        done |= _read_done(record, 2 * n)
+    barrier()  # every process read the records before any writes its own
+    todo = np.flatnonzero(~done)[rank::world]  # of the 2N texts (chosen, then rejected): this process's share
+    record = folder / ("done.npy" if world == 1 else f"done.rank{rank}.npy")
     # Only the texts still to encode are tokenized: a rerun on a finished cache tokenizes nothing (17k texts took
     # 11 s of a 55 s cached audit on one core).
     ids: dict[int, list[int]] = {}
@@ -147,7 +165,7 @@ def encode_features(
     model.eval()
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast, tqdm(total=2 * n, initial=int(done.sum()), desc="encoding", unit="text",
-                                                disable=not progress) as bar:
+                                                disable=not progress or rank != 0) as bar:
         for s in range(0, len(batches), chunk_batches):
             for idx in batches[s: s + chunk_batches]:
                 batch = model.collate([ids[i] for i in idx], model.device)
@@ -159,9 +177,17 @@ def encode_features(
                 bar.update(len(idx))
                 done[idx] = True
             feats.flush()  # rows on disk before the record says they are done
-            _write_done(folder / "done.npy", done)
+            _write_done(record, done)
     model.train(was_training)
     del feats
+    barrier()
+    if world > 1 and rank == 0:  # one record again
+        for r in sorted(folder.glob("done.rank*.npy")):
+            done |= _read_done(r, 2 * n)
+        _write_done(folder / "done.npy", done)
+        for r in folder.glob("done.rank*.npy"):
+            r.unlink()
+    barrier()
     feats = np.load(path, mmap_mode="r")
     return feats[:n], feats[n:]
 
@@ -319,11 +345,12 @@ def ensemble_diffs(
     *,
     work_dir: str | Path,
     progress: bool = True,
-) -> tuple[np.ndarray, EnsembleInfo]:
+) -> tuple[np.ndarray | None, EnsembleInfo]:
     """Reward differences ``(M, N)`` of every member on every pair (NaN where a member does not score).
 
     Returns the differences and what was used (`EnsembleInfo`). Work products (members, scores) go under
-    ``work_dir``; finished pieces are reused when the run is started again.
+    ``work_dir``; finished pieces are reused when the run is started again. Under a multi-process launch the frozen
+    encoding is shared out; the differences are rank 0's (None on the other processes).
     """
     import time
 
@@ -385,8 +412,11 @@ def check_work(work: Path, cfg: EnsembleConfig, pairs: Sequence[PreferencePair])
 
 
 def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo, *,
-                  work: Path, model: RewardModel, progress: bool) -> np.ndarray:
-    """Heads on one cached encoding of every pair by each frozen backbone (``model``, then ``more_models``)."""
+                  work: Path, model: RewardModel, progress: bool) -> np.ndarray | None:
+    """Heads on one cached encoding of every pair by each frozen backbone (``model``, then ``more_models``).
+
+    Under a multi-process launch every process encodes its share (`encode_features`) and rank 0 alone fits the heads
+    and returns the differences; the others return None."""
     import time
 
     diffs = np.full((cfg.members, len(pairs)), np.nan)
@@ -401,11 +431,13 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
                                  progress=progress, precision=info.precision, store=cfg.feature_store,
                                  dim=cfg.feature_dim)
         info.seconds["encode_seconds"] = info.seconds.get("encode_seconds", 0.0) + time.time() - t0
+        if process_group()[0] != 0:  # a sharded encoding's other processes are done: rank 0 fits the heads
+            continue
         diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
                                         plan.select_fold, labels, progress=progress)
         info.head_l2.update(l2 if j == 0 else {f"{name}:{k}": v for k, v in l2.items()})
         np.save(work / ("heads.npy" if j == 0 else f"heads_{j}.npy"), W)
-    return diffs
+    return diffs if process_group()[0] == 0 else None
 
 
 def _finetune_folds_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo,

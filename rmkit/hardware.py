@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -34,9 +35,12 @@ from .configs.hardware import DEVICES_HELP, PRECISION_HELP, PRECISIONS, check_de
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
-    """``auto``/None: cuda when available, else cpu. Asking for cuda where there is none is an error."""
+    """``auto``/None: cuda when available (under a multi-process launch, this process's GPU: ``LOCAL_RANK``), else
+    cpu. Asking for cuda where there is none is an error."""
     check_device(spec)
     if spec in (None, "auto"):
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {spec} asked for, but torch sees no CUDA device")
@@ -149,6 +153,30 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of this process. Under a multi-process launch (``accelerate launch --num_processes K``,
+    torchrun: ``WORLD_SIZE`` > 1) it joins the launch's process group on first use (gloo on CPUs, nccl on GPUs), so
+    sharded jobs (`rmkit score`, the audit's encoding) can wait for each other; ``(0, 1)`` in a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():  # nccl's barrier runs on this process's GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every process of a multi-process launch (nothing in a single process)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def end_distributed() -> None:

@@ -19,7 +19,7 @@ from .config import save_config, validate
 from .data import PreferenceDataset, PreferencePair, data_folder_guard, load_splits, pairs_fingerprint
 from .files import atomic_write_text, check_output_dir, write_json, write_table
 from .reviews import read_judge_labels  # noqa: F401 - rmkit.scoring.read_judge_labels, as before
-from .hardware import autocast, resolve_device, resolve_precision
+from .hardware import autocast, barrier, process_group, resolve_device, resolve_precision
 from .models import RewardModel
 from .prefix import score_pairs_shared_prefix, supports_shared_prefix
 from .configs.scoring import ScoreConfig  # noqa: F401 - the settings, beside the job
@@ -145,7 +145,10 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
 def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig, precision: str):
     """Score ``ds`` a chunk at a time, each chunk saved as it finishes; a rerun reuses finished chunks.
 
-    The parts are tied to the settings that produced them: other settings start the parts afresh.
+    The parts are tied to the settings that produced them: other settings start the parts afresh. Under a
+    multi-process launch (``accelerate launch --num_processes K rmkit score ...``) process r scores parts r, r + K,
+    ...; rank 0 gathers them (other ranks return None). A killed process's finished parts are kept: a rerun, with
+    any number of processes, scores the rest.
     """
     import json
     import shutil
@@ -160,21 +163,25 @@ def _score_in_parts(model, ds: PreferenceDataset, parts: Path, cfg: ScoreConfig,
            "pairs": pairs_fingerprint(ds.pairs),  # an edit in place (a swapped pair) makes finished parts stale
            "shared_prefix": cfg.shared_prefix}
     meta = parts / "meta.json"
-    if parts.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta, json.dumps(key))
-    tables = []
-    starts = range(0, len(ds.rows), cfg.chunk_rows)
-    for k, start in enumerate(tqdm(starts, desc="scoring parts", unit="part")):
+    rank, world = process_group()
+    if rank == 0:
+        if parts.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(meta, json.dumps(key))
+    barrier()  # every process sees the parts folder of these settings
+    starts = list(range(0, len(ds.rows), cfg.chunk_rows))
+    mine = [k for k in range(len(starts)) if k % world == rank]
+    for k in tqdm(mine, desc="scoring parts", unit="part", disable=rank != 0):
         path = parts / f"part-{k:05d}.parquet"
-        if path.exists():
-            tables.append(pd.read_parquet(path))
-            continue
-        table = score_pairs(model, PreferenceDataset(ds.rows[start: start + cfg.chunk_rows]), batch_size=cfg.batch_size,
-                            precision=precision, shared_prefix=cfg.shared_prefix)
-        write_table(path, table)  # atomic: only whole parts count as done
-        tables.append(table)
+        if not path.exists():
+            table = score_pairs(model, PreferenceDataset(ds.rows[starts[k]: starts[k] + cfg.chunk_rows]),
+                                batch_size=cfg.batch_size, precision=precision, shared_prefix=cfg.shared_prefix)
+            write_table(path, table)  # atomic: only whole parts count as done
+    barrier()
+    if rank != 0:
+        return None
+    tables = [pd.read_parquet(parts / f"part-{k:05d}.parquet") for k in range(len(starts))]
     return pd.concat(tables, ignore_index=True) if tables else score_pairs(model, ds, precision=precision)
 
 
@@ -194,6 +201,8 @@ def run_score(cfg: ScoreConfig) -> dict:
     precision = resolve_precision(cfg.precision, device)
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length).to(device)
     table = _score_in_parts(model, ds, out / "parts", cfg, precision)
+    if table is None:  # another process of a sharded run: rank 0 writes the tables
+        return {}
     write_table(out / "scores.parquet", table)
     write_table(out / "scores.csv", table)
     ok = table.dropna(subset=["diff"])

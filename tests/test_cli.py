@@ -221,3 +221,52 @@ def test_a_mistyped_path_fails_before_any_model_or_torch_loads(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert "RC 2 []" in out.stdout, (args, out.stdout, out.stderr[-500:])
         assert "no such file or directory" in out.stderr, out.stderr
+
+
+def test_sharded_audit_and_score_equal_one_process(tmp_path, tiny_bert, small_hh):
+    """`rmkit audit` and `rmkit score` under torchrun with 2 CPU processes share the encoding and the scoring out and
+    give the one-process numbers, ids and statuses; a run killed mid-encoding (half its texts not recorded as done)
+    is finished by a later run, in one process, with the same features."""
+    import os
+
+    import numpy as np
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmkit.cli"]
+    one = [sys.executable, "-m", "rmkit.cli"]
+    audit = ["audit", str(small_hh), "--model", tiny_bert, "--members", "4", "--max-length", "32", "--device", "cpu"]
+    score = ["score", str(small_hh), tiny_bert, "--max-length", "32", "--chunk-rows", "7", "--device", "cpu"]
+    runs = {}
+    for name, cmd in (("audit2", launch + audit + ["--cache-dir", str(tmp_path / "c2")]),
+                      ("audit1", one + audit + ["--cache-dir", str(tmp_path / "c1")]),
+                      ("score2", launch + score), ("score1", one + score)):
+        proc = subprocess.run(cmd + ["--output-dir", str(tmp_path / name)], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+        runs[name] = proc
+    assert runs["audit2"].stdout.count("most suspect") == 1  # rank 0 alone reports
+    a2, a1 = (pd.read_parquet(tmp_path / n / "strength.parquet") for n in ("audit2", "audit1"))
+    assert list(a2["id"]) == list(a1["id"]) and list(a2["status"]) == list(a1["status"])
+    np.testing.assert_allclose(a2["mean"], a1["mean"], atol=1e-5)
+    np.testing.assert_allclose(a2["p_label_wrong"], a1["p_label_wrong"], atol=1e-5)
+    s2, s1 = (pd.read_parquet(tmp_path / n / "scores.parquet") for n in ("score2", "score1"))
+    assert list(s2["id"]) == list(s1["id"])
+    np.testing.assert_allclose(s2["diff"].to_numpy(float), s1["diff"].to_numpy(float), atol=1e-5)
+    assert not list((tmp_path / "c2").rglob("done.rank*.npy"))  # the per-process records were joined
+
+    # A kill mid-encoding: every other text not recorded as done, its rows garbage. The next run (one process)
+    # encodes exactly those again.
+    [entry] = [p.parent for p in (tmp_path / "c2").rglob("features.npy")]
+    feats = np.load(entry / "features.npy", mmap_mode="r+")
+    want = np.array(feats)
+    done = np.load(entry / "done.npy")
+    done[1::2] = False
+    feats[1::2] = 7.0
+    feats.flush()
+    np.save(entry / "done.npy", done)
+    del feats
+    proc = subprocess.run(one + audit + ["--cache-dir", str(tmp_path / "c2"), "--output-dir", str(tmp_path / "again")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(entry / "features.npy"), want, atol=1e-5)
+    again = pd.read_parquet(tmp_path / "again" / "strength.parquet")
+    np.testing.assert_allclose(again["mean"], a1["mean"], atol=1e-5)

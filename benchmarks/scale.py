@@ -9,7 +9,8 @@ process (one torch thread), measured by the kernel (peak RSS of the child).
     .venv/bin/python benchmarks/scale.py --sizes 1000000 --commands data,audit   # the 1M row (hours; 24 GB+)
 
 Writes benchmarks/results/scale.json: per command and N the seconds, CPU seconds, peak RSS (GB), seconds per pair,
-and the ratio of seconds per pair at the largest N to the smallest.
+and the ratio of seconds per pair at the largest N to the smallest; and `sharded`: 1 against 2 processes (gloo) on
+the audit's features and the score table, ids, statuses, and a killed shard's resume.
 """
 
 from __future__ import annotations
@@ -61,10 +62,54 @@ def measure(args: list[str], log: Path) -> dict:
             "rc": rc, "log_tail": log.read_text()[-300:] if rc else ""}
 
 
+def sharded(work: Path, model: str, n: int = 2000) -> dict:
+    """1 against 2 processes (torchrun, gloo, CPU) for the audit's features and `rmkit score`'s table on ``n``
+    pairs: the largest absolute difference, whether ids and statuses are identical, and a killed shard's resume
+    (half the texts marked not done, then finished by one process)."""
+    import pandas as pd
+
+    data = resampled(n, work / f"pairs_sharded_{n}.jsonl", seed=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmkit.cli"]
+    one = [sys.executable, "-m", "rmkit.cli"]
+    audit = ["audit", str(data), "--model", model, "--max-length", "64", "--members", "4", "--precision", "fp32"]
+    score = ["score", str(data), model, "--max-length", "64", "--chunk-rows", "256", "--precision", "fp32"]
+    seconds = {}
+    for name, cmd in (("audit_2", launch + audit + ["--cache-dir", str(work / "c2")]),
+                      ("audit_1", one + audit + ["--cache-dir", str(work / "c1")]),
+                      ("score_2", launch + score), ("score_1", one + score)):
+        t0 = time.time()
+        subprocess.run(cmd + ["--output-dir", str(work / name)], check=True, env=env, capture_output=True)
+        seconds[name] = time.time() - t0
+    f2, f1 = (np.load(next((work / c).rglob("features.npy"))) for c in ("c2", "c1"))
+    a2, a1 = (pd.read_parquet(work / n / "strength.parquet") for n in ("audit_2", "audit_1"))
+    s2, s1 = (pd.read_parquet(work / n / "scores.parquet") for n in ("score_2", "score_1"))
+    # A killed shard: every other text not done and its rows garbage; one process finishes the cache.
+    entry = next((work / "c2").rglob("features.npy")).parent
+    feats = np.load(entry / "features.npy", mmap_mode="r+")
+    done = np.load(entry / "done.npy")
+    done[1::2], feats[1::2] = False, 7.0
+    feats.flush()
+    del feats
+    np.save(entry / "done.npy", done)
+    subprocess.run(one + audit + ["--cache-dir", str(work / "c2"), "--output-dir", str(work / "audit_resumed")],
+                   check=True, env=env, capture_output=True)
+    resumed = np.load(entry / "features.npy")
+    d2, d1 = s2["diff"].to_numpy(float), s1["diff"].to_numpy(float)
+    return {"pairs": n, "processes": [1, 2], "seconds": seconds,
+            "max_abs_diff": {"features": float(np.abs(f2 - f1).max()),
+                             "p_label_wrong": float(np.nanmax(np.abs(a2["p_label_wrong"] - a1["p_label_wrong"]))),
+                             "score_diff": float(np.nanmax(np.abs(d2 - d1)))},
+            "same_ids": bool(list(a2["id"]) == list(a1["id"]) and list(s2["id"]) == list(s1["id"])),
+            "same_statuses": bool(list(a2["status"]) == list(a1["status"])),
+            "killed_shard_resumed_max_abs_diff": float(np.abs(resumed - f1).max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--commands", default="data,audit,score,train")
+    parser.add_argument("--sharded-pairs", type=int, default=2000, help="pairs of the 1-vs-2-process check (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
@@ -73,6 +118,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_model("bert", work / "tiny_bert")
+        if args.sharded_pairs:
+            result["sharded"] = sharded(work, model, args.sharded_pairs)
+            print("sharded", result["sharded"], flush=True)
         train = ["train", "", "--model", model, "--max-steps", "50", "--max-length", "64", "--eval-every", "0",
                  "--save-every", "0", "--eval-test", "false", "--batch-size", "16"]
         for n in (int(x) for x in args.sizes.split(",")):

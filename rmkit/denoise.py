@@ -340,7 +340,7 @@ def _check_reviewed_ids(reviews: dict[str, str], path, ds, strength_path: Path) 
     identical or empty one) cannot act, and is an error rather than a review counted as done."""
     if not reviews:
         return
-    status = {r.id: r.status for r in ds.rows}
+    status = dict(zip(ds.column("id"), ds.column("status")))
     unknown = [i for i in reviews if i not in status]
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} reviewed ids are not rows of the audited data (first: {unknown[0]})")

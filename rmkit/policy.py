@@ -15,7 +15,7 @@ import torch
 from .assets import load_pretrained, resolve_model
 from .batching import length_sorted_batches
 from .config import require_saved_settings, save_config, validate
-from .data import DataSource, Message, as_messages, read_table
+from .data import USABLE, DataSource, Message, as_messages, read_table
 from .files import trim_cut_line
 from .metaset import read_sample_records, write_meta_set
 from .configs.policy import SamplingConfig, SampleConfig  # noqa: F401 - the settings, beside the job
@@ -122,7 +122,8 @@ def load_prompts(source: str, reader: DataSource | None = None
             return ids, [as_messages(p) for p in df["prompt"]], []
     ds = (reader or DataSource()).read(source)
     pairs = ds.pairs
-    skipped = [{"id": r.id, "status": r.status, "detail": r.detail} for r in ds.rows if not r.usable]
+    skipped = [{"id": i, "status": s, "detail": d} for i, s, d in zip(ds.column("id"), ds.column("status"),
+                                                                         ds.column("detail")) if s not in USABLE]
     return [p.id for p in pairs], [p.prompt for p in pairs], skipped
 
 

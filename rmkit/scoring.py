@@ -123,9 +123,8 @@ def score_pairs(model, data: PreferenceDataset | Sequence[PreferencePair], *, ba
     import pandas as pd
 
     if isinstance(data, PreferenceDataset):
-        rows = data.rows
-        pairs = [r.pair for r in rows if r.usable]
-        meta = [(r.id, r.subset, r.status) for r in rows]
+        pairs = data.pairs
+        meta = list(zip(data.column("id"), data.column("subset"), data.column("status")))
     else:
         pairs = list(data)
         meta = [(p.id, p.subset, p.status) for p in pairs]

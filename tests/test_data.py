@@ -411,3 +411,77 @@ def test_outputs_of_rmkit_data_never_go_into_the_data_folder(tmp_path):
     with pytest.raises(ValueError, match="the data folder"):
         run_data(DataConfig(data=str(folder), output_dir=str(folder / "out"), tokenizer=None))
     assert run_data(DataConfig(data=str(folder), output_dir=str(tmp_path / "out"), tokenizer=None))["rows"] == 1
+
+
+def _same(a, b):
+    """Two loads hold the same rows, pairs, report, status table, samples and subsets."""
+    assert list(a.rows) == list(b.rows) and list(a.pairs) == list(b.pairs)
+    assert a.summary() == b.summary() and a.status_table().equals(b.status_table())
+    assert list(a.sample(3, seed=1).rows) == list(b.sample(3, seed=1).rows)
+    assert a.sample(3, seed=1).summary() == b.sample(3, seed=1).summary()
+    ids = [r.id for r in a.rows][::2]
+    assert list(a.subset(ids).rows) == list(b.subset(ids).rows)
+
+
+@pytest.mark.parametrize("source", ["hh-rlhf", "llmeval2", "files"])
+def test_columnar_rows_equal_the_in_memory_ones(source, shared_data, tmp_path):
+    """Issue 44: rows held in Arrow give the same pairs, ids and statuses as the Python objects, for every reader
+    (real hh-rlhf and LLMEval², and the file types and formats of the fixtures above)."""
+    kw = {}
+    if source == "hh-rlhf":
+        path = shared_data / "hh-rlhf"
+    elif source == "llmeval2":
+        path, kw = shared_data / "llmeval2" / "LLMEval2_benchmark.json.zip", {"columns": {"dataset": "subset"},
+                                                                               "allow_ties": True}
+    else:
+        recs = [{"prompt": "p", "chosen": "c", "rejected": "r", "margin": 1.5}, {"prompt": "p2", "chosen": "c2",
+                                                                                 "rejected": "c2"}]
+        (tmp_path / "d" / "a").mkdir(parents=True)
+        talk = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]
+        lone = '{"prompt": "q", "chosen": "\\ud800 lone", "rejected": "r"}'  # a lone surrogate: no UTF-8
+        write_jsonl(tmp_path / "d" / "a" / "x.jsonl", recs + [HH_OK, {"chosen": talk, "rejected": talk[:1] + [
+                    {"role": "assistant", "content": "y"}]}], raw_lines=["{broken", lone])
+        (tmp_path / "d" / "b").mkdir()
+        (tmp_path / "d" / "b" / "z.json").write_text(json.dumps(recs))
+        pd.DataFrame(recs).to_parquet(tmp_path / "d" / "b" / "w.parquet")
+        (tmp_path / "d" / "b" / "notes.txt").write_text("not data")
+        path = tmp_path / "d"
+    a = load_preferences(path, **kw)
+    b = load_preferences(path, columnar=tmp_path / "store", **kw)
+    _same(a, b)
+    assert type(b.pairs).__name__ == "StoredPairs" and b.pairs.ids == [p.id for p in a.pairs]
+    assert b.pairs[-1] == a.pairs[-1] and b.pairs[1:3] == a.pairs[1:3]
+
+
+def test_columnar_file_is_reused_and_refused_after_an_edit(tmp_path, monkeypatch):
+    """The second load maps the first's Arrow file without parsing a row; an edit in place that keeps the size and
+    modification time (chosen and rejected swapped) is another file; a failed load and Python objects leave none."""
+    import os
+
+    import rmkit.data.readers as readers
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad!"}] * 3)
+    store = tmp_path / "store"
+    first = load_preferences(path, columnar=store)
+    assert len(list(store.glob("*.arrow"))) == 1
+
+    def no_parsing(*a, **k):
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(readers, "record_to_row", no_parsing)
+        again = load_preferences(path, columnar=store)
+    _same(first, again)
+    stat = path.stat()
+    path.write_text(path.read_text().replace('"chosen": "good", "rejected": "bad!"', '"chosen": "bad!", "rejected": "good"'))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    edited = load_preferences(path, columnar=store)
+    assert edited.pairs[0].chosen_text == "bad!" and len(list(store.glob("*.arrow"))) == 2
+    assert load_preferences(path, columnar=store, allow_ties=True).pairs[0].chosen_text == "bad!"  # other settings
+    assert len(list(store.glob("*.arrow"))) == 3
+    with pytest.raises(DataError, match="columns maps"):
+        load_preferences(path, columnar=store, columns={"nope": "prompt"})
+    records = load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b"}], columnar=store)
+    assert records.pairs[0].chosen_text == "a"
+    assert len(list(store.glob("*.arrow"))) == 3 and not list(store.glob("*.tmp*"))  # nothing else left

@@ -14,7 +14,11 @@ import zipfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tempfile
+
 from rmkit.data import DataError, load_preferences
+
+STORE = tempfile.mkdtemp(prefix="rmkit-rows-")  # the columnar loads' Arrow files (not the user's cache)
 
 texts = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30) | st.sampled_from(
     ["\u2028", "\u2029", "\x85", "\n\nHuman: hi\n\nAssistant: yo", "", " ", "\ufeff", "\x00"])
@@ -27,10 +31,21 @@ good = st.builds(lambda q, a, b: {"prompt": q, "chosen": a, "rejected": b}, text
 
 
 def _load(path, **kw):
+    """The load of ``path``, checked against the columnar one (rows held in Arrow): the same rows, ids, statuses,
+    pairs and report, or the same error."""
     try:
-        return load_preferences(path, **kw)
-    except DataError:
-        return None  # a clear error naming the file: allowed; anything else fails the test
+        ds = load_preferences(path, **kw)
+    except DataError as e:
+        try:
+            load_preferences(path, columnar=STORE, **kw)
+        except DataError as c:
+            assert str(c) == str(e)
+            return None  # a clear error naming the file: allowed; anything else fails the test
+        raise AssertionError(f"the columnar load did not refuse: {e}") from None
+    col = load_preferences(path, columnar=STORE, **kw)
+    assert list(col.rows) == list(ds.rows) and list(col.pairs) == list(ds.pairs)
+    assert col.summary() == ds.summary()
+    return ds
 
 
 def _lines(data: bytes) -> int:

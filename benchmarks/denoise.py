@@ -44,6 +44,7 @@ from torch import nn
 
 from rmkit.data import get_splits, inject_label_flips, load_preferences
 from rmkit.denoise import OBJECTIVE_FOR, RANKED, DenoiseConfig, denoise_pairs
+from rmkit.intervals import mean_interval
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.models import RewardModel
 from rmkit.scoring import label_views, read_judge_labels
@@ -129,10 +130,8 @@ def bootstrap_diff(correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int 
     """Mean over seeds of accuracy(a) - accuracy(b), and its 95% bootstrap interval over test pairs.
 
     ``correct_*`` are (seeds, n_test) 0/1 arrays on the same test pairs."""
-    rng = np.random.default_rng(seed)
     d = (correct_a - correct_b).mean(0)  # per test pair, averaged over seeds
-    boots = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
-    return float(d.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    return float(d.mean()), list(mean_interval(d, bootstrap=n_boot, seed=seed))  # the draws of the committed results
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ al.'s noisy setting); ``--draw-offset``: fresh draws to confirm a pooled finding
 The same samples give the distribution-shift study (`rmkit.lab.study_shift`): half of the prompts' samples are
 MetaRM's meta set, the other half's sample pairs are graded against the gold, vanilla proxy against MetaRM.
 
-Writes benchmarks/results/bon<suffix>.json, bon<suffix>_curve.png, shift<suffix>.json, the "bon" and "shift" blocks
-of results/lab<suffix>.json, and benchmarks/lab/bon_scores<suffix>.parquet (prompt id, sample index, gold and proxy
+Writes benchmarks/results/bon<suffix>.json, bon<suffix>_curve.png, shift<suffix>.json (its own files only: no other
+script's), and benchmarks/lab/bon_scores<suffix>.parquet (prompt id, sample index, gold and proxy
 rewards; no text); the suffix is the gold's (`hh_lab.GOLDS`: "_smollm2", or "" for MPNet). Samples are cached in
 runs/lab/bon_samples.jsonl (a rerun resumes), their gold scores and proxy features beside them.
 """
@@ -31,7 +31,6 @@ import hashlib
 import json
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,51 +38,14 @@ import pandas as pd
 
 from rmkit.lab.draws import repeated_draws, train_subset
 from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab
-from rmkit.bon import (bon_ns, bon_variant_tables, each_member_alone, read_samples, summarize_bon)
+from rmkit.bon import (bon_ns, bon_variant_tables, each_member_alone, summarize_bon)
 from rmkit.ensemble import EnsembleConfig
 from rmkit.files import write_json
 from rmkit.gold import load_gold
+from rmkit.llamacpp import sample_llamacpp
 from rmkit.lab import head_rewards, orient, proxy_features, proxy_heads, study_shift
 from rmkit.models import RewardModel
 from rmkit.relevance import SentenceEncoder
-
-
-def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: float, out: Path, ids: list[str],
-                    threads: int = 2, parallel: int = 16) -> dict:
-    """N samples per prompt from SmolLM2 through llama.cpp's server, appended per prompt to ``out``."""
-    from openai import OpenAI
-
-    from rmkit.judge import LocalServer
-
-    # Sample j of a prompt has its own seed, so a cache of n' < n samples is extended, never redrawn, and one
-    # of more samples is cut to the first n.
-    have = read_samples(out)
-    done = {i: have[i][:n] for i in ids if len(have.get(i, ())) >= n}
-    todo = [k for k, i in enumerate(ids) if i not in done]
-    t0, tokens = time.time(), 0
-    if todo:
-        with LocalServer("smollm2", n_ctx=256 * parallel, threads=threads, parallel=parallel) as server:
-            client = OpenAI(base_url=server.url, api_key="EMPTY", timeout=600)
-
-            def one(k: int, j: int):
-                seed = int(hashlib.sha256(f"{ids[k]}:{j}".encode()).hexdigest()[:7], 16)
-                r = client.chat.completions.create(model="smollm2", messages=prompts[k], max_tokens=max_tokens,
-                                                   temperature=temperature, top_p=1.0, seed=seed)
-                return r.choices[0].message.content or "", r.usage.completion_tokens if r.usage else 0
-
-            with ThreadPoolExecutor(parallel) as pool:
-                for c, k in enumerate(todo):
-                    first = have.get(ids[k], [])
-                    got = list(pool.map(one, [k] * (n - len(first)), range(len(first), n)))
-                    tokens += sum(t for _, t in got)
-                    responses = first + [g for g, _ in got]
-                    with out.open("a") as f:
-                        f.write(json.dumps({"id": ids[k], "responses": responses}) + "\n")
-                    done[ids[k]] = responses
-                    if c % 5 == 0:
-                        print(f"sampled {c + 1}/{len(todo)} prompts, {tokens / (time.time() - t0):.0f} tokens/s",
-                              flush=True)
-    return {"samples": done, "tokens_per_s": tokens / max(time.time() - t0, 1e-9) if todo else None}
 
 
 def measured_seconds(path: Path, key: str = "seconds") -> float | None:
@@ -112,8 +74,7 @@ def main() -> None:
     parser.add_argument("--draw-offset", type=int, default=0,
                         help="with --draws: start at this draw (a confirmation on fresh draws); results get a "
                              "_draws<first>-<last> tag")
-    parser.add_argument("--tag", default="", help="added to the results' names (e.g. _n512 for another n or prompts); "
-                                                  "a tagged run leaves lab.json alone")
+    parser.add_argument("--tag", default="", help="added to the results' names (e.g. _n512 for another n or prompts)")
     parser.add_argument("--gold-precision", choices=("fp32", "bf16"), default=None,
                         help="encode the samples for the gold in this precision (default: the gold's own)")
     parser.add_argument("--sample-only", action="store_true", help="sample (and cache) the responses, then stop")
@@ -143,7 +104,6 @@ def main() -> None:
     if args.sample_only:
         print(json.dumps({"prompts": len(pid), "n": args.n, "seconds": sample_s, "tokens_per_s": sample_tps}))
         return
-    lab_path = the.result("lab.json")
     gold_info = json.loads(the.file(".json").read_text())
     # Planted flips on top of the sampled labels (Coste et al. train their proxies on 25% flipped labels): the proxies
     # learn from them; the gold still grades. Such a run's files carry a tag, "_flips25", after the gold's suffix.
@@ -260,22 +220,6 @@ def main() -> None:
     write_json(out("bon.json"), result, relative_to=ROOT)
     if headline:
         write_json(out("shift.json"), shift, relative_to=ROOT)
-    if lab_path.exists() and not tag:  # benchmarks/lab.py writes the rest of lab.json; the bon block joins it
-        lab = json.loads(lab_path.read_text())
-        lab["bon"] = {"n": result["n"], **result["gold_reward"], "conservative_recovery": result["conservative_recovery"]}
-        if "repeated_draws" in result:
-            lab["bon"]["repeated_draws"] = {
-                size: {"draws": r["draws"], "single_drops_established": r["single_drops_established"],
-                       "pooled_single_drop": r["pooled"]["drops"]["single"],
-                       "pooled_conservative_recovery": r["pooled"]["conservative_recovery"]}
-                for size, r in result["repeated_draws"].items()}
-        best = max(shift["metarm"], key=lambda eta: shift["metarm"][eta]["accuracy"])
-        # (lab_metarm.py adds the fine-tuned RM's block, "finetuned", to the same entry: kept)
-        lab["shift"] = {**lab.get("shift", {}), "vanilla": shift["vanilla"]["accuracy"],
-                        "metarm": shift["metarm"]["0.05"]["accuracy"],
-                        "metarm_best_inner_lr": {"inner_lr": float(best), **shift["metarm"][best]},
-                        "vanilla_more_steps": shift["vanilla_more_steps"]["accuracy"]}
-        write_json(lab_path, lab, relative_to=ROOT)
     flips = f", {args.flips:.0%} of the proxies' labels flipped" if args.flips else ""
     if headline:
         _figure(result, out("bon.json").with_name(f"bon{the.suffix}{tag}_curve.png"), note=flips)

@@ -179,15 +179,6 @@ def main() -> None:
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
     write_json(args.result, out, relative_to=ROOT)
-    if args.samples or args.train_pairs:  # another study than the one lab.json's shift block records
-        print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
-        return
-    lab_path = the.result("lab.json")
-    lab = json.loads(lab_path.read_text())  # the shift entry's frozen-head numbers come from lab_bon.py; this adds
-    lab.setdefault("shift", {})["finetuned"] = {  # the fine-tuned RM's beside them
-        "vanilla": graded["vanilla"]["accuracy"], "control": graded["control"]["accuracy"],
-        "metarm": {f"{eta:g}": graded[f"metarm_{eta:g}"]["accuracy"] for eta in inner_lrs}, "steps": args.steps}
-    write_json(lab_path, lab, relative_to=ROOT)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
 
 

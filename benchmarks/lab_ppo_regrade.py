@@ -44,7 +44,7 @@ from rmkit.bon import BonConfig, recovery_share, run_bon
 from rmkit.config import load_config
 from rmkit.files import read_appended_jsonl, write_json
 from rmkit.gold import prompt_aware_file
-from rmkit.intervals import mean_interval
+from rmkit.intervals import mean_interval, resample_rows
 from rmkit.relevance import SentenceEncoder
 from rmkit.rl import PPOConfig, paired_gain, train_ppo
 
@@ -164,7 +164,7 @@ def summarize(graded: dict[str, dict], steps: dict[str, int], kl: dict[str, floa
             out["single_drop_relevance"] = paired(graded["single"]["relevance"] * beta,
                                                   graded[peak]["relevance"] * beta)
         out["vs_single_at_end"], out["recovery"] = {}, {}
-        rows = np.random.default_rng(seed).integers(0, len(end), (2000, len(end)))
+        rows = resample_rows(len(end), seed=seed)  # one set of rows for numerator and denominator
         for k, g in graded.items():
             if k in ("base", "single", peak) or "@" in k:
                 continue

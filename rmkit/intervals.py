@@ -11,12 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def resample_rows(n: int, *, bootstrap: int = 2000, seed: int = 0) -> np.ndarray:
+    """The resampling law: ``(bootstrap, n)`` indices of n units drawn with replacement from ``default_rng(seed)``.
+    Use the same rows for every statistic of one comparison (a ratio of two paired means, say), so they move
+    together."""
+    return np.random.default_rng(seed).integers(0, n, (bootstrap, n))
+
+
 def mean_interval(values, *, bootstrap: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``values (P,)``: ``bootstrap`` resamples of the P units with
-    replacement, drawn as one ``(bootstrap, P)`` index array from ``default_rng(seed)``."""
+    """95% percentile interval of the mean of ``values (P,)`` over `resample_rows`."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or len(v) == 0:
         raise ValueError(f"mean_interval needs a non-empty 1-D array of per-unit values, got shape {v.shape}")
-    rows = np.random.default_rng(seed).integers(0, len(v), (bootstrap, len(v)))
+    rows = resample_rows(len(v), bootstrap=bootstrap, seed=seed)
     lo, hi = np.quantile(v[rows].mean(axis=1), [0.025, 0.975])
     return float(lo), float(hi)

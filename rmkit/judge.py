@@ -31,7 +31,6 @@ import os
 import random
 import re
 import threading
-from contextlib import contextmanager
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,13 +39,14 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .assets import cache_dir, smollm2_gguf
+from .assets import cache_dir
 from .calibration import wilson_interval  # noqa: F401 - re-exported: rmkit.judge.wilson_interval
 from .config import JobFailed, require_saved_settings, save_config, setting, validate
 from .files import (append_jsonl, atomic_write_text, check_output_dir, read_appended_jsonl, trim_cut_line, write_json,
                     write_table)
 from .data import (MAX_PAIRS_HELP, DataSource, Message, PreferencePair, as_messages, data_folder_guard, read_ids,
                    read_table, stratified_sample, transcript)
+from .llamacpp import LocalServer  # noqa: F401 - re-exported: the judge's local server (rmkit.judge.LocalServer)
 from .seeding import id_bucket
 
 JUDGE_SYSTEM = (
@@ -362,66 +362,6 @@ def _read_cached(path: Path) -> dict | None:
     if not isinstance(hit, dict) or not isinstance(hit.get("text"), str) or not hit["text"].strip():
         return None
     return hit
-
-
-@contextmanager
-def _c_stderr_to(path: Path):
-    """File descriptor 2 (what C libraries write to) goes to ``path`` inside the block."""
-    import sys
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-class LocalServer:
-    """llama.cpp's OpenAI-compatible server in this process, on 127.0.0.1 (``xllamacpp``).
-
-    Quiet: llama.cpp logs nothing, to the terminal or elsewhere (at its default level it writes several lines per
-    request to file descriptor 2, which no redirection could take from the terminal without taking Python's
-    progress bars and errors with it). If the server does not start and ``log_file`` is given, it is started
-    once more at llama.cpp's default level with its log in that file, and the error names the file."""
-
-    def __init__(self, gguf: str = "smollm2", *, n_ctx: int = 4096, threads: int | None = None, parallel: int = 1,
-                 log_file: str | Path | None = None):
-        import xllamacpp
-
-        path = smollm2_gguf() if gguf == "smollm2" else gguf
-        p = xllamacpp.CommonParams()
-        p.model.path = str(path)
-        p.n_ctx = n_ctx
-        p.n_parallel = parallel
-        p.cpuparams.n_threads = threads or max(1, min(os.cpu_count() or 1, 8))
-        p.hostnames = ["127.0.0.1"]  # loopback only (also llama.cpp's default)
-        default_verbosity, p.verbosity = p.verbosity, -1  # llama.cpp's threshold: below every level, so nothing
-        try:
-            self.server = xllamacpp.Server(p)
-        except Exception as e:
-            if log_file is None:
-                raise
-            p.verbosity = default_verbosity
-            try:
-                with _c_stderr_to(Path(log_file)):  # llama.cpp writes to file descriptor 2, not to sys.stderr
-                    self.server = xllamacpp.Server(p)
-            except Exception:
-                raise RuntimeError(f"llama.cpp's server did not start with {path}: its log is in {log_file}") from e
-        self.url = str(self.server.listening_address).rstrip("/") + "/v1"
-
-    def close(self) -> None:
-        self.server = None
-
-    def __enter__(self) -> "LocalServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------------------------

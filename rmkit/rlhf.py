@@ -21,7 +21,8 @@ from typing import Any
 from .config import from_dict, require_saved_settings, save_config, validate
 from .data import data_folder_guard
 from .files import check_output_dir, write_json, write_jsonl
-from .judge import JudgeConfig, LocalServer, compare_policies
+from .judge import JudgeConfig, compare_policies
+from .llamacpp import LocalServer
 from .metarm import meta_J
 from .metaset import read_meta_set
 from .policy import SampleConfig, SamplingConfig, load_policy, run_sample, sample_responses

@@ -3,7 +3,8 @@
 
 The pairs are hh-rlhf's 8,552 resampled with replacement to N, each with a unique id; the model is a random 2-layer
 BERT (`rmkit.assets.tiny_model`), so rmkit's own overhead shows rather than a backbone's. Each command runs in its own
-process (one torch thread), measured by the kernel (peak RSS of the child).
+process (one torch thread), measured by the kernel (peak RSS of the child), once with the rows as Python objects and
+once held in Arrow (`--columnar true`, `<command>_columnar`). `loader`: the two loaders on one 200k-pair file.
 
     .venv/bin/python benchmarks/scale.py --sizes 10000,100000           # about 30 minutes on 2 cores
     .venv/bin/python benchmarks/scale.py --sizes 1000000 --commands data,audit   # the 1M row (hours; 24 GB+)
@@ -105,11 +106,44 @@ def sharded(work: Path, model: str, n: int = 2000) -> dict:
             "killed_shard_resumed_max_abs_diff": float(np.abs(resumed - f1).max())}
 
 
+def loader(work: Path, n: int) -> dict:
+    """The in-memory loader against the columnar one (rows in a memory-mapped Arrow file) on the same ``n``-pair
+    file, each load in its own process: seconds, peak RSS, rows in and out; the columnar one's first load (parse and
+    write) and the next (map the file)."""
+    data = resampled(n, work / f"pairs_loader_{n}.jsonl", seed=2)
+    rows_in = sum(1 for _ in data.open())
+    code = ("import sys, json, time; from rmkit.data import load_preferences; t = time.time(); "
+            "ds = load_preferences(sys.argv[1], columnar=sys.argv[2] if sys.argv[2] != 'no' else False); "
+            "s = ds.summary(); print(json.dumps({'load_seconds': time.time() - t, 'rows': s['rows'], "
+            "'usable': s['usable'], 'statuses': s['statuses']}))")
+    out = {}
+    for name, store in (("previous", "no"), ("columnar_first", str(work / "rows")), ("columnar_again", str(work / "rows"))):
+        log = work / f"loader_{name}.log"
+        t0 = time.time()
+        with log.open("w") as fh:
+            proc = subprocess.Popen([sys.executable, "-c", code, str(data), store], stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+            _, status, usage = os.wait4(proc.pid, 0)
+        got = json.loads(log.read_text().strip().splitlines()[-1])
+        out[name] = {**got, "seconds": time.time() - t0, "rss_gb": usage.ru_maxrss / 1e6}
+    out["pairs"] = n
+    out["rows_in"] = rows_in
+    out["rows_out_equal_rows_in"] = all(out[k]["rows"] == rows_in for k in ("previous", "columnar_first",
+                                                                              "columnar_again"))
+    out["same_statuses"] = out["previous"]["statuses"] == out["columnar_again"]["statuses"]
+    out["speedup_vs_previous"] = out["previous"]["load_seconds"] / out["columnar_again"]["load_seconds"]
+    out["first_load_cost_vs_previous"] = out["columnar_first"]["load_seconds"] / out["previous"]["load_seconds"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--commands", default="data,audit,score,train")
     parser.add_argument("--sharded-pairs", type=int, default=2000, help="pairs of the 1-vs-2-process check (0: skip)")
+    parser.add_argument("--loader-pairs", type=int, default=200000, help="pairs of the loader comparison (0: skip)")
+    parser.add_argument("--columnar", default="false,true", help="data paths to measure each command on: false (rows "
+                                                                  "as Python objects), true (rows in Arrow)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
     out_path = Path(args.out)
@@ -118,6 +152,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_model("bert", work / "tiny_bert")
+        if args.loader_pairs:
+            result["loader"] = loader(work, args.loader_pairs)
+            print("loader", result["loader"], flush=True)
+            write_result(out_path, result)
         if args.sharded_pairs:
             result["sharded"] = sharded(work, model, args.sharded_pairs)
             print("sharded", result["sharded"], flush=True)
@@ -132,12 +170,19 @@ def main() -> None:
                     "score": ["score", str(data), model, "--max-length", "64", "--output-dir", str(work / f"score_{n}")],
                     "train": [*train[:1], str(data), *train[2:], "--output-dir", str(work / f"train_{n}")]}
             for command in args.commands.split(","):
-                m = measure(runs[command], work / f"{command}_{n}.log")
-                m["seconds_per_pair"] = m["seconds"] / n
-                result.setdefault(command, {})[str(n)] = m
-                print(command, n, {k: v for k, v in m.items() if k != "log_tail"}, flush=True)
-                write_result(out_path, result)
-    for by_n in result.values():
+                for columnar in args.columnar.split(","):
+                    name = command + ("_columnar" if columnar == "true" else "")
+                    argv = [*runs[command], "--columnar", columnar]
+                    if "--output-dir" in argv:
+                        argv[argv.index("--output-dir") + 1] += f"_{columnar}"
+                    m = measure(argv, work / f"{name}_{n}.log")
+                    m["seconds_per_pair"] = m["seconds"] / n
+                    result.setdefault(name, {})[str(n)] = m
+                    print(name, n, {k: v for k, v in m.items() if k != "log_tail"}, flush=True)
+                    write_result(out_path, result)
+    for key, by_n in result.items():
+        if key in ("loader", "sharded"):
+            continue
         ns = sorted((k for k in by_n if k.isdigit()), key=int) if isinstance(by_n, dict) else []
         if len(ns) > 1:
             by_n["growth"] = {"seconds_per_pair_largest_over_smallest": by_n[ns[-1]]["seconds_per_pair"]

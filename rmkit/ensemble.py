@@ -38,7 +38,7 @@ from .config import from_dict, require_same_settings, validate
 from .data import PreferencePair, pairs_fingerprint
 from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .files import atomic_path, atomic_write_bytes, model_identity, write_json
-from .batching import length_sorted_batches
+from .batching import TokenIds, length_sorted_batches
 from .heads import fold_of, head_diffs, member_masks, select_l2, train_bt_heads
 from .models import RewardModel
 from .scoring import score_token_pairs
@@ -224,25 +224,21 @@ CACHE_VERSION = 2  # 1 recorded finished work by batch number, which a resume wi
 
 
 def _token_store(model: RewardModel, pairs, todo: np.ndarray, n: int, chunk: int = 4096):
-    """Token ids of the texts ``todo`` (of the 2N: chosen, then rejected) as ``(flat, start, length)``: text i's ids
-    are ``flat[start[i]: start[i] + length[i]]`` (int32). Tokenized a chunk at a time, so no more than one chunk's
-    Python lists are alive."""
-    import itertools
-
-    parts, order = [], []
-    length = np.zeros(2 * n, np.int64)
+    """Token ids of the texts ``todo`` (of the 2N: chosen, then rejected) as ``(flat, start, length)`` over all 2N
+    positions: text i's ids are ``flat[start[i]: start[i] + length[i]]`` (int32; `TokenIds`), tokenized a chunk at a
+    time, so no more than one chunk's Python lists are alive."""
+    order, chunks = [], []
     for offset, rows, name in ((0, todo[todo < n], "chosen"), (n, todo[todo >= n] - n, "rejected")):
         for s in range(0, len(rows), chunk):
-            part = rows[s: s + chunk]
-            tokens = model.encode([pairs[i].prompt for i in part], [getattr(pairs[i], name) for i in part])
-            length[part + offset] = [len(t) for t in tokens]
-            parts.append(np.fromiter(itertools.chain.from_iterable(tokens), np.int32))
-            order.append(part + offset)
-    start = np.zeros(2 * n, np.int64)
+            order.append(rows[s: s + chunk] + offset)
+            chunks.append((rows[s: s + chunk], name))
+    ids = TokenIds.from_chunks(model.encode([pairs[i].prompt for i in part], [getattr(pairs[i], name) for i in part])
+                               for part, name in chunks)
+    start, length = np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64)
     if order:
         order = np.concatenate(order)
-        start[order] = np.cumsum(length[order]) - length[order]
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), start, length
+        start[order], length[order] = ids.start, ids.length
+    return ids.flat, start, length
 
 
 def _read_done(path: Path, n_texts: int) -> np.ndarray:

@@ -622,7 +622,7 @@ def _check_failures(summary: dict[str, Any], cfg: JudgeRunConfig, out: Path) -> 
         hints.append(f"{counts['failed']} failed after {cfg.max_retries} retries (the errors are in "
                      f"{out / 'judgments.jsonl'}; a timeout: raise --timeout, now {cfg.timeout:g} s)")
     if counts["unparseable"]:
-        hints.append(f"{counts['unparseable']} replies had no verdict (a stronger --model, or more --max-tokens, now "
+        hints.append(f"{counts['unparseable']} replies had no verdict (a stronger --judge-model, or more --max-tokens, now "
                      f"{cfg.max_tokens})")
     if counts["truncated"]:
         hints.append(f"{counts['truncated']} replies were longer than --max-reply-chars {cfg.max_reply_chars}")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .assets import load_pretrained, resolve_model
-from .batching import length_sorted_batches
+from .batching import TokenIds, length_sorted_batches
 from .data import ROLE_NAMES, Message, PreferencePair, transcript
 
 logger = logging.getLogger(__name__)
@@ -221,10 +221,19 @@ class RewardModel(nn.Module):
                                         max_length=self.max_length)["input_ids"]
         return ids
 
-    def encode_pairs(self, pairs: Sequence[PreferencePair]) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids of every pair's chosen and rejected side: ``(chosen_ids, rejected_ids)``."""
-        prompts = [p.prompt for p in pairs]
-        return self.encode(prompts, [p.chosen for p in pairs]), self.encode(prompts, [p.rejected for p in pairs])
+    def encode_pairs(self, pairs: Sequence[PreferencePair], *, flat: bool = False
+                     ) -> tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]:
+        """Token ids of every pair's chosen and rejected side: ``(chosen_ids, rejected_ids)``, as lists, or with
+        ``flat`` as `TokenIds` (int32, tokenized 4,096 pairs at a time: for large datasets)."""
+        if not flat:
+            prompts = [p.prompt for p in pairs]
+            return self.encode(prompts, [p.chosen for p in pairs]), self.encode(prompts, [p.rejected for p in pairs])
+        def side_ids(side: str):  # chunk by chunk: only one chunk's pairs and id lists are alive
+            for s in range(0, len(pairs), 4096):
+                chunk = pairs[s: s + 4096]
+                yield self.encode([p.prompt for p in chunk], [getattr(p, side) for p in chunk])
+
+        return TokenIds.from_chunks(side_ids("chosen")), TokenIds.from_chunks(side_ids("rejected"))
 
     def collate(self, ids: Sequence[Sequence[int]], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Right-pad to the longest sequence in the batch (dynamic padding)."""

@@ -15,6 +15,7 @@ Logged metrics (``metrics.jsonl``, one JSON object per line):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -231,11 +232,16 @@ def _split_pairs(cfg: TrainConfig, out: Path, *, write: bool
     splits_path = Path(cfg.splits_file) if cfg.splits_file else out / "splits.json"
     splits = get_splits(ds, splits_path if write or splits_path.exists() else None,
                         fractions=tuple(cfg.split_fractions), seed=cfg.split_seed)
-    by_id = {p.id: p for p in ds.pairs}
     if cfg.max_pairs is not None:  # a seeded sample of the data, each subset in proportion; the split as for all of it
-        by_id = {p.id: p for p in ds.sample(cfg.max_pairs, seed=cfg.split_seed).pairs}
-    return ([by_id[i] for i in splits["train"] if i in by_id], [by_id[i] for i in splits["validation"] if i in by_id],
-            [by_id[i] for i in splits["test"] if i in by_id] if cfg.eval_test else [])
+        ds = ds.sample(cfg.max_pairs, seed=cfg.split_seed)
+    pairs = ds.pairs
+    if hasattr(pairs, "take"):  # rows held in Arrow: pick by position, make pairs only when a batch needs them
+        at = {i: k for k, i in enumerate(pairs.ids)}
+        pick = lambda name: pairs.take([at[i] for i in splits[name] if i in at])  # noqa: E731
+    else:
+        by_id = {p.id: p for p in pairs}
+        pick = lambda name: [by_id[i] for i in splits[name] if i in by_id]  # noqa: E731
+    return pick("train"), pick("validation"), pick("test") if cfg.eval_test else []
 
 
 def _training_data(cfg: TrainConfig, out: Path, train_pairs, eval_pairs, *, write: bool
@@ -249,7 +255,8 @@ def _training_data(cfg: TrainConfig, out: Path, train_pairs, eval_pairs, *, writ
     elif cfg.max_pairs is not None:
         train_pairs, eval_pairs = ([x[k] for k in stratified_sample([p.subset for p in x], cfg.max_pairs, cfg.split_seed)]
                                    for x in (list(train_pairs), list(eval_pairs or [])))
-    train_pairs, eval_pairs, test_pairs = (list(x or []) for x in (train_pairs, eval_pairs, test_pairs))
+    train_pairs, eval_pairs, test_pairs = (x if hasattr(x, "take") else list(x or [])
+                                           for x in (train_pairs, eval_pairs, test_pairs))
     if not train_pairs:
         raise ValueError("no training pairs")
     check_pair_fields(train_pairs, cfg.objective)
@@ -450,7 +457,7 @@ def train_reward_model(
     train_pairs, eval_pairs, test_pairs = _training_data(cfg, out, train_pairs, eval_pairs,
                                                          write=accelerator.is_main_process)
     # A finished or resumable run is valid for these settings and this data only.
-    identity = _run_identity(cfg, pairs_fingerprint([*train_pairs, *eval_pairs, *test_pairs]))
+    identity = _run_identity(cfg, pairs_fingerprint(itertools.chain(train_pairs, eval_pairs, test_pairs)))
     finished = _finished_run(cfg, out, accelerator.device, identity)
     if finished is not None:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")
@@ -468,12 +475,13 @@ def train_reward_model(
     n_trainable = set_trainable(model, cfg.train_layers)
     contrastive, length_term, dropout_hooks = _terms(cfg, model, accelerator.device)
     aux = contrastive if contrastive is not None else length_term  # trained and checkpointed beside the model
-    # Tokenize once; every epoch and every evaluation reuses the ids.
-    c_ids, r_ids = model.encode_pairs(train_pairs)
-    ev_c, ev_r = model.encode_pairs(eval_pairs) if eval_pairs else ([], [])
+    # Tokenize once; every epoch and every evaluation reuses the ids (flat int32: a million pairs' ids as lists
+    # would outweigh the rest of the run).
+    c_ids, r_ids = model.encode_pairs(train_pairs, flat=True)
+    ev_c, ev_r = model.encode_pairs(eval_pairs, flat=True) if eval_pairs else ([], [])
     ev_labels = grading_labels(eval_pairs)
     ev_judge = read_judge_labels(cfg.judge_labels, [p.id for p in eval_pairs]) if cfg.judge_labels else None
-    lengths = [max(len(a), len(b)) for a, b in zip(c_ids, r_ids)]
+    lengths = np.maximum(c_ids.length, r_ids.length).tolist()
     responses = _response_lengths(model, train_pairs) if length_term is not None else None
 
     meta_items = read_meta_set(cfg.meta_data) if cfg.meta_data else None

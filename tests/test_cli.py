@@ -273,7 +273,7 @@ def test_sharded_audit_and_score_equal_one_process(tmp_path, tiny_bert, small_hh
 
 
 def test_columnar_rows_give_the_same_audit_score_and_data(tmp_path, tiny_bert, small_hh, monkeypatch):
-    """`--columnar true` (rows in a memory-mapped Arrow file) changes no output of audit, score or data."""
+    """`--columnar true` (rows in a memory-mapped Arrow file) changes no output of audit, score, data or train."""
     import numpy as np
 
     monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "cache"))  # the Arrow files go here, not the user's cache
@@ -282,7 +282,9 @@ def test_columnar_rows_give_the_same_audit_score_and_data(tmp_path, tiny_bert, s
         for cmd in (["audit", small_hh, "--model", tiny_bert, "--members", "4", "--max-length", "32",
                      "--cache-dir", tmp_path / "features"],
                     ["score", small_hh, tiny_bert, "--max-length", "32", "--chunk-rows", "16"],
-                    ["data", small_hh, "--tokenizer", "none"]):
+                    ["data", small_hh, "--tokenizer", "none"],
+                    ["train", small_hh, "--model", tiny_bert, "--max-length", "32", "--max-steps", "3",
+                     "--batch-size", "4", "--eval-every", "2", "--save-every", "0"]):
             out = tmp_path / f"{cmd[0]}_{mode}"
             run(*cmd, "--columnar", mode, "--output-dir", out)
             outs[cmd[0], mode] = out
@@ -293,4 +295,7 @@ def test_columnar_rows_give_the_same_audit_score_and_data(tmp_path, tiny_bert, s
         pd.read_parquet(outs["score", "true"] / "scores.parquet"))
     assert json.loads((outs["data", "false"] / "report.json").read_text()) == json.loads(
         (outs["data", "true"] / "report.json").read_text())
+    ta, tb = (json.loads((outs["train", m] / "results.json").read_text()) for m in ("false", "true"))
+    same = lambda r: {k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k and k not in ("config", "run_config")}  # noqa
+    assert same(ta) == same(tb) and ta["steps"] == 3
     assert list((tmp_path / "cache" / "data").glob("*.arrow"))  # the rows were held in Arrow, kept for the next load

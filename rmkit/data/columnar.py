@@ -240,6 +240,10 @@ class StoredPairs(Sequence[PreferencePair]):
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
 
+    def take(self, positions: Sequence[int]) -> "StoredPairs":
+        """The pairs at ``positions`` (of this sequence), still made when asked for."""
+        return StoredPairs(self.rows, self.positions[np.asarray(positions, dtype=np.int64)])
+
     @property
     def ids(self) -> list[str]:
         """Every pair's id, from the column (no pair is made)."""

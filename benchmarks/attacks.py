@@ -231,13 +231,10 @@ def judge_parser(a: Attacks) -> None:
 
 
 def judge_replies(a: Attacks) -> None:
-    import sys
-
     import rmkit.judge as judge
     from rmkit.data import load_preferences as lp
 
-    sys.path.insert(0, str(ROOT / "tests"))  # the fault server is the tests' OpenAI-compatible misbehaving endpoint
-    from fault_server import FaultServer
+    from rmkit.testing import FaultServer  # an OpenAI-compatible endpoint that misbehaves on purpose
 
     os.environ.setdefault("OPENAI_API_KEY", "sk-attack")
     markers = ["LISTCONTENT", "INTCONTENT", "EMPTYCONTENT", "NULLCONTENT", "WORSE", "ECHO", "LATEVERDICT", "FLOOD",

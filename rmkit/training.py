@@ -66,17 +66,31 @@ def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]
 # back with weights_only=True.
 
 
-# Settings that may change between a killed run and its resumption; any other change is an error.
-_RESUMABLE_CHANGES = {"resume", "eval_every", "save_every", "eval_batch_size", "eval_test", "output_dir"}
+# Settings that may change between a killed run and its resumption; any other change is an error. `columnar` only
+# chooses where rows are held (the same numbers either way, tests/test_cli.py).
+_RESUMABLE_CHANGES = {"resume", "eval_every", "save_every", "eval_batch_size", "eval_test", "output_dir", "columnar"}
 
 
-def _run_identity(cfg: TrainConfig, data: str | None = None) -> dict[str, Any]:
-    """What a run's results depend on: its settings, and with ``data`` the fingerprint of the pairs it reads
-    (`pairs_fingerprint`: an edit in place, such as a swapped pair, is another run)."""
+def _run_identity(cfg: TrainConfig, splits: Sequence[Sequence[PreferencePair]] | None = None, *,
+                  pairs_given: bool = False) -> dict[str, Any]:
+    """What a run's results depend on: its settings, and with ``splits`` (train, eval, test) the fingerprint of the
+    pairs it reads (`pairs_fingerprint`: an edit in place, such as a swapped pair, is another run). With
+    ``pairs_given`` (pairs passed in Python) the ``data`` path is not read, and the fingerprint alone names the data."""
     identity = {k: v for k, v in to_dict(cfg).items() if k not in _RESUMABLE_CHANGES}
-    if data is not None:
-        identity["data (content of the pairs)"] = data
+    if pairs_given:
+        identity.pop("data", None)
+    if splits is not None:
+        identity["data (content of the pairs)"] = pairs_fingerprint(itertools.chain(*splits))
     return identity
+
+
+def _same_identity(saved: dict[str, Any], now: dict[str, Any], where: Path, hint: str, what: str) -> None:
+    """Refuse when ``now`` differs from a run's ``saved`` identity. A setting the saved run does not name (added to
+    rmkit since it was written) passes only at its default, the behaviour that run had; a setting it names that
+    ``now`` does not (the data path, when pairs are passed in) is not compared."""
+    defaults = to_dict(TrainConfig())
+    before = {k: saved[k] if k in saved else (v if v == defaults.get(k) else "(not set)") for k, v in now.items()}
+    require_same_settings(before, now, where, hint, what=what)
 
 
 def _save_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, step: int, log_buffer: list,
@@ -102,9 +116,9 @@ def _load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler, ident
     from safetensors.torch import load_file
 
     progress = json.loads((path / "progress.json").read_text())
-    saved = progress.get("config", {})
-    require_same_settings({k: saved.get(k, v) for k, v in identity.items()}, identity, path,
-                          "resuming would mix two runs: restore those settings, or set resume=false to start over")
+    _same_identity(progress.get("config", {}), identity, path,
+                   "resuming would mix two runs: restore those settings, or set resume=false to start over",
+                   "was written with")
 
     weights = load_file(str(path / "trainable.safetensors"))
     missing = model.load_state_dict(weights, strict=False)
@@ -216,9 +230,8 @@ def _finished_run(cfg: TrainConfig, out: Path, device: torch.device, now: dict[s
     if not ((out / "results.json").exists() and (out / "model").exists() and cfg.resume):
         return None
     saved = json.loads((out / "results.json").read_text())
-    require_same_settings({k: v for k, v in saved.get("run_config", now).items() if k in now}, now, out,
-                          "choose another output_dir, or set resume=false to overwrite it",
-                          what="holds a finished run with")
+    _same_identity(saved.get("run_config", now), now, out,
+                   "choose another output_dir, or set resume=false to overwrite it", "holds a finished run with")
     return TrainResult(RewardModel.from_pretrained(str(out / "model")).to(device), out, saved)
 
 
@@ -428,14 +441,9 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def train_reward_model(
-    cfg: TrainConfig,
-    *,
-    train_pairs: Sequence[PreferencePair] | None = None,
-    eval_pairs: Sequence[PreferencePair] | None = None,
-    model: RewardModel | None = None,
-    stop_after_steps: int | None = None,
-) -> TrainResult:
+def train_reward_model(cfg: TrainConfig, *, train_pairs: Sequence[PreferencePair] | None = None,
+                       eval_pairs: Sequence[PreferencePair] | None = None, model: RewardModel | None = None,
+                       stop_after_steps: int | None = None) -> TrainResult:
     """Train a reward model; writes ``model/``, ``metrics.jsonl``, ``results.json`` and ``config.yaml``.
 
     Pairs come from ``cfg.data`` and its saved split unless given directly. ``stop_after_steps``
@@ -450,14 +458,15 @@ def train_reward_model(
     objective = get_objective(cfg.objective)
     accelerator = _accelerator(cfg)
     out = Path(cfg.output_dir)
+    given = train_pairs is not None  # pairs passed in Python: named by their content, not by the data path
     if accelerator.is_main_process:
-        check_output_dir(out, not_in=data_folder_guard(cfg.data) if train_pairs is None else {})
+        check_output_dir(out, not_in={} if given else data_folder_guard(cfg.data))
 
     # ---- data: the saved split of cfg.data (or a seeded sample of it: max_pairs), unless pairs were given
     train_pairs, eval_pairs, test_pairs = _training_data(cfg, out, train_pairs, eval_pairs,
                                                          write=accelerator.is_main_process)
     # A finished or resumable run is valid for these settings and this data only.
-    identity = _run_identity(cfg, pairs_fingerprint(itertools.chain(train_pairs, eval_pairs, test_pairs)))
+    identity = _run_identity(cfg, (train_pairs, eval_pairs, test_pairs), pairs_given=given)
     finished = _finished_run(cfg, out, accelerator.device, identity)
     if finished is not None:
         accelerator.print(f"{out} already holds a finished run; loading it (set resume=false to retrain)")

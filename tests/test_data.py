@@ -485,3 +485,23 @@ def test_columnar_file_is_reused_and_refused_after_an_edit(tmp_path, monkeypatch
     records = load_preferences([{"prompt": "q", "chosen": "a", "rejected": "b"}], columnar=store)
     assert records.pairs[0].chosen_text == "a"
     assert len(list(store.glob("*.arrow"))) == 3 and not list(store.glob("*.tmp*"))  # nothing else left
+
+
+def test_parquet_is_streamed_by_batch_and_reads_as_jsonl_does(tmp_path):
+    """A parquet file is read one record batch at a time (issue 44: memory holds a batch, not the file): rows across
+    batch boundaries, conversational message lists (pandas' reader turned them into arrays: every row was
+    ``bad_type``), missing margins and a bad label load exactly as the same records from JSONL, with the same
+    statuses, texts, labels and margins. A null reads as JSON's null: a missing value."""
+    conv = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]  # noqa: E731
+    recs = [{"chosen": conv(f"good {i}"), "rejected": conv(f"bad {i}"), "margin": float(i % 3) if i % 5 else None,
+             "label": 2.0 if i == 4150 else 1.0} for i in range(4200)]
+    recs[4100]["rejected"] = recs[4100]["chosen"]  # identical sides: a per-row status, not a dropped row
+    pd.DataFrame(recs).to_parquet(tmp_path / "p.parquet", row_group_size=1000)
+    write_jsonl(tmp_path / "p.jsonl", recs)
+    a, b = load_preferences(tmp_path / "p.parquet"), load_preferences(tmp_path / "p.jsonl")
+    assert len(a.rows) == len(b.rows) == 4200
+    assert [r.status for r in a.rows] == [r.status for r in b.rows]
+    assert Counter(r.status for r in a.rows) == {"ok": 4198, "identical": 1, "bad_value": 1}
+    for x, y in zip(a.pairs, b.pairs):
+        assert (x.chosen_text, x.rejected_text, x.label) == (y.chosen_text, y.rejected_text, y.label)
+        assert x.margin == y.margin or (x.margin != x.margin and y.margin != y.margin)

@@ -10,8 +10,7 @@ import pytest
 from rmkit.data import load_preferences
 from rmkit.judge import (JudgeConfig, agreement_by_strength, compare_policies, judge_pairs, parse_verdict,
                          wilson_interval, win_tie_lose)
-
-from fault_server import FaultServer
+from rmkit.testing import FaultServer
 
 
 @pytest.mark.parametrize("reply,verdict", [

@@ -247,9 +247,8 @@ def test_ppo_and_rlhf_from_the_cli(tiny_policy, tiny_bert, shared_data, tmp_path
 
 
 def test_rlhf_round_with_a_judge(tiny_policy, tiny_bert, shared_data, tmp_path, monkeypatch):
-    from fault_server import FaultServer
-
     from rmkit.rlhf import RLHFConfig, run_rlhf
+    from rmkit.testing import FaultServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     data = str(shared_data / "hh-rlhf" / "helpful-base" / "test.jsonl.gz")

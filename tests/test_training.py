@@ -281,6 +281,26 @@ def test_resume_or_reuse_on_data_changed_in_place_is_refused(tiny_bert, shared_d
         train_reward_model(cfg)
 
 
+def test_a_run_written_before_a_setting_existed_is_reused_only_at_its_default(tiny_bert, hh_pairs, tmp_path):
+    """A finished run whose saved identity lacks a setting added since (here ODIN's weight) is the same run at that
+    setting's default, and another run away from it; pairs passed in Python are named by their content, not by the
+    ``data`` path, and ``columnar`` (where rows are held) never makes another run."""
+    cfg = TrainConfig(model=tiny_bert, max_length=32, batch_size=4, max_steps=2, eval_every=0, save_every=0,
+                      output_dir=str(tmp_path / "rm"), eval_test=False)
+    train_reward_model(cfg, train_pairs=hh_pairs[:16], eval_pairs=[])
+    results = tmp_path / "rm" / "results.json"
+    saved = json.loads(results.read_text())
+    del saved["run_config"]["odin_length_weight"]  # as a run written before ODIN was added
+    saved["run_config"]["data"] = "somewhere/else.jsonl"  # not read: the pairs were passed in
+    results.write_text(json.dumps(saved))
+    again = train_reward_model(TrainConfig(**{**cfg.__dict__, "columnar": True}), train_pairs=hh_pairs[:16],
+                               eval_pairs=[])
+    assert again.metrics["steps"] == saved["steps"]
+    with pytest.raises(ValueError, match=r"finished run with other settings \(odin_length_weight\)"):
+        train_reward_model(TrainConfig(**{**cfg.__dict__, "odin_length_weight": 3.0}), train_pairs=hh_pairs[:16],
+                           eval_pairs=[])
+
+
 def test_max_pairs_is_a_seeded_sample_of_every_subset(tiny_bert, shared_data, tmp_path):
     """Issue 46, item 2: ``max_pairs`` reads a seeded sample of the data, each subset in proportion, split as the
     whole data is: a quick run trains and tests on every subset, not on the first file's pairs only."""

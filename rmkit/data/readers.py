@@ -52,11 +52,17 @@ def _iter_file(path: Path) -> Iterator[tuple[int, int, Any]]:
                     with zf.open(m) as f:
                         yield from _iter_lines(f, m)
             return
-        if name.endswith(".parquet"):
-            import pandas as pd
+        if name.endswith(".parquet"):  # streamed by record batch: memory holds one batch, not the file
+            import pyarrow.parquet as pq
 
-            for i, rec in enumerate(pd.read_parquet(path).to_dict(orient="records")):
-                yield i, i + 1, rec
+            i = 0
+            with pq.ParquetFile(path) as pf:
+                for batch in pf.iter_batches(batch_size=4096):
+                    # Python values, as JSON reads: message lists stay lists (pandas made them arrays, which
+                    # failed every conversational row), and a null is a missing value, as JSON's null is
+                    for rec in batch.to_pylist():
+                        yield i, i + 1, rec
+                        i += 1
             return
         if name.endswith(".csv"):
             yield from _iter_csv(path)

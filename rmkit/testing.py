@@ -1,4 +1,7 @@
-"""A local OpenAI-compatible chat server that misbehaves on purpose, for the judge's fault tests.
+"""A local OpenAI-compatible chat server that misbehaves on purpose: the judge's fault tests, and yours.
+
+Point `rmkit judge --base-url` (or ``judge_pairs(..., base_url=server.url)``) at ``FaultServer().url`` to see what
+your pipeline does with 429s, garbage, truncated and doubtful verdicts before a real endpoint does it to you.
 
 What it does with a request is chosen by a marker in the request's text:
 

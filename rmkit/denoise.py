@@ -26,14 +26,14 @@ where ``min_confidence 0.5`` is Bayes' rule: act where a flip is more likely tha
 - ``posterior``: no pair is selected; every training pair gets the soft label ``1 - p_flipped`` (the audit's
   P(flipped | the ensemble's view), ``rmkit audit --noise-rate R``): the expected label under the noise model, so
   a pair the ensemble doubts costs in proportion to the doubt instead of at a cut. In the lab
-  (benchmarks/lab_denoise_variants.py, 10 seeds) it recovers as much of what 20% flips cost as flip+margin and,
+  (benchmarks/lab_denoise.py --study variants, 10 seeds) it recovers as much of what 20% flips cost as flip+margin and,
   unlike the presets that act on a fixed 10%, gains at 0% flips.
 
 Reviewed decisions (``reviews``: the audit's ``flagged.csv`` with its ``review`` column filled with
 keep, flip or drop, or an independent judge's labels of those pairs from ``rmkit judge DATA --ids
 flagged.csv``) win over the preset, on any split. A judge pays where the ensemble alone does not: the
 ensemble learns from the same labels as the RM it cleans for, so the flips it finds are mostly ones the RM
-already overrules. In the lab (benchmarks/lab_denoise_verify.py, 10 seeds) a simulated judge right on 80% of
+already overrules. In the lab (benchmarks/lab_denoise.py --study verify, 10 seeds) a simulated judge right on 80% of
 pairs, deciding the ensemble's lowest 20% of training pairs, recovers 0.77 of what 20% flipped labels cost;
 ``flip`` on the ensemble's lowest 10% alone, 0.48.
 

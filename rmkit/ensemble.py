@@ -35,7 +35,7 @@ import torch
 
 from .assets import cache_dir, load_pretrained, resolve_model
 from .config import from_dict, require_same_settings, validate
-from .data import PreferencePair, pairs_fingerprint
+from .data import PreferencePair, pairs_at, pairs_fingerprint
 from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .files import atomic_path, atomic_write_bytes, model_identity, write_json
 from .batching import TokenIds, length_sorted_batches
@@ -232,8 +232,11 @@ def _token_store(model: RewardModel, pairs, todo: np.ndarray, n: int, chunk: int
         for s in range(0, len(rows), chunk):
             order.append(rows[s: s + chunk] + offset)
             chunks.append((rows[s: s + chunk], name))
-    ids = TokenIds.from_chunks(model.encode([pairs[i].prompt for i in part], [getattr(pairs[i], name) for i in part])
-                               for part, name in chunks)
+    def encoded(part, name):
+        some = pairs_at(pairs, part)  # one read of the chunk's pairs (a read per pair is slow in Arrow)
+        return model.encode([p.prompt for p in some], [getattr(p, name) for p in some])
+
+    ids = TokenIds.from_chunks(encoded(part, name) for part, name in chunks)
     start, length = np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64)
     if order:
         order = np.concatenate(order)
@@ -588,8 +591,7 @@ def _finetune(cfg: EnsembleConfig, train_pairs: list[PreferencePair], out: Path,
 
 def _score_mask(model: RewardModel, pairs: Sequence[PreferencePair], mask: np.ndarray, batch_size: int) -> np.ndarray:
     idx = np.flatnonzero(mask)
-    sub = [pairs[i] for i in idx]
-    c, r = model.encode_pairs(sub)
+    c, r = model.encode_pairs(pairs_at(pairs, idx))
     rc, rr = score_token_pairs(model, c, r, batch_size=batch_size)
     out = np.full(len(pairs), np.nan)
     out[idx] = rc - rr

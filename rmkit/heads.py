@@ -53,6 +53,9 @@ def member_masks(n_pairs: int, fold: np.ndarray, *, members: int, mode: str, see
     return train, score
 
 
+LOSS_ROWS = 65536  # pairs per slice of the loss's backward pass when the features are held whole
+
+
 def train_bt_heads(
     chosen_features: np.ndarray,
     rejected_features: np.ndarray,
@@ -81,12 +84,15 @@ def train_bt_heads(
     dtype = torch.float64 if device.type == "cpu" else torch.float32
     n = len(chosen_features)
     stream = chunk_rows is not None and chunk_rows < n
-    w_train = torch.as_tensor(train_weights, dtype=dtype, device=device)  # (M, N)
+    # (M, N) in float32, cast a slice at a time in the loss: M heads by N pairs in float64 would be the job's
+    # largest array (the L2 search trains 8 penalties x K folds of heads at once)
+    w_train = torch.as_tensor(np.asarray(train_weights, np.float32), device=device)
     y = torch.ones(n, dtype=dtype, device=device) if labels is None else torch.as_tensor(labels, dtype=dtype,
                                                                                           device=device)
     m = torch.zeros(n, dtype=dtype, device=device) if margins is None else torch.as_tensor(margins, dtype=dtype,
                                                                                             device=device)
-    counts = w_train.sum(1).clamp_min(1.0)  # (M,)
+    counts = torch.as_tensor(np.asarray(train_weights).sum(1, dtype=np.float64), dtype=dtype,
+                             device=device).clamp_min(1.0)  # (M,)
     penalty = torch.as_tensor(np.broadcast_to(np.asarray(l2, dtype=np.float64), (w_train.shape[0],)).copy(),
                               dtype=dtype, device=device)
     width = np.shape(chosen_features)[1]
@@ -99,7 +105,7 @@ def train_bt_heads(
     def pairs_loss(d: torch.Tensor, s: int, e: int) -> torch.Tensor:
         z = W @ d.T - m[s:e]  # (M, rows) reward differences, less each pair's margin
         per_pair = -F.logsigmoid(z) if hard else -(y[s:e] * F.logsigmoid(z) + (1 - y[s:e]) * F.logsigmoid(-z))
-        return ((per_pair * w_train[:, s:e]).sum(1) / counts).sum()
+        return ((per_pair * w_train[:, s:e].to(dtype)).sum(1) / counts).sum()
 
     if not stream:
         c, r = np.asarray(chosen_features), np.asarray(rejected_features)
@@ -109,9 +115,20 @@ def train_bt_heads(
 
         def closure():
             opt.zero_grad()
-            loss = pairs_loss(d, 0, n) + (penalty * (W ** 2).sum(1)).sum()
-            loss.backward()
-            return loss
+            if n <= LOSS_ROWS:
+                loss = pairs_loss(d, 0, n) + (penalty * (W ** 2).sum(1)).sum()
+                loss.backward()
+                return loss
+            # Past LOSS_ROWS pairs the loss's (M, rows) intermediates, kept for backward, would cost more than the
+            # features (~4 KB a pair in the L2 search): backward a slice at a time, adding up the same gradient.
+            total = (penalty * (W ** 2).sum(1)).sum()
+            total.backward()
+            total = total.detach()
+            for s in range(0, n, LOSS_ROWS):
+                part = pairs_loss(d[s: s + LOSS_ROWS], s, min(n, s + LOSS_ROWS))
+                part.backward()
+                total = total + part.detach()
+            return total
     else:
         def closure():
             opt.zero_grad()
@@ -175,12 +192,14 @@ def select_l2(
     train = np.stack([(fold != k) & (fold >= 0) for _, k in members]).astype(np.float32)
     W = train_bt_heads(chosen_features, rejected_features, train, l2=np.array([a for a, _ in members]), labels=y,
                        chunk_rows=chunk_rows, device=device)
-    z = head_diffs(W, chosen_features, rejected_features)  # (G*K, N)
-    nll = y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)
-    losses: dict[float, float] = {}
-    for j, (a, k) in enumerate(members):
-        held = fold == k
-        losses[a] = losses.get(a, 0.0) + float(nll[j, held].sum())
+    losses: dict[float, float] = {a: 0.0 for a in grid}
+    for s in range(0, len(fold), 65536):  # scored a slice of pairs at a time: no (G*K, N) array
+        z = head_diffs(W, chosen_features[s: s + 65536], rejected_features[s: s + 65536])  # (G*K, rows)
+        ys, fs = y[s: s + 65536], fold[s: s + 65536]
+        for j, (a, k) in enumerate(members):
+            held = fs == k
+            nll = ys[held] * np.logaddexp(0.0, -z[j, held]) + (1 - ys[held]) * np.logaddexp(0.0, z[j, held])
+            losses[a] += float(nll.sum())
     scored = max(1, int((fold >= 0).sum()))
     losses = {a: v / scored for a, v in losses.items()}
     return min(losses, key=losses.get), losses

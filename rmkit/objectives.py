@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .data import PreferencePair
+from .data import PreferencePair, pairs_at
 from .losses import (bradley_terry_loss, contrastive_instances, odin_length_loss, orthogonality_loss, simcse_loss,
                      soft_label_loss, swav_loss)
 
@@ -190,11 +190,12 @@ def make_batch(model, pairs: Sequence[PreferencePair], chosen_ids, rejected_ids,
     if lengths is not None:
         batch["length"] = torch.tensor([lengths[0][i] for i in idx] + [lengths[1][i] for i in idx],
                                        dtype=torch.float32, device=device)
+    some = pairs_at(pairs, idx)
     for key in ("margin", "weight"):
-        vals = [getattr(pairs[i], key) for i in idx]
+        vals = [getattr(p, key) for p in some]
         if all(v is not None for v in vals):
             batch[key] = torch.tensor(vals, dtype=torch.float32, device=device)
         elif any(v is not None for v in vals):
             raise ValueError(f"some training pairs have a {key} and some do not; fill it for all or none")
-    batch["label"] = torch.tensor([pairs[i].label for i in idx], dtype=torch.float32, device=device)
+    batch["label"] = torch.tensor([p.label for p in some], dtype=torch.float32, device=device)
     return batch

@@ -35,7 +35,7 @@ from .assets import hub_id_of
 from .warm import average_reward_models
 from .files import append_jsonl, atomic_path, check_output_dir, keep_logged_through, write_json
 from .hardware import resolve_precision
-from .data import (PreferencePair, data_folder_guard, get_splits, pairs_fingerprint,
+from .data import (PreferencePair, data_folder_guard, get_splits, pairs_at, pairs_fingerprint,
                    stratified_sample)
 from .metarm import encode_meta_batch, metarm_backward, tokenize_meta_items
 from .metaset import read_meta_set
@@ -561,7 +561,7 @@ def train_reward_model(cfg: TrainConfig, *, train_pairs: Sequence[PreferencePair
                         loss, parts = compute_loss(wrapped, batch, objective, contrastive, length_term)
                     accelerator.backward(loss / len(micro))
             if margins_path is not None:
-                _log_margins(margins_path, step + 1, [train_pairs[i].id for i in idx], parts)
+                _log_margins(margins_path, step + 1, [p.id for p in pairs_at(train_pairs, idx)], parts)
             step_loss += loss.item() / len(micro)
             step_acc += (parts["chosen"] > parts["rejected"]).float().mean().item() / len(micro)
             step_cl += parts["contrastive_loss"].item() / len(micro) if contrastive is not None else 0.0

@@ -403,9 +403,10 @@ def test_a_review_budget_by_precision_lists_as_many_pairs_as_keep_it(separable, 
     assert "What a review budget buys" in (tmp_path / "a" / "report.html").read_text()
 
 
-def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path):
-    """Issue 44, item 3: heads read a memory-mapped feature cache a chunk at a time (memory: one chunk, not (N, H))
-    and reach the full-batch solution."""
+def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path, monkeypatch):
+    """Issue 44, item 3: heads read a memory-mapped feature cache a chunk at a time (memory: one chunk, not (N, H)),
+    or hold it whole and run the loss's backward a slice at a time (memory: no (M, N) intermediates), and reach the
+    full-batch solution."""
     rng = np.random.default_rng(0)
     n, h = 3000, 24
     fc = np.lib.format.open_memmap(tmp_path / "c.npy", mode="w+", dtype=np.float32, shape=(n, h))
@@ -419,6 +420,11 @@ def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path):
     full = train_bt_heads(np.asarray(fc), np.asarray(fr), train, l2=[1e-3, 1e-2, 1e-1], labels=labels)
     streamed = train_bt_heads(fc, fr, train, l2=[1e-3, 1e-2, 1e-1], labels=labels, chunk_rows=700)
     np.testing.assert_allclose(streamed, full, rtol=1e-5, atol=1e-6)
+    import rmkit.heads
+
+    monkeypatch.setattr(rmkit.heads, "LOSS_ROWS", 500)  # held whole, the loss's backward a slice at a time
+    sliced = train_bt_heads(np.asarray(fc), np.asarray(fr), train, l2=[1e-3, 1e-2, 1e-1], labels=labels)
+    np.testing.assert_allclose(sliced, full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head_diffs(streamed, fc, fr), head_diffs(full, np.asarray(fc), np.asarray(fr)),
                                rtol=1e-5, atol=1e-5)
 

@@ -241,6 +241,13 @@ def no_pairs_message(source: Any, ds: "PreferenceDataset") -> str:
     return f"{source}: none of its {len(ds.rows)} rows is a usable pair ({counts}; `rmkit data {source}` lists them)"
 
 
+def pairs_at(pairs: Sequence[PreferencePair], idx: Sequence[int]) -> list[PreferencePair]:
+    """``[pairs[i] for i in idx]`` in one read where the pairs live in Arrow (`StoredPairs.take`: a read per pair
+    would take the table once per pair and parse each row again)."""
+    take = getattr(pairs, "take", None)
+    return list(take(idx)) if take is not None else [pairs[i] for i in idx]
+
+
 def pairs_fingerprint(pairs: Iterable[PreferencePair]) -> str:
     """A hash of what a job learns from: every pair's id, texts and the fields training reads (label, margin, weight,
     original_label), in order. A resumed or reused piece of work is valid only for the same fingerprint: size and

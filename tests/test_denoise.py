@@ -117,8 +117,14 @@ def test_denoise_acts_on_the_training_split_only_and_never_grades_itself(tmp_pat
     some = next(iter(flipped))
     assert by_id[some].chosen_text.startswith("bad") and by_id[some].original_label == 0.0
     assert list(grading_labels([by_id[some], by_id[sorted(held)[0]]])) == [0.0, 1.0]
-    rec = __import__("yaml").safe_load((tmp_path / "den" / "recommended.yaml").read_text())
+    text = (tmp_path / "den" / "recommended.yaml").read_text()
+    rec = __import__("yaml").safe_load(text)
     assert rec["splits_file"].endswith("splits.json") and rec["objective"] == "bt"
+    assert "objective: odin" in text.split("\ndata:")[0]  # the measured recipes, by situation, as comments on top
+    from rmkit.config import load_config
+    from rmkit.configs.training import TrainConfig
+
+    assert load_config(TrainConfig, tmp_path / "den" / "recommended.yaml").objective == "bt"
 
 
 def test_min_confidence_on_p_flipped_is_bayes_rule_on_the_audits_flip_posterior(tmp_path):

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from rmkit.assets import tiny_model
+from rmkit.hardware import cpu_launch
 from rmkit.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,9 +71,7 @@ def sharded(work: Path, model: str, n: int = 2000) -> dict:
     import pandas as pd
 
     data = resampled(n, work / f"pairs_sharded_{n}.jsonl", seed=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmkit.cli"]
-    one = [sys.executable, "-m", "rmkit.cli"]
+    launch, one, env = cpu_launch(2)
     audit = ["audit", str(data), "--model", model, "--max-length", "64", "--members", "4", "--precision", "fp32"]
     score = ["score", str(data), model, "--max-length", "64", "--chunk-rows", "256", "--precision", "fp32"]
     seconds = {}

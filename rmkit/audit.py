@@ -37,7 +37,7 @@ from .calibration import (agreement, crossfit_calibration, estimate_wrong_share,
                           flip_posterior, length_effect, length_share, reliability_table, spearman, symmetric_points)
 from .config import save_config, to_dict, validate
 from .detectors import review_budget
-from .data import PreferenceDataset, data_folder_guard, no_pairs_message, text_lengths, transcript
+from .data import PreferenceDataset, data_folder_guard, no_pairs_message, pairs_by_id, text_lengths, transcript
 from .files import check_output_dir, write_json, write_table
 from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .ensemble import EnsembleInfo, ensemble_diffs
@@ -142,9 +142,12 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.ndim != 2 or diffs.shape[1] != len(pairs):
         raise ValueError(f"diffs must be (members, {len(pairs)} pairs), got {diffs.shape}")
-    ids = [p.id for p in pairs]
-    labels = np.array([p.label for p in pairs], dtype=np.float64)
-    subsets = np.array([p.subset for p in pairs])
+    if hasattr(pairs, "take"):  # held in Arrow: the columns, without making a million pairs three times
+        ids, subsets = pairs.ids, np.array(pairs.rows.column("subset")[pairs.positions])
+        labels = np.fromiter((p.label for p in pairs), np.float64, len(pairs))
+    else:
+        ids, subsets = [p.id for p in pairs], np.array([p.subset for p in pairs])
+        labels = np.array([p.label for p in pairs], dtype=np.float64)
     if length_diff is None:
         phase(f"counting the response lengths of {len(pairs)} pairs")
         length_diff, length_unit = response_length_diff(pairs, cfg.model)
@@ -256,9 +259,10 @@ def _length_term(coef: dict, unit: str) -> dict:
 
 
 def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:
-    """Length of the chosen minus the rejected response, in the model's tokens (characters if no tokenizer loads)."""
-    n, unit = text_lengths([p.chosen_text for p in pairs] + [p.rejected_text for p in pairs], model)
-    return n[: len(pairs)] - n[len(pairs):], unit
+    """Length of the chosen minus the rejected response, in the model's tokens (characters if no tokenizer loads).
+    One pass over the pairs, the texts counted as they are made (for pairs held in Arrow, none are kept)."""
+    n, unit = text_lengths((t for p in pairs for t in (p.chosen_text, p.rejected_text)), model)
+    return n[0::2] - n[1::2], unit
 
 
 def _u_shape(groups) -> dict:
@@ -335,13 +339,13 @@ def write_review_export(table, ds: PreferenceDataset, out: Path, *, n: int = 200
     keep, flip or drop (`rmkit denoise --reviews` reads it back; reviewed decisions win over a preset)."""
     import pandas as pd
 
-    by_id = {p.id: p for p in ds.pairs}
     # The flagged pairs, then the most suspect of the pairs it can judge (a subset it cannot judge has nothing to
     # review: its agreement with the labels is no better than chance).
     scored = table[~table["category"].isin(["unscored", "unjudged"])]
     flagged = scored[scored["category"] == "likely_mislabeled"]
     rest = scored[scored["category"] != "likely_mislabeled"].nsmallest(max(0, n - len(flagged)), "rank")
     picked = pd.concat([flagged.sort_values("rank"), rest])
+    by_id = pairs_by_id(ds.pairs, picked["id"])
     rows = []
     for r in picked.itertuples():
         p = by_id[r.id]

@@ -171,6 +171,19 @@ def process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def cpu_launch(processes: int = 2) -> tuple[list[str], list[str], dict[str, str]]:
+    """``(launch, one, env)``: the argv prefix that runs ``rmkit`` under torchrun with ``processes`` CPU processes
+    (gloo), the one that runs it in a single process, and the environment both run in (one thread per process, no
+    GPU). A multi-process launch tried on a machine without GPUs, as the tests and `benchmarks/scale.py` do:
+    ``subprocess.run(launch + ["audit", data, ...], env=env)``."""
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+              "-m", "rmkit.cli"]
+    return launch, [sys.executable, "-m", "rmkit.cli"], env
+
+
 def barrier() -> None:
     """Wait for every process of a multi-process launch (nothing in a single process)."""
     import torch.distributed as dist

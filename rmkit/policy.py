@@ -15,7 +15,7 @@ import torch
 from .assets import load_pretrained, resolve_model
 from .batching import length_sorted_batches
 from .config import require_saved_settings, save_config, validate
-from .data import USABLE, DataSource, Message, as_messages, read_table
+from .data import USABLE, DataError, DataSource, Message, as_messages, read_table
 from .files import trim_cut_line
 from .metaset import read_sample_records, write_meta_set
 from .configs.policy import SamplingConfig, SampleConfig  # noqa: F401 - the settings, beside the job
@@ -112,15 +112,23 @@ def load_prompts(source: str, reader: DataSource | None = None
     unparseable transcript), so callers can report them instead of losing them. ``reader``: how preference
     data is read (format, ties, strict; default: detected, not strict)."""
     path = Path(source)
+    table_error = None
     if path.is_file() and path.suffix in (".jsonl", ".parquet"):
         try:
             df = read_table(path)
-        except ValueError:  # not a clean table: rmkit's reader reads it row by row and names the bad rows
-            df = None
+        except ValueError as e:  # not a clean table: rmkit's reader reads it row by row and names the bad rows
+            df, table_error = None, e
         if df is not None and "prompt" in df.columns and not {"chosen", "rejected"} <= set(df.columns):
             ids = df["id"].astype(str).tolist() if "id" in df.columns else [f"prompt-{i}" for i in range(len(df))]
             return ids, [as_messages(p) for p in df["prompt"]], []
-    ds = (reader or DataSource()).read(source)
+    try:
+        ds = (reader or DataSource()).read(source)
+    except DataError as e:
+        if table_error is None:
+            raise
+        # Neither a prompts table nor preference pairs: the table's error first (a prompts file's usual fault, e.g.
+        # a lone surrogate "\udc00" no tokenizer reads), not only "no row matches a known format".
+        raise DataError(f"{table_error}; read as preference pairs instead: {e}") from None
     pairs = ds.pairs
     skipped = [{"id": i, "status": s, "detail": d} for i, s, d in zip(ds.column("id"), ds.column("status"),
                                                                          ds.column("detail")) if s not in USABLE]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ROLE_NAMES
+from .data import ROLE_NAMES, pairs_by_id
 from .strength import CATEGORIES
 
 COLORS = {"likely_mislabeled": "#cc3311", "ambiguous": "#ee7733", "consistent": "#999999", "strong": "#009988",
@@ -264,7 +264,6 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
     if ens.get("precision"):  # bf16 where `auto` measured this machine's bf16 matmuls fast enough
         reads += f"; features encoded in {ens['precision']}"
     t = result.table
-    by_id = {p.id: p for p in ds.pairs}
     imgs = "".join(
         f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{k}'>"
         for k, p in figures.items()
@@ -304,6 +303,7 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
                      f"No pair is flagged; the {len(suspect)} with the highest p_label_wrong, for reference")
     ambiguous = scored[scored["category"] == "ambiguous"].assign(absz=lambda d: d["z"].abs())
     ambiguous = ambiguous.nsmallest(n_pairs, "absz")
+    by_id = pairs_by_id(ds.pairs, [*suspect["id"], *ambiguous["id"]])
     cats_all = (*CATEGORIES, "unjudged", "unscored")
     cats = "".join(f"<tr><td>{c}</td><td>{k}</td></tr>" for c, k in s["categories"].items())
     subsets = "".join(

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rmkit.hardware import resolve_device
+from rmkit.hardware import cpu_launch, resolve_device
 
 RMKIT = [sys.executable, "-m", "rmkit.cli"]
 
@@ -227,13 +227,9 @@ def test_sharded_audit_and_score_equal_one_process(tmp_path, tiny_bert, small_hh
     """`rmkit audit` and `rmkit score` under torchrun with 2 CPU processes share the encoding and the scoring out and
     give the one-process numbers, ids and statuses; a run killed mid-encoding (half its texts not recorded as done)
     is finished by a later run, in one process, with the same features."""
-    import os
-
     import numpy as np
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmkit.cli"]
-    one = [sys.executable, "-m", "rmkit.cli"]
+    launch, one, env = cpu_launch(2)
     audit = ["audit", str(small_hh), "--model", tiny_bert, "--members", "4", "--max-length", "32", "--device", "cpu"]
     score = ["score", str(small_hh), tiny_bert, "--max-length", "32", "--chunk-rows", "7", "--device", "cpu"]
     runs = {}

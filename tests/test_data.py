@@ -7,10 +7,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from rmkit.data import (DataError, detect_format, get_splits, load_preferences, split_hh_transcript, split_ids)
+from rmkit.audit import response_length_diff
+from rmkit.policy import load_prompts
+from rmkit.data import (DataError, detect_format, get_splits, load_preferences, pairs_by_id, split_hh_transcript,
+                        split_ids, text_lengths)
 
 HH_OK = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello, how can I help?",
          "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
@@ -451,6 +455,14 @@ def test_columnar_rows_equal_the_in_memory_ones(source, shared_data, tmp_path):
     _same(a, b)
     assert type(b.pairs).__name__ == "StoredPairs" and b.pairs.ids == [p.id for p in a.pairs]
     assert b.pairs[-1] == a.pairs[-1] and b.pairs[1:3] == a.pairs[1:3]
+    # What the report and review export show, made one by one, and the lengths counted in one streamed pass.
+    want = [p.id for p in a.pairs][::3][::-1] + ["no such id"]
+    assert pairs_by_id(b.pairs, want) == pairs_by_id(a.pairs, want) == {p.id: p for p in a.pairs[::3]}
+    n, unit = response_length_diff(b.pairs, "minilm")
+    assert unit == "tokens" and np.array_equal(n, response_length_diff(a.pairs, "minilm")[0])
+    count = text_lengths([p.chosen_text for p in a.pairs], "minilm")[0] - text_lengths(
+        [p.rejected_text for p in a.pairs], "minilm")[0]
+    assert np.array_equal(n, count)
 
 
 def test_columnar_file_is_reused_and_refused_after_an_edit(tmp_path, monkeypatch):
@@ -505,3 +517,21 @@ def test_parquet_is_streamed_by_batch_and_reads_as_jsonl_does(tmp_path):
     for x, y in zip(a.pairs, b.pairs):
         assert (x.chosen_text, x.rejected_text, x.label) == (y.chosen_text, y.rejected_text, y.label)
         assert x.margin == y.margin or (x.margin != x.margin and y.margin != y.margin)
+
+
+def test_a_lone_surrogate_gets_a_status_not_a_tokenizer_crash(tmp_path):
+    """A JSON ``\\ud800`` escape is valid JSON but no Unicode text: the row is ``undecodable``, naming its field, and
+    the other rows load and tokenize (it used to load as ``ok`` and crash the audit's length count with a TypeError)."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "\\ud800 lone", "rejected": "r"}\n'
+                    '{"prompt": [{"role": "user\\udfff", "content": "q"}], "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "q", "chosen": "fine \\ud83d\\ude00", "rejected": "r"}\n')  # a pair: an emoji
+    ds = load_preferences(path)
+    assert [r.status for r in ds.rows] == ["undecodable", "undecodable", "ok"]
+    assert ds.rows[0].detail.startswith("chosen: field 'chosen' holds a lone surrogate")
+    assert ds.rows[1].detail.startswith("prompt:")
+    assert response_length_diff(ds.pairs, "minilm")[1] == "tokens"
+    prompts = tmp_path / "prompts.jsonl"  # a prompts file (rmkit sample, bon, ppo): refused, saying why
+    prompts.write_text('{"id": "a", "prompt": "hi \\udc00"}\n{"id": "b", "prompt": "hello"}\n')
+    with pytest.raises(DataError, match="prompts.jsonl: not a readable jsonl table .*surrogates not allowed"):
+        load_prompts(str(prompts))

@@ -45,6 +45,8 @@ def _load(path, **kw):
     col = load_preferences(path, columnar=STORE, **kw)
     assert list(col.rows) == list(ds.rows) and list(col.pairs) == list(ds.pairs)
     assert col.summary() == ds.summary()
+    for pair in ds.pairs:  # a usable pair is Unicode text a tokenizer reads (a lone surrogate gets a status instead)
+        json.dumps([pair.prompt, pair.chosen, pair.rejected], ensure_ascii=False).encode("utf-8")
     return ds
 
 

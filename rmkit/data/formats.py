@@ -4,6 +4,7 @@ which turns any record into a pair or a status naming the field at fault."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 
@@ -74,6 +75,18 @@ def _check_responses(chosen: list[Message], rejected: list[Message]) -> None:
         raise _RowError("empty_response", "rejected", "rejected response is empty")
     if chosen == rejected:
         raise _RowError("identical", "chosen", "chosen and rejected responses are identical")
+
+
+# A JSON "\ud800" escape decodes to a lone surrogate: valid JSON, but no Unicode text, so no tokenizer takes it (the
+# fast tokenizers raise a TypeError deep in an audit or training run). Such a row gets a status at load instead.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(fields: dict[str, list[Message]]) -> None:
+    for key, messages in fields.items():
+        if any(_LONE_SURROGATE.search(m["content"]) or _LONE_SURROGATE.search(m["role"]) for m in messages):
+            raise _RowError("undecodable", key, f"field '{key}' holds a lone surrogate (\\ud800-\\udfff): it is "
+                                                "not Unicode text, and no tokenizer reads it")
 
 
 def _messages(val: Any, key: str) -> list[Message]:
@@ -231,6 +244,7 @@ def record_to_row(
         else:
             prompt, chosen, rejected, diverged, label = _from_pairwise(rec, winner_key)
         _check_responses(chosen, rejected)
+        _check_text({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         if label == 0.5 and not allow_ties:
             raise _RowError("tie", winner_key, "the source marks this pair a tie")
         # A pairwise file's winner column may be called `label` (winner_key="label"): it oriented the pair, and is

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
@@ -85,9 +86,10 @@ def run_data(cfg: DataConfig) -> dict[str, Any]:
     return report
 
 
-def text_lengths(texts: Sequence[str], tokenizer: str | None) -> tuple[np.ndarray, str]:
+def text_lengths(texts: Iterable[str], tokenizer: str | None) -> tuple[np.ndarray, str]:
     """Length of each text in ``tokenizer``'s tokens (a model alias, hub id or path), or in characters when no
-    tokenizer is given or none loads; returns the lengths and their unit (``tokens`` or ``characters``)."""
+    tokenizer is given or none loads; returns the lengths and their unit (``tokens`` or ``characters``). ``texts``
+    may be a generator: it is read in chunks, so a million pairs' texts are never held at once."""
     tok = None
     if tokenizer:
         try:
@@ -100,9 +102,9 @@ def text_lengths(texts: Sequence[str], tokenizer: str | None) -> tuple[np.ndarra
         return np.array([len(t) for t in texts], float), "characters"
     # In chunks, keeping only the counts: one call over every text held each token's id, string and offsets at
     # once (the bulk of `rmkit data`'s and the audit's memory at 50k pairs).
-    texts = list(texts)
-    n = np.empty(len(texts), float)
-    for s in range(0, len(texts), 1024):
-        ids = tok(texts[s: s + 1024], add_special_tokens=False, verbose=False)["input_ids"]  # lengths only: no warning
-        n[s: s + len(ids)] = [len(x) for x in ids]
-    return n, "tokens"
+    counts: list[int] = []
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, 1024)):
+        ids = tok(chunk, add_special_tokens=False, verbose=False)["input_ids"]  # lengths only: no warning
+        counts.extend(len(x) for x in ids)
+    return np.array(counts, float), "tokens"

@@ -183,7 +183,8 @@ def bon_block(inputs, args, best: str) -> dict:
     picked = bon_prompts(inputs, args)
     pid = [p.id for p in picked]
     got = sample_llamacpp([list(p.prompt) for p in picked], args.bon_n, max_tokens=48, temperature=1.0,
-                          out=ROOT / "runs" / "lab" / "bon_samples.jsonl", ids=pid, threads=2, parallel=16)
+                          out=ROOT / "runs" / "lab" / "bon_samples.jsonl", ids=pid, threads=args.bon_threads,
+                          parallel=16)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.bon_n)]
     texts = [t for i in pid for t in got["samples"][i]]
     flat_r = [[{"role": "assistant", "content": t}] for t in texts]
@@ -249,6 +250,7 @@ def main() -> None:
                         help="only the best-of-n block: bt against the confounded lab's best method (its runs reused)")
     parser.add_argument("--bon-prompts", type=int, default=50)
     parser.add_argument("--bon-n", type=int, default=64)
+    parser.add_argument("--bon-threads", type=int, default=2, help="llama.cpp threads for the samples")
     parser.add_argument("--work", default=str(ROOT / "runs" / "robust_rm"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robust_rm.json"))
     args = parser.parse_args()

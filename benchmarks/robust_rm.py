@@ -182,8 +182,11 @@ def bon_block(inputs, args, best: str) -> dict:
     says how far the pick leans on length. Exact expectations over draws (`rmkit.bon.best_of_n_expectation`)."""
     picked = bon_prompts(inputs, args)
     pid = [p.id for p in picked]
-    got = sample_llamacpp([list(p.prompt) for p in picked], args.bon_n, max_tokens=48, temperature=1.0,
-                          out=ROOT / "runs" / "lab" / "bon_samples.jsonl", ids=pid, threads=args.bon_threads,
+    # The cache is keyed by prompt id and sample index only: another length cap gets a file of its own (48 is
+    # lab_bon.py's, whose samples it shares).
+    cache_name = "bon_samples.jsonl" if args.bon_max_tokens == 48 else f"bon_samples_t{args.bon_max_tokens}.jsonl"
+    got = sample_llamacpp([list(p.prompt) for p in picked], args.bon_n, max_tokens=args.bon_max_tokens,
+                          temperature=1.0, out=ROOT / "runs" / "lab" / cache_name, ids=pid, threads=args.bon_threads,
                           parallel=16)
     flat_p = [list(p.prompt) for p in picked for _ in range(args.bon_n)]
     texts = [t for i in pid for t in got["samples"][i]]
@@ -233,6 +236,7 @@ def bon_block(inputs, args, best: str) -> dict:
                            for m, v in out["methods"].items()}
     out["sample_mean_length"] = float(length.mean())
     out["best_method"] = best
+    out["max_tokens"] = args.bon_max_tokens
     return out
 
 
@@ -251,6 +255,8 @@ def main() -> None:
     parser.add_argument("--bon-prompts", type=int, default=50)
     parser.add_argument("--bon-n", type=int, default=64)
     parser.add_argument("--bon-threads", type=int, default=2, help="llama.cpp threads for the samples")
+    parser.add_argument("--bon-max-tokens", type=int, default=48,
+                        help="new tokens per sample (48: cheap, but nearly every sample hits the cap)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "robust_rm"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robust_rm.json"))
     args = parser.parse_args()

@@ -9,6 +9,7 @@ The transformers sampling stack (`rmkit.policy`) is the one PPO trains; this one
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .assets import smollm2_gguf
-from .files import append_jsonl
+from .files import append_jsonl, atomic_write_text
 
 
 @contextmanager
@@ -95,6 +96,18 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
     from .bon import read_samples
 
     out = Path(out)
+    # The cache is keyed by prompt id and sample index: samples drawn with other settings would be reused as if
+    # they were these, so the settings are kept beside it and a reuse with others is refused, naming them.
+    settings = {"gguf": str(gguf), "max_tokens": max_tokens, "temperature": temperature}
+    kept = out.with_name(out.name + ".settings.json")
+    if out.exists() and kept.exists():
+        before = json.loads(kept.read_text())
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out} holds samples drawn with other settings ("
+                             + ", ".join(f"{k}: {before.get(k)!r} then, {settings[k]!r} now" for k in changed)
+                             + "); choose another file")
+    atomic_write_text(kept, json.dumps(settings))
     have = read_samples(out) if out.exists() else {}
     done = {i: have[i][:n] for i in ids if len(have.get(i, ())) >= n}
     todo = [k for k, i in enumerate(ids) if i not in done]

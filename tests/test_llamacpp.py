@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from rmkit.llamacpp import sample_llamacpp
 
 
@@ -19,3 +21,5 @@ def test_samples_are_seeded_per_index_and_a_cache_is_extended_not_redrawn(tmp_pa
     assert again["tokens_per_s"] is None and again["samples"] == {i: three[i][:2] for i in ids}  # nothing drawn
     fresh = sample_llamacpp(prompts, 3, out=tmp_path / "fresh.jsonl", ids=ids, **kw)["samples"]
     assert fresh == three
+    with pytest.raises(ValueError, match=r"other settings \(max_tokens: 6 then, 7 now\)"):  # before any server
+        sample_llamacpp(prompts, 3, out=out, ids=ids, **{**kw, "max_tokens": 7})

@@ -41,7 +41,7 @@ from rmkit.calibration import spearman
 from rmkit.config import load_config
 from rmkit.data import PreferenceDataset, RowResult, split_ids, stratified_sample, text_lengths
 from rmkit.denoise import DenoiseConfig, denoise_pairs
-from rmkit.gold import load_gold
+from rmkit.gold import load_gold_saved
 from rmkit.lab import (LabConfig, choose_temperature, lab_pairs, length_confounded, load_lab_inputs,
                        sample_labels)
 from rmkit.llamacpp import sample_llamacpp
@@ -202,10 +202,8 @@ def bon_block(inputs, args, best: str) -> dict:
             np.save(path, compute())
         return np.load(path)
 
-    info = json.loads(GOLD.with_suffix(".json").read_text())
-    gold = cached("gold", lambda: load_gold(GOLD.with_name(GOLD.stem + "_head.npy"), info["model"],
-                                            layer=info["layer"], max_length=info["max_length"])
-                  .score(flat_p, flat_r, progress=True).reshape(shape))
+    gold = cached("gold", lambda: load_gold_saved(GOLD.with_suffix(".json")).score(flat_p, flat_r, progress=True)
+                  .reshape(shape))
     length = text_lengths(texts, "minilm")[0].reshape(shape).astype(np.float64)
     ns = bon_ns(args.bon_n)
     folders = {"bt": "m0", best: best}

@@ -37,7 +37,8 @@ from .calibration import (agreement, crossfit_calibration, estimate_wrong_share,
                           flip_posterior, length_effect, length_share, reliability_table, spearman, symmetric_points)
 from .config import save_config, to_dict, validate
 from .detectors import review_budget
-from .data import PreferenceDataset, data_folder_guard, no_pairs_message, pairs_by_id, text_lengths, transcript
+from .data import (PreferenceDataset, data_folder_guard, no_pairs_message, pair_column, pairs_by_id, text_lengths,
+                   transcript)
 from .files import check_output_dir, write_json, write_table
 from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .ensemble import EnsembleInfo, ensemble_diffs
@@ -142,12 +143,8 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.ndim != 2 or diffs.shape[1] != len(pairs):
         raise ValueError(f"diffs must be (members, {len(pairs)} pairs), got {diffs.shape}")
-    if hasattr(pairs, "take"):  # held in Arrow: the columns, without making a million pairs three times
-        ids, subsets = pairs.ids, np.array(pairs.rows.column("subset")[pairs.positions])
-        labels = np.fromiter((p.label for p in pairs), np.float64, len(pairs))
-    else:
-        ids, subsets = [p.id for p in pairs], np.array([p.subset for p in pairs])
-        labels = np.array([p.label for p in pairs], dtype=np.float64)
+    ids, subsets = pair_column(pairs, "id"), np.array(pair_column(pairs, "subset"))  # no pair made for these
+    labels = np.fromiter((p.label for p in pairs), np.float64, len(pairs))
     if length_diff is None:
         phase(f"counting the response lengths of {len(pairs)} pairs")
         length_diff, length_unit = response_length_diff(pairs, cfg.model)

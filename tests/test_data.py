@@ -13,8 +13,8 @@ import pytest
 
 from rmkit.audit import response_length_diff
 from rmkit.policy import load_prompts
-from rmkit.data import (DataError, detect_format, get_splits, load_preferences, pairs_by_id, split_hh_transcript,
-                        split_ids, text_lengths)
+from rmkit.data import (DataError, detect_format, get_splits, load_preferences, pair_column, pairs_by_id,
+                        split_hh_transcript, split_ids, text_lengths)
 
 HH_OK = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello, how can I help?",
          "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
@@ -458,6 +458,7 @@ def test_columnar_rows_equal_the_in_memory_ones(source, shared_data, tmp_path):
     # What the report and review export show, made one by one, and the lengths counted in one streamed pass.
     want = [p.id for p in a.pairs][::3][::-1] + ["no such id"]
     assert pairs_by_id(b.pairs, want) == pairs_by_id(a.pairs, want) == {p.id: p for p in a.pairs[::3]}
+    assert pair_column(b.pairs, "subset") == pair_column(a.pairs, "subset") == [p.subset for p in a.pairs]
     n, unit = response_length_diff(b.pairs, "minilm")
     assert unit == "tokens" and np.array_equal(n, response_length_diff(a.pairs, "minilm")[0])
     count = text_lengths([p.chosen_text for p in a.pairs], "minilm")[0] - text_lengths(

@@ -247,5 +247,9 @@ class StoredPairs(Sequence[PreferencePair]):
     @property
     def ids(self) -> list[str]:
         """Every pair's id, from the column (no pair is made)."""
-        return self.rows.column("id")[self.positions].tolist()
+        return self.column("id")
+
+    def column(self, name: str) -> list:
+        """Field ``name`` of every pair (a row field: ``id``, ``subset``, ...), from the column (no pair is made)."""
+        return self.rows.column(name)[self.positions].tolist()
 

@@ -253,8 +253,14 @@ def pairs_by_id(pairs: Sequence[PreferencePair], ids: Iterable[str]) -> dict[str
     held in Arrow reads the id column and twenty rows, not every pair (``{p.id: p for p in pairs}`` made them all:
     GBs at 1M pairs)."""
     wanted = set(ids)
-    all_ids = pairs.ids if hasattr(pairs, "take") else [p.id for p in pairs]
-    return {p.id: p for p in pairs_at(pairs, [k for k, i in enumerate(all_ids) if i in wanted])}
+    return {p.id: p for p in pairs_at(pairs, [k for k, i in enumerate(pair_column(pairs, "id")) if i in wanted])}
+
+
+def pair_column(pairs: Sequence[PreferencePair], name: str) -> list:
+    """``[getattr(p, name) for p in pairs]`` for a row field (``id``, ``subset``, ...), read from the column where
+    the pairs live in Arrow (`StoredPairs.column`) instead of making every pair."""
+    column = getattr(pairs, "column", None)
+    return column(name) if column is not None else [getattr(p, name) for p in pairs]
 
 
 def pairs_fingerprint(pairs: Iterable[PreferencePair]) -> str:

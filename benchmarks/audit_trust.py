@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from rmkit.provenance import write_result
 from rmkit.audit import AuditConfig, audit_diffs, response_length_diff
 from rmkit.calibration import (agreement, crossfit_calibration, expected_calibration_error, symmetric_points)
 from rmkit.data import load_preferences
 from rmkit.ensemble import ensemble_diffs, heads_on_features, member_layers
-from rmkit.files import write_json
 from rmkit.heads import fold_of
 from rmkit.lab import proxy_features
 
@@ -143,7 +143,7 @@ def main() -> None:
         out = json.loads(path.read_text())
     if not args.only_lab:
         out["hh"] = hh_block(work)
-        write_json(path, out)
+        write_result(path, out)
         print(json.dumps(out["hh"], indent=1), flush=True)
         out["llmeval2"], flips_llm = llmeval2_blocks(args.seeds)
         out["flips"] = {"llmeval2": flips_llm}
@@ -159,7 +159,7 @@ def main() -> None:
     out["flips"]["data"] = [k for k in ("lab", "llmeval2") if k in out["flips"]]
     out["flips"]["precision_flagged"] = out["flips"][out["flips"]["data"][0]]["precision_flagged"]
     out["flips"]["ece"] = out["flips"][out["flips"]["data"][0]]["ece"]
-    write_json(path, out)
+    write_result(path, out)
     print(json.dumps({k: v for k, v in out.items() if k != "hh"}, indent=1))
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmkit.provenance import write_result
 from rmkit.data import get_splits, inject_label_flips, load_preferences
 from rmkit.denoise import OBJECTIVE_FOR, RANKED, DenoiseConfig, denoise_pairs
 from rmkit.intervals import mean_interval
@@ -278,7 +279,7 @@ def main() -> None:
         lost = clean - noisy
         results["goal"] = {"baseline_clean": clean, "baseline_20pct": noisy, "lost": lost, "best_at_20pct": best_name,
                            "best_accuracy": best, "recovered_share": (best - noisy) / lost if lost > 0 else None}
-    (out / "denoise.json").write_text(json.dumps(results, indent=1))
+    write_result(out / "denoise.json", results)
     plot_curves(runs, rates, methods, name, out / "denoise_curves.png")
     print(json.dumps({r: {k: round(v["mean"], 4) for k, v in results[str(r)].items()} for r in rates}, indent=1))
 

@@ -21,13 +21,13 @@ Results: benchmarks/results/frozen_<backbone>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rmkit.provenance import write_result
 from rmkit.assets import resolve_model
 from rmkit.data import get_splits, load_preferences
 
@@ -159,7 +159,7 @@ def main() -> None:
         results["features"][name] = res
         print(name, res, flush=True)
     out = ROOT / "benchmarks" / "results" / f"frozen_{args.backbone}{'' if args.limit is None else '_limit'}.json"
-    out.write_text(json.dumps(results, indent=1))
+    write_result(out, results)
 
 
 if __name__ == "__main__":

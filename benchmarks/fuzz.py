@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rmkit.provenance import write_result
 from rmkit.data import DataError, load_preferences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +257,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = time.time() - t0
-    Path(args.results).write_text(json.dumps(result, indent=1))
+    write_result(args.results, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("trials", "crash_examples")}, indent=1))
 
 

@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import yaml
+from rmkit.provenance import write_result
 from rmkit.lab.hh import GOLDS, ROOT
 from rmkit.config import load_config
-from rmkit.files import write_json
 from rmkit.lab import LabConfig, run_lab
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     if args.studies and Path(results).exists():  # a rerun of some studies keeps the others' blocks (and the
         before = json.loads(Path(results).read_text())  # bon and shift blocks lab_bon.py writes)
         result = {**before, **result, "timings": {**before.get("timings", {}), **result["timings"]}}
-    write_json(results, result, relative_to=ROOT)
+    write_result(results, result, relative_to=ROOT)
     print(json.dumps({k: v for k, v in result.items() if k not in ("flips", "denoise")}, indent=1, default=float))
 
 

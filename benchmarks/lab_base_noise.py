@@ -31,8 +31,8 @@ import json
 import time
 from pathlib import Path
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import GOLDS, ROOT, lab_studies_inputs
-from rmkit.files import write_json
 from rmkit.lab import choose_temperature, expected_against, study_denoise, study_flips, study_learnability
 
 DETECTORS = ("rmkit", "single_rm", "cleanlab", "best_single_block", "gold_oracle")
@@ -93,7 +93,7 @@ def main() -> None:
             row["denoise"] = denoise_row(proxy, gold, temperature, flips=args.flips, seeds=seeds)
         row[f"{args.studies}_seconds"] = time.time() - t0
         out["by_base_share"][f"{against:g}"] = row
-        write_json(args.result, merged(Path(args.result), out), relative_to=ROOT)  # as it goes
+        write_result(args.result, merged(Path(args.result), out), relative_to=ROOT)  # as it goes
         print(against, json.dumps(row)[:400], flush=True)
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import ROOT, load_hh_lab
 from rmkit.config import load_config
 from rmkit.data import load_preferences
-from rmkit.files import write_json
 from rmkit.lab import (LabConfig, ProxyFeatures, as_labelled, detection_metrics, gold_accuracy, head_rewards, orient,
                        proxy_features, proxy_heads, read_gold_scores, run_lab, sample_labels, study_shift)
 
@@ -172,7 +172,7 @@ def main() -> None:
     out = {"what": "the hh-rlhf gold (MPNet, head on hh-rlhf's human labels) labels LLMEval²; proxies on MiniLM",
            "lab": lab, "gold_vs_llmeval2_humans": humans, "across_domains": cross, "pooled_training": pooling,
            "metarm_ood": shift, "seconds": time.time() - t0}
-    write_json(args.results, out)
+    write_result(args.results, out)
     print(json.dumps({k: out[k] for k in ("gold_vs_llmeval2_humans", "across_domains", "pooled_training",
                                           "metarm_ood")}, indent=1, default=float))
 

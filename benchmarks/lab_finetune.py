@@ -25,10 +25,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from rmkit.provenance import write_result
 from rmkit.lab.hh import DATA, GOLDS, ROOT, load_hh_lab
 from rmkit.config import load_config, to_dict
 from rmkit.ensemble import EnsembleConfig
-from rmkit.files import write_json
 from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
@@ -84,7 +84,7 @@ def main() -> None:
         "train_seconds": train_s, "train_pairs_per_s": trained.metrics.get("train_pairs_per_s"),
         "config": to_dict(replace(cfg, data=os.path.relpath(cfg.data, ROOT))),  # no machine's path committed
     }
-    write_json(args.result, out)
+    write_result(args.result, out)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
 
 

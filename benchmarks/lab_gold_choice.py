@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rmkit.provenance import write_result
 from rmkit.audit import response_length_diff
 from rmkit.calibration import spearman
 from rmkit.config import load_config
@@ -84,7 +85,7 @@ def main() -> None:
                                        **grade_gold(proxy, read_gold_scores(ROOT / "benchmarks" / "lab" /
                                                                             "gold_hh.parquet", ids),
                                                     length_diff, seeds=args.seeds, against=lab.against_gold)}
-    write_json(result_path, out)
+    write_result(result_path, out)
 
     t0 = time.time()
     device = resolve_device(lab.device)
@@ -104,9 +105,9 @@ def main() -> None:
             out["golds"][f"{args.gold_model}_layer{layer}_l2_{l2:g}"] = {
                 "layer": layer, "head_l2": l2, "human_heldout_agreement": agreement,
                 **grade_gold(proxy, gold_diff, length_diff, seeds=args.seeds, against=lab.against_gold)}
-            write_json(result_path, out)  # as it goes
+            write_result(result_path, out)  # as it goes
             print(layer, l2, out["golds"][f"{args.gold_model}_layer{layer}_l2_{l2:g}"], flush=True)
-    write_json(result_path, out)
+    write_result(result_path, out)
     if args.save_gold:
         layer, l2 = args.save_gold.split(":")
         v = layers.index(int(layer))

@@ -31,11 +31,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab
 from rmkit.audit import response_length_diff
 from rmkit.calibration import spearman
 from rmkit.config import load_config
-from rmkit.files import write_json
 from rmkit.gold import fit_prompt_aware_gold, load_gold_saved
 from rmkit.intervals import mean_interval
 from rmkit.lab import LabConfig, choose_temperature, prompt_sensitivity, sample_labels
@@ -175,7 +175,7 @@ def main() -> None:
                  "length_unit": base_info.get("length_unit"), "abs_diff_median": float(np.median(np.abs(new))),
                  "precision": base_info.get("precision", "fp32"), "chosen_by": "benchmarks/lab_gold_relevance.py"}
     gold.save(the.file(".json"), str(base_gold.file(".json")))
-    write_json(ROOT / "benchmarks" / "results" / "lab_gold_relevance.json",
+    write_result(ROOT / "benchmarks" / "results" / "lab_gold_relevance.json",
                {"base": f"benchmarks/lab/{base_gold.stem}.*", "prompt_aware": f"benchmarks/lab/{the.stem}.*",
                 "relevance_model": "all-mpnet-base-v2", "relevance_weight": beta, "chosen_slack": float(chosen),
                 "fit": gold.info["relevance_weight_fit"], "calibration_split": "train", "held_out": held_out,

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import GOLDS, ROOT, load_hh_lab
 from rmkit.config import load_config
-from rmkit.files import read_appended_jsonl, write_json
+from rmkit.files import read_appended_jsonl
 from rmkit.gold import gold_scorer
 from rmkit.intervals import mean_interval
 from rmkit.lab import prompt_sensitivity
@@ -133,7 +134,7 @@ def main() -> None:
               "relevance_model": "all-mpnet-base-v2 (cosine of mean-pooled, normalised embeddings)",
               "sample_seconds": sample_seconds, "policies": out, "vs_start": vs_start,
               "prompt_sensitivity_on_human_responses": human}
-    write_json(args.result, result, relative_to=ROOT)
+    write_result(args.result, result, relative_to=ROOT)
     keys = ("kl_end", "gold", "proxy", "relevance", "relevance_margin", "gold_prompt_sensitivity",
             "proxy_prompt_sensitivity", "relevance_own_above_other")
     print(json.dumps({name: {key: v[key] for key in keys} for name, v in out.items()}, indent=1))

@@ -13,10 +13,10 @@ that `benchmarks/lab.py` fills (minutes to fill once, seconds after).
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import ROOT, load_hh_lab
 from rmkit.ensemble import EnsembleConfig
 from rmkit.lab import gold_accuracy, head_rewards, proxy_features, proxy_heads, sample_labels
@@ -45,7 +45,7 @@ def main() -> None:
     out = {"what": "accuracy against the gold's sign on the test split by training pairs (labels/proxy/pairs): "
                    "mean and std over 3 seeds", "test_pairs": len(test),
            "accuracy": {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in runs.items()}}
-    (ROOT / "benchmarks" / "results" / "lab_learning_curve.json").write_text(json.dumps(out, indent=1))
+    write_result(ROOT / "benchmarks" / "results" / "lab_learning_curve.json", out)
     for k, v in out["accuracy"].items():
         print(k, round(v["mean"], 4), round(v["std"], 4))
 

@@ -20,7 +20,7 @@ grades the heads.
 After PPO (the paper's setting: the policy has drifted from the one whose data trained the RM): ``--samples`` is a
 meta-set JSONL of any policy's samples, whose first half of prompts is the meta set and second half is graded, the
 gold scoring them (cached in the work folder); ``--vanilla`` the RM that PPO optimised and ``--train-pairs k`` its
-own training pairs (the first k of lab_bon_finetuned.py's order) for the further steps. What
+own training pairs (the first k of `rmkit.lab.hh.training_pool`'s order) for the further steps. What
 results/lab_metarm_after_ppo.json holds (the policy of `lab_ppo.py --variants single --steps 120 --eval-every 10
 --tag _s120`):
 
@@ -49,6 +49,7 @@ import pandas as pd
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import DATA, GOLDS, ROOT, load_hh_lab, training_pool
 from rmkit.bon import read_samples
 from rmkit.config import load_config, to_dict
@@ -58,7 +59,6 @@ from rmkit.intervals import mean_interval
 from rmkit.metaset import read_meta_set, write_meta_set
 from rmkit.models import RewardModel
 from rmkit.training import TrainConfig, train_reward_model
-from rmkit.files import write_json
 
 
 def sample_gold(the, pid: list[str], prompt_of: dict, samples: dict, n: int, work: Path) -> np.ndarray:
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--samples", default=None, help="a meta-set JSONL of policy samples (id, prompt, responses): "
                                                         "graded by the gold instead of lab_bon.py's samples")
     parser.add_argument("--train-pairs", type=int, default=None,
-                        help="further steps on the first k pairs of lab_bon_finetuned.py's order (default: all the "
+                        help="further steps on the first k pairs of training_pool's order (default: all the "
                              "train split, as lab_finetune.py trained)")
     args = parser.parse_args()
     the = GOLDS[args.gold]
@@ -178,7 +178,7 @@ def main() -> None:
         "metarm_best_minus_control": best - graded["control"]["accuracy"], **gaps,
         "train_seconds": seconds, "config": to_dict(runs[f"metarm_{inner_lrs[0]:g}"]),
     }
-    write_json(args.result, out, relative_to=ROOT)
+    write_result(args.result, out, relative_to=ROOT)
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=1))
 
 

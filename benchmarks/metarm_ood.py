@@ -37,6 +37,7 @@ import pandas as pd
 
 from transformers import AutoTokenizer
 
+from rmkit.provenance import write_result
 from rmkit.assets import resolve_model
 from rmkit.data import load_preferences
 from rmkit.metarm import meta_J
@@ -45,7 +46,6 @@ from rmkit.metaset import read_meta_set
 from rmkit.policy import SampleConfig, render_prompt, run_sample
 from rmkit.scoring import score_pairs
 from rmkit.training import TrainConfig, train_reward_model
-from rmkit.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -151,7 +151,7 @@ def main() -> None:
                                  "s_per_step": runs[name]["s_per_step"], "steps": runs[name]["steps"]})
     result["step_time_ratio"] = result["metarm"]["s_per_step"] / result["vanilla"]["s_per_step"]
     result["accuracy_gain"] = result["metarm"]["accuracy"] - result["vanilla"]["accuracy"]
-    write_json(args.out, result, relative_to=ROOT)
+    write_result(args.out, result, relative_to=ROOT)
     print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "per_source"})
                       for k, v in result.items()}, indent=1))
     pd.DataFrame({n: {s: d["accuracy"] for s, d in result[n]["per_source"].items()}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.lab.hh import GOLDS, load_hh_lab
 from rmkit.data import load_preferences
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
@@ -140,7 +141,7 @@ def main() -> None:
     out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, *_ in backbones)
     out["precision"] = {n: p for n, _, p in backbones}
     name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{setting}.json"
-    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1))
+    write_result(ROOT / "benchmarks" / "results" / name, out)
     print(json.dumps(summary, indent=1))
 
 

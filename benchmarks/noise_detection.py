@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.data import inject_label_flips, load_preferences
 from rmkit.lab import detection_metrics
 from rmkit.ensemble import (EnsembleConfig, default_cache_dir, encode_features, ensemble_diffs, heads_on_features,
@@ -96,7 +97,7 @@ def main() -> None:
         single_s = time.time() - t0
     cost = {"ensemble_s": ensemble_s, "single_s": single_s, "ratio": ensemble_s / single_s,
             "members": args.members, "pairs": len(clean), "backbone": f"{args.model} frozen, {args.pooling} pooling"}
-    (results_dir / "audit_cost.json").write_text(json.dumps(cost, indent=1))
+    write_result(results_dir / "audit_cost.json", cost)
     print(cost, flush=True)
 
     # ---- detection: the features do not depend on labels, so one cached encoding serves every run
@@ -144,7 +145,7 @@ def main() -> None:
                            "max_length": args.max_length, "pooling": args.pooling, "member_layers": ens_layers,
                            "single_rm_layer": one_layer[0], "head_l2": args.head_l2 or l2_used,
                            "bootstrap": used["bootstrap"], "pairs": len(clean), "scoring": "crossfit, 2 folds"}
-    (results_dir / "noise_detection.json").write_text(json.dumps(results, indent=1))
+    write_result(results_dir / "noise_detection.json", results)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from rmkit.provenance import write_result
 from rmkit.config import load_config
 from rmkit.rl import PPOConfig, train_ppo
-from rmkit.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def main() -> None:
               "machine": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),
                           "cpus": os.cpu_count(), "platform": platform.platform()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result, relative_to=ROOT)
+    write_result(args.out, result, relative_to=ROOT)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
 
 

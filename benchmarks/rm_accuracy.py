@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rmkit.provenance import write_result
 from rmkit.config import add_arguments, config_from_args, to_dict
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -59,7 +60,7 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__},
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).write_text(json.dumps(out, indent=1))
+    write_result(Path(args.result), out)
     print(json.dumps({k: out[k] for k in ("test_accuracy", "val_accuracy", "per_subset", "train_pairs_per_s",
                                           "score_pairs_per_s")}, indent=1))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rmkit.provenance import write_result
 from rmkit.data import load_preferences
 from rmkit.serve import RewardServer, ServeConfig, load_model_for_serving
 
@@ -96,7 +97,7 @@ def main() -> None:
               "texts_per_request": args.texts, "forward_passes": batches, "model": args.model,
               "max_length": args.max_length, "error_examples": errors[:5],
               "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(Path(args.out), result)
     print(json.dumps(result, indent=1))
 
 

@@ -39,11 +39,10 @@ from rmkit.batching import length_sorted_batches
 from rmkit.calibration import spearman
 from rmkit.data import load_preferences
 from rmkit.ensemble import encode_features
-from rmkit.files import write_json
 from rmkit.hardware import cpu_bf16_speedup, cpu_has_bf16, native_bf16, resolve_device, resolve_precision
 from rmkit.models import RewardModel
 from rmkit.prefix import common_prefix_length, score_pairs_shared_prefix
-from rmkit.provenance import cpu_model
+from rmkit.provenance import cpu_model, write_result
 from rmkit.scoring import score_token_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +241,7 @@ def main() -> None:
     path = Path(args.out)
 
     def save():
-        write_json(path, result)
+        write_result(path, result)
 
     blocks = ["audit"] if args.audit_only else args.blocks.split(",")
     if args.skip_audit:

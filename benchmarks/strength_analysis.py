@@ -23,12 +23,12 @@ Writes benchmarks/results/strength_analysis/strength_analysis.json and its figur
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from rmkit.provenance import write_result
 from rmkit.data import get_splits, load_preferences
 from rmkit.ensemble import EnsembleConfig, default_cache_dir, encode_features, heads_on_features, member_layers
 from rmkit.heads import fold_of, head_diffs, select_l2, train_bt_heads
@@ -141,7 +141,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "per_decile.png", dpi=110)
     plt.close(fig)
-    (out / "strength_analysis.json").write_text(json.dumps(result, indent=1))
+    write_result(out / "strength_analysis.json", result)
 
 
 if __name__ == "__main__":

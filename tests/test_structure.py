@@ -165,6 +165,29 @@ def test_every_result_says_where_it_came_from():
     assert not missing, missing
 
 
+def test_benchmarks_write_results_through_the_provenance_writer():
+    """Issue 45: a result written with plain `write_json` or `json.dumps` carries no provenance, and the test above
+    only finds out after someone reruns the script and commits. Plain writers are for artifacts (a gold's info
+    under benchmarks/lab/, caches under runs/, fuzz.py's malformed input files), named here by the path's text."""
+    allowed = ("stem.with_suffix", "with_suffix(\".json\")", "runs_path", "path.with_suffix", "timing", "kept",
+               "config.json", "cached.with_suffix", "fuzz.py path")
+    bad = []
+    for p in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            target = ast.unparse(f.value) if name == "write_text" and isinstance(f, ast.Attribute) else \
+                ast.unparse(node.args[0])
+            text = ast.unparse(node.args[0])  # JSONL (one record a line) is data, not a result
+            writes_json = name == "write_json" or (name == "write_text" and "json.dumps" in text
+                                                   and not text.startswith("''.join"))
+            if writes_json and not any(a in f"{p.name} {target}" for a in allowed):
+                bad.append(f"{p.name}:{node.lineno} {target}")
+    assert not bad, bad
+
+
 def test_no_config_default_points_outside_the_repository():
     """Issue 45: a default like ../shared/data/hh-rlhf works only beside this project's clone; data is given."""
     import dataclasses

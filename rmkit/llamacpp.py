@@ -100,6 +100,10 @@ def sample_llamacpp(prompts: list, n: int, *, max_tokens: int, temperature: floa
     # they were these, so the settings are kept beside it and a reuse with others is refused, naming them.
     settings = {"gguf": str(gguf), "max_tokens": max_tokens, "temperature": temperature}
     kept = out.with_name(out.name + ".settings.json")
+    if out.exists() and out.stat().st_size and not kept.exists():
+        # A cache from before the settings were kept: what drew it is unknown, so it is not reused on trust.
+        raise ValueError(f"{out} holds samples but no record of their settings ({kept.name}); if they were drawn "
+                         f"with {json.dumps(settings)}, write that to {kept} to reuse them, else choose another file")
     if out.exists() and kept.exists():
         before = json.loads(kept.read_text())
         changed = sorted(k for k in settings if before.get(k) != settings[k])

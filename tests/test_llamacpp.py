@@ -23,3 +23,6 @@ def test_samples_are_seeded_per_index_and_a_cache_is_extended_not_redrawn(tmp_pa
     assert fresh == three
     with pytest.raises(ValueError, match=r"other settings \(max_tokens: 6 then, 7 now\)"):  # before any server
         sample_llamacpp(prompts, 3, out=out, ids=ids, **{**kw, "max_tokens": 7})
+    out.with_name(out.name + ".settings.json").unlink()  # a cache from before settings were kept: not trusted
+    with pytest.raises(ValueError, match=r"no record of their settings.*write that to"):
+        sample_llamacpp(prompts, 3, out=out, ids=ids, **kw)

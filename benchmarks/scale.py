@@ -30,7 +30,7 @@ import numpy as np
 
 from rmkit.assets import tiny_model
 from rmkit.hardware import cpu_launch
-from rmkit.provenance import write_result
+from rmkit.provenance import provenance, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -178,6 +178,8 @@ def main() -> None:
                         argv[argv.index("--output-dir") + 1] += f"_{columnar}"
                     m = measure(argv, work / f"{name}_{n}.log")
                     m["seconds_per_pair"] = m["seconds"] / n
+                    # Rows from several runs share the file: each says which run measured it.
+                    m["measured_by"] = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
                     result.setdefault(name, {})[str(n)] = m
                     print(name, n, {k: v for k, v in m.items() if k != "log_tail"}, flush=True)
                     write_result(out_path, result)

@@ -9,10 +9,12 @@ the planted flips (AUROC, top-5% precision), with what it costs (encoding once p
 - ``--data lab``: the gold-standard lab (hh-rlhf, labels sampled from the gold as `benchmarks/lab.py` does, then
   flipped), with either of the lab's golds (``--gold``, `hh_lab.GOLDS`). Members on the gold's own backbone would
   share the gold's view, so the second backbone is the other one: MPNet (bf16, about 15 minutes to encode hh-rlhf
-  once on 2 cores) against the SmolLM2 gold, SmolLM2-135M (about 40 minutes) against the MPNet gold. Here the
+  once on 2 cores) against the SmolLM2 gold, SmolLM2-135M (about 40 minutes) against the MPNet gold; ``--second
+  gemma3`` puts Gemma-3-270m (a decoder of another family than the SmolLM2 gold) in MPNet's place. Here the
   ensembles are also graded against the gold's sign (accuracy of the members' mean).
 
     .venv/bin/python benchmarks/mixed_backbones.py [--data llmeval2|lab] [--gold smollm2|mpnet] [--seeds 3]
+        [--second mpnet|smollm2|gemma3]
 
 Writes benchmarks/results/mixed_backbones.json (llmeval2) or mixed_backbones_lab<suffix>.json (lab; the gold's
 suffix: "_smollm2", or "" for MPNet).
@@ -87,6 +89,10 @@ SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", 6, "
             "lab_smollm2": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the SmolLM2 gold)",
                             (("minilm", 6, "fp32"), ("mpnet", 12, "bf16")))}
 
+# --second: backbones and their block counts. gemma3 (Gemma-3-270m base, another decoder family than the SmolLM2
+# gold's; about 30 minutes to encode hh-rlhf once on one core in bf16).
+SECOND = {"mpnet": 12, "smollm2": 30, "gemma3": 18}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,9 +100,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flips", type=float, default=0.2)
     parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="the lab's gold (--data lab)")
+    parser.add_argument("--second", choices=tuple(SECOND), default=None,
+                        help="another second backbone than the setting's (its blocks, in bf16); the result's name "
+                             "gains _NAME")
     args = parser.parse_args()
     setting = f"lab{GOLDS[args.gold].suffix}" if args.data == "lab" else args.data
     folder, what, backbones = SETTINGS[setting]
+    if args.second:
+        if args.second == args.gold:
+            parser.error("--second must not be the gold's own backbone")
+        backbones = (backbones[0], (args.second, SECOND[args.second], "bf16"))
     pairs = load_preferences(DATA / folder).pairs  # LLMEval²: decided pairs (ties get their own status)
     ids = [p.id for p in pairs]
     label, gold = labelling(args.data, pairs, args.flips, args.gold)
@@ -141,6 +154,8 @@ def main() -> None:
     out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, *_ in backbones)
     out["precision"] = {n: p for n, _, p in backbones}
     name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{setting}.json"
+    if args.second:
+        name = name.replace(".json", f"_{args.second}.json")
     write_result(ROOT / "benchmarks" / "results" / name, out)
     print(json.dumps(summary, indent=1))
 

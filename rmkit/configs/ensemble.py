@@ -13,7 +13,7 @@ from .hardware import DEVICES_HELP, PRECISION_HELP, check_device
 class EnsembleConfig:
     """How the ensemble is built."""
 
-    model: str = setting("minilm", "backbone: hub id, local path, or alias (minilm, smollm2, mpnet)")
+    model: str = setting("minilm", "backbone: hub id, local path, or alias (minilm, smollm2, mpnet, gemma3)")
     more_models: list[str] = setting(
         [], "frozen: further backbones (e.g. mpnet); the members alternate between `model` and these, so they "
             "differ in pretraining, not only in the layer they read (Eisenstein et al. 2023)")

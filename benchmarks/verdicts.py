@@ -275,10 +275,14 @@ def hh_block(work: Path) -> dict:
     return out
 
 
+# The run that measures the blocks (argv, commit, date), taken before this run writes anything: the file gathers
+# blocks of several runs and its own provenance names only the last; a commit read after the first block is
+# written would say "dirty" because of this run's own output.
+RUN = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
+
+
 def stamped(block: dict) -> dict:
-    """``block`` with the run that measured it (argv, commit, date): the file gathers blocks of several runs, and its
-    own provenance names only the last."""
-    return {**block, "measured_by": {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}}
+    return {**block, "measured_by": RUN}
 
 
 def main() -> None:

@@ -96,10 +96,14 @@ def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndar
     from rmkit.scoring import score_token_pairs
 
     ids = inputs.proxy.ids
-    done = work / f"seed{seed}_out_of_fold.npz"  # both folds scored: a rerun reads them instead of re-scoring
+    settings = dict(model="minilm", max_length=128, batch_size=16, epochs=2, lr=5e-5, train_layers="top:2",
+                    eval_every=0, save_every=50, eval_test=False, log_pair_margins=True, seed=seed)
+    # Both folds scored: a rerun with the same labels, settings and pairs reads them instead of re-scoring.
+    key = json.dumps({"settings": settings, "ids": ids}, sort_keys=True)
+    done = work / f"seed{seed}_out_of_fold.npz"
     if done.exists():
         got = np.load(done)
-        if np.array_equal(got["label"], label):
+        if np.array_equal(got["label"], label) and "key" in got.files and str(got["key"]) == key:
             return got["diff"], got["dynamics"]
     pairs = lab_pairs(inputs.pairs, pd.DataFrame({"id": ids, "label": label.astype(int)}))
     fold = fold_of(ids, 2, seed=seed + 11)
@@ -107,9 +111,7 @@ def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndar
     margins = []
     for k in (0, 1):
         out = work / f"seed{seed}_fold{k}"
-        cfg = TrainConfig(model="minilm", output_dir=str(out), max_length=128, batch_size=16, epochs=2, lr=5e-5,
-                          train_layers="top:2", eval_every=0, save_every=50, eval_test=False, log_pair_margins=True,
-                          seed=seed)
+        cfg = TrainConfig(output_dir=str(out), **settings)
         res = train_reward_model(cfg, train_pairs=[p for p, f in zip(pairs, fold) if f != k], eval_pairs=[])
         rm = RewardModel.from_pretrained(str(out / "model"))
         held = [p for p, f in zip(pairs, fold) if f == k]
@@ -123,7 +125,7 @@ def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndar
     for m in margins:  # each pair is trained in one fold: its visits come from that fold's run
         both[: m.shape[0]] = np.where(np.isnan(both[: m.shape[0]]), m, both[: m.shape[0]])
     tmp = done.with_suffix(".tmp.npz")
-    np.savez(tmp, label=label, diff=diff, dynamics=both)
+    np.savez(tmp, label=label, diff=diff, dynamics=both, key=np.array(key))
     tmp.replace(done)
     return diff, both
 
@@ -183,7 +185,8 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
     order = np.argsort(-p_wrong, kind="stable")[:k]
     calib = {"k": k, "expected_precision_vs_labels": next(b["expected_precision"] for b in top if b["k"] == k),
              "precision_vs_flips": float(flipped[order].mean()),
-             "precision_vs_gold": float((as_labelled(law, y)[order] < 0).mean()),
+             "precision_vs_gold": float((as_labelled(inputs.gold, y)[order] < 0).mean()),
+             "precision_vs_label_law": float((as_labelled(law, y)[order] < 0).mean()),
              "ece_vs_flipped": expected_calibration_error(p_wrong, flipped),
              "length_coefficient_median": None}
     return metrics, vs_gold, calib

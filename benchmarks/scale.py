@@ -145,6 +145,7 @@ def main() -> None:
                                                                   "as Python objects), true (rows in Arrow)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
+    run = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
     out_path = Path(args.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     result.pop("provenance", None)
@@ -178,8 +179,9 @@ def main() -> None:
                         argv[argv.index("--output-dir") + 1] += f"_{columnar}"
                     m = measure(argv, work / f"{name}_{n}.log")
                     m["seconds_per_pair"] = m["seconds"] / n
-                    # Rows from several runs share the file: each says which run measured it.
-                    m["measured_by"] = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
+                    # Rows from several runs share the file: each says which run measured it (the stamp taken at
+                    # the start: a commit read later may be another's, made while this run went on).
+                    m["measured_by"] = run
                     result.setdefault(name, {})[str(n)] = m
                     print(name, n, {k: v for k, v in m.items() if k != "log_tail"}, flush=True)
                     write_result(out_path, result)

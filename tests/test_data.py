@@ -524,6 +524,47 @@ def test_columnar_file_is_reused_and_refused_after_an_edit(tmp_path, monkeypatch
     assert len(list(store.glob("*.arrow"))) == 3 and not list(store.glob("*.tmp*"))  # nothing else left
 
 
+def test_row_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch):
+    """rmkit's own row cache keeps at most $RMKIT_DATA_CACHE_GB: writing a file removes the least recently used
+    others (a load of a cached file counts as a use) and never the one just written; a folder the caller names is
+    never pruned; a bad setting is an error naming the variable."""
+    import os
+
+    from rmkit.data.columnar import store_dir, store_limit_bytes
+
+    monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "cache"))
+    paths = {k: write_jsonl(tmp_path / f"{k}.jsonl", [{"prompt": "q", "chosen": f"good {k}", "rejected": "bad"}] * 50)
+             for k in "abc"}
+    load_preferences(paths["a"], columnar=True)
+    load_preferences(paths["b"], columnar=True)
+    files = sorted(store_dir().glob("*.arrow"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    size = max(f.stat().st_size for f in files)
+    old = files[0].stat().st_mtime - 100
+    for age, f in enumerate(files):  # a was used long ago, b a little later
+        os.utime(f, (old + age, old + age))
+    load_preferences(paths["a"], columnar=True)  # a cached load: a is now the most recently used
+    monkeypatch.setenv("RMKIT_DATA_CACHE_GB", str(2.5 * size / 1e9))  # room for two files
+    c = load_preferences(paths["c"], columnar=True)
+    left = set(store_dir().glob("*.arrow"))
+    assert files[0] in left and files[1] not in left and len(left) == 2, (files, left)
+    assert not Path(str(files[1]) + ".meta.json").exists()
+    assert c.pairs[0].chosen_text == "good c"
+    assert load_preferences(paths["b"], columnar=True).pairs[0].chosen_text == "good b"  # parsed again ...
+    assert files[0] not in set(store_dir().glob("*.arrow"))  # ... so a, now the least recently used, went
+    monkeypatch.setenv("RMKIT_DATA_CACHE_GB", "0")  # keeps only the file just written
+    load_preferences(paths["b"], columnar=True)  # cached: a load without a write prunes nothing
+    assert len(list(store_dir().glob("*.arrow"))) == 2
+    load_preferences(paths["a"], columnar=True)
+    assert list(store_dir().glob("*.arrow")) == [files[0]]
+    load_preferences(paths["c"], columnar=tmp_path / "mine")
+    load_preferences(paths["a"], columnar=tmp_path / "mine")
+    assert len(list((tmp_path / "mine").glob("*.arrow"))) == 2  # the caller's folder: never pruned
+    monkeypatch.setenv("RMKIT_DATA_CACHE_GB", "lots")
+    with pytest.raises(ValueError, match="RMKIT_DATA_CACHE_GB='lots'"):
+        store_limit_bytes()
+
+
 def test_parquet_is_streamed_by_batch_and_reads_as_jsonl_does(tmp_path):
     """A parquet file is read one record batch at a time (issue 44: memory holds a batch, not the file): rows across
     batch boundaries, conversational message lists (pandas' reader turned them into arrays: every row was

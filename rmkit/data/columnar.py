@@ -8,8 +8,10 @@ ids and statuses as from the in-memory path (tested on every loader fixture).
 
 The file is kept under ``$RMKIT_CACHE/data`` keyed by what was read (each file's label, subset and sha256 of its
 bytes; a hub dataset's fingerprint) and the loader's settings, so the next load of the same data maps it without
-parsing. Python objects (a DataFrame, a list) have no cheap identity: their file is written, mapped and unlinked at
-once (the mapping keeps it readable; nothing is left behind).
+parsing. The files there (about 1.5 GB per million hh-rlhf pairs) are capped at ``$RMKIT_DATA_CACHE_GB`` (default
+20): writing a new one removes the least recently used others until the rest fit. A folder the caller names is
+the caller's to manage and is never pruned. Python objects (a DataFrame, a list) have no cheap identity: their
+file is written, mapped and unlinked at once (the mapping keeps it readable; nothing is left behind).
 """
 
 from __future__ import annotations
@@ -82,19 +84,63 @@ def store_dir() -> Path:
     return cache_dir() / "data"
 
 
+DEFAULT_CACHE_GB = 20.0
+
+
+def store_limit_bytes() -> float:
+    """The cap on the default store's files: ``$RMKIT_DATA_CACHE_GB`` GB (``inf``: no cap), else 20 GB."""
+    raw = os.environ.get("RMKIT_DATA_CACHE_GB", "").strip()
+    try:
+        gb = float(raw) if raw else DEFAULT_CACHE_GB
+    except ValueError:
+        raise ValueError(f"RMKIT_DATA_CACHE_GB={raw!r}: not a number of GB (e.g. 20, or inf for no cap)") from None
+    if gb < 0:
+        raise ValueError(f"RMKIT_DATA_CACHE_GB={raw!r}: must be >= 0")
+    return gb * 1e9
+
+
+def prune_store(folder: Path, keep: Path, limit: float) -> list[Path]:
+    """Remove the least recently used row files of ``folder`` (last use = modification time, which `_open` sets)
+    until those left, ``keep`` among them, total at most ``limit`` bytes; ``keep`` itself is never removed. Returns
+    what was removed. A file another process has mapped stays readable to it (an unlinked file lives on while
+    mapped); only a later load parses its data again."""
+    def used(p: Path) -> tuple[float, int]:
+        try:
+            st = p.stat()
+            return st.st_mtime, st.st_size
+        except OSError:  # removed by another process meanwhile
+            return 0.0, 0
+
+    files = {p: used(p) for p in folder.glob("*.arrow") if p != keep}
+    total = used(keep)[1] + sum(size for _, size in files.values())
+    removed = []
+    for p in sorted(files, key=lambda p: files[p][0]):  # oldest use first
+        if total <= limit:
+            break
+        _unlink_store(p)
+        total -= files[p][1]
+        removed.append(p)
+    return removed
+
+
 def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: Any, fingerprint: list | None,
                   settings: dict, finish: Callable[[], None], folder: Path | None = None) -> PreferenceDataset:
     """The `PreferenceDataset` of ``rows`` over a memory-mapped Arrow file in ``folder`` (default `store_dir`): the
     cached one of the same read and settings, or one written now as the rows stream in (``finish`` runs the load's
     closing checks first, so a load that fails leaves no file)."""
     key = store_key(fingerprint, settings)
+    cache = folder is None  # rmkit's own cache is pruned; a folder the caller names is not
     folder = folder or store_dir()
     path = folder / f"{key}.arrow" if key else None
     if path is not None and path.exists():
         try:
-            return _open(path)
+            ds = _open(path)
         except (OSError, ValueError, KeyError):  # a damaged file (a full disk, a kill outside the atomic write)
             path.unlink(missing_ok=True)
+        else:
+            if cache:
+                _mark_used(path)
+            return ds
     import pyarrow as pa
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +168,18 @@ def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: An
     except BaseException:
         _unlink_store(Path(tmp))
         raise
-    return _open(path)
+    ds = _open(path)
+    if cache:
+        prune_store(folder, path, store_limit_bytes())
+    return ds
+
+
+def _mark_used(path: Path) -> None:
+    """Set the file's modification time to now: its last use, which `prune_store` removes the oldest by."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: it is then not pruned by use either
+        pass
 
 
 def _write_meta(path: Path, meta: dict) -> None:

@@ -236,7 +236,10 @@ def _length_term_html(t: dict) -> str:
     return (f" The calibration models each label on the ensemble's strength <i>and</i> the length difference: "
             f"{html.escape(term['says'])}. A label that length alone explains is therefore not called wrong; each "
             "flagged pair below says how much of its verdict length makes (<code>length_share</code> in the "
-            "tables).")
+            "tables). If length is a bias in these labels rather than quality, audit with "
+            "<code>--calibration temperature</code>: in rmkit's lab, where labels carried a length bonus the truth "
+            "lacked, it ranked the labels that go against the truth 0.09 AUROC better (benchmarks/results/"
+            "verdicts.json, <code>vs_gold</code>).")
 
 
 def _budget_html(t: dict) -> str:

@@ -400,7 +400,10 @@ def test_a_review_budget_by_precision_lists_as_many_pairs_as_keep_it(separable, 
     listed = pd.read_csv(tmp_path / "a" / "flagged.csv")
     assert len(listed) == k > 0
     assert all(0 <= b["expected_recall"] <= 1 for b in budget)
-    assert "What a review budget buys" in (tmp_path / "a" / "report.html").read_text()
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "What a review budget buys" in page
+    # the default calibration's length term: what it does not flag, and the setting that would
+    assert res.summary["trust"]["length_term"] and "<code>--calibration temperature</code>" in page
 
 
 def test_streamed_heads_reproduce_the_full_batch_solution(tmp_path, monkeypatch):

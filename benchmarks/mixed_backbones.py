@@ -42,15 +42,16 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def features(name: str, pairs, members: int, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, list[int],
-                                                                              float]:
-    """Cached token-mean features of the blocks a ``members``-strong ensemble on ``name`` reads, and the
-    encoding time (a first run encodes; later runs read the cache, so the time is that of the first)."""
+                                                                              float, int]:
+    """Cached token-mean features of the blocks a ``members``-strong ensemble on ``name`` reads, the encoding
+    time (a first run encodes; later runs read the cache, so the time is that of the first) and the backbone's
+    number of blocks."""
     rm = RewardModel.from_pretrained(name, max_length=128)
     layers = sorted(set(member_layers(EnsembleConfig(model=name, members=members), rm.num_layers)))
     t0 = time.time()
     fc, fr = encode_features(rm, pairs, cache_dir=default_cache_dir(), model_id=name, pooling="mean", layers=layers,
                              batch_size=32, progress=True, precision=precision)
-    return np.asarray(fc), np.asarray(fr), layers, time.time() - t0
+    return np.asarray(fc), np.asarray(fr), layers, time.time() - t0, rm.num_layers
 
 
 def ensemble(cfg: EnsembleConfig, fc, fr, views: list[int], ids, num_layers: int) -> np.ndarray:
@@ -81,17 +82,17 @@ def labelling(data: str, pairs, flips: float, gold_name: str):
     return label, None
 
 
-# data -> (folder, what, backbones as (name, blocks, precision)); the lab's second backbone is the one the gold
-# does not read
-SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", 6, "fp32"), ("mpnet", 12, "fp32"))),
+# data -> (folder, what, backbones as (name, precision)); the lab's second backbone is the one the gold does not
+# read
+SETTINGS = {"llmeval2": ("llmeval2", "LLMEval² decided pairs", (("minilm", "fp32"), ("mpnet", "fp32"))),
             "lab": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the gold)",
-                    (("minilm", 6, "fp32"), ("smollm2", 30, "fp32"))),
+                    (("minilm", "fp32"), ("smollm2", "fp32"))),
             "lab_smollm2": ("hh-rlhf", "the gold-standard lab on hh-rlhf (labels sampled from the SmolLM2 gold)",
-                            (("minilm", 6, "fp32"), ("mpnet", 12, "bf16")))}
+                            (("minilm", "fp32"), ("mpnet", "bf16")))}
 
-# --second: backbones and their block counts. gemma3 (Gemma-3-270m base, another decoder family than the SmolLM2
-# gold's; about 30 minutes to encode hh-rlhf once on one core in bf16).
-SECOND = {"mpnet": 12, "smollm2": 30, "gemma3": 18}
+# --second: gemma3 is Gemma-3-270m base, another decoder family than the SmolLM2 gold's (about 30 minutes to encode
+# hh-rlhf once on one core in bf16).
+SECOND = ("mpnet", "smollm2", "gemma3")
 
 
 def main() -> None:
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--flips", type=float, default=0.2)
     parser.add_argument("--gold", choices=tuple(GOLDS), default="smollm2", help="the lab's gold (--data lab)")
-    parser.add_argument("--second", choices=tuple(SECOND), default=None,
+    parser.add_argument("--second", choices=SECOND, default=None,
                         help="another second backbone than the setting's (its blocks, in bf16); the result's name "
                              "gains _NAME")
     args = parser.parse_args()
@@ -109,13 +110,13 @@ def main() -> None:
     if args.second:
         if args.second == args.gold:
             parser.error("--second must not be the gold's own backbone")
-        backbones = (backbones[0], (args.second, SECOND[args.second], "bf16"))
+        backbones = (backbones[0], (args.second, "bf16"))
     pairs = load_preferences(DATA / folder).pairs  # LLMEval²: decided pairs (ties get their own status)
     ids = [p.id for p in pairs]
     label, gold = labelling(args.data, pairs, args.flips, args.gold)
     feats, encode_seconds = {}, {}
-    for name, n_layers, precision in backbones:
-        fc, fr, views, seconds = features(name, pairs, 10, precision)
+    for name, precision in backbones:
+        fc, fr, views, seconds, n_layers = features(name, pairs, 10, precision)
         feats[name] = (fc, fr, views, n_layers)
         encode_seconds[name] = seconds
         print(name, "encoded", fc.shape, f"{seconds:.0f} s", flush=True)
@@ -152,7 +153,7 @@ def main() -> None:
                     "texts": 2 * len(pairs),
                     **{k: float(np.mean(v)) for k, v in costs.items()}}
     out["mixed_minus_best_single_auroc"] = summary["mixed"]["auroc"] - max(summary[n]["auroc"] for n, *_ in backbones)
-    out["precision"] = {n: p for n, _, p in backbones}
+    out["precision"] = dict(backbones)
     name = "mixed_backbones.json" if args.data == "llmeval2" else f"mixed_backbones_{setting}.json"
     if args.second:
         name = name.replace(".json", f"_{args.second}.json")

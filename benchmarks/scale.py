@@ -30,7 +30,7 @@ import numpy as np
 
 from rmkit.assets import tiny_model
 from rmkit.hardware import cpu_launch
-from rmkit.provenance import provenance, write_result
+from rmkit.provenance import run_stamp, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
@@ -145,7 +145,7 @@ def main() -> None:
                                                                   "as Python objects), true (rows in Arrow)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
-    run = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
+    run = run_stamp()  # each row says which run measured it
     out_path = Path(args.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
     result.pop("provenance", None)
@@ -179,8 +179,6 @@ def main() -> None:
                         argv[argv.index("--output-dir") + 1] += f"_{columnar}"
                     m = measure(argv, work / f"{name}_{n}.log")
                     m["seconds_per_pair"] = m["seconds"] / n
-                    # Rows from several runs share the file: each says which run measured it (the stamp taken at
-                    # the start: a commit read later may be another's, made while this run went on).
                     m["measured_by"] = run
                     result.setdefault(name, {})[str(n)] = m
                     print(name, n, {k: v for k, v in m.items() if k != "log_tail"}, flush=True)

@@ -55,7 +55,7 @@ from rmkit.ensemble import heads_on_features, member_layers
 from rmkit.heads import fold_of, select_l2, sgd_margins, train_bt_heads
 from rmkit.lab import (LabConfig, as_labelled, choose_temperature, detection_metrics, lab_pairs, length_confounded,
                        load_lab_inputs, orient, proxy_features, sample_labels)
-from rmkit.provenance import provenance, write_result
+from rmkit.provenance import run_stamp, write_result
 from rmkit.strength import pair_quality_scores
 from rmkit.training import TrainConfig, train_reward_model
 
@@ -278,16 +278,6 @@ def hh_block(work: Path) -> dict:
     return out
 
 
-# The run that measures the blocks (argv, commit, date), taken before this run writes anything: the file gathers
-# blocks of several runs and its own provenance names only the last; a commit read after the first block is
-# written would say "dirty" because of this run's own output.
-RUN = {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
-
-
-def stamped(block: dict) -> dict:
-    return {**block, "measured_by": RUN}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", default="lab,confounded,llmeval2,hh")
@@ -304,6 +294,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "verdicts"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "verdicts.json"))
     args = parser.parse_args()
+    run = run_stamp()  # the file gathers blocks of several runs; each block says which run measured it
+
+    def stamped(block: dict) -> dict:
+        return {**block, "measured_by": run}
+
     torch.set_num_threads(1 if args.finetune else torch.get_num_threads())
     out_path = Path(args.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}

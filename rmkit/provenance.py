@@ -67,6 +67,13 @@ def provenance(argv: list[str] | None = None) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": time.time() - _START}
 
 
+def run_stamp() -> dict:
+    """The part of `provenance` that names a run (argv, commit, date), for a result file that gathers parts from
+    several runs. Take it when the run starts: a commit read later may be one made while the run went on, and the
+    run's own first writes would make the tree read as dirty."""
+    return {k: v for k, v in provenance().items() if k in ("argv", "commit", "date")}
+
+
 def write_result(path: str | os.PathLike, result: dict, *, relative_to: str | os.PathLike | None = None,
                  argv: list[str] | None = None) -> None:
     """Write a benchmark's result JSON with its ``provenance`` (`provenance`), atomically; paths below

@@ -100,9 +100,9 @@ def store_limit_bytes() -> float:
 
 
 def prune_store(folder: Path, keep: Path, limit: float) -> list[Path]:
-    """Remove the least recently used row files of ``folder`` (last use = modification time, which `_open` sets)
-    until those left, ``keep`` among them, total at most ``limit`` bytes; ``keep`` itself is never removed. Returns
-    what was removed. A file another process has mapped stays readable to it (an unlinked file lives on while
+    """Remove the least recently used row files of ``folder`` (last use = modification time, which a cached load
+    sets) until those left, ``keep`` among them, total at most ``limit`` bytes; ``keep`` itself is never removed.
+    Returns what was removed. A file another process has mapped stays readable to it (an unlinked file lives on while
     mapped); only a later load parses its data again."""
     def used(p: Path) -> tuple[float, int]:
         try:
@@ -130,6 +130,7 @@ def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: An
     closing checks first, so a load that fails leaves no file)."""
     key = store_key(fingerprint, settings)
     cache = folder is None  # rmkit's own cache is pruned; a folder the caller names is not
+    limit = store_limit_bytes() if cache else None  # a bad setting fails before any row is parsed
     folder = folder or store_dir()
     path = folder / f"{key}.arrow" if key else None
     if path is not None and path.exists():
@@ -169,8 +170,8 @@ def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: An
         _unlink_store(Path(tmp))
         raise
     ds = _open(path)
-    if cache:
-        prune_store(folder, path, store_limit_bytes())
+    if limit is not None:
+        prune_store(folder, path, limit)
     return ds
 
 

@@ -24,7 +24,9 @@ labels out of fold), ``all_layers_head`` (one cross-fitted head on every block c
 and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's out-of-sample differences),
 ``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features), and with
 ``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2 epochs, cross-fitted over 2 folds),
-``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics). ``gold_oracle``: the
+``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics), and the option
+``ensemble_and_finetuned`` (the fine-tune as one more member: its score, the ensemble's and the length term
+weighed by a cross-fitted logistic regression on the labels). ``gold_oracle``: the
 gold itself ranking labels by how far they go against the label law: the ceiling no detector can pass.
 
     .venv/bin/python benchmarks/verdicts.py                      # lab, confounded, llmeval2, hh: ~25 min on 2 cores
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 
 from rmkit.audit import AuditConfig, run_audit
-from rmkit.calibration import crossfit_calibration, expected_calibration_error, spearman
+from rmkit.calibration import crossfit_calibration, expected_calibration_error, signed_log_length, spearman
 from rmkit.config import load_config
 from rmkit.data import load_preferences, text_lengths
 from rmkit.detectors import aum, cartography, cleanlab_label_issues, read_pair_margins, review_budget, tie_scores
@@ -83,6 +85,23 @@ def cross_fitted_head(F: np.ndarray, ids: list[str], seed: int) -> np.ndarray:
         l2 = select_l2(F, zero, np.where(train, inner, -1))[0]
         (w,) = train_bt_heads(F, zero, train[None].astype(np.float32), l2=l2)
         out[fold == k] = F[fold == k] @ w
+    return out
+
+
+def stacked(columns: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """P(label right) ``(N,)`` from several scores of each pair ``columns (N, C)`` (sides as labelled), cross-fitted
+    over ``fold``: a logistic regression without intercept on the other folds (a pair written the other way round
+    negates every column and the label), as `rmkit.calibration`'s length term with more columns."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.nan_to_num(np.asarray(columns, np.float64))
+    out = np.full(len(X), np.nan)
+    for k in np.unique(fold):
+        held = fold == k
+        scale = X[~held].std(0) + 1e-12
+        Z = X[~held] / scale
+        fit = LogisticRegression(fit_intercept=False).fit(np.vstack([Z, -Z]), np.r_[np.ones(len(Z)), np.zeros(len(Z))])
+        out[held] = fit.predict_proba(X[held] / scale)[:, 1]
     return out
 
 
@@ -173,6 +192,9 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
         suspicion["cleanlab_finetuned"] = cleanlab_label_issues(ft, seed=seed)
         suspicion["aum"] = aum(dynamics)
         suspicion["cartography"] = 1 - cartography(dynamics)[0]
+        # The fine-tuned RM as one more member: its score beside the ensemble's and the length term, weighed by a
+        # cross-fitted logistic regression on the labels (item 3's "fine-tuned members as an ensemble option").
+        suspicion["ensemble_and_finetuned"] = 1 - stacked(np.c_[mean, ft, signed_log_length(length)], cal_fold)
     suspicion["gold_oracle"] = -as_labelled(law, y)
     metrics = {name: detection_metrics(s, flipped) for name, s in suspicion.items()}
     # The second yardstick: every label that goes against the gold, whether planted or drawn so by the label law's
@@ -214,7 +236,8 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
               {k: round(v["auroc"], 3) for k, v in metrics.items()}, flush=True)
     table = {k: _mean_std(v) for k, v in runs.items()}
     # A second backbone's rows are options of the audit, not baselines: the default is MiniLM's alone.
-    baselines = [k for k in table if k not in ("default", "gold_oracle", "second_backbone", "mixed_backbones")]
+    baselines = [k for k in table if k not in ("default", "gold_oracle", "second_backbone", "mixed_backbones",
+                                               "ensemble_and_finetuned")]
     best = max(baselines, key=lambda k: table[k]["auroc"])
     table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
     best_vs_gold = max([k for k in baselines if k in table_vs_gold], key=lambda k: table_vs_gold[k]["auroc"])

@@ -9,6 +9,8 @@ against a truth it never saw.
 - ``llmeval2``: LLMEval²'s 482 human ties as the truth for "ambiguous" (`tie_auroc` per tie score), and why the
   ensemble's std ranks them below chance.
 - ``hh``: the audit of the real hh-rlhf pairs under the new default and the previous one: flagged share, agreement.
+- ``hh_flips``, ``llmeval2_flips``: 20% planted flips on the real human labels of hh-rlhf's 8,503 usable pairs and
+  LLMEval²'s 2,063 decided ones; the frozen detectors (and ``length_only``) graded against the flips.
 
 Every lab block also grades each detector against a second truth, ``vs_gold``: the label contradicts the gold
 (planted or drawn so by the label noise; the oracle of this truth is the gold itself, so its ceiling is 1).
@@ -22,7 +24,8 @@ calibrated with a length term, `rmkit.calibration`), ``plain_ensemble`` (the aud
 length term), ``best_single_by_validation`` (the ensemble's one block whose heads agree best with the data's own
 labels out of fold), ``all_layers_head`` (one cross-fitted head on every block concatenated), ``cleanlab_ensemble``
 and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's out-of-sample differences),
-``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features), and with
+``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features),
+``length_only`` (no model: a label that picks the shorter response is suspect), and with
 ``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2 epochs, cross-fitted over 2 folds),
 ``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics), and the option
 ``ensemble_and_finetuned`` (the fine-tune as one more member: its score, the ensemble's and the length term
@@ -48,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rmkit.audit import AuditConfig, run_audit
+from rmkit.audit import AuditConfig, response_length_diff, run_audit
 from rmkit.calibration import crossfit_calibration, expected_calibration_error, signed_log_length, spearman
 from rmkit.config import load_config
 from rmkit.data import load_preferences, text_lengths
@@ -149,21 +152,14 @@ def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndar
     return diff, both
 
 
-def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, against_gold: float,
-              second=None) -> tuple[dict, dict, dict]:
-    """Every detector's metrics for one seed of labels drawn from ``law`` (at the temperature that sends
-    ``against_gold`` of them against the law's sign), graded against the planted flips and against "the label
-    contradicts the gold" (any wrong label, planted or drawn so); and the default's expected vs actual precision
-    at its top 5%."""
-    proxy, ids = inputs.proxy, inputs.proxy.ids
-    temperature = choose_temperature(law, against_gold)
-    lab = sample_labels(ids, law, temperature, flips=FLIPS, seed=seed)
-    y = lab["label"].to_numpy().astype(bool)
-    flipped = lab["flipped"].to_numpy()
-    length = as_labelled(inputs.length_diff, y)
+def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_fold: np.ndarray
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The detectors that read a backbone's frozen features ``proxy`` under labels ``y (N,)`` (True: the source's
+    chosen side wins), with ``length (N,)`` the length differences as labelled: ``{name: suspicion (N,)}`` and the
+    ensemble's mean difference. ``default`` is the audit's ``p_label_wrong`` (calibrated on ``cal_fold``)."""
+    ids = proxy.ids
     diffs = proxy.ensemble(y, seed=seed)
     mean = np.nanmean(diffs, axis=0)
-    cal_fold = fold_of(ids, 2, seed=seed + 101)  # the audit's calibration folds
     p_wrong = 1 - crossfit_calibration(mean, cal_fold, method="length", length_diff=length)
     suspicion = {"default": p_wrong, "plain_ensemble": 1 - pair_quality_scores(diffs)}
     by_layer = proxy.by_layer(diffs, seed=seed)
@@ -177,6 +173,27 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
     margins = sgd_margins(F / (F.std(0) + 1e-9), seed=seed)
     suspicion["aum_heads"] = aum(margins)
     suspicion["cartography_heads"] = 1 - cartography(margins)[0]
+    # No model at all: a label that picks the shorter response is suspect (humans and these labels mostly pick the
+    # longer one), the baseline a length-aware verdict has to beat.
+    suspicion["length_only"] = -signed_log_length(length)
+    return suspicion, mean
+
+
+def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, against_gold: float,
+              second=None) -> tuple[dict, dict, dict]:
+    """Every detector's metrics for one seed of labels drawn from ``law`` (at the temperature that sends
+    ``against_gold`` of them against the law's sign), graded against the planted flips and against "the label
+    contradicts the gold" (any wrong label, planted or drawn so); and the default's expected vs actual precision
+    at its top 5%."""
+    proxy, ids = inputs.proxy, inputs.proxy.ids
+    temperature = choose_temperature(law, against_gold)
+    lab = sample_labels(ids, law, temperature, flips=FLIPS, seed=seed)
+    y = lab["label"].to_numpy().astype(bool)
+    flipped = lab["flipped"].to_numpy()
+    length = as_labelled(inputs.length_diff, y)
+    cal_fold = fold_of(ids, 2, seed=seed + 101)  # the audit's calibration folds
+    suspicion, mean = frozen_suspicions(proxy, y, length, seed, cal_fold)
+    p_wrong = suspicion["default"]
     if second is not None:  # another backbone's ensemble alone, and 5 + 5 members mixed (`more_models`)
         other = second.ensemble(y, seed=seed)
         suspicion["second_backbone"] = 1 - crossfit_calibration(np.nanmean(other, axis=0), cal_fold, method="length",
@@ -257,26 +274,76 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
             "labels_against_gold": float(labels["against_gold"].mean())}
 
 
+def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: int) -> dict:
+    """Planted flips on real human labels: ``human (N,)`` True where the source's chosen side is the humans' pick,
+    ``FLIPS`` of the labels reversed at random (one draw per seed); every frozen detector graded against the flips.
+    The humans' own disagreement stays in the labels, unknown, as in a user's data, so no oracle row: the ceiling
+    is unknown here. ``length_diff (N,)``: the responses' lengths, the source's chosen minus rejected."""
+    ids = proxy.ids
+    runs: dict[str, list] = {}
+    calib = []
+    k = int(round(0.05 * len(ids)))
+    for s in range(seeds):
+        t0 = time.time()
+        flipped = np.zeros(len(ids), bool)
+        flipped[np.random.default_rng(s).choice(len(ids), size=int(round(FLIPS * len(ids))), replace=False)] = True
+        y = np.asarray(human, bool) ^ flipped
+        length = as_labelled(length_diff, y)
+        suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101))
+        for name, sc in suspicion.items():
+            runs.setdefault(name, []).append(detection_metrics(sc, flipped))
+        p_wrong = suspicion["default"]
+        top = np.argsort(-p_wrong, kind="stable")[:k]
+        calib.append({"k": k, "expected_precision_vs_labels": float(np.mean(p_wrong[top])),
+                      "precision_vs_flips": float(flipped[top].mean()),
+                      "ece_vs_flipped": expected_calibration_error(p_wrong, flipped)})
+        print(f"human labels, seed {s}: {time.time() - t0:.0f} s",
+              {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
+    table = {n: _mean_std(v) for n, v in runs.items()}
+    best = max((n for n in table if n != "default"), key=lambda n: table[n]["auroc"])
+    return {"pairs": len(ids), "flips": FLIPS, "truth": "planted flips on the humans' labels", "detectors": table,
+            "best_baseline_by_auroc": best,
+            "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
+            "default_review_top5pct": _mean_std(calib),
+            "labels_length_spearman": spearman(np.where(human, 1.0, -1.0), length_diff)}
+
+
+def llmeval2_pairs():
+    """LLMEval²'s pairs (ties kept), the audit's MiniLM features of them and their token lengths (chosen, rejected)."""
+    ds = load_preferences(DATA / "llmeval2", allow_ties=True)
+    pairs = ds.pairs
+    cfg = AuditConfig(data=str(DATA / "llmeval2"), precision="fp32")
+    proxy = proxy_features(cfg, pairs)
+    n, _ = text_lengths([p.chosen_text for p in pairs] + [p.rejected_text for p in pairs], cfg.model)
+    return pairs, cfg, proxy, (n[: len(pairs)], n[len(pairs):])
+
+
+def llmeval2_flips_block(seeds: int) -> dict:
+    """`human_flips_block` on LLMEval²'s decided pairs (ties left out: a flipped tie is no wrong label)."""
+    pairs, cfg, proxy, _ = llmeval2_pairs()
+    labels = np.array([p.label for p in pairs])
+    keep = labels != 0.5
+    decided = replace(proxy, fc=proxy.fc[keep], fr=proxy.fr[keep], ids=[i for i, k in zip(proxy.ids, keep) if k])
+    length_diff, _ = response_length_diff([p for p, k in zip(pairs, keep) if k], cfg.model)  # as the audit counts
+    return human_flips_block(decided, labels[keep] > 0.5, length_diff, seeds)
+
+
 def llmeval2_block(seed: int = 0) -> dict:
     """Tie scores against LLMEval²'s human ties, and why std fails: it grows with how far apart the responses are."""
     from sklearn.metrics import roc_auc_score
 
-    ds = load_preferences(DATA / "llmeval2", allow_ties=True)
-    pairs = ds.pairs
+    pairs, cfg, proxy, (nc, nr) = llmeval2_pairs()
     ids = [p.id for p in pairs]
     labels = np.array([p.label for p in pairs])
     tie = labels == 0.5
-    cfg = AuditConfig(data=str(DATA / "llmeval2"), precision="fp32")
-    proxy = proxy_features(cfg, pairs)
     layers = member_layers(cfg, proxy.num_layers)
     pick = [proxy.views.index(x) for x in sorted(set(layers))]
     diffs, _, _ = heads_on_features(replace(cfg, seed=seed), proxy.fc[:, pick], proxy.fr[:, pick], ids, layers,
                                     labels=labels)
-    n, _ = text_lengths([p.chosen_text for p in pairs] + [p.rejected_text for p in pairs], cfg.model)
-    scores = tie_scores(diffs, lengths=(n[: len(pairs)], n[len(pairs):]))
+    scores = tie_scores(diffs, lengths=(nc, nr))
     distance = np.linalg.norm((proxy.fc - proxy.fr).reshape(len(ids), -1), axis=1)
     scores["responses_alike"] = -distance  # in the encoder's features
-    scores["small_length_gap"] = -np.abs(n[: len(pairs)] - n[len(pairs):])  # tokens, not their ratio
+    scores["small_length_gap"] = -np.abs(nc - nr)  # tokens, not their ratio
     aurocs = {k: float(roc_auc_score(tie, v)) for k, v in scores.items()}
     best = max((k for k in aurocs if k != "std"), key=aurocs.get)
     return {"pairs": len(pairs), "ties": int(tie.sum()), "tie_auroc": aurocs[best], "tie_detector": best,
@@ -303,7 +370,7 @@ def hh_block(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", default="lab,confounded,llmeval2,hh")
+    parser.add_argument("--blocks", default="lab,confounded,hh_flips,llmeval2_flips,llmeval2,hh")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--bonus", type=float, default=1.0, help="length bonus of the confounded lab")
     parser.add_argument("--bonus-sweep", default="", help="more confounded labs, e.g. 0.5,2")
@@ -329,7 +396,7 @@ def main() -> None:
     blocks = args.blocks.split(",")
     work = Path(args.work)
     ft = work / "finetune" if args.finetune else None
-    if "lab" in blocks or "confounded" in blocks:
+    if {"lab", "confounded", "hh_flips"} & set(blocks):
         cfg = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml")
         cfg.data = str((ROOT / cfg.data).resolve())
         assert cfg.against_gold == DEFAULT_AGAINST, "DEFAULT_AGAINST must follow configs/lab_cpu.yaml"
@@ -352,6 +419,13 @@ def main() -> None:
                 result.setdefault(key, {}).setdefault("flips", {})[str(FLIPS)] = stamped(lab_block(
                     inputs, bonus, args.seeds, ft, args.against_gold, second))
                 write_result(out_path, result)
+        if "hh_flips" in blocks:  # the lab's pairs are hh-rlhf's, sides as the humans labelled them
+            result["hh_flips"] = stamped(human_flips_block(inputs.proxy, np.ones(len(inputs.proxy.ids), bool),
+                                                           inputs.length_diff, args.seeds))
+            write_result(out_path, result)
+    if "llmeval2_flips" in blocks:
+        result["llmeval2_flips"] = stamped(llmeval2_flips_block(args.seeds))
+        write_result(out_path, result)
     if "llmeval2" in blocks:
         result["llmeval2"] = stamped(llmeval2_block())
         write_result(out_path, result)

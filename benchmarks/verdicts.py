@@ -69,6 +69,7 @@ DATA = ROOT.parent / "shared" / "data"
 GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
 FLIPS = 0.2
 DEFAULT_AGAINST = 0.225  # configs/lab_cpu.yaml's against_gold: sampled labels against the gold before the flips
+DEFAULT_BONUS = 1.0  # the confounded lab's length bonus; other bonuses write blocks confounded_bonusB
 
 
 def _mean_std(rows: list[dict]) -> dict:
@@ -372,7 +373,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", default="lab,confounded,hh_flips,llmeval2_flips,llmeval2,hh")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--bonus", type=float, default=1.0, help="length bonus of the confounded lab")
+    parser.add_argument("--bonus", type=float, default=DEFAULT_BONUS,
+                        help="length bonus of the confounded lab (another value than 1 writes confounded_bonusB)")
     parser.add_argument("--bonus-sweep", default="", help="more confounded labs, e.g. 0.5,2")
     parser.add_argument("--finetune", action="store_true", help="add the fine-tuned baselines (about 2 hours)")
     parser.add_argument("--second-backbone", default=None,
@@ -415,7 +417,8 @@ def main() -> None:
             write_result(out_path, result)
         if "confounded" in blocks:
             for bonus in [args.bonus] + [float(b) for b in args.bonus_sweep.split(",") if b]:
-                key = ("confounded" if bonus == args.bonus else f"confounded_bonus{bonus:g}") + suffix
+                # named by the bonus, not by the flag that asked for it: a sweep never overwrites the main block
+                key = ("confounded" if bonus == DEFAULT_BONUS else f"confounded_bonus{bonus:g}") + suffix
                 result.setdefault(key, {}).setdefault("flips", {})[str(FLIPS)] = stamped(lab_block(
                     inputs, bonus, args.seeds, ft, args.against_gold, second))
                 write_result(out_path, result)

@@ -302,11 +302,12 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
               {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
     table = {n: _mean_std(v) for n, v in runs.items()}
     best = max((n for n in table if n != "default"), key=lambda n: table[n]["auroc"])
+    unequal = np.asarray(length_diff) != 0
     return {"pairs": len(ids), "flips": FLIPS, "truth": "planted flips on the humans' labels", "detectors": table,
             "best_baseline_by_auroc": best,
             "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
             "default_review_top5pct": _mean_std(calib),
-            "labels_length_spearman": spearman(np.where(human, 1.0, -1.0), length_diff)}
+            "labels_pick_longer": float(np.mean(np.asarray(human, bool)[unequal] == (length_diff[unequal] > 0)))}
 
 
 def llmeval2_pairs():

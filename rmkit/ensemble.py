@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .assets import cache_dir, load_pretrained, resolve_model
+from .caches import feature_cache_limit_bytes, mark_used, prune_feature_cache
 from .config import from_dict, require_same_settings, validate
 from .data import PreferencePair, pairs_at, pairs_fingerprint
 from .hardware import barrier, process_group, resolve_device, resolve_precision
@@ -104,6 +105,9 @@ def encode_features(
     Batch size does not change the features (one text's features do not depend on its batch-mates
     beyond float rounding), so it is not part of the cache key.
 
+    In rmkit's own cache (`default_cache_dir`) the entries total at most ``$RMKIT_FEATURE_CACHE_GB`` (default 50):
+    writing one removes the least recently used finished others (`rmkit.caches.prune_feature_cache`).
+
     Under a multi-process launch (``accelerate launch --num_processes K rmkit audit ...``, GPUs or CPU processes)
     process r encodes every K-th text still to do into the same cache and records its own progress
     (``done.rank{r}.npy``); rank 0 joins the records when all are done. A killed process's texts are encoded again by
@@ -122,6 +126,9 @@ def encode_features(
     if store != "float32" or dim is not None:  # the default keys stay as they were
         extra.update(store=store, dim=dim)
     key = _fingerprint(model_id, pairs, extra)
+    # rmkit's own cache is capped ($RMKIT_FEATURE_CACHE_GB, read now: a bad setting fails before any encoding); a
+    # folder the caller names is the caller's
+    limit = feature_cache_limit_bytes() if Path(cache_dir).resolve() == default_cache_dir().resolve() else None
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     n = len(pairs)
@@ -151,6 +158,7 @@ def encode_features(
     for record in sorted(folder.glob("done*.npy")):  # done.npy, and the records of a sharded run's processes
         done |= _read_done(record, 2 * n)
     barrier()  # every process read the records before any writes its own
+    wrote = not done.all()  # a new or unfinished entry: the cache grows, so the least recently used may go
     todo = np.flatnonzero(~done)[rank::world]  # of the 2N texts (chosen, then rejected): this process's share
     record = folder / ("done.npy" if world == 1 else f"done.rank{rank}.npy")
     # Only the texts still to encode are tokenized: a rerun on a finished cache tokenizes nothing (17k texts took
@@ -187,6 +195,10 @@ def encode_features(
             r.unlink()
     barrier()
     feats = np.load(path, mmap_mode="r")
+    if rank == 0:
+        mark_used(path)
+        if limit is not None and wrote:
+            prune_feature_cache(Path(cache_dir), folder, limit)
     return feats[:n], feats[n:]
 
 

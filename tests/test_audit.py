@@ -229,6 +229,70 @@ def test_feature_cache_corrupt_progress_record_is_rebuilt(separable, tmp_path):
     np.testing.assert_allclose(fc2, fc, atol=1e-5)
 
 
+def test_feature_cache_is_pruned_least_recently_used_first(separable, tmp_path, monkeypatch):
+    """rmkit's own feature cache keeps at most $RMKIT_FEATURE_CACHE_GB: writing an entry removes the least recently
+    used finished others (a cached load counts as a use), never the entry just written, an unfinished one (a killed
+    run resumes from it) or one used in the last minutes; a folder the caller names is never pruned; a bad setting is
+    an error naming the variable."""
+    import os
+
+    from rmkit.caches import feature_cache_limit_bytes
+    from rmkit.ensemble import default_cache_dir
+
+    path, _, _ = separable
+    pairs = load_preferences(path).pairs
+    rm = RewardModel.from_pretrained("minilm", max_length=32)
+    monkeypatch.setenv("RMKIT_CACHE", str(tmp_path / "rmkit"))
+    kw = dict(cache_dir=default_cache_dir(), model_id="minilm", batch_size=8, progress=False)
+
+    def entries():
+        return {e.name: e for e in default_cache_dir().iterdir()}
+
+    def age(entry, seconds):
+        t = entry.joinpath("features.npy").stat().st_mtime - seconds
+        os.utime(entry / "features.npy", (t, t))
+
+    encode_features(rm, pairs[:6], **kw)
+    (a,) = entries().values()
+    encode_features(rm, pairs[6:12], **kw)
+    (b,) = (e for e in entries().values() if e != a)
+    age(a, 2000)
+    age(b, 1000)  # a used long ago, b later
+    size = sum(f.stat().st_size for f in a.iterdir())
+    encode_features(rm, pairs[:6], **kw)  # a cached load: a is now the most recently used (and prunes nothing)
+    age(a, 900)  # ... but not within the last minutes, so it may go once it is the oldest
+    monkeypatch.setenv("RMKIT_FEATURE_CACHE_GB", str(2.5 * size / 1e9))  # room for two entries
+    encode_features(rm, pairs[12:18], **kw)
+    left = set(entries().values())
+    assert a in left and b not in left and len(left) == 2
+    # Unfinished (a killed run's) and recently used entries stay, whatever the cap.
+    done = np.load(a / "done.npy")
+    done[:3] = False
+    np.save(a / "done.npy", done)
+    age(a, 5000)
+    monkeypatch.setenv("RMKIT_FEATURE_CACHE_GB", "0")
+    encode_features(rm, pairs[18:24], **kw)  # the entry of pairs[12:18] was used just now: it stays too
+    assert len(entries()) == 3
+    for e in entries().values():
+        age(e, 5000)
+    encode_features(rm, pairs[24:30], **kw)
+    assert len(entries()) == 2 and a in entries().values()  # the new entry and the unfinished one
+    for e in entries().values():
+        age(e, 5000)
+    fc, _ = encode_features(rm, pairs[:6], **kw)  # resumes the unfinished entry, then prunes the other one
+    assert set(entries().values()) == {a} and np.load(a / "done.npy").all() and np.isfinite(fc).all()
+    mine = dict(kw, cache_dir=tmp_path / "mine")
+    for s in (0, 6, 12):
+        encode_features(rm, pairs[s: s + 6], **mine)
+    assert len(list((tmp_path / "mine").iterdir())) == 3  # the caller's folder: never pruned
+    monkeypatch.setenv("RMKIT_FEATURE_CACHE_GB", "lots")
+    with pytest.raises(ValueError, match="RMKIT_FEATURE_CACHE_GB='lots'"):
+        feature_cache_limit_bytes()
+    with pytest.raises(ValueError, match="RMKIT_FEATURE_CACHE_GB"):
+        encode_features(rm, pairs[30:36], **kw)  # before any encoding
+    assert len(entries()) == 1
+
+
 def test_inject_label_flips():
     recs = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(50)]
     pairs = load_preferences(recs).pairs

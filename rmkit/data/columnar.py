@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..caches import cache_limit_bytes, mark_used, remove_least_recent
 from .pairs import USABLE, PreferenceDataset, PreferencePair, RowResult
 
 STORE_VERSION = 1  # bump when the stored columns, or how rows are parsed into them, change
@@ -89,14 +90,7 @@ DEFAULT_CACHE_GB = 20.0
 
 def store_limit_bytes() -> float:
     """The cap on the default store's files: ``$RMKIT_DATA_CACHE_GB`` GB (``inf``: no cap), else 20 GB."""
-    raw = os.environ.get("RMKIT_DATA_CACHE_GB", "").strip()
-    try:
-        gb = float(raw) if raw else DEFAULT_CACHE_GB
-    except ValueError:
-        raise ValueError(f"RMKIT_DATA_CACHE_GB={raw!r}: not a number of GB (e.g. 20, or inf for no cap)") from None
-    if gb < 0:
-        raise ValueError(f"RMKIT_DATA_CACHE_GB={raw!r}: must be >= 0")
-    return gb * 1e9
+    return cache_limit_bytes("RMKIT_DATA_CACHE_GB", DEFAULT_CACHE_GB)
 
 
 def prune_store(folder: Path, keep: Path, limit: float) -> list[Path]:
@@ -112,15 +106,7 @@ def prune_store(folder: Path, keep: Path, limit: float) -> list[Path]:
             return 0.0, 0
 
     files = {p: used(p) for p in folder.glob("*.arrow") if p != keep}
-    total = used(keep)[1] + sum(size for _, size in files.values())
-    removed = []
-    for p in sorted(files, key=lambda p: files[p][0]):  # oldest use first
-        if total <= limit:
-            break
-        _unlink_store(p)
-        total -= files[p][1]
-        removed.append(p)
-    return removed
+    return remove_least_recent(files, limit - used(keep)[1], _unlink_store)
 
 
 def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: Any, fingerprint: list | None,
@@ -140,7 +126,7 @@ def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: An
             path.unlink(missing_ok=True)
         else:
             if cache:
-                _mark_used(path)
+                mark_used(path)
             return ds
     import pyarrow as pa
 
@@ -173,14 +159,6 @@ def load_columnar(rows: Iterable[RowResult], state, skipped: list, *, source: An
     if limit is not None:
         prune_store(folder, path, limit)
     return ds
-
-
-def _mark_used(path: Path) -> None:
-    """Set the file's modification time to now: its last use, which `prune_store` removes the oldest by."""
-    try:
-        os.utime(path)
-    except OSError:  # a read-only cache: it is then not pruned by use either
-        pass
 
 
 def _write_meta(path: Path, meta: dict) -> None:

@@ -32,7 +32,7 @@ and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's 
 weighed by a cross-fitted logistic regression on the labels). ``gold_oracle``: the
 gold itself ranking labels by how far they go against the label law: the ceiling no detector can pass.
 
-    .venv/bin/python benchmarks/verdicts.py                      # lab, confounded, llmeval2, hh: ~25 min on 2 cores
+    .venv/bin/python benchmarks/verdicts.py               # lab, confounded, hh_flips, llmeval2_flips, llmeval2, hh: ~30 min
     .venv/bin/python benchmarks/verdicts.py --finetune           # adds the fine-tuned baselines: ~2 hours more
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --against-gold 0.1        # ~10 min
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --second-backbone gemma3  # ~10 min + 30 to encode

@@ -25,7 +25,10 @@ length term), ``best_single_by_validation`` (the ensemble's one block whose head
 labels out of fold), ``all_layers_head`` (one cross-fitted head on every block concatenated), ``cleanlab_ensemble``
 and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's out-of-sample differences),
 ``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features),
-``length_only`` (no model: a label that picks the shorter response is suspect), and with
+``length_only`` (no model: a label that picks the shorter response is suspect), the audit's option
+``heads_by_subset`` (``heads_by_subset auto``: heads trained within each hh-rlhf subset, or LLMEval² source, where
+that agrees better with the subset's labels out of fold) beside the baselines given the same subsets
+(``cleanlab_heads_by_subset``, ``all_layers_head_by_subset``), and with
 ``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2 epochs, cross-fitted over 2 folds),
 ``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics), and the option
 ``ensemble_and_finetuned`` (the fine-tune as one more member: its score, the ensemble's and the length term
@@ -69,6 +72,7 @@ DATA = ROOT.parent / "shared" / "data"
 GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
 FLIPS = 0.2
 DEFAULT_AGAINST = 0.225  # configs/lab_cpu.yaml's against_gold: sampled labels against the gold before the flips
+OPTIONS = ("default", "heads_by_subset")  # the audit's own rows (its default and an option): never a baseline
 DEFAULT_BONUS = 1.0  # the confounded lab's length bonus; other bonuses write blocks confounded_bonusB
 
 
@@ -153,11 +157,12 @@ def finetuned(inputs, label: np.ndarray, seed: int, work: Path) -> tuple[np.ndar
     return diff, both
 
 
-def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_fold: np.ndarray
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_fold: np.ndarray,
+                      subsets: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The detectors that read a backbone's frozen features ``proxy`` under labels ``y (N,)`` (True: the source's
     chosen side wins), with ``length (N,)`` the length differences as labelled: ``{name: suspicion (N,)}`` and the
-    ensemble's mean difference. ``default`` is the audit's ``p_label_wrong`` (calibrated on ``cal_fold``)."""
+    ensemble's mean difference. ``default`` is the audit's ``p_label_wrong`` (calibrated on ``cal_fold``). With
+    each pair's ``subsets``, also the audit with ``heads_by_subset auto`` and the baselines given the same subsets."""
     ids = proxy.ids
     diffs = proxy.ensemble(y, seed=seed)
     mean = np.nanmean(diffs, axis=0)
@@ -177,6 +182,19 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
     # No model at all: a label that picks the shorter response is suspect (humans and these labels mostly pick the
     # longer one), the baseline a length-aware verdict has to beat.
     suspicion["length_only"] = -signed_log_length(length)
+    if subsets is not None:
+        cfg = replace(proxy.cfg, seed=seed, heads_by_subset="auto")
+        layers = member_layers(cfg, proxy.num_layers)
+        pick = [proxy.views.index(x) for x in sorted(set(layers))]
+        own, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], ids, layers, subsets=subsets)
+        own_mean = np.nanmean(own, axis=0)
+        suspicion["heads_by_subset"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
+        suspicion["cleanlab_heads_by_subset"] = cleanlab_label_issues(own_mean, seed=seed)
+        per = np.full(len(ids), np.nan)  # the all-layers head trained within each subset
+        for s in sorted(set(subsets.tolist())):
+            m = np.flatnonzero(subsets == s)
+            per[m] = -cross_fitted_head(F[m], [ids[i] for i in m], seed)
+        suspicion["all_layers_head_by_subset"] = per
     return suspicion, mean
 
 
@@ -193,7 +211,8 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
     flipped = lab["flipped"].to_numpy()
     length = as_labelled(inputs.length_diff, y)
     cal_fold = fold_of(ids, 2, seed=seed + 101)  # the audit's calibration folds
-    suspicion, mean = frozen_suspicions(proxy, y, length, seed, cal_fold)
+    suspicion, mean = frozen_suspicions(proxy, y, length, seed, cal_fold,
+                                        np.array([p.subset for p in inputs.pairs], dtype=object))
     p_wrong = suspicion["default"]
     if second is not None:  # another backbone's ensemble alone, and 5 + 5 members mixed (`more_models`)
         other = second.ensemble(y, seed=seed)
@@ -254,7 +273,7 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
               {k: round(v["auroc"], 3) for k, v in metrics.items()}, flush=True)
     table = {k: _mean_std(v) for k, v in runs.items()}
     # A second backbone's rows are options of the audit, not baselines: the default is MiniLM's alone.
-    baselines = [k for k in table if k not in ("default", "gold_oracle", "second_backbone", "mixed_backbones",
+    baselines = [k for k in table if k not in (*OPTIONS, "gold_oracle", "second_backbone", "mixed_backbones",
                                                "ensemble_and_finetuned")]
     best = max(baselines, key=lambda k: table[k]["auroc"])
     table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
@@ -263,6 +282,8 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
     return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold,
             "detectors": table, "best_baseline_by_auroc": best,
             "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
+            "heads_by_subset_minus_best_baseline": {m: table["heads_by_subset"][m] - table[best][m]
+                                                    for m in ("auroc", "precision_top5pct")},
             "vs_gold": {"truth": "the label contradicts the gold (planted flips and labels drawn against it)",
                         "share_seed0": float((as_labelled(inputs.gold, sample_labels(
                             inputs.proxy.ids, law, choose_temperature(law, against_gold), flips=FLIPS, seed=0)["label"]
@@ -275,7 +296,8 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
             "labels_against_gold": float(labels["against_gold"].mean())}
 
 
-def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: int) -> dict:
+def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: int,
+                      subsets: np.ndarray | None = None) -> dict:
     """Planted flips on real human labels: ``human (N,)`` True where the source's chosen side is the humans' pick,
     ``FLIPS`` of the labels reversed at random (one draw per seed); every frozen detector graded against the flips.
     The humans' own disagreement stays in the labels, unknown, as in a user's data, so no oracle row: the ceiling
@@ -290,7 +312,7 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
         flipped[np.random.default_rng(s).choice(len(ids), size=int(round(FLIPS * len(ids))), replace=False)] = True
         y = np.asarray(human, bool) ^ flipped
         length = as_labelled(length_diff, y)
-        suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101))
+        suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101), subsets)
         for name, sc in suspicion.items():
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))
         p_wrong = suspicion["default"]
@@ -301,11 +323,12 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
         print(f"human labels, seed {s}: {time.time() - t0:.0f} s",
               {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
     table = {n: _mean_std(v) for n, v in runs.items()}
-    best = max((n for n in table if n != "default"), key=lambda n: table[n]["auroc"])
+    best = max((n for n in table if n not in OPTIONS), key=lambda n: table[n]["auroc"])
     unequal = np.asarray(length_diff) != 0
     return {"pairs": len(ids), "flips": FLIPS, "truth": "planted flips on the humans' labels", "detectors": table,
             "best_baseline_by_auroc": best,
-            "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
+            **{f"{o}_minus_best_baseline": {m: table[o][m] - table[best][m] for m in ("auroc", "precision_top5pct")}
+               for o in OPTIONS if o in table},
             "default_review_top5pct": _mean_std(calib),
             "labels_pick_longer": float(np.mean(np.asarray(human, bool)[unequal] == (length_diff[unequal] > 0)))}
 
@@ -327,7 +350,8 @@ def llmeval2_flips_block(seeds: int) -> dict:
     keep = labels != 0.5
     decided = replace(proxy, fc=proxy.fc[keep], fr=proxy.fr[keep], ids=[i for i, k in zip(proxy.ids, keep) if k])
     length_diff, _ = response_length_diff([p for p, k in zip(pairs, keep) if k], cfg.model)  # as the audit counts
-    return human_flips_block(decided, labels[keep] > 0.5, length_diff, seeds)
+    subsets = np.array([p.subset for p, k in zip(pairs, keep) if k], dtype=object)  # LLMEval²'s 15 sources
+    return human_flips_block(decided, labels[keep] > 0.5, length_diff, seeds, subsets)
 
 
 def llmeval2_block(seed: int = 0) -> dict:
@@ -424,8 +448,9 @@ def main() -> None:
                     inputs, bonus, args.seeds, ft, args.against_gold, second))
                 write_result(out_path, result)
         if "hh_flips" in blocks:  # the lab's pairs are hh-rlhf's, sides as the humans labelled them
-            result["hh_flips"] = stamped(human_flips_block(inputs.proxy, np.ones(len(inputs.proxy.ids), bool),
-                                                           inputs.length_diff, args.seeds))
+            result["hh_flips"] = stamped(human_flips_block(
+                inputs.proxy, np.ones(len(inputs.proxy.ids), bool), inputs.length_diff, args.seeds,
+                np.array([p.subset for p in inputs.pairs], dtype=object)))
             write_result(out_path, result)
     if "llmeval2_flips" in blocks:
         result["llmeval2_flips"] = stamped(llmeval2_flips_block(args.seeds))

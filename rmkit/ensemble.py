@@ -36,7 +36,7 @@ import torch
 from .assets import cache_dir, load_pretrained, resolve_model
 from .caches import feature_cache_limit_bytes, mark_used, prune_feature_cache
 from .config import from_dict, require_same_settings, validate
-from .data import PreferencePair, pairs_at, pairs_fingerprint
+from .data import PreferencePair, pair_column, pairs_at, pairs_fingerprint
 from .hardware import barrier, process_group, resolve_device, resolve_precision
 from .files import atomic_path, atomic_write_bytes, model_identity, write_json
 from .batching import TokenIds, length_sorted_batches
@@ -364,6 +364,7 @@ class EnsembleInfo:
     member_models: list[str] | None = None  # an audit of given reward models
     member_backbones: list[str] | None = None  # frozen members over several backbones (more_models)
     precision: str | None = None  # of the frozen encoding
+    heads_by_subset: dict | None = None  # per subset: own or pooled heads, and both's out-of-fold agreement
     seconds: dict[str, float] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
@@ -466,6 +467,11 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
             continue
         diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
                                         plan.select_fold, labels, progress=progress)
+        if cfg.heads_by_subset != "no":
+            subsets = np.array(pair_column(pairs, "subset"), dtype=object)
+            diffs[mine], chosen = heads_by_subset(cfg, fc, fr, plan, mine, subsets, labels, diffs[mine])
+            info.heads_by_subset = chosen if j == 0 else {**(info.heads_by_subset or {}),
+                                                           **{f"{name}:{k}": v for k, v in chosen.items()}}
         info.head_l2.update(l2 if j == 0 else {f"{name}:{k}": v for k, v in l2.items()})
         np.save(work / ("heads.npy" if j == 0 else f"heads_{j}.npy"), W)
     return diffs if process_group()[0] == 0 else None
@@ -527,19 +533,81 @@ def member_bootstrap(cfg: EnsembleConfig, layers: list[int], backbone: Sequence[
 
 
 def heads_on_features(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, ids: Sequence[str],
-                      layers: list[int], *, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                      layers: list[int], *, labels: np.ndarray | None = None,
+                      subsets: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``frozen`` ensemble on cached features ``(N, V, H)`` (views: ``sorted(set(layers))``, or 1 under
     native pooling): folds, member masks, each layer's L2 and the heads.
 
     Returns the differences ``(M, N)``, the heads ``(M, H)`` and what was used (``member_layers``,
     ``head_l2`` per layer). Labels enter through the feature rows' order (chosen, rejected), so a
     benchmark can flip pairs by swapping rows and reuse one encoding, and through ``labels (N,)``, the
-    probability that the chosen row is preferred (default 1; 0.5 for ties).
+    probability that the chosen row is preferred (default 1; 0.5 for ties). ``subsets (N,)``: each pair's subset,
+    read when ``cfg.heads_by_subset`` is not ``no`` (`heads_by_subset`; without them, one subset).
     """
     plan = plan_ensemble(cfg, ids, layers)
     diffs, W, l2 = _fit_heads(cfg, fc, fr, plan.train, plan.score, plan.layers, plan.views, plan.select_fold, labels)
+    chosen = None
+    if cfg.heads_by_subset != "no" and subsets is not None:  # no subsets given: one subset, the pooled heads
+        diffs, chosen = heads_by_subset(cfg, fc, fr, plan, list(range(cfg.members)), np.asarray(subsets, dtype=object),
+                                        labels, diffs)
     return diffs, W, {"member_layers": plan.layers if cfg.pooling == "mean" else None, "head_l2": l2,
-                      "bootstrap": plan.bootstrap}
+                      "bootstrap": plan.bootstrap, "heads_by_subset": chosen}
+
+
+MIN_SUBSET_PAIRS = 200  # fewer pairs train heads too noisy to be worth more than the pooled ones
+
+
+def _agrees(diffs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Whether members' mean difference ``diffs (M, n)`` agrees with each decided label ``(n,)``: 1, 0, or NaN (a
+    tie, or no member scored the pair)."""
+    mean = np.nanmean(diffs, axis=0)
+    ok = np.isfinite(mean) & (labels != 0.5)
+    return np.where(ok, ((mean > 0) == (labels > 0.5)).astype(float), np.nan)
+
+
+def own_heads_better(own: np.ndarray, pooled: np.ndarray) -> tuple[float, float, float]:
+    """McNemar's z for "own heads agree with the labels more often than pooled ones", from each pair's agreement
+    (`_agrees`; 1/0/NaN) under both: ``(z, agreement own, agreement pooled)``. Only the pairs where the two differ
+    count, so a subset's ordinary noise does not pick its own heads: auto wants z >= 2 (one-sided p ~ 0.02)."""
+    ok = np.isfinite(own) & np.isfinite(pooled)
+    b = float(np.sum((own == 1) & (pooled == 0) & ok))
+    c = float(np.sum((own == 0) & (pooled == 1) & ok))
+    z = (b - c) / np.sqrt(b + c) if b + c else 0.0
+    return z, float(np.mean(own[ok])) if ok.any() else float("nan"), float(np.mean(pooled[ok])) if ok.any() else float("nan")
+
+
+def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: EnsemblePlan, mine: list[int],
+                    subsets: np.ndarray, labels: np.ndarray | None, pooled: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Members ``mine`` trained again inside each subset (same folds, members and layers; their own L2), in place
+    of the pooled heads' differences ``pooled (len(mine), N)`` where ``cfg.heads_by_subset`` says: ``yes`` for every
+    subset of at least `MIN_SUBSET_PAIRS` pairs, ``auto`` where the subset's own heads also agree with its labels
+    out of fold significantly more often than the pooled heads (`own_heads_better`: a choice made on the labels,
+    never on a truth).
+
+    Why: subsets of one dataset can want opposite things. On hh-rlhf the pooled heads agree with harmless-base's
+    labels on 45% of pairs (helpful pairs teach them to prefer the more forthcoming answer, which harmless labels
+    reject); its own heads on 55%, and flips planted in all four subsets are found at AUROC 0.65 instead of 0.58
+    (benchmarks/results/verdicts.json, ``hh_flips``). Where the truth does not differ by subset (rmkit's lab) own
+    heads lose the other subsets' pairs and cost 0.01. Returns the differences and ``{subset: choice}``."""
+    y = np.ones(len(subsets)) if labels is None else np.asarray(labels, np.float64)
+    out = pooled.copy()
+    chosen: dict = {}
+    for s in sorted(set(subsets.tolist()), key=str):
+        m = subsets == s
+        if m.sum() < MIN_SUBSET_PAIRS:
+            chosen[str(s)] = {"heads": "pooled", "pairs": int(m.sum()), "why": f"fewer than {MIN_SUBSET_PAIRS} pairs"}
+            continue
+        idx = np.flatnonzero(m)  # the subset's rows only (a copy of its features): the heads cost what pooled ones do
+        own, _, _ = _fit_heads(cfg, fc[idx], fr[idx], plan.train[mine][:, idx], plan.score[mine][:, idx],
+                               [plan.layers[k] for k in mine], sorted(set(plan.layers[k] for k in mine)),
+                               plan.select_fold[idx], None if labels is None else np.asarray(labels)[idx])
+        z, a_own, a_pooled = own_heads_better(_agrees(own, y[idx]), _agrees(pooled[:, idx], y[idx]))
+        use = cfg.heads_by_subset == "yes" or z >= 2.0
+        if use:
+            out[:, idx] = own
+        chosen[str(s)] = {"heads": "own" if use else "pooled", "pairs": int(m.sum()),
+                          "agreement_own": a_own, "agreement_pooled": a_pooled, "mcnemar_z": z}
+    return out, chosen
 
 
 HEAD_MEMORY = 2 * 10**9  # bytes of one layer's chosen and rejected features in float64 the heads hold at once

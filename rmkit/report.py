@@ -268,6 +268,11 @@ def write_html_report(result, ds, figures: dict[str, Path], path: Path, *, n_pai
              f"{html.escape(json.dumps(ens.get('head_l2')))})" if ens.get("member_layers") else "")
     if ens.get("precision"):  # bf16 where `auto` measured this machine's bf16 matmuls fast enough
         reads += f"; features encoded in {ens['precision']}"
+    own = {k: v for k, v in (ens.get("heads_by_subset") or {}).items() if v.get("heads") == "own"}
+    if own:  # heads_by_subset: which subsets got heads of their own, and what that bought on their labels
+        reads += "; heads trained within " + ", ".join(
+            f"{html.escape(k)} (out-of-fold agreement {v['agreement_own']:.3f}, pooled heads {v['agreement_pooled']:.3f})"
+            for k, v in own.items())
     t = result.table
     imgs = "".join(
         f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{k}'>"

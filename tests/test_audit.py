@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rmkit.audit import AuditConfig, run_audit
+from rmkit.config import validate
 from rmkit.data import inject_label_flips, load_preferences
 from rmkit.ensemble import (EnsembleConfig, encode_features, ensemble_diffs, heads_on_features, member_bootstrap,
                             member_layers)
@@ -291,6 +292,77 @@ def test_feature_cache_is_pruned_least_recently_used_first(separable, tmp_path, 
     with pytest.raises(ValueError, match="RMKIT_FEATURE_CACHE_GB"):
         encode_features(rm, pairs[30:36], **kw)  # before any encoding
     assert len(entries()) == 1
+
+
+def test_heads_by_subset_find_flips_where_subsets_want_opposite_things():
+    """Two subsets whose labels follow opposite directions of the features (hh-rlhf's harmless vs helpful pairs, in
+    miniature): pooled heads learn neither and rank planted flips near chance; heads trained within each subset find
+    them; ``auto`` picks them by out-of-fold agreement with the labels alone. Where both subsets agree, ``auto``
+    costs nothing."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n, h = 1200, 6
+    subsets = np.array(["a"] * (n // 2) + ["b"] * (n // 2), dtype=object)
+    ids = [f"p{i}" for i in range(n)]
+    flipped = rng.random(n) < 0.2
+
+    def features(opposite: bool):
+        d = rng.normal(size=(n, h))
+        d[:, 0] = np.abs(d[:, 0]) + 0.3  # the labelled-chosen side wins along feature 0 ...
+        if opposite:
+            d[n // 2:, 0] *= -1  # ... except in subset b, whose labels want the other way
+        d[flipped] *= -1  # planted flips: the pair written the other way round
+        base = rng.normal(size=(n, h))
+        return (base + d / 2)[:, None, :], (base - d / 2)[:, None, :]
+
+    cfg = EnsembleConfig(members=4, layers=[1], seed=0)
+    for opposite in (True, False):
+        fc, fr = features(opposite)
+        auroc, chosen = {}, {}
+        for mode in ("no", "auto", "yes"):
+            diffs, _, info = heads_on_features(replace(cfg, heads_by_subset=mode), fc, fr, ids, [1] * 4,
+                                               subsets=subsets)
+            auroc[mode] = roc_auc_score(flipped, -np.nanmean(diffs, axis=0))
+            chosen[mode] = info["heads_by_subset"]
+        if opposite:
+            assert auroc["no"] < 0.65 and auroc["yes"] > 0.85 and auroc["auto"] == auroc["yes"], auroc
+            assert {v["heads"] for v in chosen["auto"].values()} == {"own"}
+            assert all(v["agreement_own"] > v["agreement_pooled"] + 0.1 for v in chosen["auto"].values())
+        else:
+            assert auroc["no"] > 0.85 and auroc["auto"] > auroc["no"] - 0.02, auroc
+        assert chosen["no"] is None
+    pooled, _, info = heads_on_features(replace(cfg, heads_by_subset="auto"), fc, fr, ids, [1] * 4)
+    assert info["heads_by_subset"] is None  # no subsets given: one subset, the pooled heads
+    np.testing.assert_array_equal(pooled, heads_on_features(cfg, fc, fr, ids, [1] * 4)[0])
+    with pytest.raises(ValueError, match="heads_by_subset"):
+        validate(replace(cfg, heads_by_subset="maybe"))
+    with pytest.raises(ValueError, match="backbone frozen"):
+        validate(replace(cfg, heads_by_subset="yes", backbone="finetune_folds"))
+
+
+def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
+    """Through the audit: subset b's labels prefer the off-topic answer that subset a's labels reject. With
+    ``heads_by_subset auto`` each subset gets heads of its own (chosen by agreement with its labels), the summary
+    says so, the report names them, and the planted flips (a's, and their copies in b) lead the ranking."""
+    import rmkit.ensemble
+
+    path, ids, flipped = separable
+    rows = [json.loads(line) for line in path.read_text().splitlines()][:-1]  # without the unusable row
+    recs = [{**r, "subset": "a"} for r in rows] + [
+        {"id": f"b-{i}", "prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"], "subset": "b"}
+        for i, r in enumerate(rows)]
+    monkeypatch.setattr(rmkit.ensemble, "MIN_SUBSET_PAIRS", 50)
+    cfg = AuditConfig(data="records", output_dir=str(tmp_path / "audit"), max_length=64, members=4,
+                      cache_dir=str(tmp_path / "cache"), heads_by_subset="auto")
+    result = run_audit(cfg, data=recs, progress=False)
+    chosen = result.summary["ensemble"]["heads_by_subset"]
+    assert {k: v["heads"] for k, v in chosen.items()} == {"a": "own", "b": "own"}, chosen
+    assert all(v["agreement_own"] > v["agreement_pooled"] for v in chosen.values())
+    assert "heads trained within a (out-of-fold agreement" in (tmp_path / "audit" / "report.html").read_text()
+    planted = {i for i, f in zip(ids, flipped) if f} | {f"b-{j}" for j, f in enumerate(flipped) if f}  # b copies a's
+    top = set(result.table[result.table["rank"].between(1, len(planted))]["id"])
+    assert len(top & planted) / len(planted) >= 0.7
 
 
 def test_inject_label_flips():

@@ -49,6 +49,15 @@ def test_shipped_configs_load():
         cfg = load_config(kinds[path.name.split("_")[0]], path)
         if isinstance(cfg, (AuditConfig, LabConfig)):
             cfg.check()
+    # audit_default.yaml says it is what `rmkit audit DATA` does with no flags: it must not drift from the defaults
+    # (it once kept calibration: temperature after the default became length).
+    import yaml
+
+    written = yaml.safe_load((Path(__file__).parents[1] / "configs" / "audit_default.yaml").read_text())
+    defaults = AuditConfig()
+    drift = {k: (v, getattr(defaults, k)) for k, v in written.items()
+             if k not in ("data", "output_dir") and getattr(defaults, k) != v}
+    assert not drift, drift
 
 
 def test_yaml_that_would_run_code_or_explode_is_refused(tmp_path):

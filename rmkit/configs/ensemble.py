@@ -50,6 +50,11 @@ class EnsembleConfig:
     head_chunk_rows: int | None = setting(
         None, "the heads read the feature cache this many pairs at a time (memory: one chunk, the solution the "
               "full-batch one); default: all at once, unless one layer's features pass 2 GB")
+    heads_by_subset: Literal["no", "auto", "yes"] = setting(
+        "auto", "frozen: heads trained per subset (an hh-rlhf data_dir, a source) instead of one set for all pairs: yes "
+              "for every subset of 200 pairs or more, auto where a subset's own heads also agree with its labels "
+              "out of fold significantly more often than the pooled ones (McNemar z >= 2; hh-rlhf's harmless-base "
+              "labels oppose what its helpful pairs teach)")
     finetune_epochs: float = setting(1.0, "epochs of each fine-tune (finetune_* backbones)")
     finetune_lr: float = setting(5e-5, "learning rate of each fine-tune")
     finetune_batch_size: int = setting(16, "pairs per batch of each fine-tune")
@@ -73,6 +78,10 @@ class EnsembleConfig:
             raise ValueError(f"pooling must be 'mean' or 'native', got {self.pooling!r}")
         if self.pooling == "native" and self.layers:
             raise ValueError("layers apply to mean pooling; native pooling reads what the head reads")
+        if self.heads_by_subset not in ("no", "auto", "yes"):
+            raise ValueError(f"heads_by_subset must be no, auto or yes, got {self.heads_by_subset!r}")
+        if self.heads_by_subset == "yes" and self.backbone != "frozen":  # auto: the frozen backbone's choice only
+            raise ValueError("heads_by_subset yes trains heads on frozen features: it needs backbone frozen")
         if self.more_models and self.backbone != "frozen":
             raise ValueError("more_models mixes frozen backbones: it needs backbone frozen")
         if self.more_models and self.members < self.folds * (1 + len(self.more_models)):

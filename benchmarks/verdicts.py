@@ -20,20 +20,20 @@ Every lab block also grades each detector against a second truth, ``vs_gold``: t
 baselines (blocks ``lab_NAME``, ``confounded_NAME``).
 
 Detectors (suspicion: higher = more likely a wrong label): ``default`` (the audit's: the ensemble's mean strength
-calibrated with a length term, `rmkit.calibration`), ``plain_ensemble`` (the audit before: ensemble strength, no
-length term), ``best_single_by_validation`` (the ensemble's one block whose heads agree best with the data's own
-labels out of fold), ``all_layers_head`` (one cross-fitted head on every block concatenated), ``cleanlab_ensemble``
-and ``cleanlab_single`` (cleanlab on the ensemble's and the best single block's out-of-sample differences),
-``aum_heads`` and ``cartography_heads`` (training dynamics of a head trained by SGD on the frozen features),
-``length_only`` (no model: a label that picks the shorter response is suspect), the audit's option
-``heads_by_subset`` (``heads_by_subset auto``: heads trained within each hh-rlhf subset, or LLMEval² source, where
-that agrees better with the subset's labels out of fold) beside the baselines given the same subsets
-(``cleanlab_heads_by_subset``, ``all_layers_head_by_subset``), and with
-``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2 epochs, cross-fitted over 2 folds),
-``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training dynamics), and the option
-``ensemble_and_finetuned`` (the fine-tune as one more member: its score, the ensemble's and the length term
-weighed by a cross-fitted logistic regression on the labels). ``gold_oracle``: the
-gold itself ranking labels by how far they go against the label law: the ceiling no detector can pass.
+calibrated with a length term, `rmkit.calibration`, its heads trained within a subset where that agrees significantly
+better with the subset's labels, ``heads_by_subset auto``; blocks measured before e6ac319 pooled them),
+``plain_ensemble`` (the audit before: ensemble strength, no length term), ``best_single_by_validation`` (the
+ensemble's one block whose heads agree best with the data's own labels out of fold), ``all_layers_head`` (one
+cross-fitted head on every block concatenated), ``cleanlab_ensemble`` and ``cleanlab_single`` (cleanlab on the
+ensemble's and the best single block's out-of-sample differences), ``aum_heads`` and ``cartography_heads`` (training
+dynamics of a head trained by SGD on the frozen features), ``length_only`` (no model: a label that picks the shorter
+response is suspect), ``pooled_heads`` (the audit's default before ``heads_by_subset auto``: one set of heads for all
+subsets) and the baselines given the same subsets as the default's heads (``cleanlab_heads_by_subset``,
+``all_layers_head_by_subset``), and with ``--finetune`` ``finetuned_single`` (MiniLM fine-tuned, top 2 blocks, 2
+epochs, cross-fitted over 2 folds), ``cleanlab_finetuned``, ``aum`` and ``cartography`` (the fine-tune's own training
+dynamics), and the option ``ensemble_and_finetuned`` (the fine-tune as one more member: its score, the ensemble's and
+the length term weighed by a cross-fitted logistic regression on the labels). ``gold_oracle``: the gold itself ranking
+labels by how far they go against the label law: the ceiling no detector can pass.
 
     .venv/bin/python benchmarks/verdicts.py               # lab, confounded, hh_flips, llmeval2_flips, llmeval2, hh: ~30 min
     .venv/bin/python benchmarks/verdicts.py --finetune           # adds the fine-tuned baselines: ~2 hours more
@@ -72,7 +72,7 @@ DATA = ROOT.parent / "shared" / "data"
 GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
 FLIPS = 0.2
 DEFAULT_AGAINST = 0.225  # configs/lab_cpu.yaml's against_gold: sampled labels against the gold before the flips
-OPTIONS = ("default", "heads_by_subset")  # the audit's own rows (its default and an option): never a baseline
+OPTIONS = ("default", "pooled_heads")  # the audit's own rows (its default, and its default before): never a baseline
 DEFAULT_BONUS = 1.0  # the confounded lab's length bonus; other bonuses write blocks confounded_bonusB
 
 
@@ -161,8 +161,10 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
                       subsets: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The detectors that read a backbone's frozen features ``proxy`` under labels ``y (N,)`` (True: the source's
     chosen side wins), with ``length (N,)`` the length differences as labelled: ``{name: suspicion (N,)}`` and the
-    ensemble's mean difference. ``default`` is the audit's ``p_label_wrong`` (calibrated on ``cal_fold``). With
-    each pair's ``subsets``, also the audit with ``heads_by_subset auto`` and the baselines given the same subsets."""
+    ensemble's mean difference. ``default`` is the audit's ``p_label_wrong`` (calibrated on ``cal_fold``): with each
+    pair's ``subsets``, from heads trained within the subsets where that agrees better with their labels
+    (``heads_by_subset auto``; ``pooled_heads``: the pooled heads, the default before), beside the baselines given the
+    same subsets."""
     ids = proxy.ids
     diffs = proxy.ensemble(y, seed=seed)
     mean = np.nanmean(diffs, axis=0)
@@ -188,7 +190,9 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
         pick = [proxy.views.index(x) for x in sorted(set(layers))]
         own, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], ids, layers, subsets=subsets)
         own_mean = np.nanmean(own, axis=0)
-        suspicion["heads_by_subset"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
+        # The audit's default since heads_by_subset auto; the pooled heads' verdicts were its default before.
+        suspicion["pooled_heads"] = suspicion["default"]
+        suspicion["default"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
         suspicion["cleanlab_heads_by_subset"] = cleanlab_label_issues(own_mean, seed=seed)
         per = np.full(len(ids), np.nan)  # the all-layers head trained within each subset
         for s in sorted(set(subsets.tolist())):
@@ -282,8 +286,6 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
     return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold,
             "detectors": table, "best_baseline_by_auroc": best,
             "default_minus_best_baseline": {m: table["default"][m] - table[best][m] for m in ("auroc", "precision_top5pct")},
-            "heads_by_subset_minus_best_baseline": {m: table["heads_by_subset"][m] - table[best][m]
-                                                    for m in ("auroc", "precision_top5pct")},
             "vs_gold": {"truth": "the label contradicts the gold (planted flips and labels drawn against it)",
                         "share_seed0": float((as_labelled(inputs.gold, sample_labels(
                             inputs.proxy.ids, law, choose_temperature(law, against_gold), flips=FLIPS, seed=0)["label"]

@@ -452,6 +452,8 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
     import time
 
     diffs = np.full((cfg.members, len(pairs)), np.nan)
+    # read once for every backbone (a column read: no pair objects made)
+    subsets = np.array(pair_column(pairs, "subset"), dtype=object) if cfg.heads_by_subset != "no" else None
     for j, name in enumerate([cfg.model, *cfg.more_models]):
         mine = plan.of_backbone(j)
         rm = model if j == 0 else RewardModel.from_pretrained(name, max_length=cfg.max_length).to(model.device)
@@ -467,8 +469,7 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
             continue
         diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
                                         plan.select_fold, labels, progress=progress)
-        if cfg.heads_by_subset != "no":
-            subsets = np.array(pair_column(pairs, "subset"), dtype=object)
+        if subsets is not None:
             diffs[mine], chosen = heads_by_subset(cfg, fc, fr, plan, mine, subsets, labels, diffs[mine])
             info.heads_by_subset = chosen if j == 0 else {**(info.heads_by_subset or {}),
                                                            **{f"{name}:{k}": v for k, v in chosen.items()}}
@@ -573,7 +574,9 @@ def own_heads_better(own: np.ndarray, pooled: np.ndarray) -> tuple[float, float,
     b = float(np.sum((own == 1) & (pooled == 0) & ok))
     c = float(np.sum((own == 0) & (pooled == 1) & ok))
     z = (b - c) / np.sqrt(b + c) if b + c else 0.0
-    return z, float(np.mean(own[ok])) if ok.any() else float("nan"), float(np.mean(pooled[ok])) if ok.any() else float("nan")
+    if not ok.any():
+        return z, float("nan"), float("nan")
+    return z, float(np.mean(own[ok])), float(np.mean(pooled[ok]))
 
 
 def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: EnsemblePlan, mine: list[int],

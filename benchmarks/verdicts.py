@@ -298,6 +298,47 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
             "labels_against_gold": float(labels["against_gold"].mean())}
 
 
+def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dict:
+    """How far any detector on these frozen features can go: the detectors' inputs made cleaner with the truth, in
+    the same run, seeds and folds as ``default`` and the best baseline. ``ensemble_without_flips``: the audit's heads
+    trained on the labels before the planted flips (what the flips cost the heads); ``ensemble_on_law_sign`` and
+    ``all_layers_head_on_law_sign``: trained on the label law's noise-free sign (the best these features read the
+    law); each pair then ranked by how far its score goes against its label, as the detectors rank it.
+    ``gold_oracle``: the law itself. Ceilings, never baselines: each reads the truth."""
+    law = inputs.gold if bonus == 0 else length_confounded(inputs.gold, inputs.length_diff, bonus)
+    proxy, ids = inputs.proxy, inputs.proxy.ids
+    subsets = np.array([p.subset for p in inputs.pairs], dtype=object)
+    runs: dict[str, list] = {}
+    for s in range(seeds):
+        t0 = time.time()
+        lab = sample_labels(ids, law, choose_temperature(law, against_gold), flips=FLIPS, seed=s)
+        y = lab["label"].to_numpy().astype(bool)
+        flipped = lab["flipped"].to_numpy()
+        length = as_labelled(inputs.length_diff, y)
+        suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101), subsets)
+        rows = {k: suspicion[k] for k in ("default", "all_layers_head", "best_single_by_validation", "length_only")}
+        before = lab["sampled"].to_numpy().astype(bool)  # the labels before the flips
+        # a score with `before`'s (or the law's) sides, seen with the lab's sides: negated where the two disagree
+        rows["ensemble_without_flips"] = -np.where(before == y, 1, -1) * np.nanmean(proxy.ensemble(before, seed=s), 0)
+        sign = law > 0
+        turn = np.where(sign == y, 1.0, -1.0)
+        rows["ensemble_on_law_sign"] = -turn * np.nanmean(proxy.ensemble(sign, seed=s), 0)
+        c, r = orient(proxy.fc, proxy.fr, sign)
+        F = (c - r).reshape(len(ids), -1).astype(np.float64)
+        rows["all_layers_head_on_law_sign"] = -turn * cross_fitted_head(F, ids, s)
+        rows["gold_oracle"] = -as_labelled(law, y)
+        for name, sc in rows.items():
+            runs.setdefault(name, []).append(detection_metrics(sc, flipped))
+        print(f"ceilings bonus {bonus:g} seed {s}: {time.time() - t0:.0f} s",
+              {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
+    table = {n: _mean_std(v) for n, v in runs.items()}
+    feature_ceiling = max(("ensemble_on_law_sign", "all_layers_head_on_law_sign"), key=lambda n: table[n]["auroc"])
+    return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold, "detectors": table,
+            "feature_ceiling": feature_ceiling,
+            "default_share_of_feature_ceiling_above_chance": (table["default"]["auroc"] - 0.5)
+            / (table[feature_ceiling]["auroc"] - 0.5)}
+
+
 def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: int,
                       subsets: np.ndarray | None = None) -> dict:
     """Planted flips on real human labels: ``human (N,)`` True where the source's chosen side is the humans' pick,
@@ -425,7 +466,7 @@ def main() -> None:
     blocks = args.blocks.split(",")
     work = Path(args.work)
     ft = work / "finetune" if args.finetune else None
-    if {"lab", "confounded", "hh_flips"} & set(blocks):
+    if {"lab", "confounded", "hh_flips", "ceilings"} & set(blocks):
         cfg = load_config(LabConfig, ROOT / "configs" / "lab_cpu.yaml")
         cfg.data = str((ROOT / cfg.data).resolve())
         assert cfg.against_gold == DEFAULT_AGAINST, "DEFAULT_AGAINST must follow configs/lab_cpu.yaml"
@@ -449,6 +490,11 @@ def main() -> None:
                 result.setdefault(key, {}).setdefault("flips", {})[str(FLIPS)] = stamped(lab_block(
                     inputs, bonus, args.seeds, ft, args.against_gold, second))
                 write_result(out_path, result)
+        if "ceilings" in blocks:
+            result["ceilings" + suffix] = stamped({
+                "plain": ceilings_block(inputs, 0.0, args.seeds, args.against_gold),
+                "confounded": ceilings_block(inputs, DEFAULT_BONUS, args.seeds, args.against_gold)})
+            write_result(out_path, result)
         if "hh_flips" in blocks:  # the lab's pairs are hh-rlhf's, sides as the humans labelled them
             result["hh_flips"] = stamped(human_flips_block(
                 inputs.proxy, np.ones(len(inputs.proxy.ids), bool), inputs.length_diff, args.seeds,

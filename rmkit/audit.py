@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from .calibration import (agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
-                          flip_posterior, length_effect, length_share, reliability_table, spearman, symmetric_points)
+                          flip_posterior, length_effect, length_share, reliability_table, signed_log_length, spearman,
+                          symmetric_points)
 from .config import save_config, to_dict, validate
 from .detectors import review_budget
 from .data import (PreferenceDataset, data_folder_guard, no_pairs_message, pair_column, pairs_by_id, text_lengths,
@@ -214,7 +215,7 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "flagged_by": "p_label_wrong" if cfg.noise_rate is None else f"p_flipped (noise_rate {cfg.noise_rate})",
         "length_bias": length_bias,
         "members_per_pair": int(np.median(members_per_pair)) if len(members_per_pair) else 0,
-        "length_term": _length_term(coef, length_unit) if cfg.calibration == "length" else None,
+        "length_term": _length_term(coef, length_unit, length_diff) if cfg.calibration == "length" else None,
         # what reviewing the k most suspect pairs it can judge is expected to find (calibrated on these labels)
         "review_budget": review_budget(np.where(judged, p_flag, np.nan),
                                        budgets=[int(flagged.sum()), getattr(cfg, "review_pairs", 200)],
@@ -246,13 +247,21 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     return AuditResult(table, summary, Path(cfg.output_dir))
 
 
-def _length_term(coef: dict, unit: str) -> dict:
-    """What the calibration's length term says about these labels (its coefficients, medians over the folds)."""
+def _length_term(coef: dict, unit: str, length_diff: np.ndarray) -> dict:
+    """What the calibration's length term says about these labels (its coefficients, medians over the folds), with
+    its effect at these pairs' median length difference: below 0.05 log-odds (about one point of probability near
+    0.5) the term is said to add nothing, so a coefficient of -0.002 is not read as "favours the shorter"."""
     a, b = float(np.median(coef["a"])), float(np.median(coef["b"]))
-    favours = "longer" if b > 0 else "shorter"
-    return {"a_strength": a, "b_length": b, "unit": unit,
-            "says": f"beyond what the ensemble's strength says, these labels favour the {favours} response "
-                    f"(log-odds {abs(b):.2f} per unit of sign(d) log(1 + |d|), d the length difference in {unit})"}
+    typical = float(np.median(np.abs(signed_log_length(length_diff)))) if len(length_diff) else 0.0
+    effect = abs(b) * typical
+    unit_text = f"per unit of sign(d) log(1 + |d|), d the length difference in {unit}"
+    if effect < 0.05:
+        says = (f"beyond what the ensemble's strength says, length adds next to nothing to these labels (log-odds "
+                f"{b:+.3f} {unit_text}: {effect:.3f} at the median length difference)")
+    else:
+        says = (f"beyond what the ensemble's strength says, these labels favour the {'longer' if b > 0 else 'shorter'} "
+                f"response (log-odds {abs(b):.2f} {unit_text}: {effect:.2f} at the median length difference)")
+    return {"a_strength": a, "b_length": b, "unit": unit, "log_odds_at_median_length_diff": effect, "says": says}
 
 
 def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:

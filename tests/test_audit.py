@@ -589,3 +589,16 @@ def test_bounded_feature_caches_store_half_or_projected(separable, tmp_path):
                                 cache_dir=str(tmp_path / "c2"), feature_store="float16", feature_dim=128),
                     progress=False)
     assert res.summary["scored_pairs"] > 0
+
+
+def test_length_term_reads_a_negligible_coefficient_as_nothing():
+    """A length coefficient whose effect at the median length difference is tiny (hh-rlhf's audit fits b = -0.002)
+    is not reported as "these labels favour the shorter response"; a real one names its direction and size."""
+    from rmkit.audit import _length_term
+
+    d = np.array([-40.0, -10, 5, 20, 60])  # median |sign(d) log(1 + |d|)| = log 21 = 3.04
+    tiny = _length_term({"a": np.array([1.5, 1.4]), "b": np.array([-0.002, -0.0014])}, "tokens", d)
+    assert "adds next to nothing" in tiny["says"] and "favour" not in tiny["says"]
+    assert tiny["log_odds_at_median_length_diff"] == pytest.approx(0.0017 * np.log(21))
+    real = _length_term({"a": np.array([1.0]), "b": np.array([0.3])}, "tokens", d)
+    assert "favour the longer response" in real["says"] and "0.91 at the median" in real["says"]

@@ -9,6 +9,8 @@ against a truth it never saw.
 - ``llmeval2``: LLMEval²'s 482 human ties as the truth for "ambiguous" (`tie_auroc` per tie score), and why the
   ensemble's std ranks them below chance.
 - ``hh``: the audit of the real hh-rlhf pairs under the new default and the previous one: flagged share, agreement.
+- ``ceilings``: how far any detector on these features can go: the audit's heads (and one all-layers head) trained on
+  the truth itself, beside the default in the same run, in the plain and the confounded lab (`ceilings_block`).
 - ``hh_flips``, ``llmeval2_flips``: 20% planted flips on the real human labels of hh-rlhf's 8,503 usable pairs and
   LLMEval²'s 2,063 decided ones; the frozen detectors (and ``length_only``) graded against the flips.
 
@@ -20,8 +22,9 @@ Every lab block also grades each detector against a second truth, ``vs_gold``: t
 baselines (blocks ``lab_NAME``, ``confounded_NAME``).
 
 Detectors (suspicion: higher = more likely a wrong label): ``default`` (the audit's: the ensemble's mean strength
-calibrated with a length term, `rmkit.calibration`, its heads trained within a subset where that agrees significantly
-better with the subset's labels, ``heads_by_subset auto``; blocks measured before e6ac319 pooled them),
+calibrated with a length term, `rmkit.calibration`, within each subset of 200+ pairs, ``calibration_by_subset``; its
+heads trained within a subset where that agrees significantly better with the subset's labels, ``heads_by_subset
+auto``; blocks measured before e6ac319 pooled them), ``one_calibration`` (the default before calibration_by_subset),
 ``plain_ensemble`` (the audit before: ensemble strength, no length term), ``best_single_by_validation`` (the
 ensemble's one block whose heads agree best with the data's own labels out of fold), ``all_layers_head`` (one
 cross-fitted head on every block concatenated), ``cleanlab_ensemble`` and ``cleanlab_single`` (cleanlab on the
@@ -39,6 +42,7 @@ labels by how far they go against the label law: the ceiling no detector can pas
     .venv/bin/python benchmarks/verdicts.py --finetune           # adds the fine-tuned baselines: ~2 hours more
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --against-gold 0.1        # ~10 min
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --second-backbone gemma3  # ~10 min + 30 to encode
+    .venv/bin/python benchmarks/verdicts.py --blocks ceilings                              # ~16 min
 
 Writes benchmarks/results/verdicts.json (the blocks a run computes replace those of an earlier run; the rest stay).
 """
@@ -55,7 +59,8 @@ import numpy as np
 import torch
 
 from rmkit.audit import AuditConfig, response_length_diff, run_audit
-from rmkit.calibration import crossfit_calibration, expected_calibration_error, signed_log_length, spearman
+from rmkit.calibration import (crossfit_calibration, crossfit_calibration_by_group, expected_calibration_error,
+                               signed_log_length, spearman)
 from rmkit.config import load_config
 from rmkit.data import load_preferences, text_lengths
 from rmkit.detectors import aum, cartography, cleanlab_label_issues, read_pair_margins, review_budget, tie_scores
@@ -72,7 +77,7 @@ DATA = ROOT.parent / "shared" / "data"
 GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
 FLIPS = 0.2
 DEFAULT_AGAINST = 0.225  # configs/lab_cpu.yaml's against_gold: sampled labels against the gold before the flips
-OPTIONS = ("default", "pooled_heads")  # the audit's own rows (its default, and its default before): never a baseline
+OPTIONS = ("default", "pooled_heads", "one_calibration")  # the audit's own rows (its default, its defaults before)
 DEFAULT_BONUS = 1.0  # the confounded lab's length bonus; other bonuses write blocks confounded_bonusB
 
 
@@ -190,9 +195,12 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
         pick = [proxy.views.index(x) for x in sorted(set(layers))]
         own, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], ids, layers, subsets=subsets)
         own_mean = np.nanmean(own, axis=0)
-        # The audit's default since heads_by_subset auto; the pooled heads' verdicts were its default before.
+        # The audit's default: heads_by_subset auto and one calibration per subset of 200+ pairs (calibration_by_subset);
+        # its defaults before: the pooled heads (pooled_heads), then those heads under one calibration (one_calibration).
         suspicion["pooled_heads"] = suspicion["default"]
-        suspicion["default"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
+        suspicion["one_calibration"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
+        suspicion["default"] = 1 - crossfit_calibration_by_group(own_mean, cal_fold, subsets, method="length",
+                                                                 length_diff=length)[0]
         suspicion["cleanlab_heads_by_subset"] = cleanlab_label_issues(own_mean, seed=seed)
         per = np.full(len(ids), np.nan)  # the all-layers head trained within each subset
         for s in sorted(set(subsets.tolist())):
@@ -255,8 +263,14 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
     return metrics, vs_gold, calib
 
 
+FINETUNE_ROWS = ("finetuned_single", "cleanlab_finetuned", "aum", "cartography", "ensemble_and_finetuned")
+
+
 def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, against_gold: float,
-              second=None) -> dict:
+              second=None, earlier: dict | None = None) -> dict:
+    """One lab's detectors over ``seeds``. Without ``finetune_dir``, the fine-tuned rows of ``earlier`` (the block
+    as a ``--finetune`` run wrote it) are carried over, named with the run that measured them: they read the same
+    seeds, labels and folds and nothing the default computes, and cost 2.5 hours to remeasure."""
     law = inputs.gold if bonus == 0 else length_confounded(inputs.gold, inputs.length_diff, bonus)
     runs: dict[str, list] = {}
     runs_vs_gold: dict[str, list] = {}
@@ -276,11 +290,21 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
         print(f"bonus {bonus:g} seed {s}: {time.time() - t0:.0f} s",
               {k: round(v["auroc"], 3) for k, v in metrics.items()}, flush=True)
     table = {k: _mean_std(v) for k, v in runs.items()}
+    table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
+    carried = None
+    if finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold:
+        rows = [k for k in FINETUNE_ROWS if k not in table
+                and earlier.get("detectors", {}).get(k, {}).get("seeds") == seeds]  # the same seeds, or none
+        if rows:
+            table.update({k: earlier["detectors"][k] for k in rows})
+            table_vs_gold.update({k: earlier["vs_gold"]["detectors"][k] for k in rows
+                                  if k in earlier.get("vs_gold", {}).get("detectors", {})})
+            carried = {"rows": rows, "measured_by": (earlier.get("carried_rows") or {}).get("measured_by")
+                       or earlier.get("measured_by")}
     # A second backbone's rows are options of the audit, not baselines: the default is MiniLM's alone.
     baselines = [k for k in table if k not in (*OPTIONS, "gold_oracle", "second_backbone", "mixed_backbones",
                                                "ensemble_and_finetuned")]
     best = max(baselines, key=lambda k: table[k]["auroc"])
-    table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
     best_vs_gold = max([k for k in baselines if k in table_vs_gold], key=lambda k: table_vs_gold[k]["auroc"])
     labels = sample_labels(inputs.proxy.ids, law, choose_temperature(law, against_gold), seed=0)
     return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold,
@@ -295,7 +319,8 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
                                                         for m in ("auroc", "precision_top5pct")}},
             "default_review_top5pct": _mean_std([{k: v for k, v in c.items() if v is not None} for c in calib]),
             "labels_length_spearman": spearman(labels["label"] * 2 - 1.0, inputs.length_diff),
-            "labels_against_gold": float(labels["against_gold"].mean())}
+            "labels_against_gold": float(labels["against_gold"].mean()), "seeds": seeds,
+            **({"carried_rows": carried} if carried else {})}
 
 
 def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dict:
@@ -487,15 +512,17 @@ def main() -> None:
                                     inputs.pairs)
             suffix += f"_{args.second_backbone}"
         if "lab" in blocks:
-            result.setdefault("lab" + suffix, {}).setdefault("flips", {})[str(FLIPS)] = stamped(lab_block(
-                inputs, 0.0, args.seeds, ft, args.against_gold, second))
+            flips = result.setdefault("lab" + suffix, {}).setdefault("flips", {})
+            flips[str(FLIPS)] = stamped(lab_block(inputs, 0.0, args.seeds, ft, args.against_gold, second,
+                                                  flips.get(str(FLIPS))))
             write_result(out_path, result)
         if "confounded" in blocks:
             for bonus in [args.bonus] + [float(b) for b in args.bonus_sweep.split(",") if b]:
                 # named by the bonus, not by the flag that asked for it: a sweep never overwrites the main block
                 key = ("confounded" if bonus == DEFAULT_BONUS else f"confounded_bonus{bonus:g}") + suffix
-                result.setdefault(key, {}).setdefault("flips", {})[str(FLIPS)] = stamped(lab_block(
-                    inputs, bonus, args.seeds, ft, args.against_gold, second))
+                flips = result.setdefault(key, {}).setdefault("flips", {})
+                flips[str(FLIPS)] = stamped(lab_block(inputs, bonus, args.seeds, ft, args.against_gold, second,
+                                                      flips.get(str(FLIPS))))
                 write_result(out_path, result)
         if "ceilings" in blocks:
             result["ceilings" + suffix] = stamped({

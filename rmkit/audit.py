@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import (agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
-                          flip_posterior, length_effect, length_share, reliability_table, signed_log_length, spearman,
-                          symmetric_points)
+from .calibration import (agreement, crossfit_calibration, crossfit_calibration_by_group, estimate_wrong_share,
+                          expected_calibration_error, flip_posterior, length_effect, length_share, reliability_table,
+                          signed_log_length, spearman, symmetric_points)
 from .config import save_config, to_dict, validate
 from .detectors import review_budget
 from .data import (PreferenceDataset, data_folder_guard, no_pairs_message, pair_column, pairs_by_id, text_lengths,
@@ -159,8 +159,12 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     mean, _ = preference_strength(diffs)
     phase(f"calibrating p_label_wrong ({cfg.calibration}, cross-fitted) and per-subset trust")
     coef: dict = {}
-    p_right = crossfit_calibration(mean, cal_fold, labels, method=cfg.calibration, length_diff=length_diff,
-                                   coefficients=coef)
+    if cfg.calibration_by_subset:
+        p_right, calibrated_apart = crossfit_calibration_by_group(mean, cal_fold, subsets, labels, cfg.calibration,
+                                                                  length_diff=length_diff, coefficients=coef)
+    else:
+        p_right, calibrated_apart = crossfit_calibration(mean, cal_fold, labels, method=cfg.calibration,
+                                                         length_diff=length_diff, coefficients=coef), []
     p_wrong = 1.0 - p_right
     per_subset = {s: agreement(mean[subsets == s], labels[subsets == s]) for s in sorted(set(subsets))}
     overall = agreement(mean, labels)
@@ -204,6 +208,7 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "per_subset": per_subset,
         "unjudged_subsets": unjudged,
         "calibration": cfg.calibration,
+        "calibrated_apart": calibrated_apart,  # subsets with a calibration of their own (calibration_by_subset)
         "ece": expected_calibration_error(sym_p, sym_y),
         "reliability": reliability_table(sym_p, sym_y),
         "wrong_share": estimate_wrong_share(p_wrong[decided], seed=cfg.seed),

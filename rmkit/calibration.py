@@ -167,6 +167,46 @@ def crossfit_calibration(scores: np.ndarray, fold: np.ndarray, labels: np.ndarra
     return out
 
 
+MIN_GROUP_PAIRS = 200  # a group's own calibration wants this many decided pairs (100 per fold fit two coefficients)
+
+
+def crossfit_calibration_by_group(scores: np.ndarray, fold: np.ndarray, groups: np.ndarray,
+                                  labels: np.ndarray | None = None, method: str = "temperature", *,
+                                  length_diff: np.ndarray | None = None, coefficients: dict | None = None,
+                                  min_pairs: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """`crossfit_calibration` fitted within each group ``groups (N,)`` (a dataset's subsets) of at least ``min_pairs``
+    decided pairs (default `MIN_GROUP_PAIRS`), and over all pairs for the smaller groups: ``(P(label right) (N,),
+    [groups calibrated apart])``.
+
+    Why: subsets of one dataset carry different label noise (hh-rlhf's four agree with the ensemble on 52-63% of
+    pairs), so one map from strength to P(label right) is too confident in the noisy subset and too timid in the clean
+    one, and a ranking across subsets puts the noisy subset's close calls above the clean subset's clear
+    contradictions. Flips planted on hh-rlhf's human labels: AUROC 0.643 against 0.632 for one calibration; the
+    rmkit lab (one truth for every subset): 0.7925 against 0.7932 (benchmarks/results/verdicts.json)."""
+    groups = np.asarray(groups, dtype=object)
+    fold = np.asarray(fold)
+    min_pairs = MIN_GROUP_PAIRS if min_pairs is None else min_pairs
+    coef: dict = {}
+    out = crossfit_calibration(scores, fold, labels, method, length_diff=length_diff, coefficients=coef)
+    y = np.ones(len(groups)) if labels is None else np.asarray(labels, np.float64)
+    apart = []
+    for g in sorted(set(groups.tolist()), key=str):
+        m = groups == g
+        decided = m & (y != 0.5) & np.isfinite(np.asarray(scores, np.float64))
+        if decided.sum() < min_pairs or len(np.unique(fold[decided])) < 2:
+            continue
+        sub: dict = {}
+        out[m] = crossfit_calibration(np.asarray(scores)[m], fold[m], None if labels is None else y[m], method,
+                                      length_diff=None if length_diff is None else np.asarray(length_diff)[m],
+                                      coefficients=sub)
+        if coef:
+            coef["a"][m], coef["b"][m] = sub["a"], sub["b"]
+        apart.append(str(g))
+    if coefficients is not None:
+        coefficients.update(coef)
+    return out, apart
+
+
 def flip_posterior(p_right: np.ndarray, noise_rate: float) -> np.ndarray:
     """P(the label was flipped | the ensemble's view), for labels flipped at random at ``noise_rate`` on top of
     whatever disagreement the data has anyway: the truth planted-flip studies grade against.

@@ -200,7 +200,7 @@ pairs), {'held out: each pair scored only by members that never trained on it' i
 '<b>in-sample</b>: the members trained on these pairs, so this overstates what they know'}. A perfect judge of
 noisy human labels does not reach 100%; a coin reaches 50%.</li>
 <li><b>Calibration:</b> <code>p_label_wrong</code> maps mean strength to a probability with a {html.escape(t['calibration'])}
-map fitted on the data's own labels, cross-fitted (no pair's probability comes from a map that saw its label).
+map fitted on the data's own labels, cross-fitted (no pair's probability comes from a map that saw its label){_apart(t)}.
 Expected calibration error {t['ece']:.3f}; the highest <code>p_label_wrong</code> of any pair is
 {t['max_p_label_wrong']:.2f}. Calibrated on these labels, it is the chance that a label disagrees with what the
 ensemble learned, its own mistakes included: against a known truth (rmkit's gold-standard lab,
@@ -227,6 +227,15 @@ blindly: a refusal chosen over a harmful answer is a correct label that a helpfu
 <table><tr><th>subset</th><th>pairs</th><th>agreement</th><th>95% CI</th><th>judged</th><th>flagged</th></tr>{rows}</table>
 {_budget_html(t)}
 </div>"""
+
+
+def _apart(t: dict) -> str:
+    """Which subsets the calibration was fitted within (calibration_by_subset), as a clause."""
+    apart = t.get("calibrated_apart") or []
+    if not apart:
+        return ""
+    return (f", within each of {html.escape(', '.join(apart))} apart (a subset's labels carry their own noise; "
+            "smaller subsets share one map)")
 
 
 def _length_term_html(t: dict) -> str:

@@ -345,6 +345,7 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
     """Through the audit: subset b's labels prefer the off-topic answer that subset a's labels reject. With
     ``heads_by_subset auto`` each subset gets heads of its own (chosen by agreement with its labels), the summary
     says so, the report names them, and the planted flips (a's, and their copies in b) lead the ranking."""
+    import rmkit.calibration
     import rmkit.ensemble
 
     path, ids, flipped = separable
@@ -353,13 +354,18 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
         {"id": f"b-{i}", "prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"], "subset": "b"}
         for i, r in enumerate(rows)]
     monkeypatch.setattr(rmkit.ensemble, "MIN_SUBSET_PAIRS", 50)
+    monkeypatch.setattr(rmkit.calibration, "MIN_GROUP_PAIRS", 50)
     cfg = AuditConfig(data="records", output_dir=str(tmp_path / "audit"), max_length=64, members=4,
                       cache_dir=str(tmp_path / "cache"), heads_by_subset="auto")
     result = run_audit(cfg, data=recs, progress=False)
     chosen = result.summary["ensemble"]["heads_by_subset"]
     assert {k: v["heads"] for k, v in chosen.items()} == {"a": "own", "b": "own"}, chosen
     assert all(v["agreement_own"] > v["agreement_pooled"] for v in chosen.values())
-    assert "heads trained within a (out-of-fold agreement" in (tmp_path / "audit" / "report.html").read_text()
+    page = (tmp_path / "audit" / "report.html").read_text()
+    assert "heads trained within a (out-of-fold agreement" in page
+    # each subset calibrated apart too (calibration_by_subset, the default), and the report says so
+    assert result.summary["trust"]["calibrated_apart"] == ["a", "b"]
+    assert "within each of a, b apart" in page
     planted = {i for i, f in zip(ids, flipped) if f} | {f"b-{j}" for j, f in enumerate(flipped) if f}  # b copies a's
     top = set(result.table[result.table["rank"].between(1, len(planted))]["id"])
     assert len(top & planted) / len(planted) >= 0.7

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from rmkit.calibration import (agreement, crossfit_calibration, estimate_wrong_share, expected_calibration_error,
+from rmkit.calibration import (agreement, crossfit_calibration, crossfit_calibration_by_group, estimate_wrong_share,
+                               expected_calibration_error,
                                fit_calibration, fit_temperature, length_effect, reliability_table, symmetric_points,
                                wilson_interval)
 from rmkit.strength import CategoryRules, categorize, find_label_issues, find_label_issues_calibrated
@@ -39,6 +40,32 @@ def test_maps_are_symmetric_and_crossfit_is_calibrated():
         assert ece < 0.03, (method, ece)
     with pytest.raises(ValueError, match="calibration must be one of"):
         fit_calibration(s, method="beta")
+
+
+def test_calibration_by_group_follows_each_groups_own_noise():
+    """Two subsets whose labels carry different noise (P(label right) = sigmoid(4 s) in one, sigmoid(0.5 s) in the
+    other): one calibration is overconfident in the noisy subset and timid in the clean one; fitted within each
+    subset, each subset's probabilities match its own law. A subset under ``min_pairs`` keeps the pooled map."""
+    sa, _ = _bt_data(n=3000, scale=4.0, seed=1)
+    sb, _ = _bt_data(n=3000, scale=0.5, seed=2)
+    sc, _ = _bt_data(n=100, scale=2.0, seed=3)
+    s = np.r_[sa, sb, sc]
+    groups = np.array(["clean"] * 3000 + ["noisy"] * 3000 + ["small"] * 100, dtype=object)
+    fold = np.arange(len(s)) % 2
+    one = crossfit_calibration(s, fold, method="temperature")
+    by, apart = crossfit_calibration_by_group(s, fold, groups, method="temperature")
+    assert apart == ["clean", "noisy"]
+    for g, scale in (("clean", 4.0), ("noisy", 0.5)):
+        m = groups == g
+        truth = 1 / (1 + np.exp(-scale * s[m]))  # each pair's true P(label right)
+        assert np.abs(by[m] - truth).mean() < 0.02 < np.abs(one[m] - truth).mean()
+    small = groups == "small"
+    np.testing.assert_allclose(by[small], one[small])
+    # the length method's per-pair coefficients follow the group that fitted them
+    coef: dict = {}
+    crossfit_calibration_by_group(s, fold, groups, method="length", length_diff=np.zeros(len(s)), coefficients=coef)
+    assert np.median(coef["a"][groups == "clean"]) == pytest.approx(4.0, rel=0.15)
+    assert np.median(coef["a"][groups == "noisy"]) == pytest.approx(0.5, rel=0.3)
 
 
 def test_ece_and_reliability_by_hand():

@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .calibration import crossfit_calibration
+from .calibration import crossfit_calibration, crossfit_calibration_by_group
 from .config import setting
 
 CATEGORIES = ("likely_mislabeled", "ambiguous", "consistent", "strong")
@@ -148,12 +148,14 @@ def find_label_issues(diffs: np.ndarray, *, return_mask: bool = False, below: fl
 
 def find_label_issues_calibrated(diffs: np.ndarray, *, fold: np.ndarray | None = None, labels: np.ndarray | None = None,
                                  min_confidence: float = 0.8, method: str = "temperature",
-                                 return_probabilities: bool = False):
+                                 groups: np.ndarray | None = None, return_probabilities: bool = False):
     """Pairs whose calibrated probability of a wrong label reaches ``min_confidence``, most probable first.
 
     ``diffs (M, N)`` should be out-of-sample (cross-fitted) differences. The map from mean strength to
     ``p_label_wrong`` is fitted on the data's own ``labels`` and cross-fitted over ``fold (N,)`` (default:
-    two folds by position parity). With ``return_probabilities`` also returns ``p_label_wrong (N,)``.
+    two folds by position parity). ``groups (N,)`` (each pair's subset or source): the map is fitted within each
+    group of 200+ decided pairs, as the audit does (`rmkit.calibration.crossfit_calibration_by_group`). With
+    ``return_probabilities`` also returns ``p_label_wrong (N,)``.
 
     What it can find is bounded by how often the ensemble agrees with the truth: flips planted at 20% are ranked
     at AUROC 0.79 in rmkit's lab (the gold itself: 0.87) but 0.63 on hh-rlhf's human labels, where the audit's
@@ -163,7 +165,10 @@ def find_label_issues_calibrated(diffs: np.ndarray, *, fold: np.ndarray | None =
     diffs = _check_members_first(diffs)
     mean, _ = preference_strength(diffs)
     fold = np.arange(len(mean)) % 2 if fold is None else np.asarray(fold)
-    p_wrong = 1.0 - crossfit_calibration(mean, fold, labels, method=method)
+    if groups is None:
+        p_wrong = 1.0 - crossfit_calibration(mean, fold, labels, method=method)
+    else:
+        p_wrong = 1.0 - crossfit_calibration_by_group(mean, fold, np.asarray(groups, dtype=object), labels, method)[0]
     idx = np.flatnonzero(np.nan_to_num(p_wrong, nan=0.0) >= min_confidence)
     idx = idx[np.argsort(-p_wrong[idx], kind="stable")]
     return (idx, p_wrong) if return_probabilities else idx

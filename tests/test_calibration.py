@@ -61,6 +61,9 @@ def test_calibration_by_group_follows_each_groups_own_noise():
         assert np.abs(by[m] - truth).mean() < 0.02 < np.abs(one[m] - truth).mean()
     small = groups == "small"
     np.testing.assert_allclose(by[small], one[small])
+    # the same through cleanlab-style find_label_issues_calibrated, given the groups
+    _, p_wrong = find_label_issues_calibrated(s[None], fold=fold, groups=groups, return_probabilities=True)
+    np.testing.assert_allclose(p_wrong, 1 - by)
     # the length method's per-pair coefficients follow the group that fitted them
     coef: dict = {}
     crossfit_calibration_by_group(s, fold, groups, method="length", length_diff=np.zeros(len(s)), coefficients=coef)

@@ -22,9 +22,9 @@ Every lab block also grades each detector against a second truth, ``vs_gold``: t
 baselines (blocks ``lab_NAME``, ``confounded_NAME``).
 
 Detectors (suspicion: higher = more likely a wrong label): ``default`` (the audit's: the ensemble's mean strength
-calibrated with a length term, `rmkit.calibration`, within each subset of 200+ pairs, ``calibration_by_subset``; its
-heads trained within a subset where that agrees significantly better with the subset's labels, ``heads_by_subset
-auto``; blocks measured before e6ac319 pooled them), ``one_calibration`` (the default before calibration_by_subset),
+calibrated with a length term, `rmkit.calibration`, its heads trained within a subset where that agrees significantly
+better with the subset's labels, ``heads_by_subset auto``; blocks measured before e6ac319 pooled them),
+``calibration_by_subset`` (the audit's option: the default's calibration fitted within each subset of 200+ pairs),
 ``plain_ensemble`` (the audit before: ensemble strength, no length term), ``best_single_by_validation`` (the
 ensemble's one block whose heads agree best with the data's own labels out of fold), ``all_layers_head`` (one
 cross-fitted head on every block concatenated), ``cleanlab_ensemble`` and ``cleanlab_single`` (cleanlab on the
@@ -77,7 +77,7 @@ DATA = ROOT.parent / "shared" / "data"
 GOLD = ROOT / "benchmarks" / "lab" / "gold_hh_smollm2.parquet"
 FLIPS = 0.2
 DEFAULT_AGAINST = 0.225  # configs/lab_cpu.yaml's against_gold: sampled labels against the gold before the flips
-OPTIONS = ("default", "pooled_heads", "one_calibration")  # the audit's own rows (its default, its defaults before)
+OPTIONS = ("default", "pooled_heads", "calibration_by_subset")  # the audit's own rows: default, before, an option
 DEFAULT_BONUS = 1.0  # the confounded lab's length bonus; other bonuses write blocks confounded_bonusB
 
 
@@ -195,12 +195,12 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
         pick = [proxy.views.index(x) for x in sorted(set(layers))]
         own, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], ids, layers, subsets=subsets)
         own_mean = np.nanmean(own, axis=0)
-        # The audit's default: heads_by_subset auto and one calibration per subset of 200+ pairs (calibration_by_subset);
-        # its defaults before: the pooled heads (pooled_heads), then those heads under one calibration (one_calibration).
+        # The audit's default since heads_by_subset auto; the pooled heads' verdicts were its default before. The
+        # option calibration_by_subset: the same heads, the calibration fitted within each subset of 200+ pairs.
         suspicion["pooled_heads"] = suspicion["default"]
-        suspicion["one_calibration"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
-        suspicion["default"] = 1 - crossfit_calibration_by_group(own_mean, cal_fold, subsets, method="length",
-                                                                 length_diff=length)[0]
+        suspicion["default"] = 1 - crossfit_calibration(own_mean, cal_fold, method="length", length_diff=length)
+        suspicion["calibration_by_subset"] = 1 - crossfit_calibration_by_group(own_mean, cal_fold, subsets,
+                                                                               method="length", length_diff=length)[0]
         suspicion["cleanlab_heads_by_subset"] = cleanlab_label_issues(own_mean, seed=seed)
         per = np.full(len(ids), np.nan)  # the all-layers head trained within each subset
         for s in sorted(set(subsets.tolist())):

@@ -356,14 +356,14 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
     monkeypatch.setattr(rmkit.ensemble, "MIN_SUBSET_PAIRS", 50)
     monkeypatch.setattr(rmkit.calibration, "MIN_GROUP_PAIRS", 50)
     cfg = AuditConfig(data="records", output_dir=str(tmp_path / "audit"), max_length=64, members=4,
-                      cache_dir=str(tmp_path / "cache"), heads_by_subset="auto")
+                      cache_dir=str(tmp_path / "cache"), heads_by_subset="auto", calibration_by_subset=True)
     result = run_audit(cfg, data=recs, progress=False)
     chosen = result.summary["ensemble"]["heads_by_subset"]
     assert {k: v["heads"] for k, v in chosen.items()} == {"a": "own", "b": "own"}, chosen
     assert all(v["agreement_own"] > v["agreement_pooled"] for v in chosen.values())
     page = (tmp_path / "audit" / "report.html").read_text()
     assert "heads trained within a (out-of-fold agreement" in page
-    # each subset calibrated apart too (calibration_by_subset, the default), and the report says so
+    # each subset calibrated apart too (calibration_by_subset), and the report says so
     assert result.summary["trust"]["calibrated_apart"] == ["a", "b"]
     assert "within each of a, b apart" in page
     planted = {i for i, f in zip(ids, flipped) if f} | {f"b-{j}" for j, f in enumerate(flipped) if f}  # b copies a's

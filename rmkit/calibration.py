@@ -182,7 +182,9 @@ def crossfit_calibration_by_group(scores: np.ndarray, fold: np.ndarray, groups: 
     pairs), so one map from strength to P(label right) is too confident in the noisy subset and too timid in the clean
     one, and a ranking across subsets puts the noisy subset's close calls above the clean subset's clear
     contradictions. Flips planted on hh-rlhf's human labels: AUROC 0.643 against 0.632 for one calibration; the
-    rmkit lab (one truth for every subset): 0.7925 against 0.7932 (benchmarks/results/verdicts.json)."""
+    rmkit lab (one truth for every subset): 0.7925 against 0.7932 (benchmarks/results/verdicts.json). Not the audit's
+    default: on the real hh-rlhf audit it made the tail of the subset where the ensemble is surest more confident, and
+    its 22 extra flags there, read by hand, were mostly right labels that rejected a longer answer."""
     groups = np.asarray(groups, dtype=object)
     fold = np.asarray(fold)
     min_pairs = MIN_GROUP_PAIRS if min_pairs is None else min_pairs

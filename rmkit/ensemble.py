@@ -590,7 +590,7 @@ def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: E
     Why: subsets of one dataset can want opposite things. On hh-rlhf the pooled heads agree with harmless-base's
     labels on 45% of pairs (helpful pairs teach them to prefer the more forthcoming answer, which harmless labels
     reject), its own heads on 62%; flips planted in all four subsets are found at AUROC 0.63 instead of 0.58 (0.64
-    calibrated per subset too; benchmarks/results/verdicts.json, ``hh_flips``). Where the truth does not differ by
+    with calibration_by_subset; benchmarks/results/verdicts.json, ``hh_flips``). Where the truth does not differ by
     subset (rmkit's lab) own heads would lose the other subsets' pairs; auto keeps the pooled ones there. Returns the
     differences and ``{subset: choice}``."""
     y = np.ones(len(subsets)) if labels is None else np.asarray(labels, np.float64)

@@ -263,7 +263,7 @@ def _budget_html(t: dict) -> str:
             "calibrated ensemble expects to be wrong, and the share of all such labels they hold. Calibrated on "
             "these labels, so <i>wrong</i> includes the ensemble's own mistakes and the annotators' close calls. "
             "Against a known truth it is lower: with 20% flips planted in hh-rlhf's human labels, the default "
-            "MiniLM ensemble expected 66% wrong labels among its 5% most suspect pairs, and 44% were planted flips "
+            "MiniLM ensemble expected 65% wrong labels among its 5% most suspect pairs, and 42% were planted flips "
             "(base rate 20%; benchmarks/results/verdicts.json, <code>hh_flips</code>).</p>"
             "<table><tr><th>k</th><th>of the judged pairs</th><th>expected precision</th><th>expected recall</th>"
             f"</tr>{body}</table>")

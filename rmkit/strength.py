@@ -158,7 +158,7 @@ def find_label_issues_calibrated(diffs: np.ndarray, *, fold: np.ndarray | None =
     ``return_probabilities`` also returns ``p_label_wrong (N,)``.
 
     What it can find is bounded by how often the ensemble agrees with the truth: flips planted at 20% are ranked
-    at AUROC 0.79 in rmkit's lab (the gold itself: 0.87) but 0.64 on hh-rlhf's human labels, where the audit's
+    at AUROC 0.79 in rmkit's lab (the gold itself: 0.87) but 0.63 on hh-rlhf's human labels, where the audit's
     MiniLM ensemble agrees with 60% of them; one well-chosen head or cleanlab on the same differences does about as
     well (benchmarks/results/verdicts.json).
     """

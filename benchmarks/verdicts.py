@@ -64,7 +64,7 @@ from rmkit.calibration import (crossfit_calibration, crossfit_calibration_by_gro
 from rmkit.config import load_config
 from rmkit.data import load_preferences, text_lengths
 from rmkit.detectors import aum, cartography, cleanlab_label_issues, read_pair_margins, review_budget, tie_scores
-from rmkit.ensemble import heads_on_features, member_layers
+from rmkit.ensemble import heads_by_subset, heads_on_features, member_layers, plan_ensemble
 from rmkit.heads import fold_of, select_l2, sgd_margins, train_bt_heads
 from rmkit.lab import (LabConfig, as_labelled, choose_temperature, detection_metrics, lab_pairs, length_confounded,
                        load_lab_inputs, orient, proxy_features, sample_labels)
@@ -193,7 +193,9 @@ def frozen_suspicions(proxy, y: np.ndarray, length: np.ndarray, seed: int, cal_f
         cfg = replace(proxy.cfg, seed=seed, heads_by_subset="auto")
         layers = member_layers(cfg, proxy.num_layers)
         pick = [proxy.views.index(x) for x in sorted(set(layers))]
-        own, _, _ = heads_on_features(cfg, c[:, pick], r[:, pick], ids, layers, subsets=subsets)
+        # the pooled heads are `diffs` above (the same settings and labels): only the subsets' own heads are new
+        own, _ = heads_by_subset(cfg, c[:, pick], r[:, pick], plan_ensemble(cfg, ids, layers), list(range(cfg.members)),
+                                 subsets, None, diffs)
         own_mean = np.nanmean(own, axis=0)
         # The audit's default since heads_by_subset auto; the pooled heads' verdicts were its default before. The
         # option calibration_by_subset: the same heads, the calibration fitted within each subset of 200+ pairs.
@@ -342,21 +344,22 @@ def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dic
         y = lab["label"].to_numpy().astype(bool)
         flipped = lab["flipped"].to_numpy()
         length = as_labelled(inputs.length_diff, y)
-        suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101), subsets)
+        cal_fold = fold_of(ids, 2, seed=s + 101)
+        suspicion, _ = frozen_suspicions(proxy, y, length, s, cal_fold, subsets)
         rows = {k: suspicion[k] for k in ("default", "all_layers_head", "best_single_by_validation", "length_only")}
         before = lab["sampled"].to_numpy().astype(bool)  # the labels before the flips
-        # a score with `before`'s (or the law's) sides, seen with the lab's sides: negated where the two disagree
-        rows["ensemble_without_flips"] = -np.where(before == y, 1, -1) * np.nanmean(proxy.ensemble(before, seed=s), 0)
         sign = law > 0
-        turn = np.where(sign == y, 1.0, -1.0)
-        on_law = turn * np.nanmean(proxy.ensemble(sign, seed=s), 0)  # as labelled
+        # a score with `before`'s (or the law's) sides, seen with the lab's: back to the source's sides, then to y's
+        rows["ensemble_without_flips"] = -as_labelled(as_labelled(np.nanmean(proxy.ensemble(before, seed=s), 0),
+                                                                  before), y)
+        on_law = as_labelled(as_labelled(np.nanmean(proxy.ensemble(sign, seed=s), 0), sign), y)
         rows["ensemble_on_law_sign"] = -on_law
         # the default's own pipeline with these heads: the length calibration fitted on the labels, as the audit's
-        rows["ensemble_on_law_sign_calibrated"] = 1 - crossfit_calibration(on_law, fold_of(ids, 2, seed=s + 101),
-                                                                           method="length", length_diff=length)
+        rows["ensemble_on_law_sign_calibrated"] = 1 - crossfit_calibration(on_law, cal_fold, method="length",
+                                                                           length_diff=length)
         c, r = orient(proxy.fc, proxy.fr, sign)
         F = (c - r).reshape(len(ids), -1).astype(np.float64)
-        rows["all_layers_head_on_law_sign"] = -turn * cross_fitted_head(F, ids, s)
+        rows["all_layers_head_on_law_sign"] = -as_labelled(as_labelled(cross_fitted_head(F, ids, s), sign), y)
         rows["gold_oracle"] = -as_labelled(law, y)
         for name, sc in rows.items():
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))

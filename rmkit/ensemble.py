@@ -469,13 +469,28 @@ def _frozen_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.nda
             continue
         diffs[mine], W, l2 = _fit_heads(cfg, fc, fr, plan.train[mine], plan.score[mine], layers, views,
                                         plan.select_fold, labels, progress=progress)
+        own: dict = {}
         if subsets is not None:
-            diffs[mine], chosen = heads_by_subset(cfg, fc, fr, plan, mine, subsets, labels, diffs[mine])
+            diffs[mine], chosen = heads_by_subset(cfg, fc, fr, plan, mine, subsets, labels, diffs[mine], heads=own)
             info.heads_by_subset = chosen if j == 0 else {**(info.heads_by_subset or {}),
                                                            **{f"{name}:{k}": v for k, v in chosen.items()}}
         info.head_l2.update(l2 if j == 0 else {f"{name}:{k}": v for k, v in l2.items()})
-        np.save(work / ("heads.npy" if j == 0 else f"heads_{j}.npy"), W)
+        _save_heads(work, "" if j == 0 else f"_{j}", W, own)
     return diffs if process_group()[0] == 0 else None
+
+
+def _save_heads(work: Path, suffix: str, W: np.ndarray, own: dict) -> None:
+    """The heads that scored the pairs, for a user to read or reuse: ``heads{suffix}.npy`` the pooled ones ``(M, H)``
+    and, where subsets used heads of their own, ``heads_by_subset{suffix}.npz`` (``subsets (S,)``, ``heads (S, M,
+    H)``); a subset not in it was scored by the pooled heads. Each written atomically."""
+    with atomic_path(work / f"heads{suffix}.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, W)
+    target = work / f"heads_by_subset{suffix}.npz"
+    if not own:
+        target.unlink(missing_ok=True)  # an earlier run's subset heads would belong to other settings
+        return
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.savez(f, subsets=np.array(list(own), dtype=str), heads=np.stack(list(own.values())))
 
 
 def _finetune_folds_diffs(cfg: EnsembleConfig, pairs, plan: EnsemblePlan, labels: np.ndarray, info: EnsembleInfo,
@@ -580,7 +595,8 @@ def own_heads_better(own: np.ndarray, pooled: np.ndarray) -> tuple[float, float,
 
 
 def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: EnsemblePlan, mine: list[int],
-                    subsets: np.ndarray, labels: np.ndarray | None, pooled: np.ndarray) -> tuple[np.ndarray, dict]:
+                    subsets: np.ndarray, labels: np.ndarray | None, pooled: np.ndarray, *,
+                    heads: dict | None = None) -> tuple[np.ndarray, dict]:
     """Members ``mine`` trained again inside each subset (same folds, members and layers; their own L2), in place
     of the pooled heads' differences ``pooled (len(mine), N)`` where ``cfg.heads_by_subset`` says: ``yes`` for every
     subset of at least `MIN_SUBSET_PAIRS` pairs, ``auto`` where the subset's own heads also agree with its labels
@@ -592,7 +608,8 @@ def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: E
     reject), its own heads on 62%; flips planted in all four subsets are found at AUROC 0.63 instead of 0.58 (0.64
     with calibration_by_subset; benchmarks/results/verdicts.json, ``hh_flips``). Where the truth does not differ by
     subset (rmkit's lab) own heads would lose the other subsets' pairs; auto keeps the pooled ones there. Returns the
-    differences and ``{subset: choice}``."""
+    differences and ``{subset: choice}``; ``heads``, when given, receives ``{subset: W (len(mine), H)}`` of the
+    subsets that use their own."""
     y = np.ones(len(subsets)) if labels is None else np.asarray(labels, np.float64)
     out = pooled.copy()
     chosen: dict = {}
@@ -602,13 +619,15 @@ def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: E
             chosen[str(s)] = {"heads": "pooled", "pairs": int(m.sum()), "why": f"fewer than {MIN_SUBSET_PAIRS} pairs"}
             continue
         idx = np.flatnonzero(m)  # the subset's rows only (a copy of its features): the heads cost what pooled ones do
-        own, _, _ = _fit_heads(cfg, fc[idx], fr[idx], plan.train[mine][:, idx], plan.score[mine][:, idx],
-                               [plan.layers[k] for k in mine], sorted(set(plan.layers[k] for k in mine)),
-                               plan.select_fold[idx], None if labels is None else np.asarray(labels)[idx])
+        own, W_own, _ = _fit_heads(cfg, fc[idx], fr[idx], plan.train[mine][:, idx], plan.score[mine][:, idx],
+                                      [plan.layers[k] for k in mine], sorted(set(plan.layers[k] for k in mine)),
+                                      plan.select_fold[idx], None if labels is None else np.asarray(labels)[idx])
         z, a_own, a_pooled = own_heads_better(_agrees(own, y[idx]), _agrees(pooled[:, idx], y[idx]))
         use = cfg.heads_by_subset == "yes" or z >= 2.0
         if use:
             out[:, idx] = own
+            if heads is not None:
+                heads[str(s)] = W_own
         chosen[str(s)] = {"heads": "own" if use else "pooled", "pairs": int(m.sum()),
                           "agreement_own": a_own, "agreement_pooled": a_pooled, "mcnemar_z": z}
     return out, chosen

@@ -361,6 +361,12 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
     chosen = result.summary["ensemble"]["heads_by_subset"]
     assert {k: v["heads"] for k, v in chosen.items()} == {"a": "own", "b": "own"}, chosen
     assert all(v["agreement_own"] > v["agreement_pooled"] for v in chosen.values())
+    # the subsets' own heads are saved beside the pooled ones; b's labels are a's reversed, so are its heads
+    saved = np.load(tmp_path / "audit" / "work" / "heads_by_subset.npz", allow_pickle=False)
+    pooled = np.load(tmp_path / "audit" / "work" / "heads.npy", allow_pickle=False)
+    assert list(saved["subsets"]) == ["a", "b"] and saved["heads"].shape == (2, *pooled.shape)
+    a, b = saved["heads"]
+    assert all(a[m] @ b[m] / np.linalg.norm(a[m]) / np.linalg.norm(b[m]) < -0.5 for m in range(len(a)))
     page = (tmp_path / "audit" / "report.html").read_text()
     assert "heads trained within a (out-of-fold agreement" in page
     # each subset calibrated apart too (calibration_by_subset), and the report says so

@@ -146,6 +146,21 @@ def cross_fitted_mlp(c: np.ndarray, r: np.ndarray, ids: list[str], seed: int) ->
 CURVE_SHARES = (0.125, 0.25, 0.5, 1.0)  # shares of each fold's pairs the learning curve trains on
 
 
+def learning_curve(F: np.ndarray, to_labels: np.ndarray, ids: list[str], seed: int, flipped: np.ndarray) -> list:
+    """Would more pairs help? AUROC against ``flipped`` of the all-layers head (`cross_fitted_head`) trained on each
+    of `CURVE_SHARES` of its folds' pairs: ``F (N, D)`` the differences with the sides it learns (the labels', or the
+    truth's), ``to_labels (N,)`` True where those sides are the labels' (each pair is ranked by how far the score goes
+    against its label, as the detectors rank it)."""
+    return [detection_metrics(-np.where(to_labels, sc, -sc), flipped)["auroc"]
+            for sc in (cross_fitted_head(F, ids, seed, q) for q in CURVE_SHARES)]
+
+
+def curve_summary(curve: dict[str, list], fold_pairs: int) -> dict:
+    """``{name: [per-seed AUROCs by share]}`` as means and seed spreads, with about how many pairs each head trained on."""
+    return {"train_pairs_per_head_about": [round(fold_pairs * q) for q in CURVE_SHARES],
+            **{name: {"auroc": np.mean(v, 0).tolist(), "auroc_std": np.std(v, 0).tolist()} for name, v in curve.items()}}
+
+
 def stacked(columns: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """P(label right) ``(N,)`` from several scores of each pair ``columns (N, C)`` (sides as labelled), cross-fitted
     over ``fold``: a logistic regression without intercept on the other folds (a pair written the other way round
@@ -385,7 +400,7 @@ def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dic
     proxy, ids = inputs.proxy, inputs.proxy.ids
     subsets = np.array([p.subset for p in inputs.pairs], dtype=object)
     runs: dict[str, list] = {}
-    curve: dict[str, dict] = {}
+    curve: dict[str, list] = {}
     for s in range(seeds):
         t0 = time.time()
         lab = sample_labels(ids, law, choose_temperature(law, against_gold), flips=FLIPS, seed=s)
@@ -414,23 +429,18 @@ def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dic
         for name, sc in rows.items():
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))
         # would more pairs lift the ceiling? the all-layers head on a share of each fold, on the truth and the labels
-        F_y = np.where((sign == y)[:, None], F, -F)  # the same differences with the lab's sides
-        for share in CURVE_SHARES:
-            for name, target, G in (("on_law_sign", sign, F), ("on_labels", y, F_y)):
-                sc = -as_labelled(as_labelled(cross_fitted_head(G, ids, s, share), target), y)
-                curve.setdefault(name, {}).setdefault(share, []).append(detection_metrics(sc, flipped)["auroc"])
+        same = sign == y
+        curve.setdefault("all_layers_head_on_law_sign", []).append(learning_curve(F, same, ids, s, flipped))
+        curve.setdefault("all_layers_head_on_labels", []).append(
+            learning_curve(np.where(same[:, None], F, -F), np.ones(len(ids), bool), ids, s, flipped))
         print(f"ceilings bonus {bonus:g} seed {s}: {time.time() - t0:.0f} s",
               {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
     table = {n: _mean_std(v) for n, v in runs.items()}
     feature_ceiling = max(("ensemble_on_law_sign", "ensemble_on_law_sign_calibrated", "all_layers_head_on_law_sign",
                            "mlp_head_on_law_sign"),
                           key=lambda n: table[n]["auroc"])
-    fold_pairs = int((fold_of(ids, 2, seed=0) != 0).sum())
     return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold, "detectors": table,
-            "learning_curve": {"train_pairs_per_head_about": [round(fold_pairs * q) for q in CURVE_SHARES],
-                               **{f"all_layers_head_{name}": {"auroc": [float(np.mean(by[q])) for q in CURVE_SHARES],
-                                                              "auroc_std": [float(np.std(by[q])) for q in CURVE_SHARES]}
-                                  for name, by in curve.items()}},
+            "learning_curve": curve_summary(curve, int((fold_of(ids, 2, seed=0) != 0).sum())),
             "feature_ceiling": feature_ceiling,
             "default_share_of_feature_ceiling_above_chance": (table["default"]["auroc"] - 0.5)
             / (table[feature_ceiling]["auroc"] - 0.5)}
@@ -441,9 +451,11 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
     """Planted flips on real human labels: ``human (N,)`` True where the source's chosen side is the humans' pick,
     ``FLIPS`` of the labels reversed at random (one draw per seed); every frozen detector graded against the flips.
     The humans' own disagreement stays in the labels, unknown, as in a user's data, so no oracle row: the ceiling
-    is unknown here. ``length_diff (N,)``: the responses' lengths, the source's chosen minus rejected."""
+    is unknown here. ``learning_curve``: the all-layers head trained on 1/8 to all of each fold's pairs (what more
+    human pairs would buy). ``length_diff (N,)``: the responses' lengths, the source's chosen minus rejected."""
     ids = proxy.ids
     runs: dict[str, list] = {}
+    curve: dict[str, list] = {}
     calib = []
     k = int(round(0.05 * len(ids)))
     for s in range(seeds):
@@ -455,6 +467,9 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
         suspicion, _ = frozen_suspicions(proxy, y, length, s, fold_of(ids, 2, seed=s + 101), subsets)
         for name, sc in suspicion.items():
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))
+        c, r = orient(proxy.fc, proxy.fr, y)
+        curve.setdefault("all_layers_head", []).append(
+            learning_curve((c - r).reshape(len(ids), -1).astype(np.float64), np.ones(len(ids), bool), ids, s, flipped))
         p_wrong = suspicion["default"]
         top = np.argsort(-p_wrong, kind="stable")[:k]
         calib.append({"k": k, "expected_precision_vs_labels": float(np.mean(p_wrong[top])),
@@ -470,6 +485,7 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
             **{f"{o}_minus_best_baseline": {m: table[o][m] - table[best][m] for m in ("auroc", "precision_top5pct")}
                for o in OPTIONS if o in table},
             "default_review_top5pct": _mean_std(calib),
+            "learning_curve": curve_summary(curve, int((fold_of(ids, 2, seed=0) != 0).sum())),
             "labels_pick_longer": float(np.mean(np.asarray(human, bool)[unequal] == (length_diff[unequal] > 0)))}
 
 

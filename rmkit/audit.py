@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -220,7 +220,8 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
         "flagged_by": "p_label_wrong" if cfg.noise_rate is None else f"p_flipped (noise_rate {cfg.noise_rate})",
         "length_bias": length_bias,
         "members_per_pair": int(np.median(members_per_pair)) if len(members_per_pair) else 0,
-        "length_term": _length_term(coef, length_unit, length_diff) if cfg.calibration == "length" else None,
+        "length_term": (_length_term(coef, length_unit, length_diff, subsets, calibrated_apart)
+                        if cfg.calibration == "length" else None),
         # what reviewing the k most suspect pairs it can judge is expected to find (calibrated on these labels)
         "review_budget": review_budget(np.where(judged, p_flag, np.nan),
                                        budgets=[int(flagged.sum()), getattr(cfg, "review_pairs", 200)],
@@ -252,10 +253,24 @@ def audit_diffs(ds: PreferenceDataset, diffs: np.ndarray, cfg: AuditConfig, *, i
     return AuditResult(table, summary, Path(cfg.output_dir))
 
 
-def _length_term(coef: dict, unit: str, length_diff: np.ndarray) -> dict:
-    """What the calibration's length term says about these labels (its coefficients, medians over the folds), with
-    its effect at these pairs' median length difference: below 0.05 log-odds (about one point of probability near
-    0.5) the term is said to add nothing, so a coefficient of -0.002 is not read as "favours the shorter"."""
+def _length_term(coef: dict, unit: str, length_diff: np.ndarray, groups: np.ndarray | None = None,
+                 apart: Sequence[str] = ()) -> dict:
+    """What the calibration's length term says about these labels (its coefficients ``coef["a"], coef["b"] (N,)``,
+    each pair's fold's, medians over the pairs), with its effect at these pairs' median length difference: below 0.05
+    log-odds (about one point of probability near 0.5) the term is said to add nothing, so a coefficient of -0.002 is
+    not read as "favours the shorter".
+
+    With subsets calibrated ``apart`` (``groups (N,)``: each pair's subset), ``by_subset`` says it within each of them
+    from its own coefficients, and the top line is the shared calibration's, read on the other subsets' pairs (on
+    every pair where none are left): a median over pairs of different calibrations would describe none of them."""
+    if apart:
+        groups = np.asarray(groups, dtype=object)
+        length_diff = np.asarray(length_diff)
+        of = lambda m: {"a": np.asarray(coef["a"])[m], "b": np.asarray(coef["b"])[m]}  # noqa: E731
+        shared = ~np.isin(groups, list(apart))
+        pick = shared if shared.any() else np.ones(len(groups), bool)
+        return {**_length_term(of(pick), unit, length_diff[pick]),
+                "by_subset": {s: _length_term(of(groups == s), unit, length_diff[groups == s]) for s in apart}}
     a, b = float(np.median(coef["a"])), float(np.median(coef["b"]))
     typical = float(np.median(np.abs(signed_log_length(length_diff)))) if len(length_diff) else 0.0
     effect = abs(b) * typical

@@ -242,8 +242,10 @@ def _length_term_html(t: dict) -> str:
     term = t.get("length_term")
     if not term:
         return ""
+    within = "".join(f" Within {html.escape(s)} (calibrated apart): {html.escape(v['says'])}."
+                     for s, v in (term.get("by_subset") or {}).items())
     return (f" The calibration models each label on the ensemble's strength <i>and</i> the length difference: "
-            f"{html.escape(term['says'])}. A label that length alone explains is therefore not called wrong; each "
+            f"{html.escape(term['says'])}.{within} A label that length alone explains is therefore not called wrong; each "
             "flagged pair below says how much of its verdict length makes (<code>length_share</code> in the "
             "tables). If length is a bias in these labels rather than quality, audit with "
             "<code>--calibration temperature</code>: in rmkit's lab, where labels carried a length bonus the truth "

@@ -372,6 +372,8 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
     # each subset calibrated apart too (calibration_by_subset), and the report says so
     assert result.summary["trust"]["calibrated_apart"] == ["a", "b"]
     assert "within each of a, b apart" in page
+    assert set(result.summary["trust"]["length_term"]["by_subset"]) == {"a", "b"}
+    assert "Within a (calibrated apart): beyond what" in page and "Within b (calibrated apart)" in page
     planted = {i for i, f in zip(ids, flipped) if f} | {f"b-{j}" for j, f in enumerate(flipped) if f}  # b copies a's
     top = set(result.table[result.table["rank"].between(1, len(planted))]["id"])
     assert len(top & planted) / len(planted) >= 0.7
@@ -614,3 +616,10 @@ def test_length_term_reads_a_negligible_coefficient_as_nothing():
     assert tiny["log_odds_at_median_length_diff"] == pytest.approx(0.0017 * np.log(21))
     real = _length_term({"a": np.array([1.0]), "b": np.array([0.3])}, "tokens", d)
     assert "favour the longer response" in real["says"] and "0.91 at the median" in real["says"]
+    # subsets calibrated apart: each says its own term; the top line reads the shared calibration's pairs only
+    groups = np.array(["x", "x", "y", "y", "z"], dtype=object)
+    coef = {"a": np.ones(5), "b": np.array([0.3, 0.3, -0.4, -0.4, 0.001])}
+    apart = _length_term(coef, "tokens", d, groups, ["x", "y"])
+    assert "favour the longer" in apart["by_subset"]["x"]["says"]
+    assert "favour the shorter" in apart["by_subset"]["y"]["says"]
+    assert "adds next to nothing" in apart["says"] and apart["b_length"] == pytest.approx(0.001)

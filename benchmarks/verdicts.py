@@ -43,7 +43,7 @@ labels by how far they go against the label law: the ceiling no detector can pas
     .venv/bin/python benchmarks/verdicts.py --finetune           # adds the fine-tuned baselines: ~2 hours more
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --against-gold 0.1        # ~10 min
     .venv/bin/python benchmarks/verdicts.py --blocks lab,confounded --second-backbone gemma3  # ~10 min + 30 to encode
-    .venv/bin/python benchmarks/verdicts.py --blocks ceilings                              # ~16 min
+    .venv/bin/python benchmarks/verdicts.py --blocks ceilings                              # ~22 min
 
 Writes benchmarks/results/verdicts.json (the blocks a run computes replace those of an earlier run; the rest stay).
 """

@@ -261,27 +261,34 @@ def _length_term(coef: dict, unit: str, length_diff: np.ndarray, groups: np.ndar
     not read as "favours the shorter".
 
     With subsets calibrated ``apart`` (``groups (N,)``: each pair's subset), ``by_subset`` says it within each of them
-    from its own coefficients, and the top line is the shared calibration's, read on the other subsets' pairs (on
-    every pair where none are left): a median over pairs of different calibrations would describe none of them."""
+    from its own coefficients, and the top line is the shared calibration's, read on the other subsets' pairs; where
+    every subset has its own, the top line says so and carries no coefficients. A median over pairs of different
+    calibrations would describe none of them (on hh-rlhf the subsets' terms lean opposite ways)."""
     if apart:
         groups = np.asarray(groups, dtype=object)
         length_diff = np.asarray(length_diff)
         of = lambda m: {"a": np.asarray(coef["a"])[m], "b": np.asarray(coef["b"])[m]}  # noqa: E731
+        by_subset = {s: _length_term(of(groups == s), unit, length_diff[groups == s]) for s in apart}
         shared = ~np.isin(groups, list(apart))
-        pick = shared if shared.any() else np.ones(len(groups), bool)
-        return {**_length_term(of(pick), unit, length_diff[pick]),
-                "by_subset": {s: _length_term(of(groups == s), unit, length_diff[groups == s]) for s in apart}}
+        if not shared.any():
+            return {"a_strength": None, "b_length": None, "unit": unit, "log_odds_at_median_length_diff": None,
+                    "leans": None, "says": "the length term is fitted within each subset apart",
+                    "by_subset": by_subset}
+        top = _length_term(of(shared), unit, length_diff[shared])
+        return {**top, "says": "on the subsets that share one calibration, " + top["says"], "by_subset": by_subset}
     a, b = float(np.median(coef["a"])), float(np.median(coef["b"]))
     typical = float(np.median(np.abs(signed_log_length(length_diff)))) if len(length_diff) else 0.0
     effect = abs(b) * typical
     unit_text = f"per unit of sign(d) log(1 + |d|), d the length difference in {unit}"
-    if effect < 0.05:
+    leans = "neither" if effect < 0.05 else "longer" if b > 0 else "shorter"
+    if leans == "neither":
         says = (f"beyond what the ensemble's strength says, length adds next to nothing to these labels (log-odds "
                 f"{b:+.3f} {unit_text}: {effect:.3f} at the median length difference)")
     else:
-        says = (f"beyond what the ensemble's strength says, these labels favour the {'longer' if b > 0 else 'shorter'} "
+        says = (f"beyond what the ensemble's strength says, these labels favour the {leans} "
                 f"response (log-odds {abs(b):.2f} {unit_text}: {effect:.2f} at the median length difference)")
-    return {"a_strength": a, "b_length": b, "unit": unit, "log_odds_at_median_length_diff": effect, "says": says}
+    return {"a_strength": a, "b_length": b, "unit": unit, "log_odds_at_median_length_diff": effect, "leans": leans,
+            "says": says}
 
 
 def response_length_diff(pairs, model: str | None) -> tuple[np.ndarray, str]:

@@ -373,7 +373,7 @@ def test_audit_heads_by_subset(separable, tmp_path, monkeypatch):
     assert result.summary["trust"]["calibrated_apart"] == ["a", "b"]
     assert "within each of a, b apart" in page
     assert set(result.summary["trust"]["length_term"]["by_subset"]) == {"a", "b"}
-    assert "Within a (calibrated apart): beyond what" in page and "Within b (calibrated apart)" in page
+    assert "fitted within each subset apart" in page and "Within each subset calibrated apart" in page
     planted = {i for i, f in zip(ids, flipped) if f} | {f"b-{j}" for j, f in enumerate(flipped) if f}  # b copies a's
     top = set(result.table[result.table["rank"].between(1, len(planted))]["id"])
     assert len(top & planted) / len(planted) >= 0.7
@@ -623,3 +623,6 @@ def test_length_term_reads_a_negligible_coefficient_as_nothing():
     assert "favour the longer" in apart["by_subset"]["x"]["says"]
     assert "favour the shorter" in apart["by_subset"]["y"]["says"]
     assert "adds next to nothing" in apart["says"] and apart["b_length"] == pytest.approx(0.001)
+    every = _length_term(coef, "tokens", d, groups, ["x", "y", "z"])  # no shared calibration left: no pooled line
+    assert every["b_length"] is None and "within each subset" in every["says"]
+    assert [v["leans"] for v in every["by_subset"].values()] == ["longer", "shorter", "neither"]

@@ -618,10 +618,10 @@ def heads_by_subset(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, plan: E
         if m.sum() < MIN_SUBSET_PAIRS:
             chosen[str(s)] = {"heads": "pooled", "pairs": int(m.sum()), "why": f"fewer than {MIN_SUBSET_PAIRS} pairs"}
             continue
-        idx = np.flatnonzero(m)  # the subset's rows only (a copy of its features): the heads cost what pooled ones do
-        own, W_own, _ = _fit_heads(cfg, fc[idx], fr[idx], plan.train[mine][:, idx], plan.score[mine][:, idx],
-                                      [plan.layers[k] for k in mine], sorted(set(plan.layers[k] for k in mine)),
-                                      plan.select_fold[idx], None if labels is None else np.asarray(labels)[idx])
+        idx = np.flatnonzero(m)  # the subset's rows only, a layer at a time: the heads cost what pooled ones do
+        own, W_own, _ = _fit_heads(cfg, fc, fr, plan.train[mine][:, idx], plan.score[mine][:, idx],
+                                   [plan.layers[k] for k in mine], sorted(set(plan.layers[k] for k in mine)),
+                                   plan.select_fold[idx], None if labels is None else np.asarray(labels)[idx], rows=idx)
         z, a_own, a_pooled = own_heads_better(_agrees(own, y[idx]), _agrees(pooled[:, idx], y[idx]))
         use = cfg.heads_by_subset == "yes" or z >= 2.0
         if use:
@@ -638,23 +638,29 @@ HEAD_MEMORY = 2 * 10**9  # bytes of one layer's chosen and rejected features in 
 
 def _fit_heads(cfg: EnsembleConfig, fc: np.ndarray, fr: np.ndarray, train: np.ndarray, score: np.ndarray,
                layers: list[int], views: list[int], select_fold: np.ndarray,
-               labels: np.ndarray | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+               labels: np.ndarray | None = None, progress: bool = False,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Heads for members reading cached features ``(N, V, H)``; member j reads view ``views.index(layers[j])``
-    (view 0 under native pooling). Returns their differences ``(M, N)``, weights ``(M, H)`` and the L2 per layer."""
+    (view 0 under native pooling). Returns their differences ``(M, N)``, weights ``(M, H)`` and the L2 per layer.
+    ``rows``: the heads see only those rows of ``fc, fr`` (``train``, ``score``, ``select_fold`` and ``labels`` are
+    then theirs alone), copied one layer at a time: a subset's rows of every layer at once would hold V times more."""
     from tqdm.auto import tqdm
 
     diffs = np.full(score.shape, np.nan)
     W = np.zeros((len(layers), fc.shape[2]))
     penalties: dict = {}
     blocks = views if cfg.pooling == "mean" else [None]
-    n, width = fc.shape[0], fc.shape[2]
+    n, width = (fc.shape[0] if rows is None else len(rows)), fc.shape[2]
     # One layer's features in float64 past HEAD_MEMORY bytes: the heads read the memory-mapped cache a chunk at a time
     chunk = cfg.head_chunk_rows or (max(1, HEAD_MEMORY // (16 * width)) if 16 * n * width > HEAD_MEMORY else None)
     device = resolve_device(cfg.device)  # a GPU where the job has one (float32 there), else the CPU in float64
     for v, layer in enumerate(tqdm(blocks, desc="heads (L2 search, then the members), by layer", unit="layer",
                                    disable=not progress)):
         mine = [j for j, lay in enumerate(layers) if cfg.pooling != "mean" or lay == layer]
-        c, r = (fc[:, v], fr[:, v]) if chunk else (np.asarray(fc[:, v]), np.asarray(fr[:, v]))
+        if rows is not None:
+            c, r = fc[rows, v], fr[rows, v]
+        else:
+            c, r = (fc[:, v], fr[:, v]) if chunk else (np.asarray(fc[:, v]), np.asarray(fr[:, v]))
         kw = dict(labels=labels, chunk_rows=chunk, device=device)
         l2 = cfg.head_l2 if cfg.head_l2 is not None else select_l2(c, r, select_fold, **kw)[0]
         penalties[str(layer if cfg.pooling == "mean" else "native")] = l2

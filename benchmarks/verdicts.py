@@ -328,11 +328,28 @@ def detectors(inputs, law: np.ndarray, seed: int, *, finetune_dir: Path | None, 
 FINETUNE_ROWS = ("finetuned_single", "cleanlab_finetuned", "aum", "cartography", "ensemble_and_finetuned")
 
 
+def draws_fingerprint(ids: list[str], law: np.ndarray, seeds: int, against_gold: float) -> str:
+    """A hash of everything the fine-tuned rows read besides the texts and settings: the pairs' ids in order, and per
+    seed the labels, the planted flips, the fine-tune's folds and the calibration's. Rows carried from a run with
+    another fingerprint would be numbers of other labels."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(ids).encode())
+    for s in range(seeds):
+        lab = sample_labels(ids, law, choose_temperature(law, against_gold), flips=FLIPS, seed=s)
+        for part in (lab["label"].to_numpy().astype(bool), lab["flipped"].to_numpy().astype(bool),
+                     fold_of(ids, 2, seed=s + 11) == 0, fold_of(ids, 2, seed=s + 101) == 0):
+            h.update(np.packbits(part).tobytes())
+    return h.hexdigest()[:16]
+
+
 def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, against_gold: float,
               second=None, earlier: dict | None = None) -> dict:
     """One lab's detectors over ``seeds``. Without ``finetune_dir``, the fine-tuned rows of ``earlier`` (the block
     as a ``--finetune`` run wrote it) are carried over, named with the run that measured them: they read the same
-    seeds, labels and folds and nothing the default computes, and cost 2.5 hours to remeasure."""
+    seeds, labels and folds and nothing the default computes, and cost 2.5 hours to remeasure. Each block records
+    its ``draws`` (`draws_fingerprint`); rows are carried only from a block with the same, or from one written before
+    the fingerprint (then ``carried_rows.draws_verified`` is false)."""
     law = inputs.gold if bonus == 0 else length_confounded(inputs.gold, inputs.length_diff, bonus)
     runs: dict[str, list] = {}
     runs_vs_gold: dict[str, list] = {}
@@ -354,15 +371,21 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
     table = {k: _mean_std(v) for k, v in runs.items()}
     table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
     carried = None
-    if finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold:
+    draws = draws_fingerprint(inputs.proxy.ids, law, seeds, against_gold)
+    if (finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold
+            and earlier.get("draws", draws) != draws):
+        print(f"bonus {bonus:g}: the fine-tuned rows are not carried over: the labels, flips or folds differ from "
+              "the run that measured them (rerun with --finetune)", flush=True)
+    elif finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold:
         rows = [k for k in FINETUNE_ROWS if k not in table
                 and earlier.get("detectors", {}).get(k, {}).get("seeds") == seeds]  # the same seeds, or none
         if rows:
             table.update({k: earlier["detectors"][k] for k in rows})
             table_vs_gold.update({k: earlier["vs_gold"]["detectors"][k] for k in rows
                                   if k in earlier.get("vs_gold", {}).get("detectors", {})})
-            carried = {"rows": rows, "measured_by": (earlier.get("carried_rows") or {}).get("measured_by")
-                       or earlier.get("measured_by")}
+            before = earlier.get("carried_rows") or {}
+            carried = {"rows": rows, "measured_by": before.get("measured_by") or earlier.get("measured_by"),
+                       "draws_verified": "draws" in earlier and before.get("draws_verified", True)}
     # A second backbone's rows are options of the audit, not baselines: the default is MiniLM's alone.
     baselines = [k for k in table if k not in (*OPTIONS, "gold_oracle", "second_backbone", "mixed_backbones",
                                                "ensemble_and_finetuned")]
@@ -381,7 +404,7 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
                                                         for m in ("auroc", "precision_top5pct")}},
             "default_review_top5pct": _mean_std([{k: v for k, v in c.items() if v is not None} for c in calib]),
             "labels_length_spearman": spearman(labels["label"] * 2 - 1.0, inputs.length_diff),
-            "labels_against_gold": float(labels["against_gold"].mean()), "seeds": seeds,
+            "labels_against_gold": float(labels["against_gold"].mean()), "seeds": seeds, "draws": draws,
             **({"carried_rows": carried} if carried else {})}
 
 

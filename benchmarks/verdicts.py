@@ -146,17 +146,23 @@ def cross_fitted_mlp(c: np.ndarray, r: np.ndarray, ids: list[str], seed: int) ->
 CURVE_SHARES = (0.125, 0.25, 0.5, 1.0)  # shares of each fold's pairs the learning curve trains on
 
 
-def learning_curve(F: np.ndarray, to_labels: np.ndarray, ids: list[str], seed: int, flipped: np.ndarray) -> list:
+def learning_curve(F: np.ndarray, to_labels: np.ndarray, ids: list[str], seed: int, flipped: np.ndarray,
+                   full: np.ndarray) -> list:
     """Would more pairs help? AUROC against ``flipped`` of the all-layers head (`cross_fitted_head`) trained on each
     of `CURVE_SHARES` of its folds' pairs: ``F (N, D)`` the differences with the sides it learns (the labels', or the
     truth's), ``to_labels (N,)`` True where those sides are the labels' (each pair is ranked by how far the score goes
-    against its label, as the detectors rank it)."""
-    return [detection_metrics(-np.where(to_labels, sc, -sc), flipped)["auroc"]
-            for sc in (cross_fitted_head(F, ids, seed, q) for q in CURVE_SHARES)]
+    against its label, as the detectors rank it). ``full (N,)``: the suspicion the caller already has from the head on
+    every pair (the last share's; not fitted again)."""
+    shares = [q for q in CURVE_SHARES if q < 1.0]
+    return [*(detection_metrics(-np.where(to_labels, sc, -sc), flipped)["auroc"]
+              for sc in (cross_fitted_head(F, ids, seed, q) for q in shares)),
+            detection_metrics(full, flipped)["auroc"]]
 
 
-def curve_summary(curve: dict[str, list], fold_pairs: int) -> dict:
-    """``{name: [per-seed AUROCs by share]}`` as means and seed spreads, with about how many pairs each head trained on."""
+def curve_summary(curve: dict[str, list], ids: list[str]) -> dict:
+    """``{name: [per-seed AUROCs by share]}`` as means and seed spreads, with about how many pairs each head trained on
+    (seed 0's training fold)."""
+    fold_pairs = int((fold_of(ids, 2, seed=0) != 0).sum())
     return {"train_pairs_per_head_about": [round(fold_pairs * q) for q in CURVE_SHARES],
             **{name: {"auroc": np.mean(v, 0).tolist(), "auroc_std": np.std(v, 0).tolist()} for name, v in curve.items()}}
 
@@ -372,11 +378,11 @@ def lab_block(inputs, bonus: float, seeds: int, finetune_dir: Path | None, again
     table_vs_gold = {k: _mean_std(v) for k, v in runs_vs_gold.items()}
     carried = None
     draws = draws_fingerprint(inputs.proxy.ids, law, seeds, against_gold)
-    if (finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold
-            and earlier.get("draws", draws) != draws):
+    comparable = finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold
+    if comparable and earlier.get("draws", draws) != draws:
         print(f"bonus {bonus:g}: the fine-tuned rows are not carried over: the labels, flips or folds differ from "
               "the run that measured them (rerun with --finetune)", flush=True)
-    elif finetune_dir is None and earlier and earlier.get("against_gold_before_flips") == against_gold:
+    elif comparable:
         rows = [k for k in FINETUNE_ROWS if k not in table
                 and earlier.get("detectors", {}).get(k, {}).get("seeds") == seeds]  # the same seeds, or none
         if rows:
@@ -453,9 +459,10 @@ def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dic
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))
         # would more pairs lift the ceiling? the all-layers head on a share of each fold, on the truth and the labels
         same = sign == y
-        curve.setdefault("all_layers_head_on_law_sign", []).append(learning_curve(F, same, ids, s, flipped))
-        curve.setdefault("all_layers_head_on_labels", []).append(
-            learning_curve(np.where(same[:, None], F, -F), np.ones(len(ids), bool), ids, s, flipped))
+        curve.setdefault("all_layers_head_on_law_sign", []).append(
+            learning_curve(F, same, ids, s, flipped, rows["all_layers_head_on_law_sign"]))
+        curve.setdefault("all_layers_head_on_labels", []).append(learning_curve(
+            np.where(same[:, None], F, -F), np.ones(len(ids), bool), ids, s, flipped, rows["all_layers_head"]))
         print(f"ceilings bonus {bonus:g} seed {s}: {time.time() - t0:.0f} s",
               {n: round(v[-1]["auroc"], 3) for n, v in runs.items()}, flush=True)
     table = {n: _mean_std(v) for n, v in runs.items()}
@@ -463,7 +470,7 @@ def ceilings_block(inputs, bonus: float, seeds: int, against_gold: float) -> dic
                            "mlp_head_on_law_sign"),
                           key=lambda n: table[n]["auroc"])
     return {"bonus": bonus, "flips": FLIPS, "against_gold_before_flips": against_gold, "detectors": table,
-            "learning_curve": curve_summary(curve, int((fold_of(ids, 2, seed=0) != 0).sum())),
+            "learning_curve": curve_summary(curve, ids),
             "feature_ceiling": feature_ceiling,
             "default_share_of_feature_ceiling_above_chance": (table["default"]["auroc"] - 0.5)
             / (table[feature_ceiling]["auroc"] - 0.5)}
@@ -492,7 +499,8 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
             runs.setdefault(name, []).append(detection_metrics(sc, flipped))
         c, r = orient(proxy.fc, proxy.fr, y)
         curve.setdefault("all_layers_head", []).append(
-            learning_curve((c - r).reshape(len(ids), -1).astype(np.float64), np.ones(len(ids), bool), ids, s, flipped))
+            learning_curve((c - r).reshape(len(ids), -1).astype(np.float64), np.ones(len(ids), bool), ids, s, flipped,
+                           suspicion["all_layers_head"]))
         p_wrong = suspicion["default"]
         top = np.argsort(-p_wrong, kind="stable")[:k]
         calib.append({"k": k, "expected_precision_vs_labels": float(np.mean(p_wrong[top])),
@@ -508,7 +516,7 @@ def human_flips_block(proxy, human: np.ndarray, length_diff: np.ndarray, seeds: 
             **{f"{o}_minus_best_baseline": {m: table[o][m] - table[best][m] for m in ("auroc", "precision_top5pct")}
                for o in OPTIONS if o in table},
             "default_review_top5pct": _mean_std(calib),
-            "learning_curve": curve_summary(curve, int((fold_of(ids, 2, seed=0) != 0).sum())),
+            "learning_curve": curve_summary(curve, ids),
             "labels_pick_longer": float(np.mean(np.asarray(human, bool)[unequal] == (length_diff[unequal] > 0)))}
 
 

@@ -242,10 +242,11 @@ def _length_term_html(t: dict) -> str:
     term = t.get("length_term")
     if not term:
         return ""
-    by = term.get("by_subset") or {}
-    within = (" Within each subset calibrated apart, log-odds at its median length difference: " + "; ".join(
-        f"{html.escape(s)} " + (f"favours the {v['leans']} response" if v["leans"] != "neither" else "next to nothing")
-        + f" ({v['log_odds_at_median_length_diff']:.2f})" for s, v in by.items()) + ".") if by else ""
+    leans = [f"{html.escape(s)} " + ("next to nothing" if v["leans"] == "neither" else f"favours the {v['leans']} "
+                                      "response") + f" ({v['log_odds_at_median_length_diff']:.2f})"
+             for s, v in (term.get("by_subset") or {}).items()]
+    within = (" Within each subset calibrated apart, log-odds at its median length difference: " + "; ".join(leans)
+              + ".") if leans else ""
     return (f" The calibration models each label on the ensemble's strength <i>and</i> the length difference: "
             f"{html.escape(term['says'])}.{within} A label that length alone explains is therefore not called wrong; each "
             "flagged pair below says how much of its verdict length makes (<code>length_share</code> in the "
